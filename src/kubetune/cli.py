@@ -1,0 +1,104 @@
+"""`kubetune` command line: train, eval, export, chat, validate, keys.
+
+Every command validates the whole config (and what the command needs from the filesystem)
+before loading a model, and prints every problem at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from kubetune import __version__
+from kubetune.config import ConfigError, RunConfig, load_config
+from kubetune.config.preflight import preflight
+
+USAGE = """kubetune <command> [config.yaml] [key=value | --key value ...]
+
+commands:
+  train     run the configured stage (sft, pt): train, then evaluate/predict if asked
+  eval      loss/perplexity and generation metrics (BLEU-4, ROUGE) on a dataset, as JSON
+  export    merge the adapter into the base and save safetensors shards (export_dir)
+  chat      talk to a model (+ adapter) in the terminal
+  validate  check a config and the files it names, without running anything
+  keys      list every config key with its default and meaning
+  version   print the version
+
+Config keys use LLaMA-Factory's names; see examples/ and `kubetune keys`.
+"""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(USAGE)
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command == "version":
+        print(__version__)
+        return 0
+    if command == "keys":
+        return _print_keys()
+    if command not in ("train", "eval", "export", "chat", "validate"):
+        print(f"kubetune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
+    path = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
+    overrides = rest[1:] if path else rest
+    try:
+        cfg = _load(command, path, overrides)
+    except ConfigError as err:
+        print(f"kubetune {command}: {err}", file=sys.stderr)
+        return 2
+    return _dispatch(command, cfg)
+
+
+def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig:
+    defaults = {"train": {}, "validate": {}, "export": {}, "chat": {"do_train": False},
+                "eval": {"do_train": False, "do_eval": True, "do_predict": True}}[command]
+    # command defaults go last so that `kubetune eval train.yaml` evaluates instead of retraining
+    cfg = load_config(path, list(overrides) + [f"{k}={json.dumps(v)}" for k, v in defaults.items()])
+    if command == "eval" and not cfg.data.eval_dataset and cfg.data.dataset:
+        cfg.data.eval_dataset, cfg.data.val_size = cfg.data.dataset, 0.0
+    preflight(cfg, "train" if command == "validate" else command)  # type: ignore[arg-type]
+    return cfg
+
+
+def _dispatch(command: str, cfg: RunConfig) -> int:
+    if command == "validate":
+        print(f"{cfg.source or 'config'}: OK — stage {cfg.method.stage}, {cfg.method.finetuning_type}"
+              f"{' (4-bit)' if cfg.model.quantization_bit == 4 else ''}, model {cfg.model.model_name_or_path}")
+        return 0
+    if command in ("train", "eval"):
+        from kubetune.stages import run_stage
+
+        result = run_stage(cfg)
+        print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics, "files": result.files},
+                         indent=2))
+        return 0
+    if command == "export":
+        from kubetune.export import export
+
+        print(f"exported to {export(cfg)}")
+        return 0
+    from kubetune.chat import chat
+
+    chat(cfg)
+    return 0
+
+
+def _print_keys() -> int:
+    from kubetune.config.schema import GROUPS
+
+    for group, model in GROUPS.items():
+        print(f"# {group}")
+        for name, info in model.model_fields.items():
+            default = "required" if info.is_required() else repr(info.default)
+            print(f"  {name:32} {default:16} {info.description or ''}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,201 @@
+"""Read a config file plus command-line overrides into a validated `RunConfig`.
+
+Every problem is collected and reported together — a user fixing a YAML file should see all
+of its mistakes in one run, not one per run.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.schema import GROUPS, RunConfig, field_owner
+
+CLI = "command line"
+
+# Spellings from simpler fine-tuning scripts, mapped onto LLaMA-Factory's keys.
+RENAMED = {
+    "lora_r": "lora_rank",
+    "lora_target_modules": "lora_target",
+    "evaluation_strategy": "eval_strategy",
+    "model_name": "model_name_or_path",
+    "model_path": "model_name_or_path",
+    "max_seq_length": "cutoff_len",
+    "max_length": "cutoff_len",
+}
+
+
+def load_config(
+    path: str | Path | None = None,
+    overrides: Sequence[str] | Mapping[str, Any] = (),
+    *,
+    base: Mapping[str, Any] | None = None,
+) -> RunConfig:
+    """Build a validated `RunConfig`.
+
+    Args:
+        path: YAML or JSON file (None: only `base` and `overrides`).
+        overrides: `key=value` / `--key value` strings from the command line, or a mapping.
+        base: keys applied before the file (used by tests and by pipeline stage overrides).
+
+    Raises:
+        ConfigError: listing every problem found, each with its key, value, origin and a fix.
+    """
+    problems: list[Problem] = []
+    raw: dict[str, tuple[Any, str]] = {}  # key -> (value, where it came from)
+    for key, value in (base or {}).items():
+        raw[key] = (value, "defaults")
+    if isinstance(overrides, Mapping):
+        cli = dict(overrides)
+    else:
+        cli = parse_overrides(overrides, problems)
+    config_file = cli.pop("config_file", None)
+    if path is None and config_file is not None:
+        path = str(config_file)
+    source = str(path) if path is not None else ""
+    if path is not None:
+        for key, value in read_config_file(Path(path)).items():
+            raw[key] = (value, source)
+    for key, value in cli.items():
+        raw[key] = (value, CLI)
+    return validate_raw(raw, source, problems)
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    """Parse a YAML or JSON config file into a flat mapping."""
+    if not path.is_file():
+        raise ConfigError([Problem(str(path), None, str(path), "config file not found",
+                                   "check the path (relative paths are from the current directory)")])
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (yaml.YAMLError, json.JSONDecodeError) as err:
+        raise ConfigError([Problem(str(path), None, str(path), f"cannot parse the file: {err}",
+                                   "fix the syntax at the position shown")]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise ConfigError([Problem(str(path), None, str(path), "expected a mapping of key: value at the top level",
+                                   "write one `key: value` per line, as in examples/sft_lora.yaml")])
+    return data
+
+
+def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, Any]:
+    """`lora_rank=32`, `--lora_rank 32`, `--lora_rank=32`, `--do_train` (a bare flag = true)."""
+    out: dict[str, Any] = {}
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg.startswith("--"):
+            key, eq, value = arg[2:].partition("=")
+            if not eq:
+                has_value = i + 1 < len(args) and not args[i + 1].startswith("--") and "=" not in args[i + 1]
+                value = args[i + 1] if has_value else "true"
+                i += has_value
+        elif "=" in arg:
+            key, _, value = arg.partition("=")
+        else:
+            problems.append(Problem(arg, None, CLI, "not a key=value pair",
+                                    "write overrides as key=value or --key value"))
+            i += 1
+            continue
+        out[key.replace("-", "_")] = _parse_scalar(value)
+        i += 1
+    return out
+
+
+def _parse_scalar(text: str) -> Any:
+    # YAML gives `true`, `3`, `null`, lists; numbers like 3e-4 stay strings and pydantic converts them.
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> dict[str, tuple[Any, str]]:
+    out: dict[str, tuple[Any, str]] = {}
+    implied_bits: tuple[Any, str] | None = None  # qlora spellings imply 4 bits unless the user says otherwise
+    for key, (value, origin) in raw.items():
+        if key in RENAMED:
+            out[RENAMED[key]] = (value, origin)
+        elif key == "finetuning_type" and value == "qlora":
+            out["finetuning_type"] = ("lora", origin)
+            implied_bits = (4, origin)
+        elif key in ("use_lora", "use_qlora"):
+            if not isinstance(value, bool):
+                problems.append(Problem(key, value, origin, "expected true or false", f"write {key}: true"))
+            elif value:
+                out["finetuning_type"] = ("lora", origin)
+                if key == "use_qlora":
+                    implied_bits = (4, origin)
+        else:
+            out[key] = (value, origin)
+    if implied_bits is not None and "quantization_bit" not in out:
+        out["quantization_bit"] = implied_bits
+    return out
+
+
+def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Problem] | None = None) -> RunConfig:
+    """Validate (key -> (value, origin)) pairs; raise ConfigError with every problem."""
+    problems = list(problems or [])
+    raw = _apply_aliases(raw, problems)
+    owner = field_owner()
+    grouped: dict[str, dict[str, Any]] = {group: {} for group in GROUPS}
+    origins: dict[str, str] = {}
+    for key, (value, origin) in raw.items():
+        group = owner.get(key)
+        if group is None:
+            problems.append(_unknown_key(key, value, origin, owner))
+            continue
+        grouped[group][key] = value
+        origins[key] = origin
+
+    groups: dict[str, Any] = {}
+    for group, model in GROUPS.items():
+        try:
+            groups[group] = model(**grouped[group])
+        except ValidationError as err:
+            problems.extend(_from_pydantic(err, grouped[group], origins, source))
+    if problems:
+        raise ConfigError(problems, source)
+
+    cfg = RunConfig(**groups, source=source, explicit=set(origins))
+    from kubetune.config.rules import check_rules
+
+    problems.extend(check_rules(cfg, origins))
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg
+
+
+def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
+    known = [*owner, *RENAMED, "use_lora", "use_qlora", "config_file"]
+    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+    hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
+    shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message
+    return Problem(shown, value, origin, "unknown key", hint)
+
+
+def _from_pydantic(err: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str],
+                   source: str) -> list[Problem]:
+    problems = []
+    for item in err.errors():
+        key = str(item["loc"][0]) if item["loc"] else "?"
+        value = values.get(key, None)
+        if item["type"] == "missing":
+            problems.append(Problem(key, None, source or CLI, "is required", f"set {key}: <value>"))
+            continue
+        expected = item["msg"]
+        if item["type"] == "literal_error":
+            expected = expected.replace("Input should be", "expected one of")
+        else:
+            expected = expected.replace("Input should be", "expected").replace("Value error, ", "")
+        problems.append(Problem(key, value, origins.get(key, source or CLI), expected))
+    return problems

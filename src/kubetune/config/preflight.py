@@ -1,0 +1,119 @@
+"""Checks that depend on the command and the filesystem, run before any model is loaded.
+
+`rules.py` judges the config alone; here we ask whether this command can run with it:
+do the datasets resolve, is output_dir safe to write, does the model path exist.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.schema import RunConfig
+
+Command = Literal["train", "eval", "export", "chat"]
+
+
+def preflight(cfg: RunConfig, command: Command) -> None:
+    """Raise ConfigError listing every reason `command` cannot run with `cfg`."""
+    problems: list[Problem] = []
+    origin = cfg.source or "command line"
+    problems += _model_path(cfg, origin)
+    if command in ("train", "eval"):
+        problems += _template(cfg, origin)
+    if command == "train":
+        problems += _train(cfg, origin)
+    if command == "eval":
+        problems += _datasets(cfg, origin, cfg.data.eval_dataset or cfg.data.dataset, "eval_dataset")
+        if not (cfg.data.eval_dataset or cfg.data.dataset or cfg.data.data_path):
+            problems.append(Problem("eval_dataset", None, origin, "evaluation needs data",
+                                    "set eval_dataset (or dataset)"))
+    if command == "export":
+        problems += _export(cfg, origin)
+    if problems:
+        raise ConfigError(problems, cfg.source)
+
+
+def _model_path(cfg: RunConfig, origin: str) -> list[Problem]:
+    name = cfg.model.model_name_or_path
+    looks_local = name.startswith(("/", "./", "../", "~"))
+    if looks_local and not Path(name).expanduser().exists():
+        return [Problem("model_name_or_path", name, origin, "no such directory", "check the path")]
+    if cfg.model.gguf_file and Path(name).is_dir() and not (Path(name) / cfg.model.gguf_file).is_file():
+        return [Problem("gguf_file", cfg.model.gguf_file, origin, f"not found in {name}", "check the file name")]
+    problems = []
+    for adapter in cfg.model.adapter_name_or_path or []:
+        if not adapter.startswith("s3://") and not (Path(adapter) / "adapter_config.json").is_file():
+            problems.append(Problem("adapter_name_or_path", adapter, origin, "not a PEFT adapter directory "
+                                    "(no adapter_config.json)", "point it at a trained adapter's output_dir"))
+    return problems
+
+
+def _template(cfg: RunConfig, origin: str) -> list[Problem]:
+    from kubetune.data.templates import TEMPLATE_NAMES
+
+    name = cfg.data.template
+    if name is None:
+        return []
+    if name == "custom":
+        if not cfg.data.template_file or not Path(cfg.data.template_file).is_file():
+            return [Problem("template_file", cfg.data.template_file, origin,
+                            "template: custom needs an existing template_file", "point it at a template YAML")]
+        return []
+    if name not in TEMPLATE_NAMES:
+        import difflib
+
+        close = difflib.get_close_matches(name, TEMPLATE_NAMES, n=1)
+        hint = f"did you mean '{close[0]}'?" if close else f"known: {', '.join(sorted(TEMPLATE_NAMES))}"
+        return [Problem("template", name, origin, "unknown template", hint + " (or null for the tokenizer's own)")]
+    return []
+
+
+def _datasets(cfg: RunConfig, origin: str, names: list[str] | None, key: str) -> list[Problem]:
+    from kubetune.data.registry import DataError, resolve_datasets
+
+    try:
+        resolve_datasets(names, cfg.data.dataset_dir, cfg.data.data_path if key == "dataset" else None)
+    except DataError as err:
+        return [Problem(key, ",".join(names or []), origin, str(err))]
+    return []
+
+
+def _train(cfg: RunConfig, origin: str) -> list[Problem]:
+    problems: list[Problem] = []
+    t = cfg.train
+    if t.do_train is not False:
+        if not (cfg.data.dataset or cfg.data.data_path):
+            problems.append(Problem("dataset", None, origin, "training needs data",
+                                    "set dataset (names in dataset_info.json, or a file path) or data_path"))
+        else:
+            problems += _datasets(cfg, origin, cfg.data.dataset, "dataset")
+    if cfg.data.eval_dataset:
+        problems += _datasets(cfg, origin, cfg.data.eval_dataset, "eval_dataset")
+    if not t.output_dir:
+        problems.append(Problem("output_dir", None, origin, "is required", "set output_dir: saves/my-run"))
+        return problems
+    out = Path(t.output_dir)
+    has_files = out.is_dir() and any(out.iterdir())
+    has_checkpoint = out.is_dir() and any(p.name.startswith("checkpoint-") for p in out.iterdir())
+    if has_files and not has_checkpoint and not t.overwrite_output_dir and not t.resume_from_checkpoint and (
+            t.do_train is not False):
+        problems.append(Problem("output_dir", t.output_dir, origin,
+                                "is not empty and holds no checkpoint to resume from",
+                                "choose a new output_dir, or set overwrite_output_dir: true"))
+    if t.resume_from_checkpoint and not Path(t.resume_from_checkpoint).is_dir():
+        problems.append(Problem("resume_from_checkpoint", t.resume_from_checkpoint, origin, "no such checkpoint",
+                                "point it at a checkpoint-N folder, or remove it to resume automatically"))
+    return problems
+
+
+def _export(cfg: RunConfig, origin: str) -> list[Problem]:
+    problems = []
+    if not cfg.export.export_dir:
+        problems.append(Problem("export_dir", None, origin, "is required", "set export_dir: models/my-model"))
+    if cfg.model.quantization_bit is not None:
+        problems.append(Problem("quantization_bit", cfg.model.quantization_bit, origin,
+                                "cannot merge an adapter into a quantised base (the merge would be rounded away)",
+                                "remove quantization_bit: export loads the base unquantised and merges into it"))
+    return problems

@@ -1,0 +1,159 @@
+"""Cross-field rules: combinations that each look fine alone but make no sense together.
+
+Each rule returns the problems it finds; `check_rules` runs them all so a user sees every
+problem at once. Rules that need the filesystem (datasets, output_dir, model path) live in
+`preflight.py`, since they depend on what the command is about to do.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Callable, Mapping
+
+from kubetune.config.errors import Problem
+from kubetune.config.schema import FinetuningArguments, RunConfig
+
+Rule = Callable[[RunConfig, Mapping[str, str]], list[Problem]]
+
+# Keys whose feature a later piece of work implements. Setting one today must fail loudly,
+# never be silently ignored: a user who asks for DoRA and gets plain LoRA is misled.
+NOT_IMPLEMENTED: dict[str, str] = {
+    **{k: "PEFT variants" for k in (
+        "use_dora", "use_rslora", "pissa_init", "pissa_iter", "pissa_convert", "loraplus_lr_ratio",
+        "loraplus_lr_embedding", "create_new_adapter")},
+    **{k: "GaLore" for k in FinetuningArguments.model_fields if k.startswith("galore_") or k == "use_galore"},
+    **{k: "BAdam" for k in FinetuningArguments.model_fields if k.startswith("badam_") or k == "use_badam"},
+    **{k: "preference and RL stages" for k in (
+        "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing", "kto_chosen_weight", "kto_rejected_weight",
+        "simpo_gamma", "ref_model", "ref_model_adapters", "ref_model_quantization_bit", "reward_model",
+        "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type", "ppo_buffer_size",
+        "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards")},
+    "use_unsloth": "Unsloth kernels",
+    "streaming": "dataset streaming",
+    "tool_format": "tool-call formats",
+    "deepspeed": "DeepSpeed launch",
+    "export_quantization_bit": "quantised export",
+    "export_hub_model_id": "hub upload",
+}
+IMPLEMENTED_STAGES = ("pt", "sft")
+
+
+def _origin(origins: Mapping[str, str], key: str) -> str:
+    return origins.get(key, "defaults")
+
+
+def not_implemented(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    problems = []
+    for key in sorted(cfg.explicit & NOT_IMPLEMENTED.keys()):
+        value = cfg.to_flat()[key]
+        default = _default_of(key)
+        if value != default:
+            problems.append(Problem(key, value, _origin(origins, key),
+                                    f"not implemented yet ({NOT_IMPLEMENTED[key]})",
+                                    f"remove it (default: {default!r})"))
+    if cfg.method.stage not in IMPLEMENTED_STAGES:
+        problems.append(Problem("stage", cfg.method.stage, _origin(origins, "stage"),
+                                "not implemented yet (preference and RL stages)",
+                                f"use one of {', '.join(IMPLEMENTED_STAGES)}"))
+    if cfg.data.mix_strategy != "concat":
+        problems.append(Problem("mix_strategy", cfg.data.mix_strategy, _origin(origins, "mix_strategy"),
+                                "not implemented yet (dataset interleaving)", "use concat"))
+    return problems
+
+
+def _default_of(key: str) -> object:
+    from kubetune.config.schema import GROUPS
+
+    for model in GROUPS.values():
+        if key in model.model_fields:
+            return model.model_fields[key].default
+    raise KeyError(key)
+
+
+def quantization_needs_lora(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    if cfg.model.quantization_bit is not None and cfg.method.finetuning_type != "lora":
+        return [Problem("quantization_bit", cfg.model.quantization_bit, _origin(origins, "quantization_bit"),
+                        f"a quantised base can only be trained with LoRA (finetuning_type is "
+                        f"{cfg.method.finetuning_type})",
+                        "set finetuning_type: lora (QLoRA), or remove quantization_bit")]
+    return []
+
+
+def history_vs_prompt(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    if cfg.data.mask_history and cfg.data.train_on_prompt:
+        return [Problem("mask_history", True, _origin(origins, "mask_history"),
+                        "cannot be combined with train_on_prompt: true (one trains less, the other more)",
+                        "keep one of them")]
+    return []
+
+
+def eval_needs_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    has_eval = cfg.data.val_size > 0 or bool(cfg.data.eval_dataset)
+    problems = []
+    if cfg.train.eval_strategy != "no" and not has_eval:
+        problems.append(Problem("eval_strategy", cfg.train.eval_strategy, _origin(origins, "eval_strategy"),
+                                "evaluation needs a validation set, but there is none",
+                                "set val_size (e.g. 0.1) or eval_dataset, or eval_strategy: no"))
+    if cfg.train.do_predict and not has_eval:
+        problems.append(Problem("do_predict", True, _origin(origins, "do_predict"),
+                                "prediction needs held-out data, but there is none",
+                                "set eval_dataset (or val_size)"))
+    return problems
+
+
+def val_size_shape(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    size = cfg.data.val_size
+    if size >= 1 and size != int(size):
+        return [Problem("val_size", size, _origin(origins, "val_size"),
+                        "a value ≥ 1 is a row count and must be a whole number",
+                        "use a fraction below 1 (e.g. 0.1) or a count (e.g. 50)")]
+    return []
+
+
+def packing_flags(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    if cfg.data.neat_packing and cfg.data.packing is False:
+        return [Problem("neat_packing", True, _origin(origins, "neat_packing"),
+                        "needs packing, but packing is false", "remove packing: false, or neat_packing")]
+    return []
+
+
+def precision(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    t = cfg.train
+    chosen = [name for name in ("bf16", "fp16", "pure_bf16") if getattr(t, name)]
+    if len(chosen) > 1:
+        return [Problem(chosen[1], True, _origin(origins, chosen[1]),
+                        f"only one precision can be chosen, got {', '.join(chosen)}", "keep one")]
+    return []
+
+
+def kernels_installed(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    problems = []
+    if cfg.model.flash_attn == "fa2" and importlib.util.find_spec("flash_attn") is None:
+        problems.append(Problem("flash_attn", "fa2", _origin(origins, "flash_attn"),
+                                "FlashAttention-2 is not installed here",
+                                "use flash_attn: auto (picks the best available) or install flash-attn on a GPU"))
+    if cfg.model.enable_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
+        problems.append(Problem("enable_liger_kernel", True, _origin(origins, "enable_liger_kernel"),
+                                "Liger kernels are not installed here (they need a GPU)",
+                                "remove enable_liger_kernel, or run on a GPU image with liger-kernel"))
+    return problems
+
+
+def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    if cfg.train.warmup_steps > 0 and cfg.train.warmup_ratio > 0:
+        return [Problem("warmup_ratio", cfg.train.warmup_ratio, _origin(origins, "warmup_ratio"),
+                        "both warmup_steps and warmup_ratio are set", "keep one of them")]
+    return []
+
+
+RULES: list[Rule] = [
+    not_implemented, quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape,
+    packing_flags, precision, kernels_installed, warmup,
+]
+
+
+def check_rules(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    problems: list[Problem] = []
+    for rule in RULES:
+        problems.extend(rule(cfg, origins))
+    return problems

@@ -1,0 +1,313 @@
+"""The run configuration, in LLaMA-Factory's parameter names.
+
+A user's YAML is flat (`lora_rank: 8`, `learning_rate: 1e-4`, ...), as LLaMA-Factory's is.
+We split it into groups by field name so each part of the library receives only what it
+reads: `cfg.model`, `cfg.method`, `cfg.data`, `cfg.train`, `cfg.generation`, `cfg.export`.
+Field names are unique across groups; `loader.py` routes each key to its group.
+
+Every field's `description` is its documentation (`kubetune keys` prints them).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+
+def _split_list(value: object) -> object:
+    """LLaMA-Factory writes lists as comma-separated strings (`dataset: a,b`); accept both."""
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+class _Group(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+
+class ModelArguments(_Group):
+    model_name_or_path: str = Field(
+        description="Base model: a local HF directory, an s3:// prefix, a hub id, or a directory "
+        "holding `gguf_file`. `HuggingFaceTB/SmolLM2-135M-Instruct` resolves to the embedded copy."
+    )
+    adapter_name_or_path: list[str] | None = Field(
+        None, description="LoRA adapter(s) to load on the base, comma-separated; merged in order."
+    )
+    gguf_file: str | None = Field(None, description="GGUF file inside model_name_or_path to load.")
+    cache_dir: str | None = Field(None, description="Where downloaded models go (default: kubetune cache).")
+    model_revision: str = Field("main", description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint.")
+    use_fast_tokenizer: bool = Field(True, description="Use the tokenizers-backed fast tokenizer.")
+    resize_vocab: bool = Field(False, description="Resize embeddings to the tokenizer's length.")
+    low_cpu_mem_usage: bool = Field(True, description="Load weights without a full extra copy in RAM.")
+    flash_attn: Literal["auto", "disabled", "sdpa", "fa2"] = Field(
+        "auto", description="Attention kernel: auto picks fa2 when installed on GPU, else sdpa."
+    )
+    enable_liger_kernel: bool = Field(False, description="Fused Liger kernels (GPU only).")
+    use_unsloth: bool = Field(False, description="Unsloth kernels (not supported).")
+    upcast_layernorm: bool = Field(False, description="Keep layer norms in float32.")
+    upcast_lmhead_output: bool = Field(False, description="Compute the LM head output in float32.")
+    quantization_method: Literal["bnb"] = Field("bnb", description="On-the-fly quantisation backend.")
+    quantization_bit: Literal[4, 8] | None = Field(
+        None, description="Load the base in 4 or 8 bits (bitsandbytes) for QLoRA."
+    )
+    quantization_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quantization: bool = Field(True, description="Quantise the 4-bit quantisation constants.")
+    infer_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        "auto", description="dtype for inference (chat, predict, export)."
+    )
+    hf_hub_token: str | None = Field(None, description="Token for private hub models.")
+    print_param_status: bool = Field(False, description="Log every parameter's dtype and trainability.")
+
+    _lists = field_validator("adapter_name_or_path", mode="before")(_split_list)
+
+
+class FinetuningArguments(_Group):
+    stage: Literal["pt", "sft", "rm", "ppo", "dpo", "kto"] = Field("sft", description="Training stage.")
+    finetuning_type: Literal["lora", "freeze", "full"] = Field(
+        "lora", description="lora (PEFT adapter), freeze (train a few layers) or full. `qlora` = lora + 4-bit."
+    )
+    # LoRA
+    lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
+    lora_alpha: int | None = Field(None, gt=0, description="LoRA scale numerator (default: 2 × lora_rank).")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout on the LoRA path.")
+    lora_target: list[str] = Field(
+        ["all"], description="Modules to adapt: `all` (every linear layer except the head) or names."
+    )
+    additional_target: list[str] | None = Field(
+        None, description="Extra modules trained in full and saved with the adapter (e.g. embed_tokens)."
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling alpha/sqrt(r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA.")
+    pissa_init: bool = Field(False, description="Initialise LoRA from principal singular vectors.")
+    pissa_iter: int = Field(16, description="Fast-SVD iterations for PiSSA (-1 = full SVD).")
+    pissa_convert: bool = Field(False, description="Save PiSSA as a plain LoRA adapter.")
+    loraplus_lr_ratio: float | None = Field(None, description="LoRA+: learning-rate ratio of B to A.")
+    loraplus_lr_embedding: float = Field(1e-6, description="LoRA+: learning rate of embedding adapters.")
+    create_new_adapter: bool = Field(False, description="Stack a fresh adapter on a loaded one.")
+    # freeze
+    freeze_trainable_layers: int = Field(
+        2, description="Train the last n layers (negative: the first n)."
+    )
+    freeze_trainable_modules: list[str] = Field(
+        ["all"], description="Modules inside the trainable layers to train (`all` or names)."
+    )
+    freeze_extra_modules: list[str] | None = Field(
+        None, description="Modules outside the layers to train too (e.g. embed_tokens, norm)."
+    )
+    # memory-saving optimisers
+    use_galore: bool = Field(False, description="GaLore optimiser (full fine-tuning).")
+    galore_target: list[str] = Field(["all"], description="GaLore target modules.")
+    galore_rank: int = Field(16, description="GaLore projection rank.")
+    galore_update_interval: int = Field(200, description="Steps between GaLore projection updates.")
+    galore_scale: float = Field(2.0, description="GaLore gradient scale.")
+    galore_proj_type: Literal["std", "reverse_std", "right", "left", "full"] = Field(
+        "std", description="GaLore projection type."
+    )
+    galore_layerwise: bool = Field(False, description="Layer-wise GaLore updates.")
+    use_badam: bool = Field(False, description="BAdam block-coordinate optimiser (full fine-tuning).")
+    badam_mode: Literal["layer", "ratio"] = Field("layer", description="BAdam mode.")
+    badam_start_block: int | None = Field(None, description="First BAdam block.")
+    badam_switch_mode: Literal["ascending", "descending", "random", "fixed"] = Field(
+        "ascending", description="BAdam block order."
+    )
+    badam_switch_interval: int = Field(50, description="Steps between BAdam block switches.")
+    badam_update_ratio: float = Field(0.05, description="BAdam ratio-mode update ratio.")
+    badam_mask_mode: Literal["adjacent", "scatter"] = Field("adjacent", description="BAdam mask mode.")
+    badam_verbose: int = Field(0, description="BAdam verbosity (0, 1, 2).")
+    # preference optimisation and RL (the preference issue implements these)
+    pref_beta: float = Field(0.1, description="β of the preference losses.")
+    pref_ftx: float = Field(0.0, description="Weight of an SFT term on the chosen response.")
+    pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field(
+        "sigmoid", description="Preference loss."
+    )
+    dpo_label_smoothing: float = Field(0.0, description="Label smoothing of the DPO loss.")
+    kto_chosen_weight: float = Field(1.0, description="KTO weight of desirable examples.")
+    kto_rejected_weight: float = Field(1.0, description="KTO weight of undesirable examples.")
+    simpo_gamma: float = Field(0.5, description="SimPO target reward margin.")
+    ref_model: str | None = Field(None, description="Reference model for DPO/KTO/PPO.")
+    ref_model_adapters: str | None = Field(None, description="Adapters of the reference model.")
+    ref_model_quantization_bit: int | None = Field(None, description="Quantisation of the reference.")
+    reward_model: str | None = Field(None, description="Reward model for PPO.")
+    reward_model_adapters: str | None = Field(None, description="Adapters of the reward model.")
+    reward_model_quantization_bit: int | None = Field(None, description="Quantisation of the reward model.")
+    reward_model_type: Literal["lora", "full", "api"] = Field("lora", description="Reward model kind.")
+    ppo_buffer_size: int = Field(1, description="PPO minibatches per experience batch.")
+    ppo_epochs: int = Field(4, description="PPO epochs per update.")
+    ppo_score_norm: bool = Field(False, description="Normalise PPO scores.")
+    ppo_target: float = Field(6.0, description="Target KL of the adaptive KL controller.")
+    ppo_whiten_rewards: bool = Field(False, description="Whiten PPO rewards.")
+
+    _lists = field_validator(
+        "lora_target", "additional_target", "freeze_trainable_modules", "freeze_extra_modules",
+        "galore_target", mode="before",
+    )(_split_list)
+
+    @field_validator("freeze_trainable_layers")
+    @classmethod
+    def _nonzero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("must not be 0: use a positive n for the last n layers, negative for the first n")
+        return value
+
+
+class DataArguments(_Group):
+    dataset: list[str] | None = Field(None, description="Training dataset names (dataset_info.json) or files.")
+    eval_dataset: list[str] | None = Field(None, description="Evaluation dataset names or files.")
+    dataset_dir: str = Field("data", description="Folder holding dataset_info.json and the data files.")
+    data_path: str | None = Field(None, description="A JSON/JSONL file used directly as the dataset.")
+    template: str | None = Field(None, description="Chat template name; null = the tokenizer's own.")
+    template_file: str | None = Field(None, description="YAML file defining `template: custom`.")
+    default_system: str | None = Field(None, description="Override the template's default system prompt.")
+    cutoff_len: int = Field(2048, gt=0, description="Maximum tokens per example after tokenisation.")
+    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per dataset.")
+    val_size: float = Field(
+        0.0, ge=0.0, description="Validation split: a fraction in (0, 1) or a row count (≥ 1)."
+    )
+    train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
+    mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
+    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt).")
+    neat_packing: bool = Field(False, description="Pack without attention across examples.")
+    overwrite_cache: bool = Field(False, description="Rebuild the tokenised cache.")
+    preprocessing_num_workers: int | None = Field(None, gt=0, description="Processes for tokenisation.")
+    preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")
+    tokenized_path: str | None = Field(None, description="Save the tokenised data here, or load it if present.")
+    streaming: bool = Field(False, description="Stream the dataset (not supported).")
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+        "concat", description="How several datasets are combined."
+    )
+    tool_format: str | None = Field(None, description="Tool-call format of the template.")
+    on_bad_rows: Literal["drop", "error"] = Field(
+        "drop", description="Bad rows: drop them and report their row numbers, or stop with an error."
+    )
+
+    _lists = field_validator("dataset", "eval_dataset", mode="before")(_split_list)
+
+
+class TrainArguments(_Group):
+    """Training, output and evaluation settings; mapped onto transformers' TrainingArguments."""
+
+    output_dir: str | None = Field(None, description="Where checkpoints, the adapter, logs and plots go.")
+    overwrite_output_dir: bool = Field(False, description="Allow training into a non-empty output_dir.")
+    do_train: bool | None = Field(None, description="Train (default: true for `kubetune train`).")
+    do_eval: bool = Field(False, description="Evaluate after training.")
+    do_predict: bool = Field(False, description="Generate predictions on the eval dataset.")
+    resume_from_checkpoint: str | None = Field(
+        None, description="Checkpoint to resume from (default: the last one in output_dir)."
+    )
+    per_device_train_batch_size: int = Field(8, gt=0, description="Training batch size per device.")
+    per_device_eval_batch_size: int = Field(8, gt=0, description="Evaluation batch size per device.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Batches per optimiser step.")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate.")
+    num_train_epochs: float = Field(3.0, gt=0, description="Epochs (ignored when max_steps > 0).")
+    max_steps: int = Field(-1, description="Total optimiser steps; overrides num_train_epochs when > 0.")
+    lr_scheduler_type: Literal[
+        "linear", "cosine", "cosine_with_restarts", "polynomial", "constant",
+        "constant_with_warmup", "inverse_sqrt", "reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_stable_decay",
+    ] = Field("linear", description="Learning-rate schedule.")
+    warmup_ratio: float = Field(0.0, ge=0.0, lt=1.0, description="Warm-up as a fraction of total steps.")
+    warmup_steps: int = Field(0, ge=0, description="Warm-up steps (overrides warmup_ratio when > 0).")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay.")
+    adam_beta1: float = Field(0.9, description="AdamW β1.")
+    adam_beta2: float = Field(0.999, description="AdamW β2.")
+    adam_epsilon: float = Field(1e-8, description="AdamW ε.")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 = off).")
+    optim: str = Field("adamw_torch", description="Optimiser name as transformers spells it.")
+    bf16: bool = Field(False, description="Mixed precision in bfloat16.")
+    fp16: bool = Field(False, description="Mixed precision in float16 (GPU).")
+    pure_bf16: bool = Field(False, description="Train in pure bfloat16 (no float32 master weights).")
+    gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
+    data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")
+    ddp_timeout: int = Field(1800, gt=0, description="Distributed timeout in seconds.")
+    deepspeed: str | None = Field(None, description="DeepSpeed config file.")
+    logging_steps: int = Field(10, gt=0, description="Log every n steps.")
+    save_strategy: Literal["no", "steps", "epoch"] = Field("steps", description="When to checkpoint.")
+    save_steps: int = Field(500, gt=0, description="Checkpoint every n steps.")
+    save_total_limit: int | None = Field(None, gt=0, description="Keep at most n checkpoints.")
+    save_only_model: bool = Field(False, description="Checkpoints without optimiser state (cannot resume).")
+    eval_strategy: Literal["no", "steps", "epoch"] = Field("no", description="When to evaluate.")
+    eval_steps: int | None = Field(None, gt=0, description="Evaluate every n steps (default: logging_steps).")
+    plot_loss: bool = Field(False, description="Write training_loss.png (and training_eval_loss.png).")
+    report_to: list[str] = Field(["none"], description="Trackers: none, mlflow, tensorboard, wandb.")
+    run_name: str | None = Field(None, description="Run name for trackers.")
+    dataloader_num_workers: int = Field(0, ge=0, description="Data-loading processes.")
+    predict_with_generate: bool = Field(True, description="Generate text in do_predict.")
+    disable_tqdm: bool = Field(False, description="Hide progress bars.")
+
+    _lists = field_validator("report_to", mode="before")(_split_list)
+
+
+class GeneratingArguments(_Group):
+    do_sample: bool = Field(True, description="Sample (false = greedy).")
+    temperature: float = Field(0.95, gt=0, description="Sampling temperature.")
+    top_p: float = Field(0.7, gt=0, le=1, description="Nucleus sampling mass.")
+    top_k: int = Field(50, ge=0, description="Top-k sampling.")
+    num_beams: int = Field(1, gt=0, description="Beams (1 = no beam search).")
+    max_new_tokens: int = Field(1024, gt=0, description="Tokens to generate at most.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Repetition penalty.")
+    length_penalty: float = Field(1.0, description="Beam-search length penalty.")
+    skip_special_tokens: bool = Field(True, description="Drop special tokens from decoded text.")
+
+
+class ExportArguments(_Group):
+    export_dir: str | None = Field(None, description="Where the merged model goes (local or s3://).")
+    export_size: int = Field(5, gt=0, description="Shard size in GB.")
+    export_device: Literal["cpu", "auto"] = Field("cpu", description="Device used for merging.")
+    export_legacy_format: bool = Field(False, description="Save .bin instead of safetensors.")
+    export_quantization_bit: int | None = Field(None, description="Quantise the export (not supported).")
+    export_hub_model_id: str | None = Field(None, description="Push to the hub (not supported).")
+
+
+GROUPS: dict[str, type[_Group]] = {
+    "model": ModelArguments,
+    "method": FinetuningArguments,
+    "data": DataArguments,
+    "train": TrainArguments,
+    "generation": GeneratingArguments,
+    "export": ExportArguments,
+}
+
+
+def field_owner() -> dict[str, str]:
+    """Map every field name to its group name (names are unique across groups)."""
+    owner: dict[str, str] = {}
+    for group, model in GROUPS.items():
+        for name in model.model_fields:
+            assert name not in owner, f"{name} is defined in {owner[name]} and {group}"
+            owner[name] = group
+    return owner
+
+
+@dataclass
+class RunConfig:
+    """A validated run configuration.
+
+    Attributes:
+        model, method, data, train, generation, export: the argument groups.
+        source: the file the config came from ("" when built in code).
+        explicit: the keys the user set (file or command line), after aliasing — lets rules tell
+            "left at the default" from "asked for".
+    """
+
+    model: ModelArguments
+    method: FinetuningArguments
+    data: DataArguments
+    train: TrainArguments
+    generation: GeneratingArguments
+    export: ExportArguments
+    source: str = ""
+    explicit: set[str] = field(default_factory=set)
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.method.lora_alpha or 2 * self.method.lora_rank
+
+    def to_flat(self) -> dict[str, object]:
+        """The flat key → value form a user writes; round-trips through `load_config`."""
+        flat: dict[str, object] = {}
+        for group in GROUPS:
+            flat.update(getattr(self, group).model_dump(mode="json"))
+        return flat

@@ -1,0 +1,1 @@
+"""Data: dataset registry, converters, templates, tokenisation with label masks, packing, cache."""

@@ -1,0 +1,253 @@
+"""From dataset names to tokenised train/eval splits: read, convert, split, encode, pack, cache.
+
+The cache key is a hash of everything that changes the tokens — data bytes, dataset
+attributes, template, tokenizer, cutoff, masking and packing flags, seed and library version —
+so a second run with the same inputs loads Arrow files instead of re-tokenising, and any
+change to those inputs rebuilds.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import random
+import shutil
+import time
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass, is_dataclass
+from pathlib import Path
+from typing import Any
+
+import datasets
+
+import kubetune
+from kubetune.config import DataArguments
+from kubetune.data.converters import convert
+from kubetune.data.encode import encode_pretrain, encode_prompt_for_generation, encode_supervised
+from kubetune.data.packing import pack_greedy
+from kubetune.data.readers import read_rows, take
+from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
+from kubetune.data.schema import Sample
+from kubetune.paths import cache_root
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class TokenizedData:
+    """Tokenised splits ready for a Trainer.
+
+    Attributes:
+        train: rows with input_ids, labels (and position_ids when neat-packed); None if no training data.
+        eval: unpacked rows with input_ids, labels, prompt_ids and reference (for prediction); or None.
+        key: the cache key (content hash) of these splits.
+        cache_hit: True when loaded from the cache instead of built.
+        report: bad-row report ("" when every row was usable).
+        seconds: time spent in this call.
+    """
+
+    train: datasets.Dataset | None
+    eval: datasets.Dataset | None
+    key: str
+    cache_hit: bool
+    report: str
+    seconds: float
+
+
+def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str, seed: int,
+              train: bool = True, evaluate: bool = False) -> TokenizedData:
+    """Build (or load from cache) the tokenised splits for a stage.
+
+    Args:
+        data: data arguments (datasets, template flags, cutoff, packing, caching).
+        tokenizer: the model's tokenizer (after `template.fix_tokenizer`).
+        template: a `Template` from `kubetune.data.templates`.
+        stage: "sft" or "pt".
+        seed: seed of the validation split and of `max_samples` sampling.
+        train: build the training split (from `dataset`).
+        evaluate: build an eval split (from `eval_dataset`, or `val_size` of `dataset`).
+    """
+    start = time.perf_counter()
+    train_attrs = resolve_datasets(data.dataset, data.dataset_dir, data.data_path) if train or (
+        evaluate and not data.eval_dataset) else []
+    eval_attrs = resolve_datasets(data.eval_dataset, data.dataset_dir) if evaluate and data.eval_dataset else []
+    packing = data.packing if data.packing is not None else (stage == "pt" or data.neat_packing)
+
+    key = cache_key(data, tokenizer, template, stage=stage, seed=seed, packing=packing, attrs=train_attrs + eval_attrs,
+                    flags=(train, evaluate))
+    if data.tokenized_path and not data.overwrite_cache and Path(data.tokenized_path, "meta.json").is_file():
+        logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
+        return _load(Path(data.tokenized_path), key, start)
+    cached = cache_root() / "tokenized" / key
+    if not data.overwrite_cache and (cached / "meta.json").is_file():
+        logger.info("tokenised data cache hit (%s)", key[:12])
+        return _load(cached, key, start)
+
+    train_samples, report = _samples(train_attrs, data, stage, seed)
+    eval_samples: list[Sample] = []
+    if eval_attrs:
+        eval_samples, eval_report = _samples(eval_attrs, data, stage, seed)
+        report = "\n".join(r for r in (report, eval_report) if r)
+    elif evaluate and data.val_size > 0:
+        train_samples, eval_samples = split_validation(train_samples, data.val_size, seed)
+    if not train:
+        train_samples = []
+
+    encoder = _Encoder(tokenizer, template, data, stage)
+    train_rows = encoder.encode_all(train_samples, for_eval=False, workers=data.preprocessing_num_workers)
+    if packing and train_rows:
+        train_rows = pack_greedy(train_rows, data.cutoff_len, neat=data.neat_packing)
+    eval_rows = encoder.encode_all(eval_samples, for_eval=True, workers=data.preprocessing_num_workers)
+    if train and not train_rows:
+        raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
+                        + (f"\n{report}" if report else ""))
+
+    out = Path(data.tokenized_path) if data.tokenized_path else cached
+    _save(out, train_rows, eval_rows, key, report)
+    result = _load(out, key, start)
+    result.cache_hit = False
+    logger.info("tokenised %d train / %d eval rows in %.1fs", len(train_rows), len(eval_rows), result.seconds)
+    return result
+
+
+def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Deterministic split: the same samples and seed always give the same validation rows."""
+    count = int(val_size) if val_size >= 1 else max(1, round(len(samples) * val_size))
+    if count >= len(samples):
+        raise DataError(f"val_size {val_size} leaves no training rows ({len(samples)} rows in all)")
+    order = list(range(len(samples)))
+    random.Random(seed).shuffle(order)
+    held = set(order[:count])
+    return ([s for i, s in enumerate(samples) if i not in held], [s for i, s in enumerate(samples) if i in held])
+
+
+def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: int) -> tuple[list[Sample], str]:
+    samples: list[Sample] = []
+    reports = []
+    kind = "pt" if stage == "pt" else "sft"
+    for attr in attrs:
+        rows = read_rows(attr, data.dataset_dir)
+        limit = data.max_samples or attr.num_samples
+        if limit:
+            rows = take(rows, limit, seed)
+        result = convert(rows, attr, kind, on_bad_rows=data.on_bad_rows)
+        samples.extend(result.samples)
+        if result.bad_rows:
+            reports.append(result.report())
+            logger.warning(result.report())
+    return samples, "\n".join(reports)
+
+
+class _Encoder:
+    """Encodes samples; picklable so it can run in worker processes."""
+
+    def __init__(self, tokenizer: Any, template: Any, data: DataArguments, stage: str) -> None:
+        self.tokenizer, self.template, self.data, self.stage = tokenizer, template, data, stage
+
+    def encode_all(self, samples: list[Sample], *, for_eval: bool, workers: int | None) -> list[dict]:
+        if not samples:
+            return []
+        if workers and workers > 1 and len(samples) >= 2 * workers:
+            chunks = list(_chunks(samples, max(1, len(samples) // (workers * 4))))
+            with ProcessPoolExecutor(workers) as pool:
+                parts = pool.map(self._encode_chunk, chunks, [for_eval] * len(chunks))
+                return [row for part in parts for row in part]
+        return self._encode_chunk(samples, for_eval)
+
+    def _encode_chunk(self, samples: list[Sample], for_eval: bool) -> list[dict]:
+        rows = []
+        for sample in samples:
+            if self.stage == "pt":
+                ids = encode_pretrain(self.tokenizer, sample.response[0].content, self.data.cutoff_len)
+                rows.append({"input_ids": ids, "labels": list(ids)})
+                continue
+            input_ids, labels = encode_supervised(
+                self.template, self.tokenizer, sample, self.data.cutoff_len,
+                train_on_prompt=self.data.train_on_prompt, mask_history=self.data.mask_history,
+            )
+            row: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+            if for_eval:
+                prompt_ids, reference = encode_prompt_for_generation(
+                    self.template, self.tokenizer, sample, self.data.cutoff_len)
+                row.update(prompt_ids=prompt_ids, reference=reference)
+            rows.append(row)
+        return rows
+
+
+def _chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i:i + size]
+
+
+def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str, seed: int, packing: bool,
+              attrs: list[DatasetAttr], flags: tuple) -> str:
+    h = hashlib.sha256()
+
+    def add(obj: Any) -> None:
+        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
+        h.update(b"\0")
+
+    add(["kubetune", kubetune.__version__, stage, seed, packing, flags])
+    add(data.model_dump(include={"cutoff_len", "train_on_prompt", "mask_history", "neat_packing", "max_samples",
+                                 "val_size", "default_system", "on_bad_rows", "data_path"}))
+    for attr in attrs:
+        add(asdict(attr) if is_dataclass(attr) else vars(attr))
+        for path in _data_files(attr, data.dataset_dir):
+            h.update(_file_digest(path).encode())
+    add(repr(template))
+    add(_tokenizer_fingerprint(tokenizer))
+    return h.hexdigest()
+
+
+def _data_files(attr: DatasetAttr, dataset_dir: str) -> list[Path]:
+    name = getattr(attr, "file_name", None) or getattr(attr, "path", None)
+    if not name or str(name).startswith("s3://"):
+        return []  # s3 objects are fingerprinted by the storage layer's ETag manifest when localised
+    path = Path(name) if Path(name).is_absolute() else Path(dataset_dir) / name
+    if not path.exists():
+        path = Path(name)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file())
+    return [path] if path.is_file() else []
+
+
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _tokenizer_fingerprint(tokenizer: Any) -> str:
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    body = backend.to_str() if backend is not None else json.dumps(tokenizer.get_vocab(), sort_keys=True)
+    extra = json.dumps([tokenizer.__class__.__name__, tokenizer.special_tokens_map, tokenizer.chat_template,
+                        tokenizer.pad_token_id, tokenizer.eos_token_id], sort_keys=True, default=str)
+    return hashlib.sha256((body + extra).encode()).hexdigest()
+
+
+def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], key: str, report: str) -> None:
+    # write into a temp folder and rename, so a killed run never leaves a cache entry that looks complete
+    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for split, rows in (("train", train_rows), ("eval", eval_rows)):
+        if rows:
+            datasets.Dataset.from_list(rows).save_to_disk(str(tmp / split))
+    (tmp / "meta.json").write_text(json.dumps({"key": key, "report": report, "version": kubetune.__version__,
+                                               "train_rows": len(train_rows), "eval_rows": len(eval_rows)}))
+    if out.exists():
+        shutil.rmtree(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp.rename(out)
+
+
+def _load(path: Path, key: str, start: float) -> TokenizedData:
+    meta = json.loads((path / "meta.json").read_text())
+    splits = {s: datasets.load_from_disk(str(path / s)) if (path / s).is_dir() else None for s in ("train", "eval")}
+    return TokenizedData(train=splits["train"], eval=splits["eval"], key=meta["key"], cache_hit=True,
+                         report=meta.get("report", ""), seconds=time.perf_counter() - start)

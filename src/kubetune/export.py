@@ -1,0 +1,79 @@
+"""Merge an adapter into its base and write a standalone model: safetensors shards plus tokenizer."""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from pathlib import Path
+
+from kubetune.config import RunConfig
+from kubetune.model.adapters import prepare_for_training
+from kubetune.model.loader import load_base_model, load_tokenizer, resolve_model_path
+
+logger = logging.getLogger(__name__)
+
+
+def export(cfg: RunConfig) -> Path | str:
+    """Merge `adapter_name_or_path` into `model_name_or_path` and save it to `export_dir`.
+
+    Shards are at most `export_size` GB; `export_legacy_format` writes .bin instead of safetensors.
+    An `s3://` export_dir is written locally first, then uploaded with a completion marker.
+    Returns the export location.
+    """
+    if cfg.model.quantization_bit is not None:
+        raise ValueError("refusing to merge into a quantised base: remove quantization_bit "
+                         "(export loads the base in full precision and merges the adapter into it)")
+    target = cfg.export.export_dir
+    assert target, "export_dir is required (checked by preflight)"
+    path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, path)
+    model = load_base_model(cfg.model, path=path, quantize=False)
+    # is_trainable=False merges every adapter in order into the base weights
+    model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.config.use_cache = True
+    if target.startswith("s3://"):
+        from kubetune.storage import upload_dir
+
+        with tempfile.TemporaryDirectory() as tmp:
+            _save(model, tokenizer, Path(tmp), cfg)
+            upload_dir(Path(tmp), target)
+        logger.info("exported merged model to %s", target)
+        return target
+    out = Path(target)
+    _save(model, tokenizer, out, cfg)
+    logger.info("exported merged model to %s", out)
+    return out
+
+
+def _save(model, tokenizer, out: Path, cfg: RunConfig) -> None:  # noqa: ANN001
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, max_shard_size=f"{cfg.export.export_size}GB")
+    tokenizer.save_pretrained(out)
+    if cfg.export.export_legacy_format:
+        to_legacy_format(out)
+
+
+def to_legacy_format(out: Path) -> None:
+    """Rewrite safetensors shards as PyTorch .bin shards for old loaders.
+
+    transformers 5 only writes safetensors, so the legacy format is a conversion afterwards.
+    """
+    import json
+
+    import torch
+    from safetensors.torch import load_file
+
+    def legacy_name(name: str) -> str:
+        return name.replace("model", "pytorch_model", 1).replace(".safetensors", ".bin")
+
+    for shard in sorted(out.glob("*.safetensors")):
+        torch.save(load_file(shard), out / legacy_name(shard.name))
+        shard.unlink()
+    index = out / "model.safetensors.index.json"
+    if index.is_file():
+        data = json.loads(index.read_text())
+        data["weight_map"] = {k: legacy_name(v) for k, v in data["weight_map"].items()}
+        (out / "pytorch_model.bin.index.json").write_text(json.dumps(data, indent=2))
+        index.unlink()

@@ -1,0 +1,153 @@
+"""Load a base model and its tokenizer from wherever it lives.
+
+`model_name_or_path` may be a local HF directory, a directory plus `gguf_file`, an `s3://`
+prefix (fetched once into the cache), the embedded SmolLM2 id, or a hub id (only where a hub
+is reachable). Remote code stays off unless `trust_remote_code: true`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+
+from kubetune.config import ModelArguments
+from kubetune.model.embedded import embedded_model_dir, is_embedded
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """The model (or tokenizer) could not be found or loaded; the message says what to do."""
+
+
+def resolve_model_path(args: ModelArguments) -> str:
+    """Turn `model_name_or_path` into something `from_pretrained` can open without a network."""
+    name = args.model_name_or_path
+    if name.startswith("s3://"):
+        from kubetune.storage import localize
+
+        return str(localize(name))
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path)
+    if is_embedded(name):
+        return str(embedded_model_dir())
+    if name.startswith(("/", "./", "../", "~")) or path.suffix == ".gguf":
+        raise ModelLoadError(f"model_name_or_path: {name!r} does not exist — check the path")
+    return name  # a hub id: from_pretrained will try the hub (and say so if it cannot reach it)
+
+
+def _from_pretrained_kwargs(args: ModelArguments) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, "revision": args.model_revision}
+    if args.cache_dir:
+        kwargs["cache_dir"] = args.cache_dir
+    if args.hf_hub_token:
+        kwargs["token"] = args.hf_hub_token
+    if args.gguf_file:
+        kwargs["gguf_file"] = args.gguf_file
+    return kwargs
+
+
+def load_tokenizer(args: ModelArguments, path: str | None = None) -> Any:
+    """Load the tokenizer with right padding (training); generation switches to left padding itself."""
+    path = path or resolve_model_path(args)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, use_fast=args.use_fast_tokenizer,
+                                                  **_from_pretrained_kwargs(args))
+    except OSError as err:
+        raise ModelLoadError(_not_found(args.model_name_or_path, err)) from None
+    tokenizer.padding_side = "right"
+    return tokenizer
+
+
+def pick_attention(args: ModelArguments) -> str:
+    """The attention kernel: `auto` prefers FlashAttention-2 on a GPU when installed, else SDPA."""
+    import importlib.util
+
+    has_fa2 = torch.cuda.is_available() and importlib.util.find_spec("flash_attn") is not None
+    choice = {"disabled": "eager", "sdpa": "sdpa", "fa2": "flash_attention_2"}.get(args.flash_attn)
+    if choice is None:  # auto
+        choice = "flash_attention_2" if has_fa2 else "sdpa"
+        logger.info("flash_attn: auto → %s", choice)
+    return choice
+
+
+def compute_dtype(bf16: bool = False, fp16: bool = False) -> torch.dtype:
+    if bf16:
+        return torch.bfloat16
+    if fp16:
+        return torch.float16
+    return torch.float32
+
+
+def quantization_config(args: ModelArguments, dtype: torch.dtype) -> BitsAndBytesConfig | None:
+    if args.quantization_bit is None:
+        return None
+    if args.quantization_bit == 8:
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=args.quantization_type,
+        bnb_4bit_use_double_quant=args.double_quantization,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32, path: str | None = None,
+                    quantize: bool = True) -> Any:
+    """Load the base causal LM.
+
+    Args:
+        args: model arguments.
+        dtype: weight dtype for unquantised layers (float32 on CPU; bf16/fp16 on GPUs when asked).
+        path: an already-resolved path (skips resolution).
+        quantize: apply `quantization_bit` (False for export, which must not merge into a quantised base).
+    """
+    path = path or resolve_model_path(args)
+    kwargs = _from_pretrained_kwargs(args)
+    try:
+        config = AutoConfig.from_pretrained(path, **kwargs)
+    except OSError as err:
+        raise ModelLoadError(_not_found(args.model_name_or_path, err)) from None
+    qconfig = quantization_config(args, dtype) if quantize else None
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": _default_device()}
+    model = AutoModelForCausalLM.from_pretrained(
+        path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
+        low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
+    )
+    if getattr(model.generation_config, "pad_token_id", None) is None:
+        model.generation_config.pad_token_id = model.config.eos_token_id
+    return model
+
+
+def _default_device() -> str:
+    return "cuda:0" if torch.cuda.is_available() else "cpu"
+
+
+def _not_found(name: str, err: Exception) -> str:
+    return (
+        f"cannot load model {name!r}: {err}\n"
+        "model_name_or_path must be a local HF directory, an s3:// prefix, or a hub id on a machine that "
+        "can reach the hub. Offline, download the model first, or use HuggingFaceTB/SmolLM2-135M-Instruct "
+        "(embedded)."
+    )
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    trainable = total = 0
+    for param in model.parameters():
+        n = param.numel()
+        if param.__class__.__name__ == "Params4bit":
+            n *= 2  # two 4-bit values per stored byte
+        total += n
+        if param.requires_grad:
+            trainable += n
+    return trainable, total

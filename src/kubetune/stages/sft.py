@@ -1,0 +1,112 @@
+"""Supervised fine-tuning (and, with `stage: pt`, continued pre-training).
+
+Reads top to bottom: set up tokenizer, template, data and model; train (resuming from the
+last checkpoint); save the adapter or model, logs and loss plot; evaluate; predict.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from transformers import Trainer
+
+from kubetune.config import RunConfig
+from kubetune.data.collator import DataCollatorForSupervised
+from kubetune.data.pipeline import tokenized
+from kubetune.data.templates import get_template
+from kubetune.evaluate.metrics import perplexity
+from kubetune.model.adapters import prepare_for_training
+from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.plotting import plot_loss
+from kubetune.stages.predict import predict
+from kubetune.stages.result import StageResult
+from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
+from kubetune.tracking import JsonlLogCallback
+
+logger = logging.getLogger(__name__)
+
+
+def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
+    """Run the configured `do_train` / `do_eval` / `do_predict` steps of an sft or pt stage.
+
+    Args:
+        cfg: a validated config (`kubetune.config.load_config`); `cfg.train.output_dir` is required.
+        callbacks: extra `TrainerCallback`s (trackers, tests that interrupt training).
+
+    Returns:
+        StageResult with the output directory, the merged metrics, and paths of what was written.
+    """
+    out = Path(cfg.train.output_dir or "outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    do_train = cfg.train.do_train is not False
+    do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
+
+    # --- setup ---
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
+    if cfg.data.default_system is not None:
+        template.default_system = cfg.data.default_system
+    template.fix_tokenizer(tokenizer)
+    data = tokenized(cfg.data, tokenizer, template, stage=cfg.method.stage, seed=cfg.train.seed,
+                     train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    # Mixed precision (bf16/fp16) keeps float32 master weights; only pure_bf16 stores bf16 weights.
+    dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    model = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=do_train,
+                                 gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
+
+    args = training_arguments(cfg, out)
+    eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
+    trainer = Trainer(
+        model=model,
+        args=args,
+        train_dataset=data.train,
+        eval_dataset=eval_set if do_eval else None,
+        data_collator=DataCollatorForSupervised(tokenizer.pad_token_id),
+        processing_class=tokenizer,
+        callbacks=[JsonlLogCallback(out), *(callbacks or [])],
+    )
+    metrics: dict[str, float] = {}
+    files: dict[str, str] = {}
+    if data.report:
+        (out / "bad_rows.txt").write_text(data.report + "\n")
+        files["bad_rows"] = str(out / "bad_rows.txt")
+
+    # --- train ---
+    if do_train:
+        result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
+        trainer.save_model(str(out))
+        tokenizer.save_pretrained(str(out))
+        trainer.save_state()
+        train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit),
+                         "preprocess_seconds": data.seconds}
+        trainer.log_metrics("train", train_metrics)
+        trainer.save_metrics("train", train_metrics)
+        metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_metrics.items()})
+        files["model"] = str(out)
+        if cfg.train.plot_loss:
+            for path in plot_loss(trainer.state.log_history, out):
+                files[path.stem] = str(path)
+
+    # --- evaluate ---
+    if do_eval and eval_set is not None:
+        eval_metrics = trainer.evaluate(eval_set)
+        eval_metrics["eval_perplexity"] = perplexity(eval_metrics["eval_loss"])
+        trainer.log_metrics("eval", eval_metrics)
+        trainer.save_metrics("eval", eval_metrics)
+        metrics.update(eval_metrics)
+
+    # --- predict ---
+    if cfg.train.do_predict and data.eval is not None:
+        predict_metrics = predict(trainer.model, tokenizer, data.eval, cfg.generation,
+                                  batch_size=cfg.train.per_device_eval_batch_size,
+                                  output_file=out / "generated_predictions.jsonl")
+        trainer.save_metrics("predict", predict_metrics)
+        metrics.update(predict_metrics)
+        files["predictions"] = str(out / "generated_predictions.jsonl")
+
+    (out / "run_summary.json").write_text(json.dumps({"metrics": metrics, "files": files}, indent=2) + "\n")
+    return StageResult(output_dir=out, metrics=metrics, files=files)

@@ -1,0 +1,77 @@
+"""Map our (LLaMA-Factory-named) training settings onto transformers' TrainingArguments.
+
+transformers 5 renamed or dropped some arguments users still write (`warmup_ratio`,
+`overwrite_output_dir`, ...). Users keep the names they know; this is the one place that
+knows the difference.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import TrainingArguments
+from transformers.trainer_utils import get_last_checkpoint
+
+from kubetune.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    t = cfg.train
+    # transformers 5 reads a float warmup_steps in [0, 1) as a ratio of total steps.
+    warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
+    report_to = [] if t.report_to in (["none"], []) else t.report_to
+    return TrainingArguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_eval_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        learning_rate=t.learning_rate,
+        num_train_epochs=t.num_train_epochs,
+        max_steps=t.max_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        warmup_steps=warmup,
+        weight_decay=t.weight_decay,
+        adam_beta1=t.adam_beta1,
+        adam_beta2=t.adam_beta2,
+        adam_epsilon=t.adam_epsilon,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        bf16=t.bf16,
+        fp16=t.fp16,
+        seed=t.seed,
+        data_seed=t.data_seed,
+        ddp_timeout=t.ddp_timeout,
+        logging_steps=t.logging_steps,
+        save_strategy=t.save_strategy,
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        save_only_model=t.save_only_model,
+        eval_strategy=t.eval_strategy,
+        eval_steps=t.eval_steps or t.logging_steps,
+        report_to=report_to,
+        run_name=t.run_name,
+        dataloader_num_workers=t.dataloader_num_workers,
+        disable_tqdm=t.disable_tqdm,
+        # we enable checkpointing on the model ourselves (it must happen before PEFT wraps it)
+        gradient_checkpointing=False,
+        remove_unused_columns=False,  # our collator needs position_ids, which the model signature hides
+        include_num_input_tokens_seen="non_padding",
+        use_cpu=not torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),
+    )
+
+
+def find_resume_checkpoint(cfg: RunConfig, output_dir: Path) -> str | None:
+    """The checkpoint to resume from: the explicit one, else the last in output_dir (unless overwriting)."""
+    if cfg.train.resume_from_checkpoint:
+        return cfg.train.resume_from_checkpoint
+    if cfg.train.overwrite_output_dir or not output_dir.is_dir():
+        return None
+    last = get_last_checkpoint(str(output_dir))
+    if last:
+        logger.info("resuming from %s (set overwrite_output_dir: true to start over)", last)
+    return last

@@ -1,0 +1,66 @@
+"""Shared fixtures: a tiny random Llama built from a config, with the real SmolLM2 tokenizer.
+
+The tiny model keeps every training test to seconds on a 2-core CPU; the tokenizer is the
+embedded model's, so templates and masks are exercised on a real vocabulary.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# Tests never reach a hub; say so up front instead of timing out on one.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def smollm2_dir() -> Path:
+    """The real embedded model directory (converted from GGUF once per machine)."""
+    from kubetune.model.embedded import embedded_model_dir
+
+    return embedded_model_dir()
+
+
+def build_tiny_model(path: Path, tokenizer_dir: Path, seed: int = 0) -> Path:
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    model = LlamaForCausalLM(config)
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory, smollm2_dir: Path) -> Path:
+    """A 2-layer, hidden-64 Llama with the SmolLM2 tokenizer, saved as an HF directory."""
+    return build_tiny_model(tmp_path_factory.mktemp("tiny-llama"), smollm2_dir)
+
+
+@pytest.fixture()
+def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A private kubetune cache for the tokenised-data cache, so tests never share entries.
+
+    Models still come from the real cache (the embedded model is converted once per machine).
+    """
+    from kubetune.model import embedded
+
+    real = embedded.embedded_model_dir()
+    cache = tmp_path / "kt-cache"
+    (cache / "models").mkdir(parents=True)
+    (cache / "models" / real.name).symlink_to(real)
+    monkeypatch.setenv("KUBETUNE_CACHE", str(cache))
+    return cache
