@@ -7,7 +7,11 @@ embedded model's, so templates and masks are exercised on a real vocabulary.
 from __future__ import annotations
 
 import os
+import sys
+import uuid
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +21,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
+
+# tests/ has no __init__.py, so make its shared helpers (moto_server.py) importable.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from moto_server import start_moto_server  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -64,3 +73,42 @@ def cache_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     (cache / "models" / real.name).symlink_to(real)
     monkeypatch.setenv("KUBETUNE_CACHE", str(cache))
     return cache
+
+
+# --- a real S3 API: one moto_server per test session (per xdist worker), a fresh bucket per test ---
+
+
+@pytest.fixture(scope="session")
+def moto_env() -> Iterator[dict[str, str]]:
+    """The running server's client environment (endpoint, dummy keys, region)."""
+    with start_moto_server() as server:
+        yield server.env
+
+
+@pytest.fixture
+def s3_env(moto_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> dict[str, str]:
+    """Point boto3 and kubetune's cache at the test server and a per-test cache folder."""
+    for var in ("AWS_ENDPOINT_URL_S3", "S3_ENDPOINT_URL", "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"):
+        monkeypatch.delenv(var, raising=False)
+    for var, value in moto_env.items():
+        monkeypatch.setenv(var, value)
+    monkeypatch.setenv("KUBETUNE_CACHE", str(tmp_path / "cache"))
+    return moto_env
+
+
+@pytest.fixture
+def bucket(s3_env: dict[str, str]) -> str:
+    """A new, empty bucket on the test server (tests never share state through buckets)."""
+    from kubetune.storage import s3_client
+
+    name = f"test-{uuid.uuid4().hex[:12]}"
+    s3_client().create_bucket(Bucket=name)
+    return name
+
+
+@pytest.fixture
+def client(s3_env: dict[str, str]) -> Any:
+    """A boto3 S3 client for the test server, for arranging and inspecting objects directly."""
+    from kubetune.storage import s3_client
+
+    return s3_client()

@@ -27,7 +27,7 @@ def chat(cfg: RunConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout)
     template.fix_tokenizer(tokenizer)
     model = load_base_model(cfg.model, path=path)
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
-    kwargs = generation_kwargs(cfg.generation, tokenizer)
+    kwargs = generation_kwargs(cfg.generation, tokenizer, template.stop_token_ids(tokenizer))
     system = cfg.data.default_system or ""
     history: list[Message] = []
     print(HELP, file=stdout, flush=True)

@@ -175,7 +175,7 @@ def test_missing_local_model_and_adapter(tmp_path: Path) -> None:
                              "export_dir": str(tmp_path / "e")})
     with pytest.raises(ConfigError) as err:
         preflight(cfg, "export")
-    assert set(err.value.keys()) == {"model_name_or_path"} or "adapter_name_or_path" in err.value.keys()
+    assert set(err.value.keys()) == {"model_name_or_path", "adapter_name_or_path"}
 
 
 def test_export_refuses_quantised_base() -> None:

@@ -203,12 +203,9 @@ def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
 
 
 def _data_files(attr: DatasetAttr, dataset_dir: str) -> list[Path]:
-    name = getattr(attr, "file_name", None) or getattr(attr, "path", None)
-    if not name or str(name).startswith("s3://"):
+    if attr.is_remote:
         return []  # s3 objects are fingerprinted by the storage layer's ETag manifest when localised
-    path = Path(name) if Path(name).is_absolute() else Path(dataset_dir) / name
-    if not path.exists():
-        path = Path(name)
+    path = attr.local_path(dataset_dir)
     if path.is_dir():
         return sorted(p for p in path.rglob("*") if p.is_file())
     return [path] if path.is_file() else []

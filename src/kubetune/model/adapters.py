@@ -46,7 +46,9 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
     quantized = model_args.quantization_bit is not None
     if is_trainable and quantized:
         # casts norms to float32 and enables input grads so checkpointing works through frozen 4-bit layers
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=gradient_checkpointing)
+        model = prepare_model_for_kbit_training(
+            model, use_gradient_checkpointing=gradient_checkpointing,
+            gradient_checkpointing_kwargs={"use_reentrant": False})
     elif is_trainable and gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()

@@ -13,7 +13,8 @@ from kubetune.config import GeneratingArguments
 from kubetune.evaluate.metrics import generation_metrics
 
 
-def generation_kwargs(gen: GeneratingArguments, tokenizer: Any) -> dict[str, Any]:
+def generation_kwargs(gen: GeneratingArguments, tokenizer: Any, stop_token_ids: list[int] | None = None
+                      ) -> dict[str, Any]:
     kwargs: dict[str, Any] = {
         "do_sample": gen.do_sample,
         "num_beams": gen.num_beams,
@@ -21,30 +22,21 @@ def generation_kwargs(gen: GeneratingArguments, tokenizer: Any) -> dict[str, Any
         "repetition_penalty": gen.repetition_penalty,
         "length_penalty": gen.length_penalty,
         "pad_token_id": tokenizer.pad_token_id,
-        "eos_token_id": _stop_ids(tokenizer),
+        "eos_token_id": sorted({tokenizer.eos_token_id, *(stop_token_ids or [])} - {None}),
     }
     if gen.do_sample:  # passing sampling knobs to greedy decoding only earns warnings
         kwargs.update(temperature=gen.temperature, top_p=gen.top_p, top_k=gen.top_k)
     return kwargs
 
 
-def _stop_ids(tokenizer: Any) -> list[int]:
-    ids = [tokenizer.eos_token_id]
-    for token in getattr(tokenizer, "additional_special_tokens", None) or []:
-        if token in ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>"):
-            ids.append(tokenizer.convert_tokens_to_ids(token))
-    return sorted({i for i in ids if i is not None})
-
-
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], gen: GeneratingArguments,
-             batch_size: int = 8, desc: str = "predict") -> list[str]:
+             batch_size: int = 8, desc: str = "predict", stop_token_ids: list[int] | None = None) -> list[str]:
     """Left-pad prompts in batches, generate, and decode only the new tokens."""
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
-    kwargs = generation_kwargs(gen, tokenizer)
-    outputs: list[str] = []
+    kwargs = generation_kwargs(gen, tokenizer, stop_token_ids)
     # longest first keeps batches tight (less padding); results are put back in input order
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
     decoded: dict[int, str] = {}
@@ -61,7 +53,7 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], gen: Generati
 
 
 def predict(model: Any, tokenizer: Any, rows: Any, gen: GeneratingArguments, *, batch_size: int,
-            output_file: Path) -> dict[str, float]:
+            output_file: Path, stop_token_ids: list[int] | None = None) -> dict[str, float]:
     """Generate for every eval row, write `generated_predictions.jsonl`, return BLEU/ROUGE metrics.
 
     Args:
@@ -70,7 +62,7 @@ def predict(model: Any, tokenizer: Any, rows: Any, gen: GeneratingArguments, *, 
     """
     prompts = list(rows["prompt_ids"])
     references = list(rows["reference"])
-    predictions = generate(model, tokenizer, prompts, gen, batch_size=batch_size)
+    predictions = generate(model, tokenizer, prompts, gen, batch_size=batch_size, stop_token_ids=stop_token_ids)
     with output_file.open("w", encoding="utf-8") as f:
         for prompt, pred, label in zip(prompts, predictions, references, strict=True):
             prompt_text = tokenizer.decode(prompt, skip_special_tokens=False)

@@ -65,7 +65,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         args=args,
         train_dataset=data.train,
         eval_dataset=eval_set if do_eval else None,
-        data_collator=DataCollatorForSupervised(tokenizer.pad_token_id),
+        # flash attention separates packed examples only within one row: flatten the batch for it
+        data_collator=DataCollatorForSupervised(
+            tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2"),
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *(callbacks or [])],
     )
@@ -102,6 +104,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- predict ---
     if cfg.train.do_predict and data.eval is not None:
         predict_metrics = predict(trainer.model, tokenizer, data.eval, cfg.generation,
+                                  stop_token_ids=template.stop_token_ids(tokenizer),
                                   batch_size=cfg.train.per_device_eval_batch_size,
                                   output_file=out / "generated_predictions.jsonl")
         trainer.save_metrics("predict", predict_metrics)

@@ -1,0 +1,111 @@
+"""Batch tokenised rows into padded tensors for training.
+
+Two kinds of batch:
+
+- Ordinary rows: right-padded `input_ids`/`labels` and an `attention_mask` that hides padding.
+- Neat-packed rows (they carry `position_ids`): no `attention_mask` at all. Given position ids
+  and no mask, transformers 5 builds a block-diagonal causal mask from the points where the
+  positions restart (`masking_utils.find_packed_sequence_indices`), so each packed example
+  attends only to itself. Padding is given positions 0, 1, ... so it forms its own block.
+  This holds only when the forward pass has no KV cache: the model must run with
+  `use_cache=False`, which the HF Trainer sets from `TrainingArguments.use_cache` (False).
+
+Flash attention derives varlen boundaries from position ids only for a batch of one row
+(`modeling_flash_attention_utils._is_packed_sequence`); `flatten_packed=True` concatenates
+the batch into one row for it. Keep it off for sdpa/eager: their mask is quadratic in the
+row length.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from kubetune.data.encode import IGNORE_INDEX
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class DataCollatorForSupervised:
+    """Pads rows from `encode_supervised` or `pack_greedy` into a batch of tensors.
+
+    Args:
+        tokenizer: where to read the pad id from when `pad_token_id` is None (its pad token,
+            else its EOS). Default None.
+        pad_token_id: id written into padded `input_ids`. Default None = from the tokenizer.
+        pad_to_multiple_of: round the padded length up to a multiple of this (tensor cores
+            like multiples of 8). Default None = the longest row.
+        label_pad: label of padding. Default -100 (`IGNORE_INDEX`).
+        flatten_packed: concatenate neat-packed rows into a single row (for flash attention).
+            Default False.
+    """
+
+    tokenizer: PreTrainedTokenizerBase = None
+    pad_token_id: int | None = None
+    pad_to_multiple_of: int | None = None
+    label_pad: int = IGNORE_INDEX
+    flatten_packed: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pad_token_id is None and self.tokenizer is not None:
+            pad = self.tokenizer.pad_token_id
+            self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+        if self.pad_token_id is None:
+            raise ValueError("DataCollatorForSupervised needs pad_token_id, or a tokenizer with a pad or EOS token")
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        """Batch `features` (dicts with `input_ids`, optional `labels` and `position_ids`).
+
+        Missing labels default to the input ids (pre-training). Returns `input_ids`, `labels`
+        and either `attention_mask` (ordinary rows) or `position_ids` (any packed row).
+        """
+        rows = [_as_lists(feature) for feature in features]
+        packed = any("position_ids" in row for row in rows)
+        if packed and self.flatten_packed:
+            rows = [_flatten(rows)]
+        width = self._width(max(len(row["input_ids"]) for row in rows))
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": []}
+        batch["position_ids" if packed else "attention_mask"] = []
+        for row in rows:
+            pad = width - len(row["input_ids"])
+            batch["input_ids"].append(row["input_ids"] + [self.pad_token_id] * pad)
+            batch["labels"].append(row["labels"] + [self.label_pad] * pad)
+            if packed:
+                # Restarting at 0 makes the padding a separate segment, never attended by real tokens.
+                positions = row.get("position_ids") or list(range(len(row["input_ids"])))
+                batch["position_ids"].append(positions + list(range(pad)))
+            else:
+                batch["attention_mask"].append([1] * len(row["input_ids"]) + [0] * pad)
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+    def _width(self, longest: int) -> int:
+        multiple = self.pad_to_multiple_of
+        return longest if not multiple else -(-longest // multiple) * multiple
+
+
+def _as_lists(feature: dict[str, Any]) -> dict[str, list[int]]:
+    row = {key: _to_list(feature[key]) for key in ("input_ids", "labels", "position_ids") if key in feature}
+    row.setdefault("labels", list(row["input_ids"]))
+    return row
+
+
+def _to_list(value: Any) -> list[int]:
+    return value.tolist() if isinstance(value, torch.Tensor) else list(value)
+
+
+def _flatten(rows: list[dict[str, list[int]]]) -> dict[str, list[int]]:
+    """All rows as one; rows without position ids count as one example each."""
+    flat: dict[str, list[int]] = {"input_ids": [], "labels": [], "position_ids": []}
+    for row in rows:
+        flat["input_ids"] += row["input_ids"]
+        labels = list(row["labels"])
+        # The row's first label would be predicted from the previous row's last token.
+        labels[0] = IGNORE_INDEX
+        flat["labels"] += labels
+        flat["position_ids"] += row.get("position_ids") or list(range(len(row["input_ids"])))
+    return flat

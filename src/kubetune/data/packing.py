@@ -1,0 +1,84 @@
+"""Pack tokenised examples into rows of at most `cutoff_len` tokens (`packing`, `neat_packing`).
+
+Packing removes padding: short examples share a row. Plain packing concatenates them, so an
+example can attend to the ones before it in the row. Neat packing also writes `position_ids`
+that restart at 0 at every example; the collator then passes no `attention_mask`, and
+transformers (5.x, `masking_utils.find_packed_sequence_indices`) turns the restarts into a
+block-diagonal causal mask for sdpa/eager attention, or varlen boundaries for flash
+attention on a single flattened row. Each example then sees only itself, as if run alone.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, insort
+from typing import Any
+
+from kubetune.data.encode import IGNORE_INDEX
+
+
+def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> list[dict[str, list[int]]]:
+    """Bin-pack examples into as few rows as possible (best-fit decreasing; deterministic).
+
+    Args:
+        examples: dicts with `input_ids` and `labels` (equally long, at most `cutoff_len`).
+            Other keys are dropped; empty examples are skipped.
+        cutoff_len: the most tokens in a row.
+        neat: add `position_ids` restarting at 0 for each example, and unlearn each
+            example's first token (its label would be predicted from the previous
+            example's last token, which neat packing hides from it).
+
+    Returns:
+        Rows with `input_ids`, `labels` and, with `neat`, `position_ids`; no padding.
+
+    Raises:
+        ValueError: an example is longer than `cutoff_len` or its labels do not match.
+    """
+    lengths = [len(example["input_ids"]) for example in examples]
+    for index, (example, length) in enumerate(zip(examples, lengths, strict=True)):
+        if length > cutoff_len:
+            raise ValueError(
+                f"example {index} has {length} tokens, more than cutoff_len={cutoff_len}: "
+                "encode with the same cutoff_len before packing"
+            )
+        if len(example["labels"]) != length:
+            raise ValueError(f"example {index}: {len(example['labels'])} labels for {length} input ids")
+    return [_concatenate([examples[i] for i in row], neat) for row in _best_fit(lengths, cutoff_len)]
+
+
+def _best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Example indices per row: longest first, each into the row it fills most tightly.
+
+    Ties break by index, so the same input always gives the same rows.
+    """
+    order = sorted((i for i, n in enumerate(lengths) if n > 0), key=lambda i: (-lengths[i], i))
+    rows: list[list[int]] = []
+    free: list[tuple[int, int]] = []  # (room left, row index), kept sorted
+    for i in order:
+        slot = bisect_left(free, (lengths[i], -1))
+        if slot == len(free):
+            rows.append([i])
+            row, room = len(rows) - 1, capacity - lengths[i]
+        else:
+            room, row = free.pop(slot)
+            rows[row].append(i)
+            room -= lengths[i]
+        if room > 0:
+            insort(free, (room, row))
+    return rows
+
+
+def _concatenate(examples: list[dict[str, Any]], neat: bool) -> dict[str, list[int]]:
+    input_ids: list[int] = []
+    labels: list[int] = []
+    position_ids: list[int] = []
+    for example in examples:
+        example_labels = list(example["labels"])
+        if neat:
+            example_labels[0] = IGNORE_INDEX
+            position_ids += range(len(example_labels))
+        input_ids += example["input_ids"]
+        labels += example_labels
+    row = {"input_ids": input_ids, "labels": labels}
+    if neat:
+        row["position_ids"] = position_ids
+    return row

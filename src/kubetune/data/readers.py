@@ -1,0 +1,311 @@
+"""Read a dataset's rows from json, jsonl, csv, parquet, txt files or a folder of them.
+
+Rows come back as they are in the file (dicts, usually); checking them is the converter's job, so that
+every problem with a row is reported the same way, with its row number.
+
+Row numbers are 0-based and point into the file: the index in a JSON list, the line index in a JSONL or
+txt file (blank lines are skipped but still counted, so `row + 1` is the line an editor shows), the data
+row in a CSV file (the header is not a row), the row in a parquet file.
+
+A JSONL line that is not valid JSON does not stop the read: it is skipped and reported as a `BadRow`
+with its line number, and `kubetune.data.converters.convert` merges it into its report (and raises on it
+with `on_bad_rows="error"`). A JSON file that does not parse has no usable rows, so it raises `DataError`
+with the line and column.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar, overload
+
+from kubetune.data.registry import READABLE_SUFFIXES, DataError, DatasetAttr
+
+T = TypeVar("T")
+
+
+@dataclass
+class BadRow:
+    """A source row that could not be used.
+
+    Attributes:
+        row (`int`): 0-based row number in `source` (the module docstring says what a row is per type).
+        reason (`str`): what is wrong with it, for a person.
+        source (`str`): the file it came from.
+    """
+
+    row: int
+    reason: str
+    source: str
+
+
+@dataclass
+class ReadResult:
+    """The rows of a dataset and where each came from.
+
+    Attributes:
+        rows (`list`): the rows, in file order (the files of a folder in sorted order).
+        origins (`list[tuple[str, int]]`): `(file, row number)` for each entry of `rows`.
+        bad_rows (`list[BadRow]`): rows that could not even be parsed (bad JSONL lines, ragged CSV lines).
+        source (`str`): the file or folder read, for reports.
+    """
+
+    rows: list[Any] = field(default_factory=list)
+    origins: list[tuple[str, int]] = field(default_factory=list)
+    bad_rows: list[BadRow] = field(default_factory=list)
+    source: str = ""
+
+    def extend(self, other: ReadResult) -> None:
+        """Append another file's rows (reading a folder)."""
+        self.rows += other.rows
+        self.origins += other.origins
+        self.bad_rows += other.bad_rows
+
+
+def read_rows(attr: DatasetAttr, dataset_dir: str | Path = ".") -> ReadResult:
+    """Read all rows of a dataset (a local file or folder, or an s3:// file or folder).
+
+    Args:
+        attr (`DatasetAttr`): the dataset, from `resolve_datasets`.
+        dataset_dir (`str` or `Path`, *optional*, defaults to `"."`):
+            Folder that a relative `attr.path` is under.
+
+    Returns:
+        `ReadResult`: the rows with their origins, and the rows that could not be parsed.
+
+    Raises:
+        DataError: missing path, unsupported file type, a JSON file that does not parse, a folder with no
+            (or mixed) readable files, or an s3:// dataset without `kubetune.storage`.
+    """
+    path = _localize(attr) if attr.is_remote else attr.local_path(dataset_dir)
+    if not path.exists():
+        raise DataError(f"Dataset {attr.name!r}: {path} does not exist.")
+    if path.is_dir():
+        return read_folder(path, attr.split)
+    if attr.split != "train":
+        raise DataError(f"Dataset {attr.name!r}: split {attr.split!r} was asked for, but {path} is a single "
+                        f"file; splits select files in a folder (e.g. {attr.split}-00000.parquet).")
+    return read_file(path)
+
+
+def _localize(attr: DatasetAttr) -> Path:
+    # Imported here: kubetune.storage pulls in boto3, which only s3:// datasets need.
+    try:
+        from kubetune.storage import localize
+    except ImportError as e:
+        raise DataError(f"Dataset {attr.name!r}: reading {attr.path} needs kubetune.storage.localize, "
+                        f"which is not available ({e}).") from e
+    try:
+        return Path(localize(attr.path))
+    except FileNotFoundError as e:
+        # Other storage errors (credentials, access) already say what to do; a missing object needs the name.
+        raise DataError(f"Dataset {attr.name!r}: {e}") from e
+
+
+def read_folder(folder: Path, split: str = "train") -> ReadResult:
+    """Read every data file under `folder` (recursively, sorted by path) as one dataset.
+
+    Files named after a split (`train.json`, `train-00000-of-00002.parquet`, `train/part.jsonl`) are
+    picked by `split`; if none is named after any split, all files are read. Hidden files and folders
+    (`.cache`, `.gitattributes`) and non-data files (README.md) are ignored.
+
+    Args:
+        folder (`Path`): the folder.
+        split (`str`, *optional*, defaults to `"train"`):
+            Which split's files to read when files are named by split.
+
+    Raises:
+        DataError: no readable files, files of more than one type, or no files for a non-train split.
+    """
+    files = sorted(
+        p for p in folder.rglob("*")
+        if p.is_file() and p.suffix in READABLE_SUFFIXES
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    )
+    if not files:
+        raise DataError(f"{folder} has no readable data files ({', '.join(READABLE_SUFFIXES)}).")
+    files = _pick_split(files, folder, split)
+    suffixes = sorted({p.suffix for p in files})
+    if len(suffixes) > 1:
+        raise DataError(f"{folder} mixes file types ({', '.join(suffixes)}); "
+                        f"keep one type per dataset folder.")
+    result = ReadResult(source=str(folder))
+    for path in files:
+        result.extend(read_file(path))
+    return result
+
+
+def _pick_split(files: list[Path], folder: Path, split: str) -> list[Path]:
+    def named_for(path: Path, name: str) -> bool:
+        parts = [*path.relative_to(folder).parent.parts, path.stem]
+        return any(p == name or p.startswith((f"{name}-", f"{name}_", f"{name}.")) for p in parts)
+
+    chosen = [p for p in files if named_for(p, split)]
+    if chosen:
+        return chosen
+    if split != "train":
+        raise DataError(f"{folder} has no files for split {split!r} (expected names like {split}.jsonl or "
+                        f"{split}-00000-of-00001.parquet).")
+    return files
+
+
+def read_file(path: Path) -> ReadResult:
+    """Read one data file; its type is taken from the suffix.
+
+    Args:
+        path (`Path`): a .json, .jsonl, .csv, .parquet or .txt file.
+
+    Raises:
+        DataError: missing file, unsupported suffix, text that is not UTF-8, unparseable JSON or parquet.
+    """
+    if not path.is_file():
+        raise DataError(f"{path} does not exist.")
+    reader = _READERS.get(path.suffix)
+    if reader is None:
+        raise DataError(f"{path}: cannot read {path.suffix or 'suffix-less'} files; "
+                        f"use one of {', '.join(READABLE_SUFFIXES)}.")
+    try:
+        return reader(path)
+    except UnicodeDecodeError as e:
+        raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8.") from None
+
+
+def _read_json(path: Path) -> ReadResult:
+    text = path.read_text(encoding="utf-8-sig")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as e:
+        # JSON Lines saved as .json is common; `datasets` reads it, so do we.
+        if e.msg == "Extra data" and _first_line_is_object(text):
+            return _read_jsonl_text(text, str(path))
+        raise DataError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
+    rows = _rows_of(data, path)
+    return ReadResult(rows=rows, origins=[(str(path), i) for i in range(len(rows))], source=str(path))
+
+
+def _first_line_is_object(text: str) -> bool:
+    first = next((line for line in text.splitlines() if line.strip()), "")
+    try:
+        return isinstance(json.loads(first), dict)
+    except json.JSONDecodeError:
+        return False
+
+
+def _rows_of(data: Any, path: Path) -> list[Any]:
+    """A JSON file holds a list of rows, or an object with exactly one list of rows (`{"data": [...]}`)."""
+    if isinstance(data, list):
+        return data
+    if isinstance(data, dict):
+        lists = [key for key, value in data.items() if isinstance(value, list)]
+        if len(lists) == 1:
+            return data[lists[0]]
+        raise DataError(f"{path}: expected a list of rows or an object holding one list; the object has "
+                        f"{len(lists)} list-valued keys ({', '.join(lists) or 'none'}).")
+    kind = {str: "string", int: "number", float: "number", bool: "boolean"}.get(type(data), "null")
+    raise DataError(f"{path}: expected a list of rows, got a JSON {kind}.")
+
+
+def _read_jsonl(path: Path) -> ReadResult:
+    return _read_jsonl_text(path.read_text(encoding="utf-8-sig"), str(path))
+
+
+def _read_jsonl_text(text: str, source: str) -> ReadResult:
+    result = ReadResult(source=source)
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            result.rows.append(json.loads(line))
+            result.origins.append((source, i))
+        except json.JSONDecodeError as e:
+            result.bad_rows.append(BadRow(i, f"line {i + 1} is not valid JSON: {e.msg} (column {e.colno})",
+                                          source))
+    return result
+
+
+def _read_csv(path: Path) -> ReadResult:
+    result = ReadResult(source=str(path))
+    with path.open(encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f)
+        width = len(reader.fieldnames or [])
+        try:
+            for i, row in enumerate(reader):
+                # DictReader files surplus cells under None and fills missing ones with None.
+                if None in row or None in row.values():
+                    cells = width + len(row.get(None) or []) - sum(v is None for v in row.values())
+                    reason = f"line {reader.line_num}: {cells} cells, the header has {width}"
+                    result.bad_rows.append(BadRow(i, reason, str(path)))
+                    continue
+                result.rows.append(row)
+                result.origins.append((str(path), i))
+        except csv.Error as e:
+            raise DataError(f"{path} is not valid CSV: {e} (line {reader.line_num}).") from None
+    return result
+
+
+def _read_parquet(path: Path) -> ReadResult:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        rows = pq.read_table(path).to_pylist()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise DataError(f"{path} is not a readable parquet file: {e}") from None
+    return ReadResult(rows=rows, origins=[(str(path), i) for i in range(len(rows))], source=str(path))
+
+
+def _read_txt(path: Path) -> ReadResult:
+    result = ReadResult(source=str(path))
+    for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()):
+        if line.strip():
+            result.rows.append({"text": line})
+            result.origins.append((str(path), i))
+    return result
+
+
+_READERS = {
+    ".json": _read_json,
+    ".jsonl": _read_jsonl,
+    ".csv": _read_csv,
+    ".parquet": _read_parquet,
+    ".txt": _read_txt,
+}
+
+
+@overload
+def take(items: ReadResult, n: int | None, seed: int | None = None) -> ReadResult: ...
+@overload
+def take(items: Sequence[T], n: int | None, seed: int | None = None) -> list[T]: ...
+
+
+def take(items: ReadResult | Sequence[T], n: int | None, seed: int | None = None) -> ReadResult | list[T]:
+    """The first `n` items, after a seeded shuffle if `seed` is given (`num_samples`, `max_samples`).
+
+    Works on a `ReadResult` (rows and their origins stay paired, so reports keep exact row numbers; the
+    unparseable rows are kept, as they are problems in the file whichever rows are used) or on any
+    sequence, such as converted samples. Unlike LLaMA-Factory's `num_samples`, an `n` larger than the
+    dataset does not repeat rows.
+
+    Args:
+        items (`ReadResult` or `Sequence`): rows or samples.
+        n (`int`, *optional*): how many to keep; None keeps all.
+        seed (`int`, *optional*, defaults to `None`):
+            Shuffle with `random.Random(seed)` first; None keeps file order.
+
+    Returns:
+        `ReadResult` for a `ReadResult`, else a `list`.
+    """
+    size = len(items.rows) if isinstance(items, ReadResult) else len(items)
+    order = list(range(size))
+    if seed is not None:
+        random.Random(seed).shuffle(order)
+    if n is not None:
+        order = order[: max(n, 0)]
+    if isinstance(items, ReadResult):
+        return ReadResult(rows=[items.rows[i] for i in order], origins=[items.origins[i] for i in order],
+                          bad_rows=list(items.bad_rows), source=items.source)
+    return [items[i] for i in order]

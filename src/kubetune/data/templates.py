@@ -1,0 +1,730 @@
+"""Chat templates: how a conversation becomes tokens, one prompt/response segment at a time.
+
+A `Template` is a handful of format strings (LLaMA-Factory's `template:` names, our own design).
+Encoding produces one token segment per message, so label masks line up with what the model
+sees: a prompt segment ends exactly where the model starts talking, a response segment ends
+with the template's stop word.
+
+Format strings use three kinds of placeholders:
+
+- `{{content}}`: the message text (in `format_tools`: `{{tools}}`, the tool list).
+- `{{bos_token}}` / `{{eos_token}}`: the tokenizer's BOS/EOS *by id*, whatever their text; a
+  missing BOS is skipped (many tokenizers have none).
+- anything else is literal text. Special tokens written as text (`<|im_start|>`) tokenise as
+  the tokenizer's special tokens, as in the model's own Jinja template.
+
+`template: custom` reads a YAML file (`template_file:`) whose keys are `Template`'s fields::
+
+    name: my-chat                       # optional, defaults to the file's stem
+    format_system: "<|system|>{{content}}\\n"
+    format_user: "<|user|>{{content}}\\n"
+    format_generation: "<|assistant|>"  # opens an assistant turn; ends every prompt segment
+    format_assistant: "{{content}}<|end|>\\n"
+    format_observation: "<|tool|>{{content}}\\n"   # optional, defaults to format_user
+    format_function: "{{content}}<|end|>\\n"       # optional, defaults to format_assistant
+    format_tools: "\\n\\nTools:\\n{{tools}}"        # optional
+    format_prefix: "{{bos_token}}"      # once, before the first message
+    default_system: "You are helpful."
+    system_in_user: false               # true: system text goes inside the first user turn
+    stop_words: ["<|end|>"]
+    efficient_eos: false
+    replace_eos: true
+
+`template: null` (no template) uses the tokenizer's own `chat_template` through
+`JinjaTemplate`, which renders with `tokenizer.apply_chat_template` and recovers segments
+by rendering growing prefixes of the conversation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kubetune.data.schema import PROMPT_ROLES, RESPONSE_ROLES, Message, Sample
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedTokenizerBase
+
+logger = logging.getLogger(__name__)
+
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+_TOKEN_SLOTS = frozenset({"bos_token", "eos_token"})
+# A looks-like-a-special-token literal: `<|im_start|>`, `<start_of_turn>`, `<reserved_106>`.
+_SPECIAL_LITERAL = re.compile(r"<\|[\w.-]+\|>|<(?:start|end)_of_turn>|<reserved_\d+>")
+
+DEFAULT_TOOLS_FORMAT = (
+    "\n\nYou can call these tools, described as JSON:\n{{tools}}\n\n"
+    'To call one, reply with a JSON object {"name": <tool name>, "arguments": <arguments object>}.'
+)
+
+_QWEN_TOOLS_FORMAT = (
+    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{{tools}}\n"
+    "</tools>\n\nFor each function call, return a json object with function name and arguments within "
+    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
+    "<args-json-object>}\n</tool_call>"
+)
+
+
+@dataclass(frozen=True)
+class _Token:
+    """A placeholder that becomes one token id (`bos_token` or `eos_token`) at tokenisation."""
+
+    name: str
+
+
+_Piece = str | _Token
+
+
+@dataclass
+class Template:
+    """How messages are written out for one model family.
+
+    Args:
+        name: registry name (`chatml`, `llama3`, ...).
+        format_user: a user turn; `{{content}}` is the message. Default `"{{content}}"`.
+        format_assistant: an assistant turn, including the stop word unless `efficient_eos`.
+            Default `"{{content}}"`.
+        format_generation: the header that opens an assistant turn (`<|im_start|>assistant\\n`).
+            It is appended to every prompt segment, so it is masked in training and is what
+            `encode_prompt` ends with. Default `""`.
+        format_system: the system prompt; `{{content}}` is the system text plus the rendered
+            tools. Default `"{{content}}"`.
+        format_observation: a tool result turn. Default None = `format_user`.
+        format_function: an assistant turn that calls a tool; `{{content}}` is the call as the
+            converter wrote it (JSON with `name` and `arguments`). Default None = `format_assistant`.
+        format_tools: appended to the system text when a sample has tools; `{{tools}}` is one
+            JSON object per line. Default `DEFAULT_TOOLS_FORMAT`.
+        format_prefix: written once before the first message (typically `{{bos_token}}`).
+            Default `""`.
+        default_system: used when a sample has no system prompt. Default `""`.
+        system_in_user: render the system prompt inside the first prompt turn's content
+            (llama2, mistral, gemma) instead of as its own block. Default False.
+        stop_words: strings that end an assistant turn; the first replaces EOS when
+            `replace_eos`. Default none.
+        efficient_eos: assistant turns carry no EOS; one EOS is appended after the last
+            turn by the encoder. Default False.
+        replace_eos: make `stop_words[0]` the tokenizer's EOS (see `fix_tokenizer`), so that
+            generation stops at the end of a turn. Default False.
+    """
+
+    name: str
+    format_user: str = "{{content}}"
+    format_assistant: str = "{{content}}"
+    format_generation: str = ""
+    format_system: str = "{{content}}"
+    format_observation: str | None = None
+    format_function: str | None = None
+    format_tools: str = DEFAULT_TOOLS_FORMAT
+    format_prefix: str = ""
+    default_system: str = ""
+    system_in_user: bool = False
+    stop_words: list[str] = field(default_factory=list)
+    efficient_eos: bool = False
+    replace_eos: bool = False
+
+    def __post_init__(self) -> None:
+        for key, allowed in _ALLOWED_PLACEHOLDERS.items():
+            value = getattr(self, key)
+            if value is None:
+                continue
+            for found in _PLACEHOLDER.findall(value):
+                if found not in allowed:
+                    raise ValueError(
+                        f"template {self.name!r}: {key} uses unknown placeholder {{{{{found}}}}}; "
+                        f"allowed here: {', '.join('{{' + a + '}}' for a in sorted(allowed))}"
+                    )
+        for key in ("format_user", "format_assistant", "format_system"):
+            if "content" not in _PLACEHOLDER.findall(getattr(self, key)):
+                raise ValueError(f"template {self.name!r}: {key} must contain {{{{content}}}}")
+        if self.replace_eos and not self.stop_words:
+            raise ValueError(f"template {self.name!r}: replace_eos needs at least one stop word")
+
+    # ----------------------------------------------------------------------------------- public
+
+    def encode_turns(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
+        system: str | None = None,
+        tools: str | None = None,
+    ) -> list[tuple[list[int], list[int]]]:
+        """Token ids of each exchange, as (prompt_ids, response_ids) pairs.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer.
+            sample_or_messages: a `Sample` (its prompt plus its first response), or messages
+                alternating prompt and response roles, starting with a prompt and ending with
+                a response. Dicts with `role`/`content` are accepted; a leading `system`
+                message is used as the system prompt.
+            system: system prompt; None = the sample's (or the leading system message's),
+                "" = the template's default.
+            tools: tools as a JSON list string; None = the sample's, "" = none.
+
+        Returns:
+            One pair per exchange. Concatenated, they are the whole conversation; each segment
+            is tokenised with `add_special_tokens=False`.
+        """
+        messages, system, tools, where = _unpack(sample_or_messages, system, tools)
+        _check_order(messages, ends_with_prompt=False, where=where)
+        segments = self._segments(tokenizer, messages, system, tools)
+        return [(segments[i], segments[i + 1]) for i in range(0, len(segments), 2)]
+
+    def encode_oneturn(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
+        system: str | None = None,
+        tools: str | None = None,
+    ) -> tuple[list[int], list[int]]:
+        """(prompt_ids, response_ids) where the prompt holds every message but the last.
+
+        Arguments as in `encode_turns`. Used for preference data, where only the final
+        response is compared and earlier assistant turns are context.
+        """
+        turns = self.encode_turns(tokenizer, sample_or_messages, system, tools)
+        prompt = [t for p, r in turns[:-1] for t in (*p, *r)] + turns[-1][0]
+        return prompt, turns[-1][1]
+
+    def encode_prompt(
+        self,
+        tokenizer: PreTrainedTokenizerBase,
+        messages: Sequence[Message | Mapping[str, str]],
+        system: str | None = None,
+        tools: str | None = None,
+    ) -> list[int]:
+        """Token ids of a conversation to continue, ending with the generation prompt.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer.
+            messages: alternating prompt/response messages ending with a prompt message.
+            system: system prompt; None or "" = the template's default.
+            tools: tools as a JSON list string; None or "" = none.
+        """
+        messages, system, tools, where = _unpack(messages, system, tools)
+        _check_order(messages, ends_with_prompt=True, where=where)
+        return [t for segment in self._segments(tokenizer, messages, system, tools) for t in segment]
+
+    def fix_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+        """Adapt a tokenizer to this template, in place, and say what changed.
+
+        - `replace_eos`: the first stop word becomes EOS (so `generate` stops at the end of a
+          turn and the collator/encoders use it); the others are registered as special tokens.
+        - A missing pad token is set to EOS: the collator masks padding out of the loss.
+
+        Args:
+            tokenizer: a Hugging Face tokenizer, modified in place.
+
+        Returns:
+            Human-readable descriptions of the changes (also logged). If a change added new
+            tokens to the vocabulary, the model's embeddings must be resized.
+        """
+        changes: list[str] = []
+        if self.replace_eos and tokenizer.eos_token != self.stop_words[0]:
+            old = tokenizer.eos_token
+            added = tokenizer.add_special_tokens({"eos_token": self.stop_words[0]})
+            changes.append(f"eos_token {old!r} -> {self.stop_words[0]!r}" + _added_note(added))
+        extra = [w for w in self.stop_words[1:] if w not in tokenizer.all_special_tokens]
+        if self.replace_eos and extra:
+            added = tokenizer.add_special_tokens({"extra_special_tokens": extra}, replace_extra_special_tokens=False)
+            changes.append(f"stop words {extra} registered as special tokens" + _added_note(added))
+        if tokenizer.eos_token is None:
+            raise ValueError(
+                f"the tokenizer has no eos_token and template {self.name!r} sets none (replace_eos): "
+                "use a template with stop words or a tokenizer with an EOS token"
+            )
+        if tokenizer.pad_token is None:
+            tokenizer.add_special_tokens({"pad_token": tokenizer.eos_token})
+            changes.append(f"pad_token None -> {tokenizer.eos_token!r} (the EOS token)")
+        for change in changes:
+            logger.info("template %s changed the tokenizer: %s", self.name, change)
+        return changes
+
+    def stop_token_ids(self, tokenizer: PreTrainedTokenizerBase) -> list[int]:
+        """Ids that end generation: EOS plus every stop word that is a single token."""
+        ids = [tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []
+        for word in self.stop_words:
+            encoded = tokenizer.encode(word, add_special_tokens=False)
+            if len(encoded) == 1 and encoded[0] not in ids:
+                ids.append(encoded[0])
+        return ids
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+        """Special-token literals in the formats that the tokenizer does not know.
+
+        Such a literal tokenises as ordinary pieces: training still runs, but the model never
+        sees the token it was pretrained with. Logged as a warning; returned for tests.
+        """
+        vocab = tokenizer.get_vocab()
+        texts = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("format_")]
+        found = {lit for text in texts if text for lit in _SPECIAL_LITERAL.findall(text)}
+        # Stop words are added to the vocabulary by fix_tokenizer when replace_eos is set.
+        added_later = set(self.stop_words) if self.replace_eos else set()
+        missing = sorted(lit for lit in found if lit not in vocab and lit not in added_later)
+        if missing:
+            logger.warning(
+                "template %s writes %s, which this tokenizer does not have as tokens: is it the "
+                "right template for this model?",
+                self.name,
+                ", ".join(missing),
+            )
+        return missing
+
+    # --------------------------------------------------------------------------------- internal
+
+    def _segments(
+        self, tokenizer: PreTrainedTokenizerBase, messages: list[Message], system: str, tools: str
+    ) -> list[list[int]]:
+        """One token segment per message; the first carries the prefix and the system prompt."""
+        system_text = system or self.default_system
+        tools_text = _render_tools(tools)
+        system_pieces: list[_Piece] = []
+        if system_text or tools_text:
+            body: list[_Piece] = [system_text]
+            if tools_text:
+                body += _fill(self.format_tools, tools=[tools_text])
+            system_pieces = _fill(self.format_system, content=body)
+
+        segments: list[list[int]] = []
+        for i, message in enumerate(messages):
+            pieces: list[_Piece] = []
+            content: list[_Piece] = [message.content]
+            if i == 0:
+                pieces += _fill(self.format_prefix)
+                if self.system_in_user:
+                    content = system_pieces + content
+                else:
+                    pieces += system_pieces
+            pieces += _fill(self._format_for(message.role), content=content)
+            if message.role in PROMPT_ROLES:
+                pieces += _fill(self.format_generation)
+            segments.append(_tokenize(tokenizer, pieces, self.name))
+        return segments
+
+    def _format_for(self, role: str) -> str:
+        if role == "user":
+            return self.format_user
+        if role == "observation":
+            return self.format_observation or self.format_user
+        if role == "function":
+            return self.format_function or self.format_assistant
+        return self.format_assistant
+
+
+def _added_note(added: int) -> str:
+    return f" ({added} new token(s): resize the model's embeddings)" if added else ""
+
+
+_CONTENT_ONLY = frozenset({"content"}) | _TOKEN_SLOTS
+_ALLOWED_PLACEHOLDERS: dict[str, frozenset[str]] = {
+    "format_user": _CONTENT_ONLY,
+    "format_assistant": _CONTENT_ONLY,
+    "format_system": _CONTENT_ONLY,
+    "format_observation": _CONTENT_ONLY,
+    "format_function": _CONTENT_ONLY,
+    "format_tools": frozenset({"tools"}) | _TOKEN_SLOTS,
+    "format_generation": _TOKEN_SLOTS,
+    "format_prefix": _TOKEN_SLOTS,
+    "default_system": frozenset(),
+}
+
+
+def _fill(fmt: str, **values: list[_Piece]) -> list[_Piece]:
+    """Split a format string into text and token pieces, substituting `values` for placeholders.
+
+    Substitution happens after splitting, so message text that happens to contain
+    `{{eos_token}}` stays text.
+    """
+    pieces: list[_Piece] = []
+    pos = 0
+    for match in _PLACEHOLDER.finditer(fmt):
+        pieces.append(fmt[pos : match.start()])
+        slot = match.group(1)
+        pieces += [_Token(slot)] if slot in _TOKEN_SLOTS else values.get(slot, [])
+        pos = match.end()
+    pieces.append(fmt[pos:])
+    return [p for p in pieces if p != ""]
+
+
+def _tokenize(tokenizer: PreTrainedTokenizerBase, pieces: list[_Piece], template_name: str) -> list[int]:
+    """Token ids of a segment: adjacent text is tokenised together, token slots become ids."""
+    ids: list[int] = []
+    text: list[str] = []
+    for piece in [*pieces, None]:
+        if isinstance(piece, str):
+            text.append(piece)
+            continue
+        if text:
+            ids += tokenizer.encode("".join(text), add_special_tokens=False)
+            text = []
+        if piece is None:
+            break
+        token_id = getattr(tokenizer, f"{piece.name}_id", None)
+        if token_id is not None:
+            ids.append(token_id)
+        elif piece.name == "eos_token":
+            raise ValueError(f"template {template_name!r} writes {{{{eos_token}}}} but the tokenizer has no EOS token")
+        # A missing BOS is not an error: most BPE tokenizers (GPT-2, Qwen) have none.
+    return ids
+
+
+def _render_tools(tools: str | Sequence[Any] | None) -> str:
+    """Tools as one compact JSON object per line, or "" when there are none."""
+    if not tools:
+        return ""
+    if isinstance(tools, str):
+        try:
+            parsed = json.loads(tools)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"tools must be a JSON list of tool descriptions: {err}") from err
+    else:
+        parsed = list(tools)
+    if isinstance(parsed, dict):
+        parsed = [parsed]
+    return "\n".join(json.dumps(tool, ensure_ascii=False) for tool in parsed)
+
+
+def _unpack(
+    sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
+    system: str | None,
+    tools: str | None,
+) -> tuple[list[Message], str, str, str]:
+    """Messages, system, tools and a "where" for error messages, from either input form."""
+    if isinstance(sample_or_messages, Sample):
+        sample = sample_or_messages
+        if not sample.response:
+            raise ValueError(f"{_where(sample)}: the sample has no response")
+        messages = [*sample.prompt, sample.response[0]]
+        system = sample.system if system is None else system
+        tools = sample.tools if tools is None else tools
+        return messages, system, tools, _where(sample)
+    messages = [_as_message(m) for m in sample_or_messages if _role(m) != "system"]
+    leading = [m for m in sample_or_messages if _role(m) == "system"]
+    if system is None and leading:
+        system = leading[0].content if isinstance(leading[0], Message) else leading[0]["content"]
+    return messages, system or "", tools or "", "messages"
+
+
+def _where(sample: Sample) -> str:
+    return f"row {sample.row}" + (f" of {sample.source}" if sample.source else "")
+
+
+def _role(message: Message | Mapping[str, str]) -> str:
+    return message.role if isinstance(message, Message) else message["role"]
+
+
+def _as_message(message: Message | Mapping[str, str]) -> Message:
+    if isinstance(message, Message):
+        return message
+    return Message(role=message["role"], content=message["content"])  # type: ignore[arg-type]
+
+
+def _check_order(messages: list[Message], ends_with_prompt: bool, where: str) -> None:
+    """Messages must alternate prompt and response roles, starting with a prompt."""
+    if not messages:
+        raise ValueError(f"{where}: no messages to encode")
+    for i, message in enumerate(messages):
+        expected = PROMPT_ROLES if i % 2 == 0 else RESPONSE_ROLES
+        if message.role not in expected:
+            raise ValueError(
+                f"{where}: message {i} has role {message.role!r}, expected one of {expected} "
+                "(messages alternate user/observation and assistant/function, starting with a prompt)"
+            )
+    last_is_prompt = len(messages) % 2 == 1
+    if last_is_prompt != ends_with_prompt:
+        wanted = "a prompt (user/observation)" if ends_with_prompt else "a response (assistant/function)"
+        raise ValueError(f"{where}: the conversation must end with {wanted}")
+
+
+# ------------------------------------------------------------------------------- jinja template
+
+
+@dataclass
+class JinjaTemplate(Template):
+    """The tokenizer's own `chat_template`, used when `template` is not set.
+
+    Segments come from rendering growing prefixes of the conversation and taking the new
+    text each time: a prompt segment is rendered with `add_generation_prompt=True`, so it
+    ends with the assistant header. This needs a template whose rendering of a conversation
+    starts with its rendering of any earlier part; ones that rewrite earlier turns (e.g.
+    dropping past reasoning) are refused with an error.
+
+    Args:
+        chat_template: the Jinja source, from the tokenizer.
+    """
+
+    name: str = "jinja"
+    chat_template: str = ""
+
+    def __post_init__(self) -> None:  # the Jinja source replaces the format strings
+        if not self.chat_template:
+            raise ValueError("JinjaTemplate needs the tokenizer's chat_template source")
+
+    def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
+        return []  # the template came with this tokenizer
+
+    def _segments(
+        self, tokenizer: PreTrainedTokenizerBase, messages: list[Message], system: str, tools: str
+    ) -> list[list[int]]:
+        head = [{"role": "system", "content": system}] if system else []
+        tool_list = json.loads(tools) if tools else None
+        conversation = [_to_hf_message(m) for m in messages]
+        segments: list[list[int]] = []
+        previous = ""
+        for i, message in enumerate(messages):
+            text = tokenizer.apply_chat_template(
+                head + conversation[: i + 1],
+                tools=tool_list,
+                chat_template=self.chat_template,
+                tokenize=False,
+                add_generation_prompt=message.role in PROMPT_ROLES,
+            )
+            if not text.startswith(previous):
+                raise ValueError(
+                    "the tokenizer's chat template rewrites earlier turns when the conversation grows, "
+                    "so prompt and response tokens cannot be told apart for label masking; set "
+                    f"`template` to a named template instead (one of: {', '.join(TEMPLATE_NAMES)})"
+                )
+            segments.append(tokenizer.encode(text[len(previous) :], add_special_tokens=False))
+            previous = text
+        return segments
+
+
+def _to_hf_message(message: Message) -> dict[str, Any]:
+    """Our roles in the OpenAI/HF chat vocabulary that Jinja chat templates expect."""
+    if message.role == "observation":
+        return {"role": "tool", "content": message.content}
+    if message.role == "function":
+        try:
+            calls = json.loads(message.content)
+        except json.JSONDecodeError:
+            return {"role": "assistant", "content": message.content}
+        calls = calls if isinstance(calls, list) else [calls]
+        return {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [{"type": "function", "function": call} for call in calls],
+        }
+    return {"role": message.role, "content": message.content}
+
+
+# ------------------------------------------------------------------------------------ registry
+
+_CHATML = {
+    "format_system": "<|im_start|>system\n{{content}}<|im_end|>\n",
+    "format_user": "<|im_start|>user\n{{content}}<|im_end|>\n",
+    "format_observation": "<|im_start|>tool\n{{content}}<|im_end|>\n",
+    "format_generation": "<|im_start|>assistant\n",
+    "format_assistant": "{{content}}<|im_end|>\n",
+    "stop_words": ["<|im_end|>"],
+    "replace_eos": True,
+}
+_QWEN = {
+    **_CHATML,
+    # Qwen2.5's own template: tool results come back as a user turn, calls as <tool_call> JSON.
+    "format_observation": "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n",
+    "format_function": "<tool_call>\n{{content}}\n</tool_call><|im_end|>\n",
+    "format_tools": _QWEN_TOOLS_FORMAT,
+}
+
+_TEMPLATES: dict[str, Template] = {
+    t.name: t
+    for t in [
+        Template(
+            name="default",
+            format_system="System: {{content}}\n\n",
+            format_user="Human: {{content}}\n",
+            format_generation="Assistant: ",
+            format_assistant="{{content}}{{eos_token}}\n",
+        ),
+        # Raw concatenation; the only EOS is the one `efficient_eos` appends at the end.
+        Template(name="empty", efficient_eos=True),
+        Template(
+            name="alpaca",
+            format_system="{{content}}\n\n",
+            format_user="### Instruction:\n{{content}}\n\n",
+            format_generation="### Response:\n",
+            format_assistant="{{content}}{{eos_token}}\n\n",
+            default_system=(
+                "Below is an instruction that describes a task. "
+                "Write a response that appropriately completes the request."
+            ),
+        ),
+        Template(name="chatml", **_CHATML),
+        Template(
+            name="qwen", default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant.", **_QWEN
+        ),
+        Template(name="qwen3", **_QWEN),
+        Template(
+            name="llama2",
+            format_system="<<SYS>>\n{{content}}\n<</SYS>>\n\n",
+            format_user="{{bos_token}}[INST] {{content}} [/INST]",
+            format_assistant=" {{content}} {{eos_token}}",
+            system_in_user=True,
+        ),
+        Template(
+            name="llama3",
+            format_prefix="{{bos_token}}",
+            format_system="<|start_header_id|>system<|end_header_id|>\n\n{{content}}<|eot_id|>",
+            format_user="<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>",
+            format_observation="<|start_header_id|>ipython<|end_header_id|>\n\n{{content}}<|eot_id|>",
+            format_generation="<|start_header_id|>assistant<|end_header_id|>\n\n",
+            format_assistant="{{content}}<|eot_id|>",
+            stop_words=["<|eot_id|>", "<|eom_id|>"],
+            replace_eos=True,
+        ),
+        Template(
+            name="mistral",
+            format_prefix="{{bos_token}}",
+            format_system="{{content}}\n\n",
+            format_user="[INST] {{content}}[/INST]",
+            format_observation="[TOOL_RESULTS] {{content}}[/TOOL_RESULTS]",
+            format_function="[TOOL_CALLS] {{content}}{{eos_token}}",
+            format_tools="\n\n[AVAILABLE_TOOLS] [{{tools}}][/AVAILABLE_TOOLS]",
+            format_assistant="{{content}}{{eos_token}}",
+            system_in_user=True,
+        ),
+        Template(
+            name="gemma",
+            format_prefix="{{bos_token}}",
+            format_system="{{content}}\n\n",
+            format_user="<start_of_turn>user\n{{content}}<end_of_turn>\n",
+            format_observation="<start_of_turn>tool\n{{content}}<end_of_turn>\n",
+            format_generation="<start_of_turn>model\n",
+            format_assistant="{{content}}<end_of_turn>\n",
+            system_in_user=True,
+            stop_words=["<end_of_turn>"],
+            replace_eos=True,
+        ),
+        # Baichuan2 marks turns with reserved tokens and ends only the whole sample with EOS.
+        Template(
+            name="baichuan2",
+            format_user="<reserved_106>{{content}}",
+            format_generation="<reserved_107>",
+            efficient_eos=True,
+        ),
+        Template(
+            name="phi",
+            format_prefix="{{bos_token}}",
+            format_system="<|system|>\n{{content}}<|end|>\n",
+            format_user="<|user|>\n{{content}}<|end|>\n",
+            format_generation="<|assistant|>\n",
+            format_assistant="{{content}}<|end|>\n",
+            stop_words=["<|end|>"],
+            replace_eos=True,
+        ),
+    ]
+}
+
+TEMPLATE_NAMES: list[str] = sorted(_TEMPLATES)
+"""Names `get_template` accepts besides None (the tokenizer's own) and `custom` (a YAML file)."""
+
+
+def get_template(
+    name: str | None, tokenizer: PreTrainedTokenizerBase, template_file: str | Path | None = None
+) -> Template:
+    """The template called `name`, checked against the tokenizer.
+
+    Args:
+        name: a registered name (see `TEMPLATE_NAMES`), `custom` for a YAML file, or None for
+            the tokenizer's own chat template.
+        tokenizer: the tokenizer the template will be used with.
+        template_file: the YAML file for `custom`. Default None.
+
+    Returns:
+        A fresh `Template` (changing it does not change the registry).
+
+    Raises:
+        ValueError: unknown name, a tokenizer without a chat template for None, or a bad file.
+    """
+    if name is None:
+        return _jinja_template(tokenizer)
+    if name == "custom":
+        if template_file is None:
+            raise ValueError("template 'custom' needs template_file: the path of a YAML template definition")
+        template = load_template_file(template_file)
+    elif name in _TEMPLATES:
+        template = dataclasses.replace(_TEMPLATES[name], stop_words=list(_TEMPLATES[name].stop_words))
+    else:
+        hint = difflib.get_close_matches(name, [*TEMPLATE_NAMES, "custom"], n=1)
+        did_you_mean = f" Did you mean {hint[0]!r}?" if hint else ""
+        raise ValueError(
+            f"unknown template {name!r}.{did_you_mean} Known templates: {', '.join(TEMPLATE_NAMES)}; "
+            "also `custom` (with template_file) or leave it unset to use the tokenizer's chat template."
+        )
+    template.check_tokenizer(tokenizer)
+    return template
+
+
+def _jinja_template(tokenizer: PreTrainedTokenizerBase) -> JinjaTemplate:
+    source = getattr(tokenizer, "chat_template", None)
+    if isinstance(source, dict):  # tokenizers may ship several named templates
+        source = source.get("default") or next(iter(source.values()), None)
+    if not source:
+        raise ValueError(
+            f"template is not set and the tokenizer ({getattr(tokenizer, 'name_or_path', '?') or '?'}) has no "
+            f"chat_template: set `template` to one of {', '.join(TEMPLATE_NAMES)}, or `custom` with template_file"
+        )
+    return JinjaTemplate(chat_template=source)
+
+
+_FIELD_TYPES: dict[str, type] = {
+    f.name: (bool if f.type == "bool" else list if f.type.startswith("list") else str)
+    for f in dataclasses.fields(Template)
+}
+
+
+def load_template_file(path: str | Path) -> Template:
+    """A `Template` from a YAML file whose keys are `Template`'s fields (see the module docstring).
+
+    Args:
+        path: the YAML file.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: not a mapping, an unknown key, a value of the wrong type or a bad format;
+            the message names the file and the key.
+    """
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"template_file {str(path)!r} does not exist")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise ValueError(f"{path}: not valid YAML: {err}") from err
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a template file must be a mapping of Template fields, got {type(raw).__name__}")
+    for key, value in raw.items():
+        if key not in _FIELD_TYPES:
+            hint = difflib.get_close_matches(str(key), list(_FIELD_TYPES), n=1)
+            did_you_mean = f" (did you mean {hint[0]!r}?)" if hint else ""
+            raise ValueError(f"{path}: unknown key {key!r}{did_you_mean}; known keys: {', '.join(_FIELD_TYPES)}")
+        _check_type(path, key, value)
+    raw.setdefault("name", path.stem)
+    try:
+        return Template(**raw)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from err
+
+
+def _check_type(path: Path, key: str, value: Any) -> None:
+    expected = _FIELD_TYPES[key]
+    if value is None and key in ("format_observation", "format_function"):
+        return
+    if expected is list:
+        ok = isinstance(value, list) and all(isinstance(v, str) for v in value)
+        wanted = "a list of strings"
+    else:
+        ok = isinstance(value, expected)
+        wanted = "true or false" if expected is bool else "a string"
+    if not ok:
+        raise ValueError(f"{path}: key {key!r} must be {wanted}, got {value!r}")
