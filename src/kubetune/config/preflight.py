@@ -38,11 +38,12 @@ def preflight(cfg: RunConfig, command: Command) -> None:
 def _model_path(cfg: RunConfig, origin: str) -> list[Problem]:
     name = cfg.model.model_name_or_path
     looks_local = name.startswith(("/", "./", "../", "~"))
-    if looks_local and not Path(name).expanduser().exists():
-        return [Problem("model_name_or_path", name, origin, "no such directory", "check the path")]
-    if cfg.model.gguf_file and Path(name).is_dir() and not (Path(name) / cfg.model.gguf_file).is_file():
-        return [Problem("gguf_file", cfg.model.gguf_file, origin, f"not found in {name}", "check the file name")]
     problems = []
+    if looks_local and not Path(name).expanduser().exists():
+        problems.append(Problem("model_name_or_path", name, origin, "no such directory", "check the path"))
+    if cfg.model.gguf_file and Path(name).is_dir() and not (Path(name) / cfg.model.gguf_file).is_file():
+        problems.append(Problem("gguf_file", cfg.model.gguf_file, origin, f"not found in {name}",
+                                "check the file name"))
     for adapter in cfg.model.adapter_name_or_path or []:
         if not adapter.startswith("s3://") and not (Path(adapter) / "adapter_config.json").is_file():
             problems.append(Problem("adapter_name_or_path", adapter, origin, "not a PEFT adapter directory "

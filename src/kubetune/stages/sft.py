@@ -10,7 +10,7 @@ import json
 import logging
 from pathlib import Path
 
-from transformers import Trainer
+from transformers import Trainer, set_seed
 
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
@@ -54,6 +54,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
                      train=do_train, evaluate=do_eval or cfg.train.do_predict)
     # Mixed precision (bf16/fp16) keeps float32 master weights; only pure_bf16 stores bf16 weights.
     dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    set_seed(cfg.train.seed)  # adapter initialisation draws from the global RNG: same seed, same run
     model = load_base_model(cfg.model, dtype=dtype, path=model_path)
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=do_train,
                                  gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
