@@ -182,3 +182,8 @@ def test_export_refuses_quantised_base() -> None:
     cfg = load_config(None, {"quantization_bit": 4, "export_dir": "x"}, base=BASE)
     with pytest.raises(ConfigError, match="cannot merge an adapter into a quantised base"):
         preflight(cfg, "export")
+
+
+def test_load_in_4bit_flag_for_chat() -> None:
+    assert load_config(None, ["model_name_or_path=x", "--load_in_4bit"]).model.quantization_bit == 4
+    assert load_config(None, ["model_name_or_path=x", "--load_in_8bit"]).model.quantization_bit == 8

@@ -88,8 +88,11 @@ def test_eval_and_predict_write_metrics_and_predictions(tiny_model_dir: Path, tm
                                                          cache_dir: Path) -> None:
     out = tmp_path / "run"
     result = run_stage(tiny_cfg(tiny_model_dir, out, max_steps=2, eval_dataset="kubi_sft_eval", do_eval=True,
-                                do_predict=True, max_new_tokens=4, do_sample=False))
+                                eval_strategy="steps", eval_steps=1, plot_loss=True, do_predict=True,
+                                max_new_tokens=4, do_sample=False))
     assert result.metrics["eval_perplexity"] > 1
+    assert (out / "training_eval_loss.png").is_file()
+    assert {line["current_steps"] for line in log_lines(out) if "eval_loss" in line} == {1, 2}
     rows = [json.loads(line) for line in (out / "generated_predictions.jsonl").read_text().splitlines()]
     assert len(rows) == 16 and {"prompt", "predict", "label"} <= rows[0].keys()
     assert rows[0]["prompt"].endswith("<|im_start|>assistant\n")

@@ -128,6 +128,11 @@ def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> 
         elif key == "finetuning_type" and value == "qlora":
             out["finetuning_type"] = ("lora", origin)
             implied_bits = (4, origin)
+        elif key in ("load_in_4bit", "load_in_8bit"):  # `kubetune chat --load_in_4bit`, as in HF scripts
+            if value is True:
+                out["quantization_bit"] = (4 if key == "load_in_4bit" else 8, origin)
+            elif value is not False:
+                problems.append(Problem(key, value, origin, "expected true or false", f"write --{key}"))
         elif key in ("use_lora", "use_qlora"):
             if not isinstance(value, bool):
                 problems.append(Problem(key, value, origin, "expected true or false", f"write {key}: true"))
@@ -176,7 +181,7 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
 
 
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
-    known = [*owner, *RENAMED, "use_lora", "use_qlora", "config_file"]
+    known = [*owner, *RENAMED, "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit", "config_file"]
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
     shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message

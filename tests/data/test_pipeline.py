@@ -1,0 +1,77 @@
+"""The data pipeline as a whole: validation split, parallel workers, tokenized_path, cache keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from kubetune.config import load_config
+from kubetune.data.pipeline import split_validation, tokenized
+from kubetune.data.registry import DataError
+from kubetune.data.schema import Message, Sample
+from kubetune.data.templates import get_template
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def tokenizer(smollm2_dir: Path):
+    return AutoTokenizer.from_pretrained(smollm2_dir)
+
+
+def _data_args(**keys):
+    return load_config(None, {"model_name_or_path": "x", "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"),
+                              "template": "chatml", "cutoff_len": 96, **keys}).data
+
+
+def _build(tokenizer, **keys):
+    data = _data_args(**keys)
+    template = get_template("chatml", tokenizer)
+    return tokenized(data, tokenizer, template, stage="sft", seed=7, train=True, evaluate=data.val_size > 0)
+
+
+def test_validation_split_is_deterministic_under_seed() -> None:
+    samples = [Sample(prompt=[Message("user", str(i))], response=[Message("assistant", "a")], row=i)
+               for i in range(50)]
+    train_a, val_a = split_validation(samples, 0.2, seed=1)
+    train_b, val_b = split_validation(samples, 0.2, seed=1)
+    _, val_c = split_validation(samples, 0.2, seed=2)
+    assert [s.row for s in val_a] == [s.row for s in val_b] and len(val_a) == 10
+    assert {s.row for s in val_a} != {s.row for s in val_c}
+    assert {s.row for s in train_a}.isdisjoint(s.row for s in val_a)
+    assert len(split_validation(samples, 5, seed=1)[1]) == 5  # a count, not a fraction
+    with pytest.raises(DataError, match="leaves no training rows"):
+        split_validation(samples, 50, seed=1)
+
+
+def test_parallel_workers_give_identical_rows(tokenizer, cache_dir: Path) -> None:
+    serial = _build(tokenizer, max_samples=60)
+    parallel = _build(tokenizer, max_samples=60, preprocessing_num_workers=2, overwrite_cache=True)
+    assert serial.train["input_ids"] == parallel.train["input_ids"]
+    assert serial.train["labels"] == parallel.train["labels"]
+
+
+def test_cache_hit_and_val_split(tokenizer, cache_dir: Path) -> None:
+    first = _build(tokenizer, max_samples=40, val_size=0.25)
+    again = _build(tokenizer, max_samples=40, val_size=0.25)
+    assert (first.cache_hit, again.cache_hit) == (False, True)
+    assert len(first.train) == 30 and len(first.eval) == 10
+    assert {"prompt_ids", "reference"} <= set(first.eval.column_names)
+    assert again.train["input_ids"] == first.train["input_ids"]
+
+
+def test_tokenized_path_saves_then_loads(tokenizer, cache_dir: Path, tmp_path: Path) -> None:
+    target = tmp_path / "tok"
+    built = _build(tokenizer, max_samples=12, tokenized_path=str(target))
+    assert (target / "meta.json").is_file() and not built.cache_hit
+    loaded = _build(tokenizer, max_samples=12, tokenized_path=str(target))
+    assert loaded.cache_hit and loaded.train["input_ids"] == built.train["input_ids"]
+
+
+def test_neat_packing_rows_fill_the_cutoff(tokenizer, cache_dir: Path) -> None:
+    packed = _build(tokenizer, max_samples=40, neat_packing=True, cutoff_len=256)
+    assert len(packed.train) < 40
+    assert all(len(ids) <= 256 for ids in packed.train["input_ids"])
+    assert "position_ids" in packed.train.column_names
