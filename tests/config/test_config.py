@@ -97,15 +97,22 @@ def test_cross_field_and_value_rules(overrides: dict, key: str, fragment: str) -
 
 @pytest.mark.parametrize("key,value", [
     ("use_dora", True), ("use_rslora", True), ("pissa_init", True), ("loraplus_lr_ratio", 16.0),
-    ("create_new_adapter", True), ("use_galore", True), ("use_badam", True), ("pref_beta", 0.2),
-    ("pref_loss", "orpo"), ("reward_model", "x"), ("streaming", True), ("deepspeed", "ds.json"),
+    ("create_new_adapter", True), ("use_galore", True), ("use_badam", True), ("streaming", True),
+    ("deepspeed", "ds.json"),
 ])
 def test_later_features_fail_loudly_not_silently(key: str, value: object) -> None:
     assert "not implemented yet" in problems({key: value})[key]
 
 
-def test_unimplemented_stage_is_refused() -> None:
-    assert "not implemented yet" in problems({"stage": "dpo"})["stage"]
+def test_stage_keys_are_refused_until_their_stage_exists(monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.config import rules
+
+    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft"))
+    found = problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
+    assert "not implemented yet" in found["stage"] and "use one of pt, sft" in found["stage"]
+    assert "the dpo/kto stage" in found["pref_beta"] and "the ppo stage" in found["reward_model"]
+    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft", "dpo"))
+    assert "pref_beta" not in problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
 
 
 def test_setting_a_later_key_to_its_default_is_harmless() -> None:

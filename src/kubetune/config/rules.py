@@ -7,6 +7,7 @@ problem at once. Rules that need the filesystem (datasets, output_dir, model pat
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 
@@ -23,11 +24,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
         "loraplus_lr_embedding", "create_new_adapter")},
     **{k: "GaLore" for k in FinetuningArguments.model_fields if k.startswith("galore_") or k == "use_galore"},
     **{k: "BAdam" for k in FinetuningArguments.model_fields if k.startswith("badam_") or k == "use_badam"},
-    **{k: "preference and RL stages" for k in (
-        "pref_beta", "pref_ftx", "pref_loss", "dpo_label_smoothing", "kto_chosen_weight", "kto_rejected_weight",
-        "simpo_gamma", "ref_model", "ref_model_adapters", "ref_model_quantization_bit", "reward_model",
-        "reward_model_adapters", "reward_model_quantization_bit", "reward_model_type", "ppo_buffer_size",
-        "ppo_epochs", "ppo_score_norm", "ppo_target", "ppo_whiten_rewards")},
     "use_unsloth": "Unsloth kernels",
     "streaming": "dataset streaming",
     "tool_format": "tool-call formats",
@@ -35,7 +31,25 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
 }
-IMPLEMENTED_STAGES = ("pt", "sft")
+
+# Keys that only a preference/RL stage reads, and the stage modules that implement them.
+# A key counts as implemented once one of its stage modules exists in kubetune.stages.
+STAGE_KEYS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
+    **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
+    **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
+    **dict.fromkeys(("ref_model", "ref_model_adapters", "ref_model_quantization_bit"), ("dpo", "kto", "ppo")),
+    **dict.fromkeys(("reward_model", "reward_model_adapters", "reward_model_quantization_bit",
+                     "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
+                     "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
+                     "cliprange_value", "vf_coef"), ("ppo",)),
+}
+
+
+def stage_implemented(stage: str) -> bool:
+    """pt shares the sft recipe; every other stage is a module of its own in kubetune.stages."""
+    module = "sft" if stage == "pt" else stage
+    return importlib.util.find_spec(f"kubetune.stages.{module}") is not None
 
 
 def _origin(origins: Mapping[str, str], key: str) -> str:
@@ -44,17 +58,19 @@ def _origin(origins: Mapping[str, str], key: str) -> str:
 
 def not_implemented(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     problems = []
-    for key in sorted(cfg.explicit & NOT_IMPLEMENTED.keys()):
-        value = cfg.to_flat()[key]
+    flat = cfg.to_flat()
+    missing = {k: f"the {'/'.join(stages)} stage" for k, stages in STAGE_KEYS.items()
+               if not any(stage_implemented(s) for s in stages)}
+    for key in sorted(cfg.explicit & (NOT_IMPLEMENTED.keys() | missing.keys())):
         default = _default_of(key)
-        if value != default:
-            problems.append(Problem(key, value, _origin(origins, key),
-                                    f"not implemented yet ({NOT_IMPLEMENTED[key]})",
+        if flat[key] != default:
+            problems.append(Problem(key, flat[key], _origin(origins, key),
+                                    f"not implemented yet ({NOT_IMPLEMENTED.get(key) or missing[key]})",
                                     f"remove it (default: {default!r})"))
-    if cfg.method.stage not in IMPLEMENTED_STAGES:
+    if not stage_implemented(cfg.method.stage):
+        ready = [s for s in ("pt", "sft", "rm", "dpo", "kto", "ppo") if stage_implemented(s)]
         problems.append(Problem("stage", cfg.method.stage, _origin(origins, "stage"),
-                                "not implemented yet (preference and RL stages)",
-                                f"use one of {', '.join(IMPLEMENTED_STAGES)}"))
+                                "not implemented yet", f"use one of {', '.join(ready)}"))
     if cfg.data.mix_strategy != "concat":
         problems.append(Problem("mix_strategy", cfg.data.mix_strategy, _origin(origins, "mix_strategy"),
                                 "not implemented yet (dataset interleaving)", "use concat"))
@@ -146,8 +162,16 @@ def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return []
 
 
+def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    """Rules of one stage (which data it needs, which models) live in `kubetune.config.rules_<stage>`."""
+    name = f"kubetune.config.rules_{cfg.method.stage}"
+    if importlib.util.find_spec(name) is None:
+        return []
+    return importlib.import_module(name).check(cfg, origins)
+
+
 RULES: list[Rule] = [
-    not_implemented, quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape,
+    not_implemented, stage_specific, quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape,
     packing_flags, precision, kernels_installed, warmup,
 ]
 

@@ -139,6 +139,13 @@ class FinetuningArguments(_Group):
     ppo_score_norm: bool = Field(False, description="Normalise PPO scores.")
     ppo_target: float = Field(6.0, description="Target KL of the adaptive KL controller.")
     ppo_whiten_rewards: bool = Field(False, description="Whiten PPO rewards.")
+    kl_coef: float = Field(0.2, ge=0.0, description="PPO KL penalty coefficient (initial value when adaptive).")
+    adaptive_kl: bool = Field(True, description="Adapt kl_coef towards ppo_target (false: fixed kl_coef).")
+    gamma: float = Field(1.0, ge=0.0, le=1.0, description="PPO discount factor of GAE.")
+    lam: float = Field(0.95, ge=0.0, le=1.0, description="PPO λ of GAE.")
+    cliprange: float = Field(0.2, gt=0.0, description="PPO policy ratio clip range.")
+    cliprange_value: float = Field(0.2, gt=0.0, description="PPO value clip range.")
+    vf_coef: float = Field(0.1, ge=0.0, description="PPO value loss coefficient.")
 
     _lists = field_validator(
         "lora_target", "additional_target", "freeze_trainable_modules", "freeze_extra_modules",

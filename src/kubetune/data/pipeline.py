@@ -26,7 +26,13 @@ import datasets
 import kubetune
 from kubetune.config import DataArguments
 from kubetune.data.converters import convert
-from kubetune.data.encode import encode_pretrain, encode_prompt_for_generation, encode_supervised
+from kubetune.data.encode import (
+    encode_kto,
+    encode_pairwise,
+    encode_pretrain,
+    encode_prompt_for_generation,
+    encode_supervised,
+)
 from kubetune.data.packing import pack_greedy
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
@@ -34,6 +40,10 @@ from kubetune.data.schema import Sample
 from kubetune.paths import cache_root
 
 logger = logging.getLogger(__name__)
+
+
+# What each stage reads: the converter kind its rows must have.
+CONVERTER_KIND = {"pt": "pt", "sft": "sft", "ppo": "sft", "rm": "ranking", "dpo": "ranking", "kto": "kto"}
 
 
 @dataclass
@@ -65,7 +75,11 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         data: data arguments (datasets, template flags, cutoff, packing, caching).
         tokenizer: the model's tokenizer (after `template.fix_tokenizer`).
         template: a `Template` from `kubetune.data.templates`.
-        stage: "sft" or "pt".
+        stage: pt, sft, rm, dpo, kto or ppo — decides the row form:
+            pt/sft: input_ids, labels (+ position_ids when neat-packed);
+            rm/dpo: chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels;
+            kto: input_ids, labels, kto_tag, kl_input_ids, kl_labels (KL partner: the next row's response);
+            ppo: input_ids (the prompt, ending with the generation prompt), reference.
         seed: seed of the validation split and of `max_samples` sampling.
         train: build the training split (from `dataset`).
         evaluate: build an eval split (from `eval_dataset`, or `val_size` of `dataset`).
@@ -75,6 +89,7 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         evaluate and not data.eval_dataset) else []
     eval_attrs = resolve_datasets(data.eval_dataset, data.dataset_dir) if evaluate and data.eval_dataset else []
     packing = data.packing if data.packing is not None else (stage == "pt" or data.neat_packing)
+    packing = packing and stage in ("pt", "sft")  # pairs, KTO rows and PPO prompts are never packed
 
     key = cache_key(data, tokenizer, template, stage=stage, seed=seed, packing=packing, attrs=train_attrs + eval_attrs,
                     flags=(train, evaluate))
@@ -127,7 +142,7 @@ def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple
 def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: int) -> tuple[list[Sample], str]:
     samples: list[Sample] = []
     reports = []
-    kind = "pt" if stage == "pt" else "sft"
+    kind = CONVERTER_KIND[stage]
     for attr in attrs:
         rows = read_rows(attr, data.dataset_dir)
         limit = data.max_samples or attr.num_samples
@@ -150,31 +165,43 @@ class _Encoder:
     def encode_all(self, samples: list[Sample], *, for_eval: bool, workers: int | None) -> list[dict]:
         if not samples:
             return []
-        if workers and workers > 1 and len(samples) >= 2 * workers:
-            chunks = list(_chunks(samples, max(1, len(samples) // (workers * 4))))
+        # KTO's KL term pairs each prompt with another row's response: rotate the whole set by one
+        partners = [samples[(i + 1) % len(samples)].response[0] if self.stage == "kto" else None
+                    for i in range(len(samples))]
+        items = list(zip(samples, partners, strict=True))
+        if workers and workers > 1 and len(items) >= 2 * workers:
+            chunks = list(_chunks(items, max(1, len(items) // (workers * 4))))
             with ProcessPoolExecutor(workers) as pool:
                 parts = pool.map(self._encode_chunk, chunks, [for_eval] * len(chunks))
                 return [row for part in parts for row in part]
-        return self._encode_chunk(samples, for_eval)
+        return self._encode_chunk(items, for_eval)
 
-    def _encode_chunk(self, samples: list[Sample], for_eval: bool) -> list[dict]:
-        rows = []
-        for sample in samples:
-            if self.stage == "pt":
-                ids = encode_pretrain(self.tokenizer, sample.response[0].content, self.data.cutoff_len)
-                rows.append({"input_ids": ids, "labels": list(ids)})
-                continue
-            input_ids, labels = encode_supervised(
-                self.template, self.tokenizer, sample, self.data.cutoff_len,
-                train_on_prompt=self.data.train_on_prompt, mask_history=self.data.mask_history,
-            )
-            row: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
-            if for_eval:
-                prompt_ids, reference = encode_prompt_for_generation(
-                    self.template, self.tokenizer, sample, self.data.cutoff_len)
-                row.update(prompt_ids=prompt_ids, reference=reference)
-            rows.append(row)
-        return rows
+    def _encode_chunk(self, items: list[tuple[Sample, Any]], for_eval: bool) -> list[dict]:
+        return [self._encode_one(sample, partner, for_eval) for sample, partner in items]
+
+    def _encode_one(self, sample: Sample, partner: Any, for_eval: bool) -> dict[str, Any]:
+        data, stage = self.data, self.stage
+        if stage == "pt":
+            ids = encode_pretrain(self.tokenizer, sample.response[0].content, data.cutoff_len)
+            return {"input_ids": ids, "labels": list(ids)}
+        if stage in ("rm", "dpo"):
+            return encode_pairwise(self.template, self.tokenizer, sample, data.cutoff_len)
+        if stage == "kto":
+            return encode_kto(self.template, self.tokenizer, sample, data.cutoff_len, kl_response=partner)
+        if stage == "ppo":
+            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
+                                                                 data.cutoff_len)
+            return {"input_ids": prompt_ids, "reference": reference}
+        input_ids, labels = encode_supervised(
+            self.template, self.tokenizer, sample, data.cutoff_len,
+            train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
+        )
+        row: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
+        if for_eval:
+            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
+                                                                 data.cutoff_len)
+            row.update(prompt_ids=prompt_ids, reference=reference)
+        return row
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:

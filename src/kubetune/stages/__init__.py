@@ -1,15 +1,17 @@
-"""One module per training stage; each exposes `run(cfg) -> StageResult`."""
+"""One module per training stage; each exposes `run(cfg, callbacks=None) -> StageResult`.
+
+pt and sft share one recipe (only the data encoding differs), so `pt` runs `sft.run`.
+"""
 
 from __future__ import annotations
+
+import importlib
 
 from kubetune.config import RunConfig
 from kubetune.stages.result import StageResult
 
 
 def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
-    """Run `cfg.method.stage`. pt and sft share one recipe: only the data encoding differs."""
-    if cfg.method.stage in ("sft", "pt"):
-        from kubetune.stages import sft
-
-        return sft.run(cfg, callbacks=callbacks)
-    raise NotImplementedError(f"stage {cfg.method.stage!r} is not implemented yet")
+    """Run `cfg.method.stage` (validated to be implemented by the config rules)."""
+    module = "sft" if cfg.method.stage == "pt" else cfg.method.stage
+    return importlib.import_module(f"kubetune.stages.{module}").run(cfg, callbacks=callbacks)
