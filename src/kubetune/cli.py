@@ -18,16 +18,27 @@ from kubetune.config.preflight import preflight
 USAGE = """kubetune <command> [config.yaml] [key=value | --key value ...]
 
 commands:
-  train     run the configured stage (sft, pt): train, then evaluate/predict if asked
+  train     run the configured stage (sft, pt, rm, dpo, kto, ppo): train, then evaluate/predict if asked
   eval      loss/perplexity and generation metrics (BLEU-4, ROUGE) on a dataset, as JSON
   export    merge the adapter into the base and save safetensors shards (export_dir)
   chat      talk to a model (+ adapter) in the terminal
   validate  check a config and the files it names, without running anything
+
+pipeline commands (a pipeline config: see examples/pipeline_sft.yaml):
+  run       run the whole DAG here through kfp.local      kubetune run pipeline.yaml [--output DIR] [--alignment X]
+  compile   write the KFP pipeline YAML                    kubetune compile pipeline.yaml -o out.yaml
+  submit    upload (or version) and start a run            kubetune submit pipeline.yaml --host URL [--experiment X]
+  schedule  a recurring (retraining) run                 kubetune schedule pipeline.yaml --host URL --cron "0 0 3 * * 0"
+  promote   move the champion alias by the gate metric     kubetune promote pipeline.yaml --version N [--force]
+
   keys      list every config key with its default and meaning
   version   print the version
 
 Config keys use LLaMA-Factory's names; see examples/ and `kubetune keys`.
 """
+
+
+PIPELINE_COMMANDS = ("run", "compile", "submit", "schedule", "promote")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -41,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "keys":
         return _print_keys()
+    if command in PIPELINE_COMMANDS:
+        logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
+        from kubetune.pipeline_cli import pipeline_command
+
+        return pipeline_command(command, rest)
     if command not in ("train", "eval", "export", "chat", "validate"):
         print(f"kubetune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2

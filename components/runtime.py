@@ -1,0 +1,288 @@
+"""What every KFP component calls: map KFP's artifacts and parameters onto the library.
+
+Components (one file each in this folder) stay thin — they only name their inputs and
+outputs. Everything they do is here, as plain functions over local paths, so it is testable
+without KFP and identical under `kfp.local` and on a cluster.
+
+Each step appends one line (step, status, seconds) to `$KUBETUNE_STEP_LOG` when set, so
+`kubetune run` can print a summary of the run.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from kubetune.config.pipeline import PipelineConfig, load_pipeline_config
+from kubetune.paths import cache_root
+
+logger = logging.getLogger("kubetune.components")
+
+STEP_LOG_ENV = "KUBETUNE_STEP_LOG"
+
+
+@contextmanager
+def step(name: str) -> Iterator[dict[str, Any]]:
+    """Time a step and record its outcome in the step log (for `kubetune run`'s summary)."""
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
+    record: dict[str, Any] = {"step": name}
+    start = time.perf_counter()
+    try:
+        yield record
+        record["status"] = "succeeded"
+    except BaseException as err:
+        record["status"] = "failed"
+        record["error"] = f"{type(err).__name__}: {err}"[:500]
+        raise
+    finally:
+        record["seconds"] = round(time.perf_counter() - start, 1)
+        log = os.environ.get(STEP_LOG_ENV)
+        if log:
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+
+def parse(config: str) -> PipelineConfig:
+    return load_pipeline_config(text=config)
+
+
+def work_dir(run_id: str, step_name: str) -> Path:
+    """A step's working directory on persistent node storage (the model-cache PVC on a cluster).
+
+    Checkpoints live here rather than in the output artifact: a retried (pre-empted) pod finds
+    them and resumes, while KFP uploads an output artifact only when a step succeeds.
+    """
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id or "local")
+    path = cache_root() / "runs" / safe / step_name
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# --- validate ---------------------------------------------------------------
+
+def validate(config: str, run_id: str = "") -> str:
+    """Validate the whole pipeline config (every stage it runs); open the parent MLflow run.
+
+    Returns the parent MLflow run id ("" when tracking is off).
+    """
+    with step("validate") as record:
+        cfg = parse(config)
+        from kubetune.config.preflight import preflight
+
+        for stage in cfg.stages_to_run():
+            stage_cfg = cfg.stage_config(stage, output_dir=str(work_dir(run_id, stage)), overwrite_output_dir=True)
+            preflight(stage_cfg, "eval" if stage_cfg.train.do_train is False else "train")
+        from kubetune.tracking.pipeline_tracking import open_pipeline_run
+
+        parent = open_pipeline_run(cfg, run_id)
+        record["mlflow_run_id"] = parent
+        return parent
+
+
+# --- preprocess -------------------------------------------------------------
+
+def preprocess(config: str, stage: str, dataset_path: str) -> dict[str, Any]:
+    """Tokenise the stage's data into `dataset_path` (a KFP Dataset artifact directory).
+
+    Returns metadata for the artifact: the content hash (also the KFP cache key), row counts,
+    and whether our own content-addressed cache already had it.
+    """
+    with step(f"preprocess-{stage}"):
+        cfg = parse(config)
+        run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent))
+        from kubetune.data.pipeline import tokenized
+        from kubetune.data.templates import get_template
+        from kubetune.model.loader import load_tokenizer
+
+        tokenizer = load_tokenizer(run_cfg.model)
+        template = get_template(run_cfg.data.template, tokenizer, run_cfg.data.template_file)
+        if run_cfg.data.default_system is not None:
+            template.default_system = run_cfg.data.default_system
+        template.fix_tokenizer(tokenizer)
+        do_eval = run_cfg.train.do_eval or run_cfg.train.eval_strategy != "no"
+        data = tokenized(run_cfg.data, tokenizer, template, stage=stage, seed=run_cfg.train.seed,
+                         train=True, evaluate=do_eval)
+        out = Path(dataset_path)
+        _copy_tree(_tokenized_dir(data.key, run_cfg.data.tokenized_path), out)
+        return {"content_hash": data.key, "train_rows": len(data.train) if data.train is not None else 0,
+                "eval_rows": len(data.eval) if data.eval is not None else 0, "cache_hit": data.cache_hit,
+                "stage": stage}
+
+
+def _tokenized_dir(key: str, tokenized_path: str | None) -> Path:
+    return Path(tokenized_path) if tokenized_path else cache_root() / "tokenized" / key
+
+
+def _copy_tree(src: Path, dst: Path) -> None:
+    if dst.exists():
+        shutil.rmtree(dst)
+    shutil.copytree(src, dst)
+
+
+# --- train ------------------------------------------------------------------
+
+def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id: str = "",
+          parent_run_id: str = "", base_adapter: str | None = None, reward_model: str | None = None,
+          overrides: dict[str, Any] | None = None) -> dict[str, float]:
+    """Run one training stage on preprocessed data; write the adapter (or model) to `model_path`.
+
+    Training happens in a persistent work directory so a retried step resumes from its last
+    checkpoint; the finished outputs are then copied into the output artifact.
+
+    Args:
+        config: the pipeline config as YAML text.
+        stage: sft, rm, dpo, kto, ppo or pt.
+        dataset_path: the preprocess step's Dataset artifact (tokenised splits).
+        model_path: the output Model artifact directory.
+        run_id: the KFP run id (keys the work directory).
+        parent_run_id: the pipeline's MLflow run (a nested run is opened under it).
+        base_adapter: an earlier stage's adapter to continue from (sft → dpo/kto/ppo).
+        reward_model: the rm stage's output, for ppo.
+        overrides: per-run knobs from pipeline parameters (0 / "" values mean "use the config").
+    """
+    with step(stage) as record:
+        cfg = parse(config)
+        extra: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if v not in (0, 0.0, "", None)}
+        work = work_dir(run_id, stage)
+        extra.update(output_dir=str(work), tokenized_path=dataset_path)
+        if base_adapter:
+            extra["adapter_name_or_path"] = base_adapter
+        if reward_model:
+            extra["reward_model"] = reward_model
+        run_cfg = cfg.stage_config(stage, **extra)
+        from kubetune.stages import run_stage
+        from kubetune.tracking.pipeline_tracking import stage_tracking
+
+        with stage_tracking(cfg, run_cfg, parent_run_id, stage) as tracking:
+            result = run_stage(run_cfg, callbacks=tracking.callbacks)
+            tracking.log_result(result.metrics, result.files)
+        _copy_outputs(work, Path(model_path))
+        record["metrics"] = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+        return record["metrics"]
+
+
+def _copy_outputs(work: Path, target: Path) -> None:
+    """The final adapter/model and its reports, without checkpoints (they stay in the work dir)."""
+    target.mkdir(parents=True, exist_ok=True)
+    for item in work.iterdir():
+        if item.name.startswith("checkpoint-"):
+            continue
+        dest = target / item.name
+        if item.is_dir():
+            _copy_tree(item, dest)
+        else:
+            shutil.copy2(item, dest)
+
+
+# --- evaluate ---------------------------------------------------------------
+
+def evaluate(config: str, adapter_path: str, report_path: str, predictions_path: str, *, run_id: str = "",
+             parent_run_id: str = "") -> dict[str, float]:
+    """Loss/perplexity and generation metrics of base + adapter on the evaluation set."""
+    with step("evaluate") as record:
+        cfg = parse(config)
+        work = work_dir(run_id, "evaluate")
+        run_cfg = cfg.eval_config(adapter_name_or_path=adapter_path, output_dir=str(work), do_train=False,
+                                  do_eval=True, do_predict=True, overwrite_output_dir=True)
+        if not run_cfg.data.eval_dataset:
+            run_cfg.data.eval_dataset = cfg.stage_config("sft").data.eval_dataset or run_cfg.data.dataset
+        from kubetune.stages import run_stage
+        from kubetune.tracking.pipeline_tracking import stage_tracking
+
+        with stage_tracking(cfg, run_cfg, parent_run_id, "evaluate") as tracking:
+            result = run_stage(run_cfg, callbacks=tracking.callbacks)
+            tracking.log_result(result.metrics, result.files)
+        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+        Path(report_path).write_text(eval_report(cfg, metrics, work), encoding="utf-8")
+        predictions = work / "generated_predictions.jsonl"
+        if predictions.is_file():
+            shutil.copy2(predictions, predictions_path)
+        else:
+            Path(predictions_path).write_text("")
+        record["metrics"] = metrics
+        return metrics
+
+
+def eval_report(cfg: PipelineConfig, metrics: dict[str, float], work: Path, examples: int = 5) -> str:
+    """A Markdown report the KFP UI renders: metrics table and a few predictions."""
+    lines = [f"# Evaluation — {cfg.name}", "", "| metric | value |", "|---|---|"]
+    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if not k.endswith(("runtime", "per_second"))]
+    predictions = work / "generated_predictions.jsonl"
+    if predictions.is_file():
+        lines += ["", "## Sample predictions", "", "| prediction | reference |", "|---|---|"]
+        for line in predictions.read_text(encoding="utf-8").splitlines()[:examples]:
+            row = json.loads(line)
+            lines.append(f"| {_cell(row['predict'])} | {_cell(row['label'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")[:200]
+
+
+# --- export, register, promote ----------------------------------------------
+
+def export(config: str, adapter_path: str, model_path: str) -> dict[str, Any]:
+    """Merge the adapter into the base; write safetensors shards into `model_path` (and to S3 when set)."""
+    with step("export"):
+        cfg = parse(config)
+        run_cfg = cfg.stage_config("sft", adapter_name_or_path=adapter_path, export_dir=model_path,
+                                   **{k: v for k, v in cfg.export.items() if k != "export_dir"})
+        run_cfg.model.quantization_bit = None  # export merges into the full-precision base
+        from kubetune.export import export as merge_and_save
+
+        merge_and_save(run_cfg)
+        remote = ""
+        if cfg.s3.artifact_prefix:
+            from kubetune.storage import join, upload_dir
+
+            remote = upload_dir(Path(model_path), join(cfg.s3.artifact_prefix, "models", cfg.name,
+                                                       time.strftime("%Y%m%d-%H%M%S")))
+        return {"base_model": run_cfg.model.model_name_or_path, "s3_uri": remote}
+
+
+def register(config: str, model_path: str, metrics: dict[str, float], *, run_id: str = "",
+             parent_run_id: str = "", data_hash: str = "", model_uri: str = "") -> str:
+    """Register the merged model as a new version in the MLflow registry; returns the version."""
+    with step("register") as record:
+        cfg = parse(config)
+        from kubetune.tracking.pipeline_tracking import register_version
+
+        version = register_version(cfg, model_uri or model_path, metrics, parent_run_id=parent_run_id,
+                                   kfp_run_id=run_id, data_hash=data_hash)
+        record["version"] = version
+        return version
+
+
+def promote(config: str, version: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """Move the `champion` alias to `version` only if its gate metric beats the champion's."""
+    with step("promote") as record:
+        cfg = parse(config)
+        from kubetune.tracking.pipeline_tracking import promote_version
+
+        decision = promote_version(cfg, version, metrics)
+        record["decision"] = decision
+        return decision
+
+
+def publish(metrics: dict[str, float], metrics_artifact: Any, model_artifact: Any, *, stage: str,
+            data_hash: str = "") -> None:
+    """Write a stage's scalar results into its Metrics artifact and lineage into its Model artifact."""
+    for name, value in metrics.items():
+        metrics_artifact.log_metric(name, float(value))
+    model_artifact.metadata.update({"stage": stage, "data_hash": data_hash})
+
+
+def gate_metric(config: str, metrics: dict[str, float]) -> float:
+    """The promotion gate metric's value; a clear error names the metrics that do exist."""
+    name = parse(config).promotion.metric
+    if name not in metrics:
+        raise KeyError(f"promotion.metric {name!r} was not measured; available: {', '.join(sorted(metrics))}")
+    return float(metrics[name])

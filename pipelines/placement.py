@@ -1,0 +1,92 @@
+"""Where and how each step runs on the cluster: GPU pools, secrets, the model cache, retries, caching.
+
+All of this is compiled into the pipeline YAML from the pipeline config. `kfp.local` ignores it
+(it runs every step as a local process), so tests assert it on the compiled YAML.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from kfp import kubernetes
+from kfp.dsl import PipelineTask
+
+from kubetune.config.pipeline import PipelineConfig
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
+MLFLOW_ENV = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
+              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+
+
+def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: object, mlflow_secret: object,
+          training: bool = False) -> PipelineTask:
+    """Apply the config's resources, secrets, cache mount, retries and caching to one step.
+
+    Args:
+        task: the step.
+        step: its name in `resources` (sft, rm, ppo, dpo, kto, evaluate, ...; falls back to `default`).
+        cfg: the pipeline config.
+        s3_secret, mlflow_secret: secret names (pipeline parameters, so a run can point elsewhere).
+        training: training steps are retried (pre-emptible GPUs) and not cached unless asked.
+    """
+    res = cfg.resources_for(step)
+    if res.gpus and res.gpus != "auto":
+        task.set_accelerator_type(res.gpu_type or "nvidia.com/gpu")
+        task.set_accelerator_limit(res.gpus)
+    if res.cpu:
+        task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
+    if res.memory:
+        task.set_memory_request(res.memory).set_memory_limit(res.memory)
+    for key, value in sorted(res.node_selector.items()):
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in res.tolerations:
+        kubernetes.add_toleration(task, key=toleration.get("key"), operator=toleration.get("operator"),
+                                  value=toleration.get("value"), effect=toleration.get("effect"),
+                                  toleration_seconds=toleration.get("toleration_seconds"))
+    # optional: a cluster that reaches S3 through an IAM role or an unauthenticated MLflow has no such secret
+    kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_ENV, optional=True)
+    kubernetes.use_secret_as_env(task, secret_name=mlflow_secret, secret_key_to_env=MLFLOW_ENV, optional=True)
+    if cfg.s3.endpoint_url:
+        task.set_env_variable("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
+    if cfg.mlflow.tracking_uri:
+        task.set_env_variable("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
+    if cfg.model_cache.pvc:
+        kubernetes.mount_pvc(task, pvc_name=cfg.model_cache.pvc, mount_path=cfg.model_cache.mount_path)
+        task.set_env_variable("KUBETUNE_CACHE", cfg.model_cache.mount_path)
+    if training:
+        r = cfg.retry
+        if r.count:
+            task.set_retry(num_retries=r.count, backoff_duration=r.backoff_duration, backoff_factor=r.backoff_factor,
+                           backoff_max_duration=r.backoff_max_duration)
+        task.set_caching_options(enable_caching=cfg.caching.training)
+    return task
+
+
+def preprocess_cache_key(cfg: PipelineConfig, stage: str) -> str:
+    """KFP cache key of a preprocess step: the content hash of what changes its tokens.
+
+    Computed at compile time from the stage's data settings and the bytes of local data files,
+    so editing a dataset invalidates the cached step even though the pipeline inputs didn't change.
+    """
+    from kubetune.data.registry import DataError, resolve_datasets
+
+    run_cfg = cfg.stage_config(stage)
+    data = run_cfg.data
+    h = hashlib.sha256()
+    h.update(json.dumps([stage, data.model_dump(mode="json"), run_cfg.model.model_name_or_path,
+                         run_cfg.train.seed], sort_keys=True).encode())
+    names = [*(data.dataset or []), *(data.eval_dataset or [])]
+    try:
+        attrs = resolve_datasets(names, data.dataset_dir, data.data_path) if names or data.data_path else []
+    except DataError:
+        attrs = []  # validate reports it; the key then only covers the settings
+    for attr in attrs:
+        if attr.is_remote:
+            h.update(attr.path.encode())
+            continue
+        path = attr.local_path(data.dataset_dir)
+        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
+            if file.is_file():
+                h.update(hashlib.sha256(file.read_bytes()).digest())
+    return h.hexdigest()[:32]

@@ -1,0 +1,32 @@
+"""dpo and kto: validate → [sft →] dpo|kto → evaluate → export → register → promote.
+
+SFT runs first when the config has a `stages.sft` section; otherwise the preference stage starts
+from `adapter_name_or_path` (or a fresh adapter).
+"""
+
+# no `from __future__ import annotations`: KFP reads the pipeline's parameter types at runtime
+
+from typing import Any
+
+from kfp import dsl
+
+from kubetune.components import Components
+from kubetune.config.pipeline import PipelineConfig
+from kubetune.pipelines.dag import Dag
+
+
+def build(cfg: PipelineConfig, components: Components, stage: str) -> Any:
+    with_sft = "sft" in cfg.stages
+
+    @dsl.pipeline(name=f"kubetune-{stage}-{cfg.name}", description=f"{stage.upper()} preference optimisation.")
+    def preference(config: str = cfg.to_yaml(), s3_secret: str = cfg.s3.credentials_secret,
+                   mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
+        dag = Dag(cfg, components, config, s3_secret, mlflow_secret)
+        dag.validate()
+        inputs: dict[str, Any] = {}
+        if with_sft:
+            inputs["sft_adapter"] = dag.train("sft", dataset=dag.preprocess("sft")).outputs["adapter"]
+        aligned = dag.train(stage, dataset=dag.preprocess(stage), **inputs)
+        dag.finish(aligned.outputs["adapter"])
+
+    return preference

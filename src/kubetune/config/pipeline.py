@@ -1,0 +1,201 @@
+"""The pipeline config: one file that describes a whole run of the DAG.
+
+Top-level keys are LLaMA-Factory's (shared by every stage: `model_name_or_path`, `template`,
+`finetuning_type`, `cutoff_len`, ...). Per-stage overrides go under `stages:`. The sections
+`evaluation`, `export`, `promotion`, `resources`, `mlflow`, `s3`, `images`, `retry` and
+`caching` configure the pipeline itself. `PipelineConfig.stage_config("sft")` gives the
+validated `RunConfig` a stage will run with, so a pipeline is checked as a whole, for every
+stage it will run, before anything starts.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+import kubetune
+from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.loader import read_config_file, validate_raw
+from kubetune.config.schema import RunConfig, field_owner
+
+Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
+PIPELINES = ("sft", "dpo", "kto", "rlhf", "full")
+# which stages each pipeline may run (full: sft, then the one `alignment` picks)
+PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
+    "sft": ("sft",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto"), "rlhf": ("sft", "rm", "ppo"),
+    "full": ("sft", "rm", "ppo", "dpo", "kto"),
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(_Section):
+    """What one step's pod asks for on the cluster (ignored by local runs)."""
+
+    gpus: int | Literal["auto"] = Field(0, description="GPUs per pod (0 = CPU only).")
+    gpu_type: str | None = Field(None, description="Accelerator type, e.g. nvidia.com/gpu or NVIDIA_TESLA_A100.")
+    cpu: str | None = Field(None, description="CPU request/limit, e.g. '4'.")
+    memory: str | None = Field(None, description="Memory request/limit, e.g. '32Gi'.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod must match.")
+    tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Taints the pod tolerates.")
+
+
+class Promotion(_Section):
+    registered_model: str = Field("kubetune-model", description="MLflow registered model name.")
+    metric: str = Field("eval_loss", description="Gate metric compared with the current champion.")
+    greater_is_better: bool = Field(False, description="Direction of the gate metric.")
+    min_delta: float = Field(0.0, ge=0.0, description="How much better the candidate must be to become champion.")
+
+
+class MLflowSettings(_Section):
+    tracking_uri: str | None = Field(None, description="MLflow server URL (default: a local sqlite store).")
+    experiment: str = Field("kubetune", description="MLflow experiment name.")
+    credentials_secret: str = Field("mlflow-credentials", description="Kubernetes secret with MLflow env vars.")
+
+
+class S3Settings(_Section):
+    endpoint_url: str | None = Field(None, description="S3 API endpoint (MinIO, moto); None = AWS.")
+    artifact_prefix: str | None = Field(None, description="s3://bucket/prefix for exported models.")
+    credentials_secret: str = Field("s3-credentials", description="Kubernetes secret with AWS_* env vars.")
+
+
+class Images(_Section):
+    runtime: str | None = Field(None, description="CPU image for light steps (default: from the package version).")
+    trainer: str | None = Field(None, description="CUDA image for training steps (default: from the version).")
+
+
+class Retry(_Section):
+    count: int = Field(3, ge=0, description="Retries of a training step (pre-emptible GPUs).")
+    backoff_duration: str = Field("60s", description="Wait before the first retry.")
+    backoff_factor: float = Field(2.0, ge=1.0, description="Backoff multiplier.")
+    backoff_max_duration: str = Field("3600s", description="Longest wait between retries.")
+
+
+class Caching(_Section):
+    preprocess: bool = Field(True, description="Cache preprocessing (the key is the data content hash).")
+    training: bool = Field(False, description="Cache training steps (off: retraining is the point).")
+
+
+class ModelCache(_Section):
+    pvc: str | None = Field(None, description="PVC holding base weights per node (None: no mount).")
+    mount_path: str = Field("/cache/kubetune", description="Where the PVC mounts; becomes KUBETUNE_CACHE.")
+
+
+class Evaluation(_Section):
+    """Keys for the evaluate step (LLaMA-Factory names: eval_dataset, max_new_tokens, do_sample, ...)."""
+
+    model_config = ConfigDict(extra="allow")
+
+
+class PipelineConfig(_Section):
+    model_config = ConfigDict(extra="allow")  # the shared LLaMA-Factory keys live at the top level
+
+    name: str = Field("kubetune", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$",
+                      description="Pipeline name (lowercase letters, digits, dashes).")
+    pipeline: Literal["sft", "dpo", "kto", "rlhf", "full"] = Field("sft", description="Which DAG to run.")
+    alignment: Literal["ppo", "dpo", "kto", "none"] = Field("none", description="full pipeline: the alignment step.")
+    stages: dict[Stage, dict[str, Any]] = Field(default_factory=dict, description="Per-stage key overrides.")
+    evaluation: Evaluation = Field(default_factory=Evaluation)
+    export: dict[str, Any] = Field(default_factory=dict, description="export_size, export_dir, ...")
+    promotion: Promotion = Field(default_factory=Promotion)
+    resources: dict[str, Resources] = Field(default_factory=dict, description="Per step name, or `default`.")
+    mlflow: MLflowSettings = Field(default_factory=MLflowSettings)
+    s3: S3Settings = Field(default_factory=S3Settings)
+    images: Images = Field(default_factory=Images)
+    retry: Retry = Field(default_factory=Retry)
+    caching: Caching = Field(default_factory=Caching)
+    model_cache: ModelCache = Field(default_factory=ModelCache)
+    source: str = Field("", exclude=True)
+
+    # --- derived ---
+
+    @property
+    def shared(self) -> dict[str, Any]:
+        """The top-level LLaMA-Factory keys every stage starts from."""
+        return dict(self.model_extra or {})
+
+    def stages_to_run(self) -> tuple[str, ...]:
+        if self.pipeline == "full":
+            return ("sft",) + (() if self.alignment == "none" else
+                               ("rm", "ppo") if self.alignment == "ppo" else (self.alignment,))
+        return PIPELINE_STAGES[self.pipeline]
+
+    def stage_config(self, stage: str, **extra: Any) -> RunConfig:
+        """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""
+        raw: dict[str, tuple[Any, str]] = {}
+        origin = self.source or "pipeline config"
+        for key, value in self.shared.items():
+            raw[key] = (value, origin)
+        raw["stage"] = ("pt" if stage == "pt" else stage, origin)
+        for key, value in self.stages.get(stage, {}).items():  # type: ignore[call-overload]
+            raw[key] = (value, f"{origin} stages.{stage}")
+        for key, value in extra.items():
+            raw[key] = (value, "pipeline")
+        return validate_raw(raw, origin)
+
+    def eval_config(self, **extra: Any) -> RunConfig:
+        keys = {**self.stages.get("sft", {}), **(self.evaluation.model_extra or {}), **extra}  # type: ignore[call-overload]
+        keys.pop("dataset", None)
+        return self.stage_config("sft", **{k: v for k, v in keys.items() if k != "stage"})
+
+    def resources_for(self, step: str) -> Resources:
+        return self.resources.get(step) or self.resources.get("default") or Resources()
+
+    def to_yaml(self) -> str:
+        data = self.model_dump(mode="json", exclude_defaults=False)
+        return yaml.safe_dump(data, sort_keys=False)
+
+    def config_hash(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+    def image(self, kind: Literal["runtime", "trainer"]) -> str:
+        """Image references come from one place: the config, else the package version."""
+        explicit = getattr(self.images, kind)
+        return explicit or f"ghcr.io/kubetune/kubetune-{kind}:{kubetune.__version__}"
+
+
+def load_pipeline_config(path: str | Path | None = None, text: str | None = None,
+                         overrides: dict[str, Any] | None = None) -> PipelineConfig:
+    """Parse and validate a pipeline config — every stage it will run included — or raise ConfigError."""
+    source = str(path) if path is not None else ""
+    if text is not None:
+        data = yaml.safe_load(text) or {}
+    else:
+        data = read_config_file(Path(path)) if path is not None else {}
+    data = {**data, **(overrides or {})}
+    problems: list[Problem] = []
+    owner = field_owner()
+    try:
+        cfg = PipelineConfig(**data)
+    except ValidationError as err:
+        for item in err.errors():
+            key = ".".join(str(p) for p in item["loc"])
+            problems.append(Problem(key, item.get("input"), source or "pipeline config",
+                                    item["msg"].replace("Input should be", "expected")))
+        raise ConfigError(problems, source) from None
+    cfg.source = source
+    for key in cfg.shared:
+        if key not in owner and key not in ("use_lora", "use_qlora", "lora_r", "lora_target_modules"):
+            import difflib
+
+            close = difflib.get_close_matches(key, [*owner, *PipelineConfig.model_fields], n=1, cutoff=0.75)
+            problems.append(Problem(key, cfg.shared[key], source, "unknown key",
+                                    f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
+    if problems:
+        raise ConfigError(problems, source)
+    for stage in cfg.stages_to_run():
+        try:
+            cfg.stage_config(stage)
+        except ConfigError as err:
+            problems.extend(Problem(f"stages.{stage}: {p.key}", p.value, p.origin, p.message, p.hint)
+                            for p in err.problems)
+    if problems:
+        raise ConfigError(problems, source)
+    return cfg

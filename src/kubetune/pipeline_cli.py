@@ -1,0 +1,103 @@
+"""The pipeline commands: run (locally, through kfp.local), compile, submit, schedule, promote."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from kubetune.config.errors import ConfigError
+from kubetune.config.pipeline import load_pipeline_config
+
+
+def _parser(command: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"kubetune {command}")
+    p.add_argument("config", help="pipeline config YAML (see examples/pipeline_sft.yaml)")
+    if command == "run":
+        p.add_argument("--output", default="outputs/pipeline", help="artifacts, step log, local MLflow store")
+        p.add_argument("--alignment", choices=["ppo", "dpo", "kto", "none"], help="full pipeline: the branch")
+    if command == "compile":
+        p.add_argument("-o", "--output", required=True, help="where to write the pipeline YAML")
+    if command in ("submit", "schedule"):
+        p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://localhost:8080")
+        p.add_argument("--experiment", default="kubetune")
+        p.add_argument("--namespace", default=None)
+        p.add_argument("--param", action="append", default=[], metavar="KEY=VALUE", help="pipeline parameter")
+    if command == "submit":
+        p.add_argument("--run-name", default=None)
+    if command == "schedule":
+        p.add_argument("--cron", required=True, help='6-field KFP cron, seconds first: "0 0 3 * * 0"')
+        p.add_argument("--job-name", default=None)
+        p.add_argument("--max-concurrency", type=int, default=1)
+        p.add_argument("--catchup", action="store_true", help="run missed intervals (default: no catch-up)")
+        p.add_argument("--disabled", action="store_true", help="create the schedule paused")
+    if command == "promote":
+        p.add_argument("--model", default=None, help="registered model (default: promotion.registered_model)")
+        p.add_argument("--version", required=True)
+        p.add_argument("--force", action="store_true", help="make it champion whatever the metric says")
+    return p
+
+
+def pipeline_command(command: str, argv: Sequence[str]) -> int:
+    args = _parser(command).parse_args(list(argv))
+    try:
+        cfg = load_pipeline_config(args.config)
+    except ConfigError as err:
+        print(f"kubetune {command}: {err}", file=sys.stderr)
+        return 2
+    if command == "run":
+        from kubetune.launch.local_run import run_local, summary
+
+        arguments = {"alignment": args.alignment} if args.alignment else {}
+        if args.alignment and cfg.pipeline != "full":
+            print("kubetune run: --alignment applies to `pipeline: full` only", file=sys.stderr)
+            return 2
+        result = run_local(cfg, args.output, arguments)
+        print("\n" + summary(result, cfg))
+        return 0 if result.ok else 1
+    if command == "compile":
+        from kubetune.launch.local_run import compile_pipeline
+
+        print(f"wrote {compile_pipeline(cfg, args.output)}")
+        return 0
+    if command == "promote":
+        from kubetune.tracking.pipeline_tracking import tracking_uri
+        from kubetune.tracking.registry import promote
+
+        p = cfg.promotion
+        decision = promote(tracking_uri(cfg), args.model or p.registered_model, args.version, p.metric,
+                           greater_is_better=p.greater_is_better, min_delta=p.min_delta, force=args.force)
+        print(f"{decision.alias}: {decision.reason}")
+        return 0
+    return _submit_or_schedule(command, cfg, args)
+
+
+def _submit_or_schedule(command: str, cfg, args: argparse.Namespace) -> int:  # noqa: ANN001
+    import tempfile
+
+    from kubetune.launch import kfp_backend
+    from kubetune.launch.local_run import compile_pipeline
+
+    params = dict(item.split("=", 1) for item in args.param)
+    with tempfile.TemporaryDirectory() as tmp:
+        package = compile_pipeline(cfg, Path(tmp) / f"{cfg.name}.yaml")
+        name = f"kubetune-{cfg.pipeline}-{cfg.name}"
+        if command == "submit":
+            result = kfp_backend.submit(package, host=args.host, pipeline_name=name, experiment=args.experiment,
+                                        run_name=args.run_name, params=params, namespace=args.namespace)
+        else:
+            from kubetune.launch.cron import validate_cron
+
+            try:
+                cron = validate_cron(args.cron)
+            except ValueError as err:
+                print(f"kubetune schedule: {err}", file=sys.stderr)
+                return 2
+            result = kfp_backend.schedule(package, host=args.host, pipeline_name=name, cron=cron,
+                                          experiment=args.experiment, job_name=args.job_name, params=params,
+                                          max_concurrency=args.max_concurrency, no_catchup=not args.catchup,
+                                          enabled=not args.disabled, namespace=args.namespace)
+    print(json.dumps(result.__dict__ if hasattr(result, "__dict__") else result, indent=2, default=str))
+    return 0

@@ -1,0 +1,97 @@
+"""Pipeline-level tracking: the parent MLflow run, a nested run per step, registry and promotion.
+
+Steps run in separate processes (pods on a cluster), so everything here works from the parent
+run id string alone. The tracking URI comes from the config's `mlflow.tracking_uri`, else the
+`MLFLOW_TRACKING_URI` environment variable, else a local sqlite store in the kubetune cache.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import kubetune
+from kubetune.config.pipeline import PipelineConfig
+from kubetune.config.schema import RunConfig
+from kubetune.paths import cache_root
+
+logger = logging.getLogger(__name__)
+
+
+def tracking_uri(cfg: PipelineConfig) -> str:
+    from kubetune.tracking.mlflow_tracker import default_tracking_uri
+
+    return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(
+        cache_root() / "mlflow")
+
+
+def open_pipeline_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
+    """Create (or, with MLFLOW_RUN_ID set, reuse) the parent run of this pipeline run."""
+    from kubetune.tracking.mlflow_tracker import start_pipeline_run
+
+    tags = {"kfp_run_id": kfp_run_id, "config_hash": cfg.config_hash(), "pipeline": cfg.pipeline,
+            "kubetune_version": kubetune.__version__}
+    return start_pipeline_run(tracking_uri(cfg), cfg.mlflow.experiment, run_name=f"{cfg.name}-{kfp_run_id[:8]}",
+                              tags=tags)
+
+
+class StageTracking:
+    """What a step reports through: Trainer callbacks, final metrics, and files."""
+
+    def __init__(self, tracker: Any | None) -> None:
+        self.tracker = tracker
+
+    @property
+    def callbacks(self) -> list:
+        callback = self.tracker.callback() if self.tracker is not None else None
+        return [callback] if callback is not None else []
+
+    def log_result(self, metrics: dict[str, float], files: dict[str, str]) -> None:
+        if self.tracker is None:
+            return
+        self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        for path in files.values():
+            if Path(path).is_file():
+                self.tracker.log_artifact(path)
+
+
+@contextmanager
+def stage_tracking(cfg: PipelineConfig, run_cfg: RunConfig, parent_run_id: str, stage: str) -> Iterator[StageTracking]:
+    """A nested MLflow run for one step under `parent_run_id` ("" = tracking off); FAILED if the step raises."""
+    if not parent_run_id:
+        yield StageTracking(None)
+        return
+    from kubetune.tracking.mlflow_tracker import MLflowTracker
+
+    tracker = MLflowTracker.for_stage(tracking_uri(cfg), parent_run_id, stage, cfg.mlflow.experiment,
+                                      fallback_dir=run_cfg.train.output_dir)
+    tracker.log_params(run_cfg.to_flat())
+    with tracker:
+        yield StageTracking(tracker)
+
+
+def register_version(cfg: PipelineConfig, model_uri: str, metrics: dict[str, float], *, parent_run_id: str,
+                     kfp_run_id: str, data_hash: str) -> str:
+    from kubetune.tracking.registry import register_model
+
+    tags = {"kfp_run_id": kfp_run_id, "data_hash": data_hash, "config_hash": cfg.config_hash(),
+            "base_model": str(cfg.shared.get("model_name_or_path", "")), "stage": cfg.stages_to_run()[-1],
+            "kubetune_version": kubetune.__version__}
+    gate = cfg.promotion.metric
+    if gate in metrics:
+        tags["gate_metric"], tags["gate_metric_value"] = gate, repr(float(metrics[gate]))
+    return register_model(tracking_uri(cfg), cfg.promotion.registered_model, model_uri, run_id=parent_run_id or None,
+                          tags=tags)
+
+
+def promote_version(cfg: PipelineConfig, version: str, metrics: dict[str, float]) -> dict[str, Any]:
+    from kubetune.tracking.registry import promote
+
+    p = cfg.promotion
+    decision = promote(tracking_uri(cfg), p.registered_model, version, p.metric,
+                       greater_is_better=p.greater_is_better, min_delta=p.min_delta, metrics=metrics)
+    return {"promoted": decision.promoted, "alias": decision.alias, "reason": decision.reason, "version": version}
