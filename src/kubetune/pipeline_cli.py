@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -99,5 +100,5 @@ def _submit_or_schedule(command: str, cfg, args: argparse.Namespace) -> int:  # 
                                           experiment=args.experiment, job_name=args.job_name, params=params,
                                           max_concurrency=args.max_concurrency, no_catchup=not args.catchup,
                                           enabled=not args.disabled, namespace=args.namespace)
-    print(json.dumps(result.__dict__ if hasattr(result, "__dict__") else result, indent=2, default=str))
+    print(json.dumps(dataclasses.asdict(result), indent=2, default=str))
     return 0
