@@ -17,7 +17,7 @@ from kubetune.pipelines.dag import Dag
 
 def build(cfg: PipelineConfig, components: Components) -> Any:
     @dsl.pipeline(name=f"kubetune-full-{cfg.name}", description="SFT, then PPO, DPO, KTO or nothing; then promote.")
-    def full(config: str = cfg.to_yaml(), alignment: str = cfg.alignment, s3_secret: str = cfg.s3.credentials_secret,
+    def full(config: str = cfg.to_param(), alignment: str = cfg.alignment, s3_secret: str = cfg.s3.credentials_secret,
              mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         dag = Dag(cfg, components, config, s3_secret, mlflow_secret)
         dag.validate()

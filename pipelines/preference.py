@@ -19,7 +19,7 @@ def build(cfg: PipelineConfig, components: Components, stage: str) -> Any:
     with_sft = "sft" in cfg.stages
 
     @dsl.pipeline(name=f"kubetune-{stage}-{cfg.name}", description=f"{stage.upper()} preference optimisation.")
-    def preference(config: str = cfg.to_yaml(), s3_secret: str = cfg.s3.credentials_secret,
+    def preference(config: str = cfg.to_param(), s3_secret: str = cfg.s3.credentials_secret,
                    mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         dag = Dag(cfg, components, config, s3_secret, mlflow_secret)
         dag.validate()

@@ -13,7 +13,7 @@ from kubetune.pipelines.dag import Dag
 
 def build(cfg: PipelineConfig, components: Components) -> Any:
     @dsl.pipeline(name=f"kubetune-rlhf-{cfg.name}", description="SFT, reward model, then PPO against it.")
-    def rlhf(config: str = cfg.to_yaml(), s3_secret: str = cfg.s3.credentials_secret,
+    def rlhf(config: str = cfg.to_param(), s3_secret: str = cfg.s3.credentials_secret,
              mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         dag = Dag(cfg, components, config, s3_secret, mlflow_secret)
         dag.validate()

@@ -15,7 +15,7 @@ def build(cfg: PipelineConfig, components: Components) -> Any:
     sft_keys = cfg.stage_config("sft")
 
     @dsl.pipeline(name=f"kubetune-sft-{cfg.name}", description="Supervised fine-tuning, evaluated and promoted.")
-    def sft(config: str = cfg.to_yaml(), learning_rate: float = sft_keys.train.learning_rate,
+    def sft(config: str = cfg.to_param(), learning_rate: float = sft_keys.train.learning_rate,
             num_train_epochs: float = sft_keys.train.num_train_epochs, max_steps: int = sft_keys.train.max_steps,
             s3_secret: str = cfg.s3.credentials_secret, mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         dag = Dag(cfg, components, config, s3_secret, mlflow_secret)

@@ -75,13 +75,23 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
     return _submit_or_schedule(command, cfg, args)
 
 
+def _typed(text: str) -> object:
+    """`--param max_steps=5` → 5: KFP checks a parameter's JSON type against the pipeline's declaration."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(text.lower(), text)
+
+
 def _submit_or_schedule(command: str, cfg, args: argparse.Namespace) -> int:  # noqa: ANN001
     import tempfile
 
     from kubetune.launch import kfp_backend
     from kubetune.launch.local_run import compile_pipeline
 
-    params = dict(item.split("=", 1) for item in args.param)
+    params = {key: _typed(value) for key, value in (item.split("=", 1) for item in args.param)}
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg, Path(tmp) / f"{cfg.name}.yaml")
         name = f"kubetune-{cfg.pipeline}-{cfg.name}"

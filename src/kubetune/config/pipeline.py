@@ -152,6 +152,14 @@ class PipelineConfig(_Section):
         data = self.model_dump(mode="json", exclude_defaults=False)
         return yaml.safe_dump(data, sort_keys=False)
 
+    def to_param(self) -> str:
+        """The config as the `config` pipeline parameter: one line of JSON.
+
+        One line because KFP copies parameter defaults into a comment header of the compiled
+        YAML, and a multi-line default there breaks the file (YAML parses JSON, so steps read it).
+        """
+        return json.dumps(self.model_dump(mode="json"), separators=(",", ":"))
+
     def config_hash(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 

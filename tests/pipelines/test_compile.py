@@ -1,0 +1,101 @@
+"""Compiled pipeline YAML: every pipeline compiles, loads back through kfp's own loader, and carries the
+cluster settings from the config (GPUs, node selectors, tolerations, secrets, retries, caching, PVC).
+
+kfp.local ignores all cluster settings, so they are asserted here, on the compiled YAML.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from kfp import components as kfp_components
+
+from kubetune.config.pipeline import load_pipeline_config
+from kubetune.launch.local_run import compile_pipeline
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _config(pipeline: str, **extra):
+    text = (REPO / "examples/pipeline_sft.yaml").read_text()
+    data = yaml.safe_load(text)
+    data.update({"pipeline": pipeline, "dataset_dir": str(REPO / "data"), **extra})
+    if pipeline in ("rlhf", "full"):
+        data["stages"].update(rm={"dataset": "kubi_pref"}, ppo={"dataset": "kubi_sft", "reward_model": str(REPO)})
+    if pipeline in ("dpo", "full"):
+        data["stages"]["dpo"] = {"dataset": "kubi_pref"}
+    if pipeline in ("kto", "full"):
+        data["stages"]["kto"] = {"dataset": "kubi_kto"}
+    return load_pipeline_config(text=yaml.safe_dump(data))
+
+
+def _docs(path: Path) -> tuple[dict, dict]:
+    docs = list(yaml.safe_load_all(path.read_text()))
+    return docs[0], (docs[1] if len(docs) > 1 else {})
+
+
+def test_sft_pipeline_compiles_and_loads_back(tmp_path: Path) -> None:
+    path = compile_pipeline(_config("sft"), tmp_path / "sft.yaml")
+    spec, platform = _docs(path)
+    assert spec["pipelineInfo"]["name"] == "kubetune-sft-kubi"
+    tasks = spec["root"]["dag"]["tasks"]
+    assert {"validate", "preprocess", "sft", "evaluate", "export", "register", "promote"} <= set(tasks)
+    params = spec["root"]["inputDefinitions"]["parameters"]
+    assert params["learning_rate"]["defaultValue"] == pytest.approx(2e-4)
+    assert {"config", "s3_secret", "mlflow_secret", "max_steps"} <= set(params)
+    loaded = kfp_components.load_component_from_file(str(path))  # kfp's own loader round-trip
+    assert loaded.name == "kubetune-sft-kubi"
+
+
+def test_cluster_settings_are_compiled_in(tmp_path: Path) -> None:
+    spec, platform = _docs(compile_pipeline(_config("sft"), tmp_path / "sft.yaml"))
+    executors = spec["deploymentSpec"]["executors"]
+    sft_exec = next(v for k, v in executors.items() if k.endswith("-sft"))
+    resources = sft_exec["container"]["resources"]
+    assert resources["accelerator"]["resourceType"] == "nvidia.com/gpu"
+    assert str(resources["accelerator"]["resourceCount"]) == "1"
+    assert resources["resourceMemoryLimit"] == "32Gi" and resources["resourceCpuLimit"] == "8"
+    assert sft_exec["container"]["image"].startswith("ghcr.io/kubetune/kubetune-trainer:")
+    validate_exec = next(v for k, v in executors.items() if k.endswith("-validate"))
+    assert validate_exec["container"]["image"].startswith("ghcr.io/kubetune/kubetune-runtime:")
+
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    sft_k8s = next(v for k, v in k8s.items() if k.endswith("-sft"))
+    assert sft_k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
+    assert sft_k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert sft_k8s["pvcMount"][0]["mountPath"] == "/cache/kubetune"
+    secrets = {s["secretNameParameter"]["componentInputParameter"]: s for s in sft_k8s["secretAsEnv"]}
+    assert set(secrets) == {"s3_secret", "mlflow_secret"}
+    assert {e["envVar"] for e in secrets["s3_secret"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+
+    tasks = spec["root"]["dag"]["tasks"]
+    assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == 3
+    assert tasks["sft"]["cachingOptions"].get("enableCache", False) is False
+    assert tasks["preprocess"]["cachingOptions"]["enableCache"] is True
+    assert len(tasks["preprocess"]["cachingOptions"]["cacheKey"]) == 32
+
+
+def test_preprocess_cache_key_follows_the_data(tmp_path: Path) -> None:
+    from kubetune.pipelines.placement import preprocess_cache_key
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    (data_dir / "dataset_info.json").write_text('{"d": {"file_name": "d.json"}}')
+    (data_dir / "d.json").write_text('[{"instruction": "a", "output": "b"}]')
+    cfg = _config("sft", dataset_dir=str(data_dir))
+    cfg.stages["sft"]["dataset"] = "d"
+    before = preprocess_cache_key(cfg, "sft")
+    assert preprocess_cache_key(cfg, "sft") == before
+    (data_dir / "d.json").write_text('[{"instruction": "a", "output": "c"}]')
+    assert preprocess_cache_key(cfg, "sft") != before
+
+
+@pytest.mark.parametrize("pipeline", ["dpo", "kto", "rlhf", "full"])
+def test_every_pipeline_compiles(pipeline: str, tmp_path: Path) -> None:
+    pytest.importorskip(f"kubetune.stages.{'ppo' if pipeline in ('rlhf', 'full') else pipeline}")
+    spec, _ = _docs(compile_pipeline(_config(pipeline), tmp_path / f"{pipeline}.yaml"))
+    assert spec["pipelineInfo"]["name"] == f"kubetune-{pipeline}-kubi"
+    if pipeline == "full":
+        assert spec["root"]["inputDefinitions"]["parameters"]["alignment"]["defaultValue"] == "none"

@@ -1,0 +1,82 @@
+"""The sft pipeline end to end through kfp.local on a tiny model, tracked in a real `mlflow server`.
+
+Two runs: the first trains well and becomes champion; the second, with a learning rate too small
+to learn anything, must not move the champion alias, and must hit the preprocessing cache.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.config.pipeline import load_pipeline_config
+from kubetune.launch.local_run import run_local, summary
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def pipeline_config(model_dir: Path, tracking_uri: str, learning_rate: float, max_steps: int):
+    data = {
+        "name": "tiny", "pipeline": "sft", "model_name_or_path": str(model_dir), "finetuning_type": "lora",
+        "lora_rank": 4, "template": "chatml", "dataset_dir": str(REPO / "data"), "cutoff_len": 48,
+        "max_samples": 16, "disable_tqdm": True, "do_sample": False, "max_new_tokens": 4,
+        "per_device_eval_batch_size": 8,
+        "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": learning_rate, "max_steps": max_steps,
+                           "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 50,
+                           "plot_loss": True}},
+        "evaluation": {"eval_dataset": "kubi_sft_eval"},
+        "promotion": {"registered_model": "tiny-assistant", "metric": "eval_loss", "greater_is_better": False},
+        "mlflow": {"tracking_uri": tracking_uri, "experiment": "kubetune-tests"},
+    }
+    return load_pipeline_config(text=yaml.safe_dump(data))
+
+
+@pytest.mark.slow
+def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: Path, tmp_path: Path,
+                                                                cache_dir: Path, mlflow_server: str) -> None:
+    import mlflow
+    from mlflow import MlflowClient
+
+    good = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=5e-2, max_steps=8)
+    first = run_local(good, tmp_path / "run1")
+    text = summary(first, good)
+    assert first.ok, text
+    assert [s["step"] for s in first.steps] == ["validate", "preprocess-sft", "sft", "evaluate", "export",
+                                                "register", "promote"]
+    assert "champion" in text and "registered: tiny-assistant version 1" in text
+
+    # every artifact is present
+    kfp_root = tmp_path / "run1" / "kfp"
+    assert list(kfp_root.rglob("adapter_model.safetensors")), "the sft adapter artifact"
+    assert list(kfp_root.rglob("model.safetensors")), "the merged model artifact"
+    assert list(kfp_root.rglob("training_loss.png"))
+
+    # MLflow: one parent run with nested stage runs holding step metrics
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("kubetune-tests")
+    runs = client.search_runs([experiment.experiment_id])
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    nested = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1
+    assert {r.data.tags.get("mlflow.runName", "") for r in nested} >= {"sft", "evaluate"}
+    sft_run = next(r for r in nested if r.data.tags.get("mlflow.runName") == "sft")
+    assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 8
+    assert sft_run.data.params["lora_rank"] == "4"
+
+    # the registry: version 1 is champion
+    version = client.get_model_version_by_alias("tiny-assistant", "champion")
+    assert version.version == "1"
+
+    # a second, worse run: registered, not promoted; preprocessing came from the cache
+    bad = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=1e-9, max_steps=1)
+    second = run_local(bad, tmp_path / "run2")
+    assert second.ok, summary(second, bad)
+    assert client.get_model_version_by_alias("tiny-assistant", "champion").version == "1"
+    assert client.get_model_version_by_alias("tiny-assistant", "challenger").version == "2"
+    preprocess_meta = next(kfp for kfp in (tmp_path / "run2" / "kfp").rglob("executor_output.json")
+                           if "preprocess" in str(kfp))
+    assert '"cache_hit": true' in preprocess_meta.read_text().replace("True", "true")
+    mlflow.set_tracking_uri(None)
