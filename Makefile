@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo lint data clean
+.PHONY: setup test test-fast demo demo-stage lint data clean
 
 setup: $(STAMP)
 
@@ -27,7 +27,13 @@ test: setup
 test-fast: setup
 	$(BIN)/python -m pytest -n $(JOBS) -q -m "not slow"
 
+# the main job: the whole sft pipeline (validate → preprocess → sft → evaluate → export → register → promote)
+# through kfp.local on the embedded model, tracked in a local MLflow store
 demo: setup
+	$(BIN)/kubetune run examples/pipeline_sft.yaml --output outputs/demo
+
+# one stage at a time, as a user of `llamafactory-cli` would: eval before, train, eval after, export
+demo-stage: setup
 	$(BIN)/python scripts/demo.py
 
 lint: setup
@@ -37,4 +43,4 @@ data: setup
 	$(BIN)/python scripts/make_demo_data.py --out data
 
 clean:
-	rm -rf outputs saves .pytest_cache
+	rm -rf outputs saves models .pytest_cache

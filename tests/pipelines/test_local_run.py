@@ -6,7 +6,6 @@ to learn anything, must not move the champion alias, and must hit the preprocess
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
