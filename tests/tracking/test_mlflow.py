@@ -63,8 +63,8 @@ def test_unreachable_server_buffers_then_replays(mlflow_server: str, tmp_path: P
 
 def _version(server: str, name: str, tmp_path: Path) -> str:
     client = MlflowClient(server)
-    run = client.create_run(client.get_experiment_by_name("exp-registry").experiment_id
-                            if client.get_experiment_by_name("exp-registry") else client.create_experiment("exp-registry"))
+    experiment = client.get_experiment_by_name("exp-registry")
+    run = client.create_run(experiment.experiment_id if experiment else client.create_experiment("exp-registry"))
     model = tmp_path / f"model-{run.info.run_id}"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
