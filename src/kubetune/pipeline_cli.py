@@ -15,7 +15,8 @@ from kubetune.config.pipeline import load_pipeline_config
 
 def _parser(command: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"kubetune {command}")
-    p.add_argument("config", help="pipeline config YAML (see examples/pipeline_sft.yaml)")
+    p.add_argument("config", nargs="?" if command == "promote" else None,
+                   help="pipeline config YAML (see examples/pipeline_sft.yaml)")
     if command == "run":
         p.add_argument("--output", default="outputs/pipeline", help="artifacts, step log, local MLflow store")
         p.add_argument("--alignment", choices=["ppo", "dpo", "kto", "none"], help="full pipeline: the branch")
@@ -37,12 +38,18 @@ def _parser(command: str) -> argparse.ArgumentParser:
     if command == "promote":
         p.add_argument("--model", default=None, help="registered model (default: promotion.registered_model)")
         p.add_argument("--version", required=True)
+        p.add_argument("--metric", default=None, help="gate metric (default: promotion.metric)")
+        p.add_argument("--lower-is-better", action="store_true", help="the gate metric is a loss")
+        p.add_argument("--min-delta", type=float, default=None)
+        p.add_argument("--tracking-uri", default=None, help="default: the config's, else $MLFLOW_TRACKING_URI")
         p.add_argument("--force", action="store_true", help="make it champion whatever the metric says")
     return p
 
 
 def pipeline_command(command: str, argv: Sequence[str]) -> int:
     args = _parser(command).parse_args(list(argv))
+    if command == "promote":
+        return _promote(args)
     try:
         cfg = load_pipeline_config(args.config)
     except ConfigError as err:
@@ -63,16 +70,33 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
 
         print(f"wrote {compile_pipeline(cfg, args.output)}")
         return 0
-    if command == "promote":
-        from kubetune.tracking.pipeline_tracking import tracking_uri
-        from kubetune.tracking.registry import promote
-
-        p = cfg.promotion
-        decision = promote(tracking_uri(cfg), args.model or p.registered_model, args.version, p.metric,
-                           greater_is_better=p.greater_is_better, min_delta=p.min_delta, force=args.force)
-        print(f"{decision.alias}: {decision.reason}")
-        return 0
     return _submit_or_schedule(command, cfg, args)
+
+
+def _promote(args: argparse.Namespace) -> int:
+    """`kubetune promote [pipeline.yaml] --model NAME --version N`: the registry gate, by hand."""
+    import os
+
+    from kubetune.config.pipeline import Promotion
+    from kubetune.tracking.registry import promote
+
+    cfg = load_pipeline_config(args.config) if args.config else None
+    gate = cfg.promotion if cfg else Promotion()
+    uri = args.tracking_uri or (cfg and cfg.mlflow.tracking_uri) or os.environ.get("MLFLOW_TRACKING_URI")
+    model = args.model or (cfg and gate.registered_model)
+    if not uri or not model:
+        print("kubetune promote: name the model (--model) and the tracking server (--tracking-uri, "
+              "MLFLOW_TRACKING_URI, or a pipeline config)", file=sys.stderr)
+        return 2
+    try:
+        decision = promote(uri, model, args.version, args.metric or gate.metric,
+                           greater_is_better=not args.lower_is_better if args.metric else gate.greater_is_better,
+                           min_delta=gate.min_delta if args.min_delta is None else args.min_delta, force=args.force)
+    except KeyError as err:
+        print(f"kubetune promote: {err.args[0]}", file=sys.stderr)
+        return 2
+    print(f"{model} v{args.version}: {decision.alias} — {decision.reason}")
+    return 0
 
 
 def _typed(text: str) -> object:

@@ -100,3 +100,19 @@ def test_lower_is_better_force_and_missing_metric(mlflow_server: str, tmp_path: 
     v3 = _version(mlflow_server, name, tmp_path)
     with pytest.raises(KeyError, match="eval_loss.*rouge"):
         promote(mlflow_server, name, v3, "eval_loss", metrics={"rouge": 1.0})
+
+
+def test_promote_command(mlflow_server: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune.cli import main
+
+    name = "cli-model"
+    v1 = _version(mlflow_server, name, tmp_path)
+    MlflowClient(mlflow_server).set_model_version_tag(name, v1, "gate_metric", "bleu")
+    MlflowClient(mlflow_server).set_model_version_tag(name, v1, "gate_metric_value", "10.0")
+    assert main(["promote", "--model", name, "--version", v1, "--metric", "bleu",
+                 "--tracking-uri", mlflow_server]) == 0
+    assert "champion" in capsys.readouterr().out
+    v2 = _version(mlflow_server, name, tmp_path)
+    assert main(["promote", "--model", name, "--version", v2, "--metric", "bleu",
+                 "--tracking-uri", mlflow_server]) == 2  # v2 has no bleu anywhere
+    assert "bleu" in capsys.readouterr().err
