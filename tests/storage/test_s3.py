@@ -238,3 +238,18 @@ def test_uri_helpers() -> None:
         split_s3("s3:///k")
     assert join("s3://b/runs/", "/sft/", "adapter") == "s3://b/runs/sft/adapter"
     assert join("/tmp/out", "sft") == "/tmp/out/sft"
+
+
+def test_reader_waits_for_a_writer_still_uploading(bucket: str, client: Any) -> None:
+    import threading
+    import time
+
+    client.put_object(Bucket=bucket, Key="late/part-0", Body=b"0")
+    writer = threading.Timer(1.0, lambda: (client.put_object(Bucket=bucket, Key="late/part-1", Body=b"1"),
+                                           client.put_object(Bucket=bucket, Key=f"late/{SUCCESS_MARKER}", Body=b"")))
+    writer.start()
+    start = time.monotonic()
+    local = localize(f"s3://{bucket}/late/", require_complete=True, wait_seconds=20)
+    writer.join()
+    assert 0.9 < time.monotonic() - start < 20
+    assert sorted(p.name for p in local.iterdir()) == ["part-0", "part-1"]

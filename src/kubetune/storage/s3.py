@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import shutil
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -231,6 +232,7 @@ def localize(
     cache_dir: Path | None = None,
     *,
     require_complete: bool = False,
+    wait_seconds: float = 0.0,
 ) -> Path:
     """A local path for `uri`, downloading an `s3://` file or prefix into the cache once.
 
@@ -244,6 +246,9 @@ def localize(
         require_complete (`bool`, *optional*, defaults to `False`):
             For a prefix: raise `IncompleteUploadError` unless it holds the `_SUCCESS` marker that
             `upload_dir` writes last. Ignored for single objects and local paths.
+        wait_seconds (`float`, *optional*, defaults to `0`):
+            With `require_complete`: wait up to this long for the marker (a writer still
+            uploading) before raising — readers of a step's output never see half of it.
 
     Returns:
         `Path`: the local file or folder. A folder holds the prefix's objects (minus `_SUCCESS`)
@@ -270,6 +275,11 @@ def localize(
     with _s3_errors(uri):
         client = s3_client()  # inside: a missing AWS_PROFILE fails here, and gets a clear message
         is_folder, objects = _resolve(client, uri)
+        deadline = time.monotonic() + wait_seconds
+        while is_folder and require_complete and time.monotonic() < deadline and not any(
+                o.rel == SUCCESS_MARKER for o in objects):
+            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+            is_folder, objects = _resolve(client, uri)
         if is_folder:
             if require_complete and not any(o.rel == SUCCESS_MARKER for o in objects):
                 raise IncompleteUploadError(
