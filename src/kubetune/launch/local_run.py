@@ -105,7 +105,8 @@ def summary(result: LocalRunResult, cfg: PipelineConfig) -> str:
     evaluation = result.find("evaluate")
     if evaluation and evaluation.get("metrics"):
         lines += ["", "eval metrics:"]
-        shown = [k for k in evaluation["metrics"] if not k.endswith(("runtime", "per_second"))]
+        noise = ("runtime", "per_second", "epoch", "preparation_time", "tokens_seen")
+        shown = [k for k in evaluation["metrics"] if not k.endswith(noise)]
         lines += [f"  {k:28} {evaluation['metrics'][k]:.4f}" for k in sorted(shown)]
     registered, promoted = result.find("register"), result.find("promote")
     if registered and registered.get("version"):
@@ -114,4 +115,6 @@ def summary(result: LocalRunResult, cfg: PipelineConfig) -> str:
         d = promoted["decision"]
         lines.append(f"promotion:  {d['alias']} — {d['reason']}")
     lines += ["", f"artifacts:  {result.output_root / 'kfp'}", f"MLflow:     {result.tracking_uri}"]
+    if result.tracking_uri.startswith("sqlite:"):
+        lines.append(f"            browse it: mlflow ui --backend-store-uri {result.tracking_uri}")
     return "\n".join(lines)

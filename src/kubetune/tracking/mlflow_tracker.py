@@ -44,7 +44,16 @@ def _client(tracking_uri: str) -> Any:
 
 def _experiment_id(client: Any, name: str) -> str:
     experiment = client.get_experiment_by_name(name)
-    return experiment.experiment_id if experiment else client.create_experiment(name)
+    if experiment:
+        return experiment.experiment_id
+    return client.create_experiment(name, artifact_location=_local_artifact_location(client.tracking_uri))
+
+
+def _local_artifact_location(tracking_uri: str) -> str | None:
+    """Artifacts of a local sqlite store go beside the database, not into ./mlruns of whatever the cwd is."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None  # a server decides (--artifacts-destination / --default-artifact-root)
+    return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "mlartifacts").resolve().as_uri()
 
 
 def start_pipeline_run(tracking_uri: str, experiment: str, run_name: str, tags: Mapping[str, str]) -> str:
