@@ -65,3 +65,19 @@ def test_eval_report_is_markdown_with_predictions(tiny_model_dir: Path, tmp_path
         json.dumps({"prompt": "p", "predict": "a|b", "label": "c"}) + "\n")
     report = runtime.eval_report(runtime.parse(_config(tiny_model_dir)), {"eval_loss": 0.5}, tmp_path)
     assert "| eval_loss | 0.5000 |" in report and "a\\|b" in report
+
+
+@pytest.mark.s3
+def test_export_step_uploads_to_s3_when_configured(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path,
+                                                   bucket: str, client) -> None:  # noqa: ANN001
+    config = json.loads(_config(tiny_model_dir, max_steps=1))
+    config["s3"]["artifact_prefix"] = f"s3://{bucket}/kubetune"
+    config = json.dumps(config)
+    dataset = tmp_path / "dataset"
+    runtime.preprocess(config, "sft", str(dataset))
+    runtime.train(config, "sft", str(dataset), str(tmp_path / "adapter"), run_id="run-s3")
+    meta = runtime.export(config, str(tmp_path / "adapter"), str(tmp_path / "merged"))
+    assert meta["s3_uri"].startswith(f"s3://{bucket}/kubetune/models/tiny/")
+    prefix = meta["s3_uri"].removeprefix(f"s3://{bucket}/")
+    keys = {o["Key"].removeprefix(prefix) for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
+    assert {"model.safetensors", "config.json", "tokenizer.json", "_SUCCESS"} <= keys
