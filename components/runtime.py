@@ -76,8 +76,9 @@ def validate(config: str, run_id: str = "") -> str:
         cfg = parse(config)
         from kubetune.config.preflight import preflight
 
-        for stage in cfg.stages_to_run():
-            stage_cfg = cfg.stage_config(stage, output_dir=str(work_dir(run_id, stage)), overwrite_output_dir=True)
+        for stage in cfg.stages_to_validate():
+            stage_cfg = cfg.stage_config(stage, output_dir=str(work_dir(run_id, stage)), overwrite_output_dir=True,
+                                         **cfg.pipeline_inputs(stage))
             preflight(stage_cfg, "eval" if stage_cfg.train.do_train is False else "train")
         from kubetune.tracking.pipeline_tracking import open_pipeline_run
 
@@ -96,7 +97,7 @@ def preprocess(config: str, stage: str, dataset_path: str) -> dict[str, Any]:
     """
     with step(f"preprocess-{stage}"):
         cfg = parse(config)
-        run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent))
+        run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent), **cfg.pipeline_inputs(stage))
         from kubetune.data.pipeline import tokenized
         from kubetune.data.templates import get_template
         from kubetune.model.loader import load_tokenizer

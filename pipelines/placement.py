@@ -71,7 +71,7 @@ def preprocess_cache_key(cfg: PipelineConfig, stage: str) -> str:
     """
     from kubetune.data.registry import DataError, resolve_datasets
 
-    run_cfg = cfg.stage_config(stage)
+    run_cfg = cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
     data = run_cfg.data
     h = hashlib.sha256()
     h.update(json.dumps([stage, data.model_dump(mode="json"), run_cfg.model.model_name_or_path,

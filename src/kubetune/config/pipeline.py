@@ -25,6 +25,7 @@ from kubetune.config.schema import RunConfig, field_owner
 
 Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
 PIPELINES = ("sft", "dpo", "kto", "rlhf", "full")
+PIPELINE_INPUT = "pipeline:"  # a value an earlier step of the pipeline fills in (e.g. reward_model: pipeline:rm)
 # which stages each pipeline may run (full: sft, then the one `alignment` picks)
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "sft": ("sft",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto"), "rlhf": ("sft", "rm", "ppo"),
@@ -122,10 +123,25 @@ class PipelineConfig(_Section):
         return dict(self.model_extra or {})
 
     def stages_to_run(self) -> tuple[str, ...]:
+        """The stages a run with the configured `alignment` executes."""
         if self.pipeline == "full":
             return ("sft",) + (() if self.alignment == "none" else
                                ("rm", "ppo") if self.alignment == "ppo" else (self.alignment,))
+        if self.pipeline in ("dpo", "kto") and "sft" not in self.stages:
+            return (self.pipeline,)
         return PIPELINE_STAGES[self.pipeline]
+
+    def stages_to_validate(self) -> tuple[str, ...]:
+        """Every stage a run may execute: for `full`, each configured branch (the branch is a run parameter)."""
+        if self.pipeline != "full":
+            return self.stages_to_run()
+        return tuple(dict.fromkeys((*self.stages_to_run(), *(s for s in PIPELINE_STAGES["full"] if s in self.stages))))
+
+    def pipeline_inputs(self, stage: str) -> dict[str, Any]:
+        """Keys an earlier step provides at run time, as placeholders that validation accepts."""
+        if stage == "ppo" and self.pipeline in ("rlhf", "full"):
+            return {"reward_model": f"{PIPELINE_INPUT}rm"}
+        return {}
 
     def stage_config(self, stage: str, **extra: Any) -> RunConfig:
         """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""
@@ -198,9 +214,9 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     if problems:
         raise ConfigError(problems, source)
-    for stage in cfg.stages_to_run():
+    for stage in cfg.stages_to_validate():
         try:
-            cfg.stage_config(stage)
+            cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
         except ConfigError as err:
             problems.extend(Problem(f"stages.{stage}: {p.key}", p.value, p.origin, p.message, p.hint)
                             for p in err.problems)
