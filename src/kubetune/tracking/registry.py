@@ -1,29 +1,70 @@
-"""The MLflow model registry: register a merged model, and move the `champion` alias only when earned.
+"""The MLflow model registry: register a merged model with its lineage, and move `champion` only when earned.
 
-Aliases, not the deprecated stages: `champion` is the version serving; a candidate that does not
-beat it by `min_delta` on the gate metric gets `challenger` and the reason in its tags.
+Aliases, not MLflow's deprecated stages: `champion` names the version that serves. A new version is
+compared with it on one gate metric (`promotion.metric` in a pipeline config); it takes `champion` only
+if it is better by more than `min_delta`, else it gets `challenger`. Either way the version's tags say
+what was decided and why (`promotion_decision`, `promotion_reason`), and the gate value it was judged
+on (`gate_metric`, `gate_metric_value`), so the next comparison, and a person, can read it back.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+import kubetune
+from kubetune.tracking.mlflow_tracker import http_limits
 
 logger = logging.getLogger(__name__)
 
-CHAMPION, CHALLENGER = "champion", "challenger"
+CHAMPION = "champion"
+CHALLENGER = "challenger"
+LINEAGE_TAGS = ("kfp_run_id", "data_hash", "config_hash", "base_model", "stage", "kubetune_version")
+GATE_METRIC_TAG = "gate_metric"
+GATE_VALUE_TAG = "gate_metric_value"
+# Registry calls may fail outright (there is nothing to buffer), but a wrong URI must fail in seconds,
+# not after MLflow's default 7 retries; 2 retries still ride out a restarting server.
+_TIMEOUT_S = 30.0
+_RETRIES = 2
+_UPLOAD_TIMEOUT_S = 600.0  # a merged model's shard of gigabytes, proxied through the server to its store
+
+__all__ = [
+    "CHALLENGER",
+    "CHAMPION",
+    "GateMetricMissing",
+    "PromotionDecision",
+    "alias_version",
+    "decide",
+    "promote",
+    "register_model",
+]
 
 
-@dataclass
+class GateMetricMissing(KeyError):
+    """The gate metric has no value for a version; the message names the metrics that do exist."""
+
+    def __str__(self) -> str:  # KeyError would print the message in quotes
+        return str(self.args[0])
+
+
+@dataclass(frozen=True)
 class PromotionDecision:
-    """Attributes:
-    promoted: the candidate became champion.
-    alias: the alias the candidate now carries ("champion" or "challenger").
-    reason: why, in words.
-    candidate_value: the candidate's gate metric.
-    champion_version, champion_value: the champion it was compared with (None for the first version).
+    """What `promote` decided.
+
+    Attributes:
+        promoted (`bool`): the candidate holds `champion` now.
+        alias (`str`): the alias the candidate now holds, `"champion"` or `"challenger"`.
+        reason (`str`): why, in words (also in the version's `promotion_reason` tag).
+        candidate_value (`float` or `None`): the candidate's gate metric (`None` only when forced without one).
+        champion_version (`str` or `None`): the champion it was compared with; `None` for the first version.
+        champion_value (`float` or `None`): that champion's gate metric, if it has one.
+        version (`str`): the candidate version.
+        metric (`str`): the gate metric's name.
     """
 
     promoted: bool
@@ -32,110 +73,320 @@ class PromotionDecision:
     candidate_value: float | None = None
     champion_version: str | None = None
     champion_value: float | None = None
+    version: str = ""
+    metric: str = ""
 
 
-def _client(tracking_uri: str):  # noqa: ANN202
+# --- register --------------------------------------------------------------------------------------
+
+
+def register_model(
+    tracking_uri: str,
+    name: str,
+    model_dir_or_uri: str | os.PathLike[str],
+    run_id: str | None = None,
+    tags: Mapping[str, Any] | None = None,
+    *,
+    artifact_path: str = "model",
+) -> str:
+    """Create a new version of registered model `name` (and the registered model, if it is new).
+
+    A URI with a scheme (`s3://bucket/models/x`, `runs:/...`, `mlflow-artifacts:/...`) is referenced as the
+    version's source, not copied. A local folder is first uploaded as artifacts of `run_id` (a version's source
+    must outlive the pod that wrote it, and an MLflow server refuses local paths outside a run's artifacts).
+    No MLflow flavour is needed: the version points at plain files (safetensors, config, tokenizer).
+
+    Args:
+        tracking_uri (`str`):
+            The MLflow server or store (also used as the registry).
+        name (`str`):
+            Registered model name.
+        model_dir_or_uri (`str` or `os.PathLike`):
+            The merged model: a local folder or a URI.
+        run_id (`str`, *optional*):
+            The run the version comes from (the pipeline's parent run); required for a local folder.
+        tags (`Mapping[str, Any]`, *optional*):
+            Version tags; the lineage tags `kfp_run_id`, `data_hash`, `config_hash`, `base_model`, `stage` are
+            expected here. `kubetune_version` and `kfp_run_id` (from `KFP_RUN_ID`) are filled in when missing.
+        artifact_path (`str`, *optional*, defaults to `"model"`):
+            Where a local folder goes in the run's artifacts; `model-2`, `model-3`, ... if already taken there,
+            so an earlier version's files are never overwritten.
+
+    Returns:
+        `str`: the new version number.
+
+    Raises:
+        FileNotFoundError: `model_dir_or_uri` is a local path that does not exist.
+        ValueError: a local folder without a `run_id` to hold it.
+    """
+    client = _client(tracking_uri)
+    with http_limits(_TIMEOUT_S, _RETRIES):
+        _ensure_registered_model(client, name)
+    with http_limits(_UPLOAD_TIMEOUT_S, _RETRIES):
+        source = _version_source(client, str(model_dir_or_uri), run_id, artifact_path)
+    with http_limits(_TIMEOUT_S, _RETRIES):
+        version = client.create_model_version(name, source=source, run_id=run_id, tags=_lineage(tags or {}))
+    logger.info("Registered %s version %s from %s", name, version.version, source)
+    return str(version.version)
+
+
+def _ensure_registered_model(client: Any, name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.create_registered_model(name, description="Registered by kubetune pipelines.")
+    except MlflowException as err:
+        if err.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+
+
+def _version_source(client: Any, model: str, run_id: str | None, artifact_path: str) -> str:
+    if "://" in model or model.startswith(("runs:/", "models:/", "mlflow-artifacts:/")):
+        return model  # already in a store: reference it, don't copy gigabytes
+    local = Path(model)
+    if not local.exists():
+        raise FileNotFoundError(f"cannot register {model}: no such file or folder")
+    if run_id is None:
+        raise ValueError(f"registering the local folder {model} needs an MLflow run to upload it to: pass run_id "
+                         "(the pipeline's parent run), or upload it first and pass its s3:// URI")
+    path = _free_artifact_path(client, run_id, artifact_path)
+    if local.is_dir():
+        client.log_artifacts(run_id, str(local), path)
+    else:
+        client.log_artifact(run_id, str(local), path)
+    return f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/{path}"
+
+
+def _free_artifact_path(client: Any, run_id: str, wanted: str) -> str:
+    taken = {item.path for item in client.list_artifacts(run_id)}
+    candidate, n = wanted, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{wanted}-{n}"
+    return candidate
+
+
+def _lineage(tags: Mapping[str, Any]) -> dict[str, str]:
+    lineage = {k: str(v) for k, v in tags.items() if v is not None}
+    lineage.setdefault("kubetune_version", kubetune.__version__)
+    if os.environ.get("KFP_RUN_ID"):
+        lineage.setdefault("kfp_run_id", os.environ["KFP_RUN_ID"])
+    return lineage
+
+
+# --- promote ---------------------------------------------------------------------------------------
+
+
+def promote(
+    tracking_uri: str,
+    name: str,
+    version: str | int,
+    metric: str,
+    greater_is_better: bool = True,
+    min_delta: float = 0.0,
+    metrics: Mapping[str, float] | None = None,
+    *,
+    force: bool = False,
+) -> PromotionDecision:
+    """Gate `version` of `name` against the current `champion` on `metric`, and move the aliases accordingly.
+
+    The candidate's value comes from `metrics` when given; else from the version's `gate_metric_value` tag
+    (when its `gate_metric` tag is `metric`); else from the metrics of the version's run, or of that run's
+    nested runs (the pipeline's `evaluate` step), the most recent first. The champion's value is found the
+    same way. The candidate becomes `champion` when there is none yet, when it beats the champion by more
+    than `min_delta`, when the champion has no value to compare, or when `force` is set; otherwise it becomes
+    `challenger`. The decision and its reason are written to the version's tags either way.
+
+    Args:
+        tracking_uri (`str`):
+            The MLflow server or store.
+        name (`str`):
+            Registered model name.
+        version (`str` or `int`):
+            The candidate version.
+        metric (`str`):
+            The gate metric, e.g. `"predict_rouge-l"` or `"eval_loss"`.
+        greater_is_better (`bool`, *optional*, defaults to `True`):
+            `False` for losses and perplexities.
+        min_delta (`float`, *optional*, defaults to `0.0`):
+            The improvement must exceed this (in the metric's units; an equal value never promotes).
+        metrics (`Mapping[str, float]`, *optional*):
+            The candidate's metrics, e.g. the evaluate step's output; `None` reads them from MLflow.
+        force (`bool`, *optional*, defaults to `False`):
+            Make the candidate champion whatever the metrics say (tagged `promotion_forced=true`); a missing
+            metric is then no error.
+
+    Returns:
+        `PromotionDecision`: what was decided and why.
+
+    Raises:
+        GateMetricMissing: the candidate has no value for `metric`; the message lists the metrics it has.
+        ValueError: a negative `min_delta`.
+    """
+    if min_delta < 0:
+        raise ValueError(f"min_delta must be >= 0 (an improvement threshold), got {min_delta}")
+    version = str(version)
+    client = _client(tracking_uri)
+    with http_limits(_TIMEOUT_S, _RETRIES):
+        candidate = client.get_model_version(name, version)
+        value = _candidate_value(client, candidate, metric, metrics, required=not force)
+        champion = alias_version(client, name, CHAMPION)
+        rival = champion if champion != version else None  # the champion the candidate is compared with
+        rival_value = _recorded_value(client, client.get_model_version(name, rival), metric)[0] if rival else None
+        promoted, reason = _judge(version, value, champion, rival_value, metric, greater_is_better, min_delta, force)
+        decision = PromotionDecision(
+            promoted=promoted, alias=CHAMPION if promoted else CHALLENGER, reason=reason, candidate_value=value,
+            champion_version=rival, champion_value=rival_value, version=version, metric=metric,
+        )
+        _apply(client, name, decision, force)
+    logger.info("%s v%s -> %s: %s", name, version, decision.alias, reason)
+    return decision
+
+
+def decide(candidate: float, champion: float, greater_is_better: bool = True, min_delta: float = 0.0) -> bool:
+    """Whether `candidate` beats `champion` by more than `min_delta` (NaN never beats anything).
+
+    Args:
+        candidate (`float`):
+            The new version's gate value.
+        champion (`float`):
+            The champion's gate value.
+        greater_is_better (`bool`, *optional*, defaults to `True`):
+            The metric's direction.
+        min_delta (`float`, *optional*, defaults to `0.0`):
+            The margin the improvement must exceed.
+
+    Returns:
+        `bool`: `True` to promote.
+    """
+    gain = candidate - champion if greater_is_better else champion - candidate
+    return gain > min_delta  # False for NaN
+
+
+def _judge(version: str, value: float | None, champion_version: str | None, champion_value: float | None,
+           metric: str, greater_is_better: bool, min_delta: float, force: bool) -> tuple[bool, str]:
+    """(promote?, the reason in words)."""
+    measured = f"{metric} = {_fmt(value)}"
+    if force:
+        versus = f"; champion v{champion_version} has {_fmt(champion_value)}" if champion_version else ""
+        return True, f"forced by the operator ({measured}{versus})"
+    if champion_version is None:
+        return True, f"first version: no champion yet, becomes champion ({measured})"
+    if champion_version == version:
+        return True, f"already champion ({measured})"
+    if champion_value is None:
+        return True, f"champion v{champion_version} has no recorded {metric}, nothing to beat ({measured})"
+    if value is None:  # unreachable: _candidate_value requires a value unless forced
+        raise GateMetricMissing(f"no value of {metric} for v{version}")
+    better = decide(value, champion_value, greater_is_better, min_delta)
+    direction = "higher" if greater_is_better else "lower"
+    comparison = (f"{measured} vs champion v{champion_version} {_fmt(champion_value)} ({direction} is better, "
+                  f"min_delta {min_delta:g})")
+    if better:
+        return True, f"{comparison}: better, promoted"
+    if math.isnan(value):
+        return False, f"{comparison}: the candidate's value is NaN, stays challenger"
+    return False, f"{comparison}: not better enough, stays challenger"
+
+
+def _apply(client: Any, name: str, decision: PromotionDecision, force: bool) -> None:
+    """Move the alias and record the decision in the version's tags."""
+    version = decision.version
+    client.set_registered_model_alias(name, decision.alias, version)
+    if decision.promoted and alias_version(client, name, CHALLENGER) == version:
+        client.delete_registered_model_alias(name, CHALLENGER)  # one version must not be both
+    tags = {"promotion_decision": decision.alias, "promotion_reason": decision.reason,
+            "promotion_forced": str(force).lower()}
+    if decision.champion_version is not None:
+        tags["promotion_compared_with"] = decision.champion_version
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+    if decision.promoted and decision.champion_version is not None:
+        client.set_model_version_tag(name, decision.champion_version, "superseded_by", version)
+
+
+# --- reading gate values ---------------------------------------------------------------------------
+
+
+def alias_version(client_or_uri: Any, name: str, alias: str) -> str | None:
+    """The version an alias points at, or `None` when the alias (or the registered model) is not there.
+
+    Read from the registered model's alias map: asking for a missing alias directly returns the same error
+    code as a bad request, and an unreachable server must not look like "no champion yet".
+
+    Args:
+        client_or_uri (`MlflowClient` or `str`):
+            A client, or a tracking URI to make one.
+        name (`str`):
+            Registered model name.
+        alias (`str`):
+            E.g. `"champion"`.
+
+    Returns:
+        `str` or `None`: the version number.
+    """
+    from mlflow.exceptions import MlflowException
+
+    client = _client(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
+    try:
+        aliases = client.get_registered_model(name).aliases
+    except MlflowException as err:
+        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+    found = aliases.get(alias)
+    return str(found) if found is not None else None
+
+
+def _candidate_value(client: Any, candidate: Any, metric: str, metrics: Mapping[str, float] | None,
+                     required: bool) -> float | None:
+    """The candidate's gate value; recorded in its tags so later comparisons (and people) can read it."""
+    if metrics is not None:
+        value = float(metrics[metric]) if metric in metrics else None
+        available = set(metrics)
+    else:
+        value, available = _recorded_value(client, candidate, metric)
+    if value is None:
+        if required:
+            raise GateMetricMissing(
+                f"gate metric {metric!r} has no value for {candidate.name} v{candidate.version}; "
+                f"available: {', '.join(sorted(available)) or 'no metrics at all'}"
+            )
+        return None
+    client.set_model_version_tag(candidate.name, candidate.version, GATE_METRIC_TAG, metric)
+    client.set_model_version_tag(candidate.name, candidate.version, GATE_VALUE_TAG, repr(value))
+    return value
+
+
+def _recorded_value(client: Any, model_version: Any, metric: str) -> tuple[float | None, set[str]]:
+    """A version's value of `metric`: its tag, else its run's metrics, else its run's nested runs' (newest first).
+
+    Returns:
+        `(value or None, the metric names that were available)`.
+    """
+    tags = model_version.tags or {}
+    if tags.get(GATE_METRIC_TAG) == metric and GATE_VALUE_TAG in tags:
+        return float(tags[GATE_VALUE_TAG]), {metric}
+    if not model_version.run_id:
+        return None, {tags[GATE_METRIC_TAG]} if GATE_METRIC_TAG in tags else set()
+    run = client.get_run(model_version.run_id)
+    available = set(run.data.metrics)
+    if metric in run.data.metrics:
+        return float(run.data.metrics[metric]), available
+    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
+                                  order_by=["attributes.start_time DESC"])
+    for child in children:
+        available |= set(child.data.metrics)
+        if metric in child.data.metrics:
+            return float(child.data.metrics[metric]), available
+    return None, available
+
+
+def _client(tracking_uri: str) -> Any:
     from mlflow import MlflowClient
 
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
-def register_model(tracking_uri: str, name: str, model_uri: str, run_id: str | None = None,
-                   tags: Mapping[str, str] | None = None) -> str:
-    """Create a new version of registered model `name` pointing at `model_uri` (a local path or s3://).
-
-    Returns the version number as a string.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = _client(tracking_uri)
-    try:
-        client.create_registered_model(name, description="Registered by kubetune pipelines.")
-    except MlflowException as err:
-        if "RESOURCE_ALREADY_EXISTS" not in str(err.error_code):
-            raise
-    if "://" in model_uri:
-        source = model_uri  # already in an object store: reference it, don't copy it
-    else:
-        # a local directory must live in a run's artifact store to be a version source (and to outlive the pod)
-        if run_id is None:
-            raise ValueError(f"registering the local directory {model_uri} needs an MLflow run to hold it")
-        client.log_artifacts(run_id, str(Path(model_uri)), artifact_path="model")
-        source = f"{client.get_run(run_id).info.artifact_uri.rstrip('/')}/model"
-    version = client.create_model_version(name, source=source, run_id=run_id,
-                                          tags={k: str(v) for k, v in (tags or {}).items()})
-    logger.info("registered %s version %s from %s", name, version.version, source)
-    return str(version.version)
-
-
-def promote(tracking_uri: str, name: str, version: str, metric: str, *, greater_is_better: bool = True,
-            min_delta: float = 0.0, metrics: Mapping[str, float] | None = None, force: bool = False
-            ) -> PromotionDecision:
-    """Gate `version` against the current champion on `metric`.
-
-    Args:
-        metrics: the candidate's metrics (default: read from its `gate_metric_value` tag or its run).
-        force: make it champion regardless (recorded in its tags).
-    """
-    client = _client(tracking_uri)
-    value = None if force else _candidate_value(client, name, version, metric, metrics)
-    champion = _current(client, name, CHAMPION)
-    if force or champion is None or champion.version == str(version):
-        reason = ("forced by the operator" if force else "first version: becomes champion" if champion is None
-                  else "already champion")
-        return _decide(client, name, version, True, reason, value, champion)
-    champion_value = _tag_value(champion, metric)
-    if champion_value is None:
-        return _decide(client, name, version, True,
-                       f"champion v{champion.version} has no recorded {metric}", value, champion)
-    gain = (value - champion_value) if greater_is_better else (champion_value - value)
-    better = gain > min_delta if min_delta > 0 else gain > 0
-    direction = "higher" if greater_is_better else "lower"
-    reason = (f"{metric} {value:.4f} vs champion v{champion.version} {champion_value:.4f} "
-              f"({direction} is better, min_delta {min_delta}): "
-              + ("better — promoted" if better else "not better enough — stays challenger"))
-    return _decide(client, name, version, better, reason, value, champion, champion_value)
-
-
-def _candidate_value(client, name: str, version: str, metric: str, metrics: Mapping[str, float] | None) -> float:  # noqa: ANN001
-    if metrics is not None:
-        if metric not in metrics:
-            raise KeyError(f"gate metric {metric!r} not among the candidate's metrics: {', '.join(sorted(metrics))}")
-        client.set_model_version_tag(name, version, "gate_metric_value", repr(float(metrics[metric])))
-        client.set_model_version_tag(name, version, "gate_metric", metric)
-        return float(metrics[metric])
-    mv = client.get_model_version(name, version)
-    tagged = _tag_value(mv, metric)
-    if tagged is not None:
-        return tagged
-    run_metrics = client.get_run(mv.run_id).data.metrics if mv.run_id else {}
-    if metric not in run_metrics:
-        raise KeyError(f"gate metric {metric!r} not found for {name} v{version}; "
-                       f"its run has: {', '.join(sorted(run_metrics)) or 'no metrics'}")
-    return float(run_metrics[metric])
-
-
-def _tag_value(version, metric: str) -> float | None:  # noqa: ANN001
-    tags = version.tags or {}
-    if tags.get("gate_metric", metric) != metric or "gate_metric_value" not in tags:
-        return None
-    return float(tags["gate_metric_value"])
-
-
-def _current(client, name: str, alias: str):  # noqa: ANN001, ANN202
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version_by_alias(name, alias)
-    except MlflowException:
-        return None
-
-
-def _decide(client, name: str, version: str, promoted: bool, reason: str, value: float | None,  # noqa: ANN001
-            champion, champion_value: float | None = None) -> PromotionDecision:  # noqa: ANN001
-    alias = CHAMPION if promoted else CHALLENGER
-    client.set_registered_model_alias(name, alias, str(version))
-    client.set_model_version_tag(name, version, "promotion_decision", alias)
-    client.set_model_version_tag(name, version, "promotion_reason", reason)
-    logger.info("%s v%s → %s: %s", name, version, alias, reason)
-    return PromotionDecision(promoted, alias, reason, value, champion.version if champion else None, champion_value)
+def _fmt(value: float | None) -> str:
+    return "none" if value is None else f"{value:.6g}"
