@@ -1,0 +1,393 @@
+"""PPO: reinforcement learning from a reward model (RLHF), with our own loop (TRL 1.x has no PPOTrainer).
+
+Reads top to bottom:
+
+- setup: tokenizer, template, prompts; the policy (base + LoRA adapter, or a full/freeze model)
+  with a value head on its hidden states (the critic shares the backbone); the reference (the
+  policy with its adapter disabled, or a frozen copy of the base for full/freeze); the reward
+  source (the rm stage's model, an HTTP endpoint, or a Python function).
+- train: each PPO update samples responses to a batch of prompts, scores them, turns the scores
+  and a per-token KL penalty against the reference into per-token rewards, estimates advantages
+  with GAE, and takes `ppo_epochs` passes of clipped policy and value updates over minibatches.
+  Checkpoints every `save_steps` updates; a killed run resumes from the last one and ends exactly
+  where an uninterrupted run would.
+- save: the adapter (or model), value head, tokenizer, logs and plots.
+- evaluate: the mean reward of the policy's responses to the eval prompts (`eval_reward_mean`).
+
+Sizes: one update rolls out `per_device_train_batch_size × gradient_accumulation_steps ×
+ppo_buffer_size` prompts; each optimiser step sees one minibatch of `per_device_train_batch_size ×
+gradient_accumulation_steps` of them (`ppo_buffer_size` minibatches per update and epoch), so an
+update makes `ppo_epochs × ppo_buffer_size` optimiser steps. `max_steps`, `warmup_steps`,
+`logging_steps`, `save_steps` and `eval_steps` count PPO updates, as in LLaMA-Factory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
+
+from kubetune.config import RunConfig
+from kubetune.data.pipeline import tokenized
+from kubetune.data.templates import get_template
+from kubetune.evaluate.metrics import generation_metrics
+from kubetune.model.adapters import prepare_for_training
+from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.value_head import ModelWithValueHead
+from kubetune.plotting import plot_loss
+from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
+from kubetune.rl.evaluate import score_generations
+from kubetune.rl.gae import compute_gae, masked_mean, masked_whiten, token_rewards
+from kubetune.rl.kl_control import kl_controller
+from kubetune.rl.losses import clipped_policy_loss, clipped_value_loss
+from kubetune.rl.rewards import RewardSource, ScoreNormalizer, load_reward_source
+from kubetune.rl.rollout import Experience, PromptSampler, collect_experience, policy_forward
+from kubetune.stages.predict import generation_kwargs
+from kubetune.stages.result import StageResult
+from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
+from kubetune.tracking import JsonlLogCallback
+
+logger = logging.getLogger(__name__)
+
+PLOTTED = ("loss", "reward/mean", "objective/kl", "eval_reward_mean")
+
+
+def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
+    """Run the configured `do_train` / `do_eval` / `do_predict` steps of a ppo stage.
+
+    Args:
+        cfg: a validated config (`kubetune.config.load_config`); `cfg.train.output_dir` is required.
+        callbacks: extra `TrainerCallback`s; they receive `on_train_begin`, `on_step_end` (per PPO
+            update), `on_log`, `on_save` and `on_train_end` as under a Trainer.
+
+    Returns:
+        StageResult with the output directory, the metrics (`eval_reward_mean`, ...) and the files written.
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise RuntimeError("the ppo stage runs on one process (one GPU or CPU); launch it without torchrun")
+    out = Path(cfg.train.output_dir or "outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    do_train = cfg.train.do_train is not False
+    do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
+
+    # --- setup ---
+    model_path = resolve_model_path(cfg.model)
+    tokenizer = load_tokenizer(cfg.model, model_path)
+    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
+    if cfg.data.default_system is not None:
+        template.default_system = cfg.data.default_system
+    template.fix_tokenizer(tokenizer)
+    stop_token_ids = template.stop_token_ids(tokenizer)
+    data = tokenized(cfg.data, tokenizer, template, stage="ppo", seed=cfg.train.seed, train=do_train,
+                     evaluate=do_eval or cfg.train.do_predict)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    reward = load_reward_source(cfg.method, cfg.model, tokenizer, device)
+
+    dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    set_seed(cfg.train.seed)  # adapter and value-head initialisation draw from the global RNG
+    lm = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    lm = prepare_for_training(lm, cfg.model, cfg.method, is_trainable=do_train,
+                              gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
+    if cfg.model.quantization_bit is None:
+        lm.to(device)
+
+    metrics: dict[str, float] = {}
+    files: dict[str, str] = {}
+    if data.report:
+        (out / "bad_rows.txt").write_text(data.report + "\n")
+        files["bad_rows"] = str(out / "bad_rows.txt")
+
+    # --- train ---
+    if do_train:
+        policy = ModelWithValueHead(lm)  # the critic: a value head on the policy's own hidden states
+        # LoRA: the reference is the policy with its adapter disabled; otherwise a frozen copy of the base
+        reference = None if cfg.method.finetuning_type == "lora" else _frozen_base(cfg, model_path, dtype, device)
+        train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
+                              eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
+                              stop_token_ids=stop_token_ids, callbacks=callbacks)
+        save_policy(policy, out)
+        tokenizer.save_pretrained(str(out))
+        metrics.update(train_metrics, train_tokenized_cache_hit=float(data.cache_hit),
+                       train_preprocess_seconds=data.seconds)
+        files["model"] = str(out)
+        if cfg.train.plot_loss:
+            for path in plot_loss(out, out, keys=PLOTTED):
+                files[path.stem] = str(path)
+        del reference
+
+    # --- evaluate: the mean reward of the policy's responses to held-out prompts ---
+    if (do_eval or cfg.train.do_predict) and data.eval is not None:
+        prompts, references = list(data.eval["input_ids"]), list(data.eval["reference"])
+        with _autocast(cfg, device):
+            scored = score_generations(lm, tokenizer, prompts, reward, cfg.generation, references=references,
+                                       stop_token_ids=stop_token_ids,
+                                       batch_size=cfg.train.per_device_eval_batch_size)
+        metrics.update(eval_reward_mean=scored.mean, eval_reward_std=float(scored.rewards.std(unbiased=False)),
+                       eval_response_length=float(scored.lengths.mean()))
+        if cfg.train.do_predict:
+            files["predictions"] = str(_write_predictions(out, tokenizer, prompts, references, scored))
+            metrics.update({f"predict_{k}": v
+                            for k, v in generation_metrics(scored.responses, references).items()})
+        logger.info("eval_reward_mean = %.4f over %d prompts", scored.mean, len(prompts))
+
+    (out / "run_summary.json").write_text(json.dumps({"metrics": metrics, "files": files}, indent=2) + "\n")
+    return StageResult(output_dir=out, metrics=metrics, files=files)
+
+
+def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any | None, reward: RewardSource,
+          tokenizer: Any, rows: Any, *, eval_rows: Any | None, stop_token_ids: list[int],
+          callbacks: list | None) -> dict[str, float]:
+    """The PPO loop: rollout → rewards → GAE → clipped updates, with logging, checkpoints and resume.
+
+    Args:
+        cfg: the run config.
+        out: output folder (checkpoints, trainer_log.jsonl).
+        policy: the policy with its value head.
+        reference: a frozen reference LM, or None (the policy with its adapter disabled).
+        reward: the reward source.
+        tokenizer: the tokenizer (pad id; text for text-based rewards).
+        rows: training prompts (ppo row form: `input_ids`, `reference`).
+        eval_rows: eval prompts for `eval_strategy` during training, or None.
+        stop_token_ids: ids that end a response.
+        callbacks: extra TrainerCallbacks.
+
+    Returns:
+        train_* metrics of this call.
+    """
+    t, m = cfg.train, cfg.method
+    device = next(policy.parameters()).device
+    pad_id = tokenizer.pad_token_id
+    prompts, answers = list(rows["input_ids"]), list(rows["reference"])
+    minibatch_size = t.per_device_train_batch_size * t.gradient_accumulation_steps
+    sampler = PromptSampler(len(prompts), minibatch_size * m.ppo_buffer_size, seed=t.data_seed or t.seed)
+    total = t.max_steps if t.max_steps > 0 else math.ceil(t.num_train_epochs * sampler.steps_per_epoch)
+
+    optimizer = _adamw(policy, cfg)
+    warmup = t.warmup_steps if t.warmup_steps > 0 else math.ceil(t.warmup_ratio * total)
+    scheduler = get_scheduler(t.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+    kl_ctl = kl_controller(m)
+    score_norm = ScoreNormalizer()
+    gen_kwargs = generation_kwargs(cfg.generation, tokenizer, stop_token_ids)
+    temperature = cfg.generation.temperature if cfg.generation.do_sample else 1.0
+
+    state = TrainerState(max_steps=total, logging_steps=t.logging_steps, save_steps=t.save_steps)
+    checkpoint = find_resume_checkpoint(cfg, out)
+    if checkpoint:
+        saved = load_checkpoint(checkpoint, policy, optimizer, scheduler)
+        kl_ctl.load_state_dict(saved["kl_controller"])
+        score_norm.load_state_dict(saved["score_normalizer"])
+        state.global_step, state.log_history = saved["step"], saved["log_history"]
+        logger.info("resumed from %s at update %d of %d", checkpoint, state.global_step, total)
+    events = _Events([JsonlLogCallback(out), *(callbacks or [])], training_arguments(cfg, out), state,
+                     model=policy, processing_class=tokenizer, optimizer=optimizer, lr_scheduler=scheduler)
+    logger.info("ppo: %d updates of %d prompts (%d optimiser steps each), %d prompts in all", total,
+                sampler.batch_size, m.ppo_epochs * m.ppo_buffer_size, len(prompts))
+
+    events("on_train_begin")
+    bar = tqdm(total=total, initial=state.global_step, desc="ppo", unit="update", disable=t.disable_tqdm)
+    window: dict[str, list[float]] = defaultdict(list)
+    window_tokens = 0.0
+    losses: list[float] = []
+    started = window_start = time.perf_counter()
+    for step in range(state.global_step + 1, total + 1):
+        # 1. rollout: sample responses, log-probs (policy, reference), values, scores
+        batch = sampler.batch(step - 1)
+        with _autocast(cfg, device):
+            exp = collect_experience(policy, reference, reward, [prompts[i] for i in batch],
+                                     [answers[i] for i in batch], gen_kwargs, temperature=temperature,
+                                     pad_token_id=pad_id, stop_token_ids=stop_token_ids,
+                                     chunk_size=t.per_device_train_batch_size)
+        # 2. per-token rewards (score − β·KL) and advantages
+        kl_coef = kl_ctl.value
+        rollout_stats = compute_advantages(exp, cfg, kl_coef, score_norm)
+        # 3. ppo_epochs of clipped policy and value updates over minibatches
+        update_stats = ppo_epochs(policy, optimizer, exp, cfg, temperature=temperature, pad_token_id=pad_id)
+        lr = scheduler.get_last_lr()[0]
+        scheduler.step()
+        kl_ctl.update(rollout_stats["objective/kl"], len(exp))
+
+        state.global_step, state.epoch = step, step * sampler.batch_size / len(prompts)
+        tokens = rollout_stats.pop("tokens")
+        state.num_input_tokens_seen += int(tokens)
+        window_tokens += tokens
+        for key, value in {**rollout_stats, **update_stats, "kl_coef": kl_coef, "learning_rate": lr}.items():
+            window[key].append(value)
+        losses.append(update_stats["loss"])
+        bar.update(1)
+        events("on_step_end")
+
+        if _due(t.eval_strategy, t.eval_steps or t.logging_steps, step, total, sampler) and eval_rows is not None:
+            with _autocast(cfg, device):
+                scored = score_generations(policy.pretrained_model, tokenizer, list(eval_rows["input_ids"]), reward,
+                                           cfg.generation, references=list(eval_rows["reference"]),
+                                           stop_token_ids=stop_token_ids, batch_size=t.per_device_eval_batch_size)
+            _log(events, state, {"eval_reward_mean": scored.mean})
+        if step % t.logging_steps == 0 or step == total:
+            seconds = time.perf_counter() - window_start
+            logs = {k: sum(v) / len(v) for k, v in window.items()}
+            logs["tokens_per_second"] = round(window_tokens / seconds, 2) if seconds > 0 else 0.0
+            _log(events, state, {**logs, "epoch": round(state.epoch, 4)})
+            bar.set_postfix(reward=f"{logs['reward/mean']:.3f}", kl=f"{logs['objective/kl']:.3f}")
+            window.clear()
+            window_tokens, window_start = 0.0, time.perf_counter()
+        if _due(t.save_strategy, t.save_steps, step, total, sampler):
+            save_checkpoint(out, step, policy, optimizer, scheduler,
+                            {"step": step, "kl_controller": kl_ctl.state_dict(),
+                             "score_normalizer": score_norm.state_dict(), "log_history": state.log_history},
+                            save_total_limit=t.save_total_limit, save_only_model=t.save_only_model)
+            events("on_save")
+        if events.control.should_training_stop:
+            break
+    bar.close()
+    events("on_train_end")
+
+    last = state.log_history[-1] if state.log_history else {}
+    return {"train_runtime": round(time.perf_counter() - started, 3), "train_steps": float(state.global_step),
+            "train_loss": sum(losses) / len(losses) if losses else float("nan"),
+            "train_reward_mean": float(last.get("reward/mean", float("nan"))),
+            "train_objective_kl": float(last.get("objective/kl", float("nan"))), "train_kl_coef": kl_ctl.value}
+
+
+def compute_advantages(exp: Experience, cfg: RunConfig, kl_coef: float, score_norm: ScoreNormalizer
+                       ) -> dict[str, float]:
+    """Fill `exp.advantages` and `exp.returns`; return the rollout's statistics.
+
+    scores (optionally normalised, `ppo_score_norm`) → per-token rewards with the KL penalty →
+    (optionally whitened, `ppo_whiten_rewards`) → GAE (`gamma`, `lam`) → whitened advantages.
+    """
+    m = cfg.method
+    scores = score_norm(exp.scores) if m.ppo_score_norm else exp.scores
+    rewards, kl = token_rewards(scores, exp.logprobs, exp.ref_logprobs, exp.mask, kl_coef)
+    if m.ppo_whiten_rewards:
+        rewards = masked_whiten(rewards, exp.mask, shift_mean=False)
+    advantages, returns = compute_gae(rewards, exp.values, exp.mask, m.gamma, m.lam)
+    exp.advantages, exp.returns = masked_whiten(advantages, exp.mask), returns
+    sequence_kl = kl.sum(dim=1)
+    return {
+        "reward/mean": float(exp.scores.mean()),
+        "reward/std": float(exp.scores.std(unbiased=False)),
+        "objective/kl": float(sequence_kl.mean()),
+        "objective/rlhf_reward": float((scores - kl_coef * sequence_kl).mean()),
+        "value/mean": float(masked_mean(exp.values, exp.mask)),
+        "returns/mean": float(masked_mean(returns, exp.mask)),
+        "response_length": float(exp.mask.sum(dim=1).mean()),
+        "tokens": float(exp.mask.sum()) + sum(len(p) for p in exp.prompt_ids),  # non-padding, for tokens/s
+    }
+
+
+def ppo_epochs(policy: ModelWithValueHead, optimizer: torch.optim.Optimizer, exp: Experience, cfg: RunConfig, *,
+               temperature: float, pad_token_id: int) -> dict[str, float]:
+    """`ppo_epochs` passes over the experience in shuffled minibatches; one optimiser step per minibatch.
+
+    Each minibatch is split into `gradient_accumulation_steps` micro-batches of
+    `per_device_train_batch_size`; the loss is policy loss + vf_coef × value loss.
+    """
+    t, m = cfg.train, cfg.method
+    device = next(policy.parameters()).device
+    params = [p for p in policy.parameters() if p.requires_grad]
+    micro = t.per_device_train_batch_size
+    size = micro * t.gradient_accumulation_steps
+    stats: dict[str, list[float]] = defaultdict(list)
+    policy.train()
+    for _ in range(m.ppo_epochs):
+        order = torch.randperm(len(exp)).tolist()
+        for start in range(0, len(order), size):
+            minibatch = order[start:start + size]
+            micro_batches = [minibatch[i:i + micro] for i in range(0, len(minibatch), micro)]
+            for indices in micro_batches:
+                batch, old = exp.minibatch(indices, pad_token_id, device)
+                with _autocast(cfg, device):
+                    logprobs, values, entropy = policy_forward(policy, batch, temperature, with_entropy=True)
+                mask = batch.response_mask
+                pg = clipped_policy_loss(logprobs, old["logprobs"], old["advantages"], mask, m.cliprange)
+                vf = clipped_value_loss(values.float(), old["values"], old["returns"], mask, m.cliprange_value)
+                loss = pg.loss + m.vf_coef * vf.loss
+                (loss / len(micro_batches)).backward()
+                for key, value in (("loss", loss), ("policy/loss", pg.loss), ("value/loss", vf.loss),
+                                   ("policy/clipfrac", pg.clipfrac), ("value/clipfrac", vf.clipfrac),
+                                   ("policy/approxkl", pg.approx_kl), ("policy/ratio", pg.ratio),
+                                   ("policy/entropy", masked_mean(entropy, mask))):
+                    stats[key].append(value.item())
+            norm = torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm if t.max_grad_norm > 0 else math.inf)
+            stats["grad_norm"].append(float(norm))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+    return {key: sum(values) / len(values) for key, values in stats.items()}
+
+
+# --- helpers ---
+
+
+def _frozen_base(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device) -> Any:
+    """The reference for full/freeze fine-tuning: the base model again, frozen."""
+    reference = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    reference.requires_grad_(False)
+    return reference.eval().to(device)
+
+
+def _adamw(policy: ModelWithValueHead, cfg: RunConfig) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters (adapter or layers, and the value head); no decay on biases/norms."""
+    t = cfg.train
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    groups = [{"params": [p for p in trainable if p.ndim >= 2], "weight_decay": t.weight_decay},
+              {"params": [p for p in trainable if p.ndim < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=t.learning_rate,
+                             betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_epsilon,
+                             fused=True if t.optim == "adamw_torch_fused" else None)
+
+
+@contextlib.contextmanager
+def _autocast(cfg: RunConfig, device: torch.device) -> Iterator[None]:
+    """bf16 mixed precision when `bf16: true` (float32 master weights); a no-op otherwise."""
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+        yield
+
+
+def _due(strategy: str, every: int, step: int, total: int, sampler: PromptSampler) -> bool:
+    """Whether an every-n-steps / every-epoch action (eval, save) falls on `step`."""
+    if strategy == "steps":
+        return step % every == 0
+    if strategy == "epoch":
+        return step % sampler.steps_per_epoch == 0 or step == total
+    return False
+
+
+def _log(events: _Events, state: TrainerState, logs: dict[str, float]) -> None:
+    state.log_history.append({**logs, "step": state.global_step})
+    events("on_log", logs=logs)
+
+
+class _Events:
+    """Send Trainer callback events (to JsonlLogCallback, MLflow, tests) from our own loop."""
+
+    def __init__(self, callbacks: list, args: Any, state: TrainerState, **kwargs: Any) -> None:
+        self.callbacks, self.args, self.state, self.kwargs = callbacks, args, state, kwargs
+        self.control = TrainerControl()
+
+    def __call__(self, event: str, **kwargs: Any) -> None:
+        for callback in self.callbacks:
+            result = getattr(callback, event)(self.args, self.state, self.control, **self.kwargs, **kwargs)
+            if result is not None:
+                self.control = result
+
+
+def _write_predictions(out: Path, tokenizer: Any, prompts: list[list[int]], references: list[str],
+                       scored: Any) -> Path:
+    path = out / "generated_predictions.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for prompt, response, label, score in zip(prompts, scored.responses, references, scored.rewards.tolist(),
+                                                  strict=True):
+            f.write(json.dumps({"prompt": tokenizer.decode(prompt, skip_special_tokens=False), "predict": response,
+                                "label": label, "reward": score}, ensure_ascii=False) + "\n")
+    return path
