@@ -22,9 +22,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
-# tests/ has no __init__.py, so make its shared helpers (moto_server.py) importable.
+# tests/ has no __init__.py, so make its shared helpers (moto_server.py, mlflow_server.py) importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from mlflow_server import start_mlflow_server  # noqa: E402
 from moto_server import start_moto_server  # noqa: E402
 
 
@@ -117,41 +118,16 @@ def client(s3_env: dict[str, str]) -> Any:
 # --- a real MLflow tracking server (sqlite backend) on a free loopback port, one per session/worker ---
 
 @pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow server` with a sqlite store and local artifacts; yields its URL and stops it after."""
-    import socket
-    import subprocess
-    import time
-    import urllib.request
+def mlflow_server_process(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """The server (URL, process, data folder), started once per session and stopped after it.
 
-    root = tmp_path_factory.mktemp("mlflow")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = (root / "server.log").open("w")
-    process = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", "--artifacts-destination", str(root / "artifacts"),
-         "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    try:
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=2)
-                break
-            except OSError as err:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    log_text = (root / "server.log").read_text()[-2000:]
-                    raise RuntimeError(f"mlflow server did not start: {log_text}") from err
-                time.sleep(0.5)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    It may still be starting: call `wait_until_up()` before using it (start-up takes 5-20 s).
+    """
+    with start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), wait=False) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(mlflow_server_process: Any) -> str:
+    """`mlflow server` with a sqlite store and local artifacts: its URL, once it answers."""
+    return mlflow_server_process.wait_until_up().url
