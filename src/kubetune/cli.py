@@ -23,6 +23,7 @@ commands:
   export    merge the adapter into the base and save safetensors shards (export_dir)
   chat      talk to a model (+ adapter) in the terminal
   validate  check a config and the files it names, without running anything
+  estimate  peak GPU memory per device and which GPUs fit, from the model config alone [--json]
 
 pipeline commands (a pipeline config: see examples/pipeline_sft.yaml):
   run       run the whole DAG here through kfp.local      kubetune run pipeline.yaml [--output DIR] [--alignment X]
@@ -52,6 +53,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if command == "keys":
         return _print_keys()
+    if command == "estimate":
+        from kubetune.estimate import estimate_command
+
+        return estimate_command(rest)
     if command in PIPELINE_COMMANDS:
         logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
         from kubetune.pipeline_cli import pipeline_command

@@ -19,9 +19,6 @@ Rule = Callable[[RunConfig, Mapping[str, str]], list[Problem]]
 # Keys whose feature a later piece of work implements. Setting one today must fail loudly,
 # never be silently ignored: a user who asks for DoRA and gets plain LoRA is misled.
 NOT_IMPLEMENTED: dict[str, str] = {
-    **{k: "PEFT variants" for k in (
-        "use_dora", "use_rslora", "pissa_init", "pissa_iter", "pissa_convert", "loraplus_lr_ratio",
-        "loraplus_lr_embedding", "create_new_adapter")},
     **{k: "GaLore" for k in FinetuningArguments.model_fields if k.startswith("galore_") or k == "use_galore"},
     **{k: "BAdam" for k in FinetuningArguments.model_fields if k.startswith("badam_") or k == "use_badam"},
     "use_unsloth": "Unsloth kernels",
@@ -162,6 +159,13 @@ def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return []
 
 
+def peft_variants(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    """DoRA, rsLoRA, PiSSA, LoRA+ and adapter stacking: see `kubetune.config.rules_peft`."""
+    from kubetune.config import rules_peft
+
+    return rules_peft.check(cfg, origins)
+
+
 def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     """Rules of one stage (which data it needs, which models) live in `kubetune.config.rules_<stage>`."""
     name = f"kubetune.config.rules_{cfg.method.stage}"
@@ -171,8 +175,8 @@ def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape,
-    packing_flags, precision, kernels_installed, warmup,
+    not_implemented, stage_specific, peft_variants, quantization_needs_lora, history_vs_prompt, eval_needs_data,
+    val_size_shape, packing_flags, precision, kernels_installed, warmup,
 ]
 
 

@@ -1,13 +1,18 @@
 """Decide which parameters train: a LoRA adapter, the last few layers (freeze), or everything.
 
 Loaded adapters (`adapter_name_or_path`) are merged into the base in order, except the last
-one when training LoRA: that one keeps training, as a user resuming an adapter expects.
+one when training LoRA: that one keeps training, as a user resuming an adapter expects, unless
+`create_new_adapter` asks for a fresh adapter on top of them all. New adapters may be DoRA,
+rsLoRA or PiSSA-initialised; LoRA+ (optimizer groups) and PiSSA conversion happen in training,
+see `kubetune.model.loraplus` and `kubetune.model.pissa`.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -76,37 +81,107 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
 
 
 def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArguments, is_trainable: bool) -> Any:
+    """Merge the loaded adapters in order; then resume the last one, or add a new adapter to train.
+
+    Training resumes the last of `adapter_name_or_path` unless `create_new_adapter` is set, in which case
+    every loaded adapter is merged and a fresh one (with this config's LoRA settings) is stacked on top.
+    """
     adapters = list(model_args.adapter_name_or_path or [])
     if model_args.quantization_bit is not None and adapters:
         # Merging into a quantised base would round the adapter away, so it stays a separate module.
         if len(adapters) > 1:
             raise ValueError("a quantised base can carry only one adapter: merge the others first "
                              "(`kubetune export` on the unquantised base)")
-        return PeftModel.from_pretrained(model, adapters[0], is_trainable=is_trainable)
-    for path in adapters if not is_trainable else adapters[:-1]:
-        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+        if is_trainable and method.create_new_adapter:
+            raise ValueError("create_new_adapter cannot stack on a quantised base (the loaded adapter would have "
+                             "to be merged into 4/8-bit weights): export the merged model first")
+        return load_adapter(model, adapters[0], is_trainable=is_trainable)
+    resume = is_trainable and bool(adapters) and not method.create_new_adapter
+    for path in adapters[:-1] if resume else adapters:
+        _untie_embeddings_if_adapted(model, path)
+        model = load_adapter(model, path, is_trainable=False).merge_and_unload()
         logger.info("merged adapter %s into the base", path)
     if not is_trainable:
         model.requires_grad_(False)
         return model
-    if adapters:
-        logger.info("continuing to train adapter %s", adapters[-1])
-        return PeftModel.from_pretrained(model, adapters[-1], is_trainable=True)
+    if resume:
+        logger.info("continuing to train adapter %s (its adapter_config.json decides rank, DoRA, ...)", adapters[-1])
+        return load_adapter(model, adapters[-1], is_trainable=True)
 
+    config = lora_config(model, method)
+    model = get_peft_model(model, config)
+    variant = [name for name, on in (("DoRA", config.use_dora), ("rsLoRA", config.use_rslora),
+                                     (f"PiSSA init {config.init_lora_weights}", method.pissa_init)) if on]
+    logger.info("%sLoRA r=%d alpha=%d%s on %s", "new " if adapters else "", config.r, config.lora_alpha,
+                f" ({', '.join(variant)})" if variant else "", ", ".join(sorted(config.target_modules)))
+    return model
+
+
+def lora_config(model: Any, method: FinetuningArguments) -> LoraConfig:
+    """The PEFT LoraConfig for a new adapter: targets, rank, and the DoRA / rsLoRA / PiSSA variants.
+
+    Args:
+        model: the base (for `lora_target: all`, resolved to its linear layers).
+        method: finetuning arguments (`lora_*`, `additional_target`, `use_dora`, `use_rslora`, `pissa_*`).
+    """
     targets = method.lora_target
     if targets == ["all"]:
         targets = linear_module_names(model)
-    config = LoraConfig(
+    init: bool | str = True  # A random, B zero: the adapter starts as a no-op
+    if method.pissa_init:
+        # PiSSA moves the top-r singular directions of W into A, B and leaves the residual in the base
+        init = "pissa" if method.pissa_iter == -1 else f"pissa_niter_{method.pissa_iter}"
+    return LoraConfig(
         task_type=TaskType.CAUSAL_LM,
         r=method.lora_rank,
         lora_alpha=method.lora_alpha or 2 * method.lora_rank,
         lora_dropout=method.lora_dropout,
         target_modules=targets,
+        # PEFT matches these by suffix: `norm` also selects every `*_layernorm`
         modules_to_save=method.additional_target,
+        use_dora=method.use_dora,
+        use_rslora=method.use_rslora,
+        init_lora_weights=init,
     )
-    model = get_peft_model(model, config)
-    logger.info("LoRA r=%d alpha=%d on %s", config.r, config.lora_alpha, ", ".join(sorted(targets)))
-    return model
+
+
+def load_adapter(model: Any, path: str, *, is_trainable: bool) -> Any:
+    """Load a saved adapter onto `model`, refusing PiSSA adapters that would not reproduce the trained model.
+
+    A PiSSA adapter is trained against a residual base (W minus its top-r part). PEFT rebuilds that residual
+    when it loads the adapter, which is exact for a full SVD (`pissa_iter: -1`) but not for the randomised
+    fast SVD, whose draw differs from the one made in training: the result would be silently wrong.
+    """
+    config_file = Path(path) / "adapter_config.json"
+    if config_file.is_file():
+        init = json.loads(config_file.read_text()).get("init_lora_weights")
+        if isinstance(init, str) and init.startswith("pissa_niter"):
+            converted = Path(path) / "pissa_converted"
+            hint = (f"use adapter_name_or_path: {converted} (the same adapter as plain LoRA on the original base)"
+                    if (converted / "adapter_config.json").is_file()
+                    else "retrain with pissa_convert: true (or pissa_iter: -1), then load its pissa_converted folder")
+            raise ValueError(f"adapter {path} was trained with PiSSA fast SVD ({init}): it only fits the residual "
+                             f"base it was trained on, which cannot be rebuilt exactly — {hint}")
+    return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+
+
+def _untie_embeddings_if_adapted(model: Any, path: str) -> None:
+    """Give the output head its own copy of tied embeddings before merging an adapter on embed_tokens.
+
+    In training, a LoRA on the input embeddings changes only the lookup; the tied head keeps the base
+    weights. Merging into the shared tensor would change the head as well: a different model.
+    """
+    config_file = Path(path) / "adapter_config.json"
+    targets = json.loads(config_file.read_text()).get("target_modules") if config_file.is_file() else None
+    if not targets or "embed" not in str(targets):
+        return
+    inputs, outputs = model.get_input_embeddings(), model.get_output_embeddings()
+    if outputs is None or outputs.weight is not inputs.weight:
+        return
+    outputs.weight = torch.nn.Parameter(inputs.weight.detach().clone(), requires_grad=False)
+    model.config.tie_word_embeddings = False
+    model.config.get_text_config().tie_word_embeddings = False
+    logger.info("adapter %s adapts the tied input embeddings: untied the output head before merging", path)
 
 
 def _apply_freeze(model: Any, method: FinetuningArguments) -> None:

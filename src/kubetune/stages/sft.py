@@ -19,6 +19,8 @@ from kubetune.data.templates import get_template
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loraplus import loraplus_optimizer
+from kubetune.model.pissa import pissa_callbacks
 from kubetune.plotting import plot_loss
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
@@ -70,7 +72,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         data_collator=DataCollatorForSupervised(
             tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2"),
         processing_class=tokenizer,
-        callbacks=[JsonlLogCallback(out), *(callbacks or [])],
+        callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
+        optimizers=(loraplus_optimizer(model, args, cfg.method), None),  # None: the Trainer's own AdamW
     )
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
