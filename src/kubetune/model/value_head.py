@@ -57,7 +57,8 @@ class ModelWithValueHead(nn.Module):
 
     def score(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """One scalar per sequence: the value at its last non-padding token (right padding)."""
-        _, values = self(input_ids, attention_mask)
+        # logits_to_keep=1: a score needs hidden states only, not vocabulary logits at every position
+        _, values = self(input_ids, attention_mask, logits_to_keep=1)
         return values_at_last_token(values, attention_mask)
 
     def gradient_checkpointing_enable(self, **kwargs: Any) -> None:

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from kubetune.config import RunConfig
 from kubetune.stages import preference
+from kubetune.stages.common import write_bad_rows
 from kubetune.stages.preference import KTOCollator, Reference, Stats, forward_logits, sequence_logps
 from kubetune.stages.preference_losses import kto_kl_estimate, kto_loss
 from kubetune.stages.result import StageResult
@@ -63,9 +64,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
                                        do_train=do_train, do_eval=do_eval, out=out, callbacks=callbacks)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    if s.data.report:
-        (out / "bad_rows.txt").write_text(s.data.report + "\n")
-        files["bad_rows"] = str(out / "bad_rows.txt")
+    write_bad_rows(out, s.data, files)
 
     # --- train ---
     if do_train:

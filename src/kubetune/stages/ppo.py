@@ -39,11 +39,9 @@ from tqdm.auto import tqdm
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
 from kubetune.config import RunConfig
-from kubetune.data.pipeline import tokenized
-from kubetune.data.templates import get_template
 from kubetune.evaluate.metrics import generation_metrics
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.plotting import plot_loss
 from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
@@ -53,6 +51,7 @@ from kubetune.rl.kl_control import kl_controller
 from kubetune.rl.losses import clipped_policy_loss, clipped_value_loss
 from kubetune.rl.rewards import RewardSource, ScoreNormalizer, load_reward_source
 from kubetune.rl.rollout import Experience, PromptSampler, collect_experience, policy_forward
+from kubetune.stages.common import stage_data, write_bad_rows
 from kubetune.stages.predict import generation_kwargs
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
@@ -82,15 +81,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
 
     # --- setup ---
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
-    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
-    if cfg.data.default_system is not None:
-        template.default_system = cfg.data.default_system
-    template.fix_tokenizer(tokenizer)
-    stop_token_ids = template.stop_token_ids(tokenizer)
-    data = tokenized(cfg.data, tokenizer, template, stage="ppo", seed=cfg.train.seed, train=do_train,
-                     evaluate=do_eval or cfg.train.do_predict)
+    s = stage_data(cfg, "ppo", train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    model_path, tokenizer, data = s.model_path, s.tokenizer, s.data
+    stop_token_ids = s.template.stop_token_ids(tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reward = load_reward_source(cfg.method, cfg.model, tokenizer, device)
 
@@ -104,9 +97,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    if data.report:
-        (out / "bad_rows.txt").write_text(data.report + "\n")
-        files["bad_rows"] = str(out / "bad_rows.txt")
+    write_bad_rows(out, data, files)
 
     # --- train ---
     if do_train:

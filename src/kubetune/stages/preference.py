@@ -53,11 +53,11 @@ from transformers import Trainer, TrainingArguments, set_seed
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
-from kubetune.data.pipeline import TokenizedData, tokenized
-from kubetune.data.templates import get_template
+from kubetune.data.pipeline import TokenizedData
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.plotting import plot_loss
+from kubetune.stages.common import stage_data
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import find_resume_checkpoint
@@ -312,14 +312,8 @@ def setup(cfg: RunConfig, *, do_train: bool, evaluate: bool) -> StageSetup:
         do_train: build the training split and make the policy trainable.
         evaluate: build the eval split (eval_dataset, or val_size of dataset).
     """
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
-    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
-    if cfg.data.default_system is not None:
-        template.default_system = cfg.data.default_system
-    template.fix_tokenizer(tokenizer)
-    data = tokenized(cfg.data, tokenizer, template, stage=cfg.method.stage, seed=cfg.train.seed,
-                     train=do_train, evaluate=evaluate)
+    s = stage_data(cfg, cfg.method.stage, train=do_train, evaluate=evaluate)
+    model_path, tokenizer, template, data = s.model_path, s.tokenizer, s.template, s.data
     dtype = compute_dtype(bf16=cfg.train.pure_bf16)
     set_seed(cfg.train.seed)  # adapter initialisation draws from the global RNG: same seed, same run
     model = load_base_model(cfg.model, dtype=dtype, path=model_path)

@@ -28,10 +28,8 @@ from transformers import EvalPrediction, Trainer, set_seed
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
-from kubetune.data.pipeline import tokenized
-from kubetune.data.templates import get_template
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.model.reward import (
     RewardModelInfo,
     find_trained_reward_model,
@@ -43,6 +41,7 @@ from kubetune.model.reward import (
 )
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.plotting import plot_loss
+from kubetune.stages.common import stage_data, write_bad_rows
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
 from kubetune.tracking import JsonlLogCallback
@@ -70,14 +69,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     trained = None if do_train else _trained_reward_model(cfg)
 
     # --- setup ---
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
-    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
-    if cfg.data.default_system is not None:
-        template.default_system = cfg.data.default_system
-    template.fix_tokenizer(tokenizer)
-    data = tokenized(cfg.data, tokenizer, template, stage="rm", seed=cfg.train.seed,
-                     train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    s = stage_data(cfg, "rm", train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    model_path, tokenizer, data = s.model_path, s.tokenizer, s.data
     set_seed(cfg.train.seed)  # adapter and value-head initialisation draw from the global RNG
     if trained is None:
         model = build_reward_model(cfg, model_path)
@@ -105,9 +98,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     )
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    if data.report:
-        (out / "bad_rows.txt").write_text(data.report + "\n")
-        files["bad_rows"] = str(out / "bad_rows.txt")
+    write_bad_rows(out, data, files)
 
     # --- train ---
     if do_train:
