@@ -96,7 +96,7 @@ def test_cross_field_and_value_rules(overrides: dict, key: str, fragment: str) -
 
 
 @pytest.mark.parametrize("key,value", [
-    ("use_galore", True), ("use_badam", True), ("streaming", True), ("deepspeed", "ds.json"),
+    ("use_unsloth", True), ("streaming", True), ("deepspeed", "ds.json"),
 ])
 def test_later_features_fail_loudly_not_silently(key: str, value: object) -> None:
     assert "not implemented yet" in problems({key: value})[key]

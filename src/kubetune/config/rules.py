@@ -12,15 +12,13 @@ import importlib.util
 from collections.abc import Callable, Mapping
 
 from kubetune.config.errors import Problem
-from kubetune.config.schema import FinetuningArguments, RunConfig
+from kubetune.config.schema import RunConfig
 
 Rule = Callable[[RunConfig, Mapping[str, str]], list[Problem]]
 
 # Keys whose feature a later piece of work implements. Setting one today must fail loudly,
 # never be silently ignored: a user who asks for DoRA and gets plain LoRA is misled.
 NOT_IMPLEMENTED: dict[str, str] = {
-    **{k: "GaLore" for k in FinetuningArguments.model_fields if k.startswith("galore_") or k == "use_galore"},
-    **{k: "BAdam" for k in FinetuningArguments.model_fields if k.startswith("badam_") or k == "use_badam"},
     "use_unsloth": "Unsloth kernels",
     "streaming": "dataset streaming",
     "tool_format": "tool-call formats",
@@ -149,7 +147,17 @@ def kernels_installed(cfg: RunConfig, origins: Mapping[str, str]) -> list[Proble
         problems.append(Problem("enable_liger_kernel", True, _origin(origins, "enable_liger_kernel"),
                                 "Liger kernels are not installed here (they need a GPU)",
                                 "remove enable_liger_kernel, or run on a GPU image with liger-kernel"))
+    elif cfg.model.enable_liger_kernel and not _has_cuda():
+        problems.append(Problem("enable_liger_kernel", True, _origin(origins, "enable_liger_kernel"),
+                                "Liger kernels are Triton GPU kernels, and this machine has no CUDA GPU",
+                                "remove enable_liger_kernel here (keep it in configs that run on a GPU)"))
     return problems
+
+
+def _has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
@@ -166,6 +174,13 @@ def peft_variants(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return rules_peft.check(cfg, origins)
 
 
+def memory_optimizers(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    """GaLore and BAdam: see `kubetune.config.rules_optim`."""
+    from kubetune.config import rules_optim
+
+    return rules_optim.check(cfg, origins)
+
+
 def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     """Rules of one stage (which data it needs, which models) live in `kubetune.config.rules_<stage>`."""
     name = f"kubetune.config.rules_{cfg.method.stage}"
@@ -175,8 +190,8 @@ def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, peft_variants, quantization_needs_lora, history_vs_prompt, eval_needs_data,
-    val_size_shape, packing_flags, precision, kernels_installed, warmup,
+    not_implemented, stage_specific, peft_variants, memory_optimizers, quantization_needs_lora, history_vs_prompt,
+    eval_needs_data, val_size_shape, packing_flags, precision, kernels_installed, warmup,
 ]
 
 

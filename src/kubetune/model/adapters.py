@@ -20,6 +20,7 @@ from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_
 
 from kubetune.config import FinetuningArguments, ModelArguments
 from kubetune.model.loader import count_parameters
+from kubetune.model.precision import upcast_layernorms
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,8 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
         model.enable_input_require_grads()
     if is_trainable and gradient_checkpointing:
         model.config.use_cache = False  # the KV cache is useless in training and breaks recomputation
+    if is_trainable and model_args.upcast_layernorm:
+        upcast_layernorms(model)
 
     if method.finetuning_type == "lora":
         model = _apply_lora(model, model_args, method, is_trainable)

@@ -19,7 +19,7 @@ from kubetune.data.templates import get_template
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
-from kubetune.model.loraplus import loraplus_optimizer
+from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.plotting import plot_loss
 from kubetune.stages.predict import predict
@@ -73,8 +73,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
             tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2"),
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
-        optimizers=(loraplus_optimizer(model, args, cfg.method), None),  # None: the Trainer's own AdamW
+        optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
     )
+    attach(trainer, cfg.method)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
     if data.report:

@@ -42,6 +42,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         optim=t.optim,
         bf16=t.bf16,
         fp16=t.fp16,
+        use_liger_kernel=cfg.model.enable_liger_kernel,  # GPU only: rules.kernels_installed
         seed=t.seed,
         data_seed=t.data_seed,
         ddp_timeout=t.ddp_timeout,
