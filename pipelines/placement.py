@@ -12,11 +12,27 @@ import json
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
+from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.pipeline import PipelineConfig
 
 S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
 MLFLOW_ENV = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
               "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+
+
+def auto_gpus(cfg: PipelineConfig, step: str, gpu_memory_gib: float) -> int:
+    """`gpus: auto`: the fewest GPUs that fit a training step by `kubetune estimate`; other steps get one."""
+    if step not in cfg.stages_to_validate():
+        return 1  # evaluate/export run a model forward only: one GPU of a pool sized for training fits it
+    from kubetune.estimate import gpus_that_fit
+
+    gpus = gpus_that_fit(cfg.stage_config(step, **cfg.pipeline_inputs(step)), gpu_memory_gib)
+    if gpus is None:
+        raise ConfigError([Problem(f"resources.{step}.gpus", "auto", cfg.source or "pipeline config",
+                                   f"the {step} step does not fit on 8 GPUs of {gpu_memory_gib:g} GiB by the estimate",
+                                   "use QLoRA, a smaller cutoff_len or batch, larger GPUs (gpu_memory_gib), or set "
+                                   "gpus explicitly; `kubetune estimate` shows the breakdown")], cfg.source)
+    return gpus
 
 
 def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: object, mlflow_secret: object,
@@ -31,9 +47,10 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
         training: training steps are retried (pre-emptible GPUs) and not cached unless asked.
     """
     res = cfg.resources_for(step)
-    if res.gpus and res.gpus != "auto":
+    gpus = auto_gpus(cfg, step, res.gpu_memory_gib) if res.gpus == "auto" else res.gpus
+    if gpus:
         task.set_accelerator_type(res.gpu_type or "nvidia.com/gpu")
-        task.set_accelerator_limit(res.gpus)
+        task.set_accelerator_limit(gpus)
     if res.cpu:
         task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
     if res.memory:

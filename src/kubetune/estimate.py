@@ -214,6 +214,19 @@ def recommend(est_fn: Any, headroom: float = 0.9) -> list[dict[str, Any]]:
     return rows
 
 
+def gpus_that_fit(cfg: Any, gpu_memory_gib: float, headroom: float = 0.9) -> int | None:
+    """The fewest GPUs of `gpu_memory_gib` each that fit a stage (one, else 2/4/8 with ZeRO-3), or None.
+
+    This is the estimate of the trained model (weights, gradients, optimizer, activations); a ppo
+    stage's reward model is not counted, so leave headroom or set `gpus` by hand there.
+    """
+    _, at = estimate_config(cfg)
+    budget = gpu_memory_gib * GIB * headroom
+    if at(0, 1).total <= budget:
+        return 1
+    return next((n for n in (2, 4, 8) if at(3, n).total <= budget), None)
+
+
 def estimate_config(cfg: Any, *, zero_stage: int = 0, num_gpus: int = 1, cuda_context: float = CUDA_CONTEXT,
                     shape: ModelShape | None = None) -> tuple[Estimate, Any]:
     """Estimate a RunConfig; returns the estimate and a `(zero_stage, num_gpus) -> Estimate` for `recommend`."""

@@ -98,3 +98,34 @@ def test_every_pipeline_compiles(pipeline: str, tmp_path: Path) -> None:
     assert spec["pipelineInfo"]["name"] == f"kubetune-{pipeline}-kubi"
     if pipeline == "full":
         assert spec["root"]["inputDefinitions"]["parameters"]["alignment"]["defaultValue"] == "none"
+
+
+def _gpu_count(path: Path, step: str) -> int | None:
+    spec, _ = _docs(path)
+    executor = next(v for k, v in spec["deploymentSpec"]["executors"].items() if k.endswith(f"-{step}"))
+    accelerator = executor["container"].get("resources", {}).get("accelerator")
+    return int(accelerator["resourceCount"]) if accelerator else None
+
+
+def test_gpus_auto_asks_for_what_the_estimate_says_fits(tmp_path: Path) -> None:
+    from transformers import LlamaConfig
+
+    from kubetune.config import ConfigError
+
+    model = tmp_path / "llama-7b-shape"  # a config alone: the estimate needs no weights
+    LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
+                num_key_value_heads=32, vocab_size=32000).save_pretrained(model)
+
+    def compiled(finetuning_type: str, gib: float, **keys: object) -> Path:
+        resources = {"sft": {"gpus": "auto", "gpu_memory_gib": gib}, "evaluate": {"gpus": "auto"}}
+        cfg = _config("sft", model_name_or_path=str(model), finetuning_type=finetuning_type, resources=resources,
+                      **keys)
+        return compile_pipeline(cfg, tmp_path / f"{finetuning_type}-{gib}-{len(keys)}.yaml")
+
+    lora = compiled("lora", 24, pure_bf16=True)
+    assert _gpu_count(lora, "sft") == 1  # 7B LoRA on 16-bit weights ≈ 16 GB
+    assert _gpu_count(lora, "evaluate") == 1
+    assert _gpu_count(compiled("lora", 24), "sft") == 2  # float32 base weights alone are 25 GiB
+    assert _gpu_count(compiled("full", 80), "sft") in (2, 4)  # full AMP ≈ 120 GB: ZeRO-3 across cards
+    with pytest.raises(ConfigError, match=r"resources.sft.gpus = 'auto'.*does not fit on 8 GPUs of 1 GiB"):
+        compiled("full", 1)

@@ -40,7 +40,9 @@ class _Section(BaseModel):
 class Resources(_Section):
     """What one step's pod asks for on the cluster (ignored by local runs)."""
 
-    gpus: int | Literal["auto"] = Field(0, description="GPUs per pod (0 = CPU only).")
+    gpus: int | Literal["auto"] = Field(0, description="GPUs per pod (0 = CPU only; auto = the fewest that fit "
+                                                       "the stage by `kubetune estimate`, at compile time).")
+    gpu_memory_gib: float = Field(80.0, gt=0, description="Memory of one GPU of the pool, in GiB (for gpus: auto).")
     gpu_type: str | None = Field(None, description="Accelerator type, e.g. nvidia.com/gpu or NVIDIA_TESLA_A100.")
     cpu: str | None = Field(None, description="CPU request/limit, e.g. '4'.")
     memory: str | None = Field(None, description="Memory request/limit, e.g. '32Gi'.")
