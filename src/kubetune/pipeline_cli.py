@@ -95,6 +95,16 @@ def _promote(args: argparse.Namespace) -> int:
     except KeyError as err:
         print(f"kubetune promote: {err.args[0]}", file=sys.stderr)
         return 2
+    except Exception as err:  # noqa: BLE001 — MlflowException and connection errors: say which server, not a traceback
+        from mlflow.exceptions import MlflowException
+
+        if not isinstance(err, MlflowException | OSError):
+            raise
+        print(f"kubetune promote: the MLflow server at {uri} did not answer or refused the request — "
+              f"{str(err).splitlines()[0][:300]}\n"
+              "  check --tracking-uri / MLFLOW_TRACKING_URI and that the server is up",
+              file=sys.stderr)
+        return 1
     print(f"{model} v{args.version}: {decision.alias} — {decision.reason}")
     return 0
 

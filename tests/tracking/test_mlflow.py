@@ -116,3 +116,16 @@ def test_promote_command(mlflow_server: str, tmp_path: Path, capsys: pytest.Capt
     assert main(["promote", "--model", name, "--version", v2, "--metric", "bleu",
                  "--tracking-uri", mlflow_server]) == 2  # v2 has no bleu anywhere
     assert "bleu" in capsys.readouterr().err
+
+
+def test_promote_command_says_which_server_did_not_answer(monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune.cli import main
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail at once instead of backing off for a minute
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        url = f"http://127.0.0.1:{s.getsockname()[1]}"
+    assert main(["promote", "--model", "m", "--version", "1", "--tracking-uri", url]) == 1
+    err = capsys.readouterr().err
+    assert f"the MLflow server at {url} did not answer" in err and "Traceback" not in err
