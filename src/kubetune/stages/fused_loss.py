@@ -1,0 +1,121 @@
+"""Causal-LM loss without full-vocabulary logits: only label positions, a chunk at a time.
+
+The usual path computes `lm_head` on every position of the batch (batch × length × vocab
+floats — 400 MB for 4 × 512 tokens of a 49k vocabulary), upcasts it, takes a log-softmax and
+keeps all of it for the backward pass, although prompt and padding positions are never
+learnt. Here the backbone's hidden states are gathered at the positions that have a label,
+and the head, the cross-entropy and its gradient are computed together a chunk of rows at a
+time; only the gradient with respect to the hidden states (rows × hidden) is kept for the
+backward pass. The result is the same sum of per-token losses, in float32.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from kubetune.data.encode import IGNORE_INDEX
+
+# Rows of logits materialised at once: 1024 × 49k vocab × 4 bytes ≈ 200 MB at most.
+CHUNK_ROWS = 1024
+
+# Config attributes that make a model's logits more than `lm_head(hidden)`.
+_LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """sum_i CE(hidden_i @ weight.T, target_i), with the gradient computed in the forward pass."""
+
+    @staticmethod
+    def forward(ctx: Any, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_rows: int) -> torch.Tensor:
+        need_hidden, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        grad_hidden = torch.empty_like(hidden) if need_hidden else None
+        grad_weight = torch.zeros_like(weight, dtype=torch.float32) if need_weight else None
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
+        for start in range(0, hidden.shape[0], chunk_rows):
+            h = hidden[start:start + chunk_rows]
+            y = targets[start:start + chunk_rows]
+            logits = (h @ weight.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            total += (lse - logits.gather(1, y[:, None]).squeeze(1)).sum()
+            if need_hidden or need_weight:
+                probs = logits.sub_(lse[:, None]).exp_()  # softmax, in place of the logits
+                probs[torch.arange(len(y), device=y.device), y] -= 1.0  # d CE / d logits
+                probs = probs.to(weight.dtype)
+                if need_hidden:
+                    grad_hidden[start:start + chunk_rows] = probs @ weight
+                if need_weight:
+                    grad_weight += (probs.t() @ h.to(weight.dtype)).float()
+        ctx.save_for_backward(*(g for g in (grad_hidden, grad_weight) if g is not None))
+        ctx.has = (need_hidden, need_weight)
+        ctx.weight_dtype = weight.dtype
+        return total
+
+    @staticmethod
+    def backward(ctx: Any, grad_total: torch.Tensor) -> tuple:
+        saved = list(ctx.saved_tensors)
+        grad_hidden = grad_weight = None
+        if ctx.has[0]:
+            grad_hidden = saved.pop(0)
+            grad_hidden = grad_hidden * grad_total.to(grad_hidden.dtype)
+        if ctx.has[1]:
+            grad_weight = (saved.pop(0) * grad_total).to(ctx.weight_dtype)
+        return grad_hidden, grad_weight, None, None
+
+
+def linear_cross_entropy_sum(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                             chunk_rows: int = CHUNK_ROWS) -> torch.Tensor:
+    """Sum over rows of cross-entropy(hidden @ weight.T, targets), never holding all logits.
+
+    Args:
+        hidden: (rows, hidden) states at the positions to learn.
+        weight: (vocab, hidden) output-head weight.
+        targets: (rows,) token ids to predict.
+        chunk_rows: rows of logits computed at once. Default `CHUNK_ROWS`.
+    """
+    if hidden.shape[0] == 0:
+        return hidden.sum() * 0.0 + weight.sum() * 0.0  # keeps the graph: an all-masked batch still backprops
+    return _LinearCrossEntropy.apply(hidden, weight, targets, chunk_rows)
+
+
+def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
+    """The backbone and output head of a plain causal LM (through a PEFT wrapper), or None.
+
+    None when the logits are not just `head(backbone(x))` (soft-capping, logit scales, MoE
+    router losses, a head with a bias): such models keep the usual loss path.
+    """
+    inner = model
+    if hasattr(inner, "get_base_model"):
+        inner = inner.get_base_model()
+    config = getattr(inner, "config", None)
+    if config is None or getattr(config, "is_encoder_decoder", False):
+        return None
+    if any(getattr(config, name, None) for name in _LOGIT_TRANSFORMS):
+        return None
+    backbone = getattr(inner, getattr(inner, "base_model_prefix", "model"), None)
+    head = inner.get_output_embeddings() if hasattr(inner, "get_output_embeddings") else None
+    if backbone is None or backbone is inner or not isinstance(head, nn.Linear) or head.bias is not None:
+        return None
+    if type(head) is not nn.Linear:  # a LoRA- or quantisation-wrapped head computes more than weight @ x
+        return None
+    return backbone, head
+
+
+def causal_lm_loss_sum(backbone: nn.Module, head: nn.Linear, inputs: dict[str, torch.Tensor]) -> tuple[
+        torch.Tensor, int]:
+    """(sum of per-token losses, number of learnt tokens) of a causal-LM batch.
+
+    Args:
+        backbone: the decoder that returns `last_hidden_state`.
+        head: the output projection (weight only).
+        inputs: the collator's batch: `input_ids`, `labels` and `attention_mask` or `position_ids`.
+    """
+    labels = inputs["labels"]
+    model_inputs = {k: v for k, v in inputs.items() if k in ("input_ids", "attention_mask", "position_ids")}
+    hidden = backbone(**model_inputs, use_cache=False).last_hidden_state
+    targets = labels[..., 1:]
+    keep = targets != IGNORE_INDEX
+    return linear_cross_entropy_sum(hidden[..., :-1, :][keep], head.weight, targets[keep]), int(keep.sum())
