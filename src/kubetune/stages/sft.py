@@ -15,14 +15,13 @@ from transformers import Trainer, set_seed
 
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
-from kubetune.data.pipeline import tokenized
-from kubetune.data.templates import get_template
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.plotting import plot_loss
+from kubetune.stages.common import stage_data, write_bad_rows
 from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
 from kubetune.stages.host_memory import release_freed_memory_promptly
 from kubetune.stages.predict import predict
@@ -78,14 +77,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- setup ---
     if do_train and not torch.cuda.is_available():
         release_freed_memory_promptly()  # halves the peak RSS of CPU training (see host_memory)
-    model_path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, model_path)
-    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
-    if cfg.data.default_system is not None:
-        template.default_system = cfg.data.default_system
-    template.fix_tokenizer(tokenizer)
-    data = tokenized(cfg.data, tokenizer, template, stage=cfg.method.stage, seed=cfg.train.seed,
-                     train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    s = stage_data(cfg, cfg.method.stage, train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    model_path, tokenizer, template, data = s.model_path, s.tokenizer, s.template, s.data
     # Mixed precision (bf16/fp16) keeps float32 master weights; only pure_bf16 stores bf16 weights.
     dtype = compute_dtype(bf16=cfg.train.pure_bf16)
     set_seed(cfg.train.seed)  # adapter initialisation draws from the global RNG: same seed, same run
@@ -110,9 +103,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     attach(trainer, cfg.method)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    if data.report:
-        (out / "bad_rows.txt").write_text(data.report + "\n")
-        files["bad_rows"] = str(out / "bad_rows.txt")
+    write_bad_rows(out, data, files)
 
     # --- train ---
     if do_train:
