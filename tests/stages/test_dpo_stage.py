@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage_helpers import StopAfter, log_lines
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, TrainerCallback
 
 from kubetune.config import load_config
@@ -31,9 +32,6 @@ def tiny_cfg(model_dir: Path, out: Path, **keys):
     }
     return load_config(None, {**base, **keys})
 
-
-def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
 
 
 def models_alive() -> int:
@@ -143,16 +141,6 @@ def test_reference_free_losses_train_without_a_reference(loss: str, tiny_model_d
     if loss == "orpo":
         assert "sft_loss" in log_lines(out)[0]  # ORPO's built-in SFT term is logged
 
-
-class StopAfter(TrainerCallback):
-    """Simulates a pre-empted pod: the process dies right after step `n` (after its checkpoint)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.n:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def test_killed_dpo_run_resumes_to_the_same_adapter(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:

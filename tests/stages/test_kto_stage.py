@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from safetensors.torch import load_file
+from stage_helpers import log_lines
 
 from kubetune.config import load_config
 from kubetune.stages import run_stage
@@ -25,9 +26,6 @@ def tiny_cfg(model_dir: Path, out: Path, **keys):
     }
     return load_config(None, {**base, **keys})
 
-
-def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
 
 
 def test_kto_trains_and_logs_kl_and_per_class_rewards(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:

@@ -13,7 +13,8 @@ import pytest
 import torch
 import yaml
 from safetensors.torch import load_file
-from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM, TrainerCallback
+from stage_helpers import StopAfter, log_lines
+from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from kubetune.cli import main
 from kubetune.config import load_config
@@ -71,9 +72,6 @@ def ppo_cfg(model_dir: Path, out: Path, **keys):
     return load_config(None, {**base, **keys})
 
 
-def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
-
 
 def mean(values: list[float]) -> float:
     return sum(values) / len(values)
@@ -105,16 +103,6 @@ def test_reward_rises_while_kl_stays_bounded(word_model_dir: Path, tmp_path: Pat
             "training_reward_mean.png", "training_loss.png"} <= {p.name for p in out.iterdir()}
     assert not (tmp_path / "base" / "adapter_model.safetensors").exists()  # eval-only trains nothing
 
-
-class StopAfter(TrainerCallback):
-    """Simulates a pre-empted pod: the process dies right after update `n` (after its checkpoint, if any)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.n:
-            raise KeyboardInterrupt("simulated kill")
 
 
 @pytest.mark.parametrize("finetuning_type", ["lora", "freeze", "full"])

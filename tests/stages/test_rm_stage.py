@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from stage_helpers import StopAfter, log_lines
 
 from kubetune.cli import main
 from kubetune.config import ConfigError, load_config
@@ -31,19 +31,6 @@ def tiny_cfg(model_dir: Path, out: Path, **keys):
     return load_config(None, {**base, **keys})
 
 
-def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
-
-
-class StopAfter(TrainerCallback):
-    """Simulates a pre-empted pod: the process dies right after step `n` (after its checkpoint)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.n:
-            raise KeyboardInterrupt("simulated kill")
 
 
 @pytest.fixture(scope="module")

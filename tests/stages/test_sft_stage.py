@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
-from transformers import TrainerCallback
+from stage_helpers import StopAfter, log_lines
 
 from kubetune.config import load_config
 from kubetune.stages import run_stage
@@ -27,9 +27,6 @@ def tiny_cfg(model_dir: Path, out: Path, **keys):
     return load_config(None, {**base, **keys})
 
 
-def log_lines(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "trainer_log.jsonl").read_text().splitlines()]
-
 
 def test_lora_sft_trains_logs_plots_and_saves(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
     out = tmp_path / "run"
@@ -45,16 +42,6 @@ def test_lora_sft_trains_logs_plots_and_saves(tiny_model_dir: Path, tmp_path: Pa
     adapter = load_file(out / "adapter_model.safetensors")
     assert any("lora_B" in k and v.abs().sum() > 0 for k, v in adapter.items()), "LoRA B must have moved from 0"
 
-
-class StopAfter(TrainerCallback):
-    """Simulates a pre-empted pod: the process dies right after step `n` (after its checkpoint)."""
-
-    def __init__(self, n: int) -> None:
-        self.n = n
-
-    def on_step_end(self, args, state, control, **kwargs):  # noqa: ANN001
-        if state.global_step == self.n:
-            raise KeyboardInterrupt("simulated kill")
 
 
 def test_killed_run_resumes_to_the_same_weights(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
