@@ -56,11 +56,10 @@ from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.pipeline import TokenizedData
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import compute_dtype, load_base_model
-from kubetune.plotting import plot_loss
+from kubetune.stages import common
 from kubetune.stages.common import stage_data
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import find_resume_checkpoint
 from kubetune.tracking import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
@@ -349,25 +348,8 @@ def pad_id(tokenizer: Any) -> int:
 
 def train_and_save(trainer: PreferenceTrainer, cfg: RunConfig, s: StageSetup, out: Path,
                    plotted: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
-    """Train (resuming from the last checkpoint in `out`), save the adapter/model, state, metrics and plots.
-
-    Returns:
-        (metrics prefixed `train_`, files written by name).
-    """
-    result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
-    trainer.save_model(str(out))
-    s.tokenizer.save_pretrained(str(out))
-    trainer.save_state()
-    train_metrics = {**result.metrics, "tokenized_cache_hit": float(s.data.cache_hit),
-                     "preprocess_seconds": s.data.seconds}
-    trainer.log_metrics("train", train_metrics)
-    trainer.save_metrics("train", train_metrics)
-    metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in train_metrics.items()}
-    files = {"model": str(out)}
-    if cfg.train.plot_loss:
-        for path in plot_loss(trainer.state.log_history, out, keys=plotted):
-            files[path.stem] = str(path)
-    return metrics, files
+    """`kubetune.stages.common.train_and_save` for a preference stage's setup."""
+    return common.train_and_save(trainer, cfg, s.data, out, tokenizer=s.tokenizer, plotted=plotted)
 
 
 def evaluate(trainer: PreferenceTrainer, eval_set: Any) -> dict[str, float]:

@@ -40,10 +40,9 @@ from kubetune.model.reward import (
     sequence_scores,
 )
 from kubetune.model.value_head import ModelWithValueHead
-from kubetune.plotting import plot_loss
-from kubetune.stages.common import stage_data, write_bad_rows
+from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
 from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
+from kubetune.stages.trainer_args import training_arguments
 from kubetune.tracking import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
@@ -102,18 +101,10 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- train ---
     if do_train:
-        result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
-        trainer.save_model(str(out))  # adapter or weights, value head, tokenizer, reward_model.json
-        trainer.save_state()
-        train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit),
-                         "preprocess_seconds": data.seconds}
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_metrics.items()})
-        files["model"] = str(out)
-        if cfg.train.plot_loss:
-            for path in plot_loss(trainer.state.log_history, out, keys=PLOTTED):
-                files[path.stem] = str(path)
+        # save_model writes the adapter or weights, value head, tokenizer and reward_model.json
+        train_metrics, train_files = train_and_save(trainer, cfg, data, out, plotted=PLOTTED)
+        metrics.update(train_metrics)
+        files.update(train_files)
 
     # --- evaluate ---
     if do_eval and data.eval is not None:

@@ -20,13 +20,12 @@ from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
-from kubetune.plotting import plot_loss
-from kubetune.stages.common import stage_data, write_bad_rows
+from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
 from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
 from kubetune.stages.host_memory import release_freed_memory_promptly
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
+from kubetune.stages.trainer_args import training_arguments
 from kubetune.tracking import JsonlLogCallback
 
 logger = logging.getLogger(__name__)
@@ -107,19 +106,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- train ---
     if do_train:
-        result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
-        trainer.save_model(str(out))
-        tokenizer.save_pretrained(str(out))
-        trainer.save_state()
-        train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit),
-                         "preprocess_seconds": data.seconds}
-        trainer.log_metrics("train", train_metrics)
-        trainer.save_metrics("train", train_metrics)
-        metrics.update({f"train_{k}" if not k.startswith("train") else k: v for k, v in train_metrics.items()})
-        files["model"] = str(out)
-        if cfg.train.plot_loss:
-            for path in plot_loss(trainer.state.log_history, out):
-                files[path.stem] = str(path)
+        train_metrics, train_files = train_and_save(trainer, cfg, data, out, tokenizer=tokenizer)
+        metrics.update(train_metrics)
+        files.update(train_files)
 
     # --- evaluate ---
     if do_eval and eval_set is not None:
