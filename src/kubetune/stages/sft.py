@@ -10,7 +10,6 @@ import json
 import logging
 from pathlib import Path
 
-import torch
 from transformers import Trainer, set_seed
 
 from kubetune.config import RunConfig
@@ -22,7 +21,6 @@ from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
 from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
-from kubetune.stages.host_memory import release_freed_memory_promptly
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import training_arguments
@@ -74,8 +72,6 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
 
     # --- setup ---
-    if do_train and not torch.cuda.is_available():
-        release_freed_memory_promptly()  # halves the peak RSS of CPU training (see host_memory)
     s = stage_data(cfg, cfg.method.stage, train=do_train, evaluate=do_eval or cfg.train.do_predict)
     model_path, tokenizer, template, data = s.model_path, s.tokenizer, s.template, s.data
     # Mixed precision (bf16/fp16) keeps float32 master weights; only pure_bf16 stores bf16 weights.
