@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from kubetune.config.schema import TrainArguments
 
 GIB = 1024**3
 CUDA_CONTEXT = 1.0 * GIB
@@ -243,7 +246,7 @@ def estimate_config(cfg: Any, *, zero_stage: int = 0, num_gpus: int = 1, cuda_co
         return estimate(shape, method=m.finetuning_type, quantization_bit=cfg.model.quantization_bit,
                         batch_size=t.per_device_train_batch_size, cutoff_len=cfg.data.cutoff_len,
                         gradient_checkpointing=t.gradient_checkpointing, pure_bf16=t.pure_bf16,
-                        mixed_precision=t.bf16 or t.fp16, lora_rank=m.lora_rank, lora_target=m.lora_target,
+                        mixed_precision=_mixed_precision(t), lora_rank=m.lora_rank, lora_target=m.lora_target,
                         use_dora=m.use_dora, additional_target=m.additional_target,
                         freeze_trainable_layers=m.freeze_trainable_layers, zero_stage=zero, num_gpus=n,
                         cuda_context=cuda_context)
@@ -304,3 +307,11 @@ def estimate_command(argv: list[str]) -> int:
                                 f"checkpointing {'on' if cfg.train.gradient_checkpointing else 'off'}"))
     return 0
 
+
+
+def _mixed_precision(t: TrainArguments) -> bool:
+    """16-bit activations: bf16/fp16 as set; an unset bf16 counts as on, as it is on the GPUs this
+    estimates (Ampere and later), unless pure_bf16 decides instead."""
+    if t.bf16 is None:
+        return not t.pure_bf16
+    return t.bf16 or t.fp16

@@ -54,12 +54,25 @@ def test_parallel_workers_give_identical_rows(tokenizer, cache_dir: Path) -> Non
 
 
 def test_cache_hit_and_val_split(tokenizer, cache_dir: Path) -> None:
-    first = _build(tokenizer, max_samples=40, val_size=0.25)
-    again = _build(tokenizer, max_samples=40, val_size=0.25)
+    first = _build(tokenizer, max_samples=40, val_size=0.25, packing=False)
+    again = _build(tokenizer, max_samples=40, val_size=0.25, packing=False)
     assert (first.cache_hit, again.cache_hit) == (False, True)
     assert len(first.train) == 30 and len(first.eval) == 10
     assert {"prompt_ids", "reference"} <= set(first.eval.column_names)
     assert again.train["input_ids"] == first.train["input_ids"]
+
+
+def test_sft_packs_neatly_by_default_and_pt_plainly(tokenizer, cache_dir: Path) -> None:
+    """sft's default: the 30 training examples share rows (position ids restart per example, so none
+    attends to another); the 10 eval rows stay one example each. `packing: false` restores one per row."""
+    packed = _build(tokenizer, max_samples=40, val_size=0.25)
+    assert len(packed.train) < 30 and len(packed.eval) == 10
+    assert "position_ids" in packed.train.column_names
+    starts = sum(positions.count(0) for positions in packed.train["position_ids"])
+    assert starts == 30  # every training example is in a row, once
+    pt_data = _data_args(max_samples=40, dataset="kubi_pt")
+    pt = tokenized(pt_data, tokenizer, get_template("chatml", tokenizer), stage="pt", seed=7)
+    assert "position_ids" not in pt.train.column_names  # pt packs plainly, as in pre-training
 
 
 def test_tokenized_path_saves_then_loads(tokenizer, cache_dir: Path, tmp_path: Path) -> None:

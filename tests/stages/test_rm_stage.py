@@ -27,6 +27,9 @@ def tiny_cfg(model_dir: Path, out: Path, **keys):
         "max_samples": 16, "output_dir": str(out), "per_device_train_batch_size": 4, "learning_rate": 3e-2,
         "max_steps": 4, "logging_steps": 1, "save_steps": 2, "report_to": "none", "disable_tqdm": True,
         "gradient_checkpointing": False,
+        # float32: these tests compare numbers to tight tolerances (accumulated = one batch, reloaded =
+        # trained); the default `bf16: auto` would train in bf16 autocast on a CPU with AMX
+        "bf16": False,
     }
     return load_config(None, {**base, **keys})
 
@@ -103,7 +106,7 @@ def test_kubetune_eval_reports_pair_accuracy_of_a_trained_rm(trained: tuple[Stag
     ev = tmp_path / "eval"
     args = [f"model_name_or_path={cfg.model.model_name_or_path}", f"dataset_dir={REPO / 'data'}", "max_samples=16",
             "cutoff_len=64", "disable_tqdm=true", "template=chatml", "stage=rm", "eval_dataset=kubi_pref",
-            f"adapter_name_or_path={result.output_dir}", f"output_dir={ev}"]
+            f"adapter_name_or_path={result.output_dir}", f"output_dir={ev}", "bf16=false"]  # as trained
     assert main(["eval", *args]) == 0
     summary = json.loads((ev / "run_summary.json").read_text())["metrics"]
     # the same model on the same pairs: the same accuracy and loss as at the end of training

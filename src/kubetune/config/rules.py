@@ -128,6 +128,14 @@ def packing_flags(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return []
 
 
+def length_grouping(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+    if cfg.train.group_by_length and cfg.method.stage not in ("sft", "pt"):
+        return [Problem("group_by_length", True, _origin(origins, "group_by_length"),
+                        f"groups sft/pt rows only; the {cfg.method.stage} stage batches its own rows",
+                        "remove group_by_length")]
+    return []
+
+
 def precision(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     t = cfg.train
     chosen = [name for name in ("bf16", "fp16", "pure_bf16") if getattr(t, name)]
@@ -191,7 +199,7 @@ def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
 
 RULES: list[Rule] = [
     not_implemented, stage_specific, peft_variants, memory_optimizers, quantization_needs_lora, history_vs_prompt,
-    eval_needs_data, val_size_shape, packing_flags, precision, kernels_installed, warmup,
+    eval_needs_data, val_size_shape, packing_flags, length_grouping, precision, kernels_installed, warmup,
 ]
 
 

@@ -175,8 +175,10 @@ class DataArguments(_Group):
     )
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
     mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
-    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt).")
-    neat_packing: bool = Field(False, description="Pack without attention across examples.")
+    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt and sft).")
+    neat_packing: bool | None = Field(
+        None, description="Pack without attention across examples (default: on for sft, off for pt).",
+    )
     overwrite_cache: bool = Field(False, description="Rebuild the tokenised cache.")
     preprocessing_num_workers: int | None = Field(None, gt=0, description="Processes for tokenisation.")
     preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")
@@ -222,10 +224,17 @@ class TrainArguments(_Group):
     adam_epsilon: float = Field(1e-8, description="AdamW ε.")
     max_grad_norm: float = Field(1.0, ge=0.0, description="Gradient clipping norm (0 = off).")
     optim: str = Field("adamw_torch", description="Optimiser name as transformers spells it.")
-    bf16: bool = Field(False, description="Mixed precision in bfloat16.")
+    bf16: bool | None = Field(
+        None, description="Mixed precision in bfloat16 (default: on where the device computes bfloat16 natively: "
+                          "GPUs from Ampere on, CPUs with AMX; see model/auto_precision.py).",
+    )
     fp16: bool = Field(False, description="Mixed precision in float16 (GPU).")
     pure_bf16: bool = Field(False, description="Train in pure bfloat16 (no float32 master weights).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
+    group_by_length: bool | None = Field(
+        None, description="Batch rows of similar length together, so less padding is computed "
+                          "(default: on for sft/pt rows that are not packed).",
+    )
     seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
     data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")
     ddp_timeout: int = Field(1800, gt=0, description="Distributed timeout in seconds.")

@@ -16,6 +16,26 @@ from typing import Any
 from kubetune.data.encode import IGNORE_INDEX
 
 
+def packing_mode(packing: bool | None, neat_packing: bool | None, stage: str) -> tuple[bool, bool]:
+    """(pack, neat) for a stage's training rows, from the config's `packing` / `neat_packing`.
+
+    Unset, sft packs neatly (each example still sees only itself, so the loss per token is the
+    unpacked one; no compute goes to padding) and pt packs plainly (documents may attend across
+    a row, as in pre-training). `packing: false` gives one example per row; `neat_packing: false`
+    with packing gives plain packing. Pairs, KTO rows and PPO prompts are never packed.
+
+    Args:
+        packing: the config's `packing` (None = the stage's default).
+        neat_packing: the config's `neat_packing` (None = the stage's default).
+        stage: the training stage.
+    """
+    if stage not in ("pt", "sft"):
+        return False, False
+    neat = neat_packing if neat_packing is not None else stage == "sft"
+    pack = packing if packing is not None else True
+    return pack, pack and neat
+
+
 def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> list[dict[str, list[int]]]:
     """Bin-pack examples into as few rows as possible (best-fit decreasing; deterministic).
 

@@ -33,7 +33,7 @@ from kubetune.data.encode import (
     encode_prompt_for_generation,
     encode_supervised,
 )
-from kubetune.data.packing import pack_greedy
+from kubetune.data.packing import pack_greedy, packing_mode
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
 from kubetune.data.schema import Sample
@@ -88,11 +88,10 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
     train_attrs = resolve_datasets(data.dataset, data.dataset_dir, data.data_path) if train or (
         evaluate and not data.eval_dataset) else []
     eval_attrs = resolve_datasets(data.eval_dataset, data.dataset_dir) if evaluate and data.eval_dataset else []
-    packing = data.packing if data.packing is not None else (stage == "pt" or data.neat_packing)
-    packing = packing and stage in ("pt", "sft")  # pairs, KTO rows and PPO prompts are never packed
+    packing, neat = packing_mode(data.packing, data.neat_packing, stage)
 
-    key = cache_key(data, tokenizer, template, stage=stage, seed=seed, packing=packing, attrs=train_attrs + eval_attrs,
-                    flags=(train, evaluate))
+    key = cache_key(data, tokenizer, template, stage=stage, seed=seed, packing=(packing, neat),
+                    attrs=train_attrs + eval_attrs, flags=(train, evaluate))
     if data.tokenized_path and not data.overwrite_cache and Path(data.tokenized_path, "meta.json").is_file():
         logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
         return _load(Path(data.tokenized_path), key, start)
@@ -114,7 +113,7 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
     encoder = _Encoder(tokenizer, template, data, stage)
     train_rows = encoder.encode_all(train_samples, for_eval=False, workers=data.preprocessing_num_workers)
     if packing and train_rows:
-        train_rows = pack_greedy(train_rows, data.cutoff_len, neat=data.neat_packing)
+        train_rows = pack_greedy(train_rows, data.cutoff_len, neat=neat)
     eval_rows = encoder.encode_all(eval_samples, for_eval=True, workers=data.preprocessing_num_workers)
     if train and not train_rows:
         raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
@@ -209,8 +208,8 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str, seed: int, packing: bool,
-              attrs: list[DatasetAttr], flags: tuple) -> str:
+def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str, seed: int,
+              packing: tuple[bool, bool], attrs: list[DatasetAttr], flags: tuple) -> str:
     h = hashlib.sha256()
 
     def add(obj: Any) -> None:
@@ -218,7 +217,7 @@ def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         h.update(b"\0")
 
     add(["kubetune", kubetune.__version__, stage, seed, packing, flags])
-    add(data.model_dump(include={"cutoff_len", "train_on_prompt", "mask_history", "neat_packing", "max_samples",
+    add(data.model_dump(include={"cutoff_len", "train_on_prompt", "mask_history", "max_samples",
                                  "val_size", "default_system", "on_bad_rows", "data_path"}))
     for attr in attrs:
         add(asdict(attr) if is_dataclass(attr) else vars(attr))

@@ -341,7 +341,7 @@ def _adamw(policy: ModelWithValueHead, cfg: RunConfig) -> torch.optim.Optimizer:
 @contextlib.contextmanager
 def _autocast(cfg: RunConfig, device: torch.device) -> Iterator[None]:
     """bf16 mixed precision when `bf16: true` (float32 master weights); a no-op otherwise."""
-    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cfg.train.bf16):
+    with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=bool(cfg.train.bf16)):
         yield
 
 

@@ -15,6 +15,7 @@ from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
 from kubetune.config import RunConfig
+from kubetune.data.packing import packing_mode
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         fp16=t.fp16,
         use_liger_kernel=cfg.model.enable_liger_kernel,  # GPU only: rules.kernels_installed
         seed=t.seed,
+        train_sampling_strategy="group_by_length" if groups_by_length(cfg) else "random",
         data_seed=t.data_seed,
         ddp_timeout=t.ddp_timeout,
         logging_steps=t.logging_steps,
@@ -64,6 +66,20 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
     )
+
+
+def groups_by_length(cfg: RunConfig) -> bool:
+    """Length-grouped batches for unpacked sft/pt rows, unless `group_by_length: false`.
+
+    Rows of one batch are padded to the longest, so mixing a 40-token row with a 500-token one
+    computes 460 pad tokens. transformers' LengthGroupedSampler shuffles, then sorts each run of
+    50 batches by length (the longest batch first, so an out-of-memory shows at step 1). Packed
+    rows have no padding to save, and pairs (rm/dpo/kto) are batched by their own collators.
+    """
+    if cfg.train.group_by_length is not None:
+        return cfg.train.group_by_length
+    packed, _ = packing_mode(cfg.data.packing, cfg.data.neat_packing, cfg.method.stage)
+    return cfg.method.stage in ("sft", "pt") and not packed
 
 
 def find_resume_checkpoint(cfg: RunConfig, output_dir: Path) -> str | None:

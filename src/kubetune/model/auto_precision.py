@@ -1,0 +1,62 @@
+"""`bf16: auto` (the default): bfloat16 mixed precision where the device computes it natively.
+
+Left unset, `bf16` is decided where the stage runs, not where the config was written: a config
+validated on a laptop may train on a GPU node. It turns on when
+
+- a CUDA GPU supports bfloat16 (Ampere and later), or
+- the CPU has AMX tiles (Intel Sapphire Rapids and later). Measured on a 2-core AMX Xeon with
+  torch 2.13: a bf16 matmul of a 2048×576 by 576×1536 block runs 4× as fast as float32, and
+  SmolLM2-135M LoRA training 1.55× as fast at 0.65× the peak RSS (`make bench`).
+
+It stays off elsewhere (older GPUs, CPUs without AMX, where bf16 is emulated or slower), and
+whenever `fp16` or `pure_bf16` is chosen. Master weights stay float32 either way; `bf16: false`
+turns it off explicitly.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from kubetune.config import RunConfig
+
+logger = logging.getLogger(__name__)
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this process's training device computes bfloat16 natively, and why (for the log)."""
+    if torch.cuda.is_available():
+        name = torch.cuda.get_device_name()
+        if torch.cuda.is_bf16_supported(including_emulation=False):
+            return True, f"{name} supports bfloat16"
+        return False, f"{name} has no native bfloat16"
+    if _cpu_has_amx():
+        return True, "the CPU has AMX (native bfloat16 matmul)"
+    return False, "the CPU has no AMX (bfloat16 would be emulated)"
+
+
+def resolve_bf16(cfg: RunConfig) -> bool:
+    """Replace an unset `bf16` with the decision for this device (in place); returns the value.
+
+    Args:
+        cfg: a validated config. An explicit `bf16: true/false` is kept as written.
+    """
+    t = cfg.train
+    if t.bf16 is not None:
+        return t.bf16
+    if t.fp16 or t.pure_bf16:
+        t.bf16 = False
+        return False
+    t.bf16, why = native_bf16()
+    logger.info("bf16: auto → %s (%s; set bf16: %s to override)", "on" if t.bf16 else "off", why,
+                "false" if t.bf16 else "true")
+    return t.bf16
+
+
+def _cpu_has_amx() -> bool:
+    probe = getattr(torch.cpu, "_is_amx_tile_supported", None)  # a private probe: absent in some builds
+    try:
+        return bool(probe and probe())
+    except RuntimeError:
+        return False

@@ -1,0 +1,101 @@
+"""The defaults that make sft fast: neat packing, bf16 where the device has it, length-grouped
+batches when rows are not packed (bench/ measures what they are worth)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from kubetune.config import ConfigError, load_config
+from kubetune.model import auto_precision
+from kubetune.model.auto_precision import native_bf16, resolve_bf16
+from kubetune.stages import run_stage
+from kubetune.stages.trainer_args import groups_by_length
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def cfg(**keys):
+    base = {"model_name_or_path": "x", "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"), "output_dir": "o"}
+    return load_config(None, {**base, **keys})
+
+
+class BatchRecorder(TrainerCallback):
+    """Records the training precision and, per forward, the batch's keys, width and padded positions."""
+
+    def __init__(self) -> None:
+        self.bf16: bool | None = None
+        self.batches: list[dict] = []
+
+    def _record(self, module, args, kwargs) -> None:  # noqa: ANN001
+        if module.training:
+            mask = kwargs.get("attention_mask")
+            self.batches.append({"keys": {k for k, v in kwargs.items() if v is not None},
+                                 "padding": 0 if mask is None else int((mask == 0).sum()),
+                                 "autocast": torch.is_autocast_enabled("cpu")})
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
+        self.bf16 = args.bf16
+        model.get_base_model().model.register_forward_pre_hook(self._record, with_kwargs=True)
+
+
+def tiny_run(model_dir: Path, out: Path, **keys) -> BatchRecorder:
+    base = {"model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora", "lora_rank": 4,
+            "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"), "template": "chatml", "cutoff_len": 128,
+            "max_samples": 32, "output_dir": str(out), "per_device_train_batch_size": 4, "max_steps": 4,
+            "report_to": "none", "disable_tqdm": True, "save_strategy": "no"}
+    recorder = BatchRecorder()
+    run_stage(load_config(None, {**base, **keys}), callbacks=[recorder])
+    return recorder
+
+
+def test_default_sft_packs_neatly_and_picks_bf16_by_device(tiny_model_dir: Path, tmp_path: Path,
+                                                            cache_dir: Path) -> None:
+    recorder = tiny_run(tiny_model_dir, tmp_path / "run")
+    native, _ = native_bf16()
+    assert recorder.bf16 is native  # on where bf16 is native (AMX CPUs, Ampere+ GPUs), off elsewhere
+    assert all(b["autocast"] is native for b in recorder.batches)
+    # neat-packed rows: position ids instead of a padding mask, so no position is padding in a full row
+    assert all("position_ids" in b["keys"] and "attention_mask" not in b["keys"] for b in recorder.batches)
+
+
+def test_unpacked_rows_are_batched_by_length(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    common = {"packing": False, "bf16": False, "max_steps": 8, "per_device_train_batch_size": 2}
+    grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", **common)
+    shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", group_by_length=False, **common)
+    assert all("attention_mask" in b["keys"] for b in grouped.batches)
+    padded, unsorted = sum(b["padding"] for b in grouped.batches), sum(b["padding"] for b in shuffled.batches)
+    assert padded < unsorted / 2, (padded, unsorted)
+
+
+def test_length_grouping_applies_to_unpacked_sft_and_pt_rows_only() -> None:
+    assert groups_by_length(cfg(packing=False)) is True
+    assert groups_by_length(cfg()) is False  # packed: no padding to save
+    assert groups_by_length(cfg(stage="pt", packing=False, dataset="kubi_pt")) is True
+    assert groups_by_length(cfg(packing=False, group_by_length=False)) is False
+    assert groups_by_length(cfg(stage="dpo", dataset="kubi_pref")) is False
+    with pytest.raises(ConfigError, match="group_by_length"):
+        cfg(stage="dpo", dataset="kubi_pref", group_by_length=True)
+
+
+@pytest.mark.parametrize(("keys", "native", "expected"), [
+    ({}, True, True), ({}, False, False),
+    ({"bf16": False}, True, False), ({"bf16": True}, False, True),
+    ({"fp16": True}, True, False), ({"pure_bf16": True}, True, False),
+])
+def test_bf16_auto_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch, keys: dict, native: bool,
+                                                 expected: bool) -> None:
+    monkeypatch.setattr(auto_precision, "native_bf16", lambda: (native, "test"))
+    config = cfg(**keys)
+    assert resolve_bf16(config) is expected and config.train.bf16 is expected
+
+
+def test_native_bf16_on_cpu_means_amx(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+    assert native_bf16()[0] is False
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: True)
+    assert native_bf16()[0] is True
