@@ -41,3 +41,40 @@ def test_causal_lm_loss_equals_the_models_own(tiny_model_dir: Path) -> None:
     loss_sum, learnt = causal_lm_loss_sum(*parts, batch)
     assert learnt == int((labels[:, 1:] != -100).sum())
     torch.testing.assert_close(loss_sum / learnt, model(**batch).loss, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_dir: Path) -> None:
+    """DPO/KTO's per-sequence log-probs without [B, T, V] logits: same values, same LoRA gradients,
+    and an all-prompt row scores 0 (nothing learnt) instead of failing."""
+    from peft import LoraConfig, get_peft_model
+
+    from kubetune.stages.fused_loss import sequence_logps_fused
+    from kubetune.stages.preference import mean_response_logits, sequence_logps
+
+    torch.manual_seed(2)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    input_ids = torch.randint(3, 1000, (3, 10))
+    attention_mask = torch.ones_like(input_ids)
+    attention_mask[1, 7:] = 0
+    labels = input_ids.clone()
+    labels[:, :4] = -100
+    labels[1, 7:] = -100
+    labels[2] = -100  # a row with nothing to score
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    logps, counts, mean_logits = sequence_logps_fused(model, input_ids, attention_mask, labels)
+    weights = torch.tensor([1.0, -2.0, 3.0])  # rows weighted differently, as a DPO loss does
+    fused_grads = torch.autograd.grad((logps * weights).sum(), lora)
+
+    logits = model(input_ids=input_ids, attention_mask=attention_mask).logits
+    expected, expected_counts = sequence_logps(logits, labels)
+    expected_grads = torch.autograd.grad((expected * weights).sum(), lora)
+
+    torch.testing.assert_close(logps, expected, rtol=1e-5, atol=1e-5)
+    assert logps[2] == 0 and counts.tolist() == expected_counts.tolist()
+    torch.testing.assert_close(mean_logits, mean_response_logits(logits, labels), rtol=1e-5, atol=1e-5)
+    assert not mean_logits.requires_grad
+    for got, want in zip(fused_grads, expected_grads, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+    assert any(g.abs().sum() > 0 for g in fused_grads)

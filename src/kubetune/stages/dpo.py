@@ -29,9 +29,7 @@ from kubetune.stages.preference import (
     PairwiseCollator,
     Reference,
     Stats,
-    forward_logits,
-    mean_response_logits,
-    sequence_logps,
+    scored_logps,
 )
 from kubetune.stages.preference_losses import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, pairwise_loss
 from kubetune.stages.result import StageResult
@@ -114,10 +112,7 @@ class PairwiseObjective:
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        logits = forward_logits(model, ids, mask)
-        logps, lengths = sequence_logps(logits, labels)
-        mean_logits = mean_response_logits(logits, labels)
-        del logits  # [2B, T, V]: the largest tensor of the step
+        logps, lengths, mean_logits = scored_logps(model, ids, mask, labels)
         # IPO, ORPO and SimPO compare mean token log-probs, so long responses are not favoured
         use_mean = self.loss_type in MEAN_LOGPS_LOSSES
         scores = logps / lengths if use_mean else logps

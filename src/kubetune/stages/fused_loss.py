@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.utils.checkpoint
 from torch import nn
 
 from kubetune.data.encode import IGNORE_INDEX
@@ -119,3 +120,69 @@ def causal_lm_loss_sum(backbone: nn.Module, head: nn.Linear, inputs: dict[str, t
     targets = labels[..., 1:]
     keep = targets != IGNORE_INDEX
     return linear_cross_entropy_sum(hidden[..., :-1, :][keep], head.weight, targets[keep]), int(keep.sum())
+
+
+def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[
+        torch.Tensor, torch.Tensor]:
+    logits = (hidden @ weight.t()).float()
+    logps = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    return logps, logits.mean(-1).detach()
+
+
+def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                chunk_rows: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-row log p(target) under `hidden @ weight.T`, and each row's mean logit (detached).
+
+    Unlike the summed loss above, the caller weighs rows differently (a DPO loss scales each
+    sequence by its own sigmoid), so the gradient cannot be folded in ahead of time. With
+    gradients on, each chunk is checkpointed: only its inputs are kept, and its logits are
+    computed again in the backward pass (under the same autocast), one chunk at a time.
+
+    Args:
+        hidden: (rows, hidden) states at the positions to score.
+        weight: (vocab, hidden) output-head weight.
+        targets: (rows,) token ids.
+        chunk_rows: rows of logits computed at once. Default `CHUNK_ROWS`.
+    """
+    grad = torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    parts = []
+    for start in range(0, hidden.shape[0], chunk_rows):
+        args = (hidden[start:start + chunk_rows], weight, targets[start:start + chunk_rows])
+        parts.append(torch.utils.checkpoint.checkpoint(_chunk_token_logps, *args, use_reentrant=False)
+                     if grad else _chunk_token_logps(*args))
+    if not parts:
+        empty = hidden.new_zeros(0, dtype=torch.float32) + hidden.sum() * 0.0  # keeps the graph
+        return empty, empty.detach()
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def sequence_logps_fused(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Per sequence: summed log-probs of the labelled tokens, their count, and their mean logit.
+
+    The same numbers as running the model and reducing its [B, T, V] logits, without holding
+    them: the head runs only at labelled positions (`token_logps`). None when the model is not a
+    plain `head(backbone(x))` (see `causal_lm_parts`); the caller then uses the logits path.
+
+    Args:
+        model: a causal LM, possibly PEFT-wrapped (its active adapters apply).
+        input_ids, attention_mask: [B, T].
+        labels: [B, T], `IGNORE_INDEX` where not scored.
+
+    Returns:
+        (logps [B] float32, token counts [B] (at least 1), mean logits [B] detached), or None.
+    """
+    parts = causal_lm_parts(model)
+    if parts is None:
+        return None
+    backbone, head = parts
+    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
+    targets = labels[:, 1:]
+    keep = targets != IGNORE_INDEX
+    per_token, mean_logit = token_logps(hidden[:, :-1][keep], head.weight, targets[keep])
+    row = keep.nonzero()[:, 0]
+    batch = input_ids.shape[0]
+    logps = torch.zeros(batch, dtype=per_token.dtype, device=per_token.device).index_add(0, row, per_token)
+    counts = keep.sum(-1).clamp(min=1)
+    mean_logits = torch.zeros(batch, dtype=torch.float32, device=per_token.device).index_add(0, row, mean_logit)
+    return logps, counts, mean_logits / counts

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from kubetune.config import RunConfig
 from kubetune.stages import preference
 from kubetune.stages.common import write_bad_rows
-from kubetune.stages.preference import KTOCollator, Reference, Stats, forward_logits, sequence_logps
+from kubetune.stages.preference import KTOCollator, Reference, Stats, scored_logps
 from kubetune.stages.preference_losses import kto_kl_estimate, kto_loss
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import training_arguments
@@ -127,9 +127,9 @@ class KTOObjective:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         kl_ids, kl_mask, kl_labels = batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
         desirable = batch["kto_tag"].bool()
-        logps, lengths = sequence_logps(forward_logits(model, ids, mask), labels)
+        logps, lengths, _ = scored_logps(model, ids, mask, labels)
         with torch.no_grad():  # z is a constant of the loss: no gradient through the KL rows
-            kl_logps = sequence_logps(forward_logits(model, kl_ids, kl_mask), kl_labels)[0]
+            kl_logps = scored_logps(model, kl_ids, kl_mask, kl_labels)[0]
         reference = self.reference or Reference(None)
         n = ids.size(0)
         ref_all = reference.logps(model, torch.cat([ids, kl_ids]), torch.cat([mask, kl_mask]),

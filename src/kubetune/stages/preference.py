@@ -58,6 +58,7 @@ from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import compute_dtype, load_base_model
 from kubetune.stages import common
 from kubetune.stages.common import stage_data
+from kubetune.stages.fused_loss import sequence_logps_fused
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
 from kubetune.tracking import JsonlLogCallback
@@ -103,6 +104,22 @@ def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
+def scored_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[
+        Tensor, Tensor, Tensor]:
+    """Summed log-probs of each row's labelled tokens, their count, and their mean logit (detached).
+
+    Runs the output head only at labelled positions when the model allows it
+    (`fused_loss.sequence_logps_fused`: no [B, T, V] logits), else through the model's logits.
+    Call it under the trainer's autocast: the fused path calls the backbone directly.
+    """
+    fused = sequence_logps_fused(extract_model_from_parallel(model), input_ids, attention_mask, labels)
+    if fused is not None:
+        return fused
+    logits = forward_logits(model, input_ids, attention_mask)
+    logps, counts = sequence_logps(logits, labels)
+    return logps, counts, mean_response_logits(logits, labels)
+
+
 # --- the reference model ---
 
 
@@ -120,12 +137,12 @@ class Reference:
     def logps(self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
         """Summed log-probs of the labelled tokens under the reference: [B]."""
         if self.model is not None:
-            return sequence_logps(forward_logits(self.model, input_ids, attention_mask), labels)[0]
+            return scored_logps(self.model, input_ids, attention_mask, labels)[0]
         peft_model = extract_model_from_parallel(policy)
         if not hasattr(peft_model, "disable_adapter"):
             raise TypeError("a reference without a model needs a LoRA policy (PeftModel) whose adapter it disables")
         with peft_model.disable_adapter():
-            return sequence_logps(forward_logits(policy, input_ids, attention_mask), labels)[0]
+            return scored_logps(policy, input_ids, attention_mask, labels)[0]
 
 
 def load_reference(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device | str) -> Reference:
@@ -250,7 +267,8 @@ class PreferenceTrainer(Trainer):
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Tensor | tuple[Tensor, None]:
-        loss, stats = self.objective(model, inputs)
+        with self.accelerator.autocast():  # the fused log-probs bypass the model's (autocast-wrapped) forward
+            loss, stats = self.objective(model, inputs)
         bucket = self._stats["train" if model.training else "eval"]
         for key, (total, count) in stats.items():
             bucket[key][0] += total
