@@ -4,8 +4,9 @@ No weights are read: the model is built on the meta device from its `config.json
 parameter count and every linear layer's shape (for LoRA). What kubetune's sft stage does decides the
 byte counts (see `docs/estimate.md`):
 
-- weights: float32, or bfloat16 with `pure_bf16` (mixed precision `bf16`/`fp16` keeps float32 weights,
-  which are then their own master copy). 4/8-bit: linear layers quantised; embeddings, head and norms
+- weights: bfloat16 with `pure_bf16`, and for a plain LoRA base under mixed precision (`bf16`/`fp16`,
+  `model.loader.weight_dtype`); else float32 (full and freeze weights are their own master copy).
+  4/8-bit: linear layers quantised; embeddings, head and norms
   are cast to float32 by PEFT's k-bit preparation.
 - trainable parameters: LoRA adapters are float32 (PEFT upcasts them); with freeze/full they are the
   weights themselves. Each needs a gradient and AdamW's two moments in its own dtype.
@@ -131,7 +132,8 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
         quantization_bit: 4 or 8 for QLoRA, None for an unquantised base.
         batch_size: per-device batch; cutoff_len: tokens per row (the worst case: every row full).
         gradient_checkpointing: recompute activations in backward.
-        pure_bf16: bfloat16 weights and optimizer states; else float32 weights (mixed precision or not).
+        pure_bf16: bfloat16 weights and optimizer states; else float32 weights, except a LoRA base under
+            mixed precision (16-bit).
         mixed_precision: bf16/fp16 autocast: activations in 16 bits (else float32).
         lora_rank, lora_target, use_dora, additional_target: the LoRA settings.
         freeze_trainable_layers: layers trained by `freeze` (negative: the first n).
@@ -140,7 +142,8 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
     """
     s = shape
     notes: list[str] = []
-    weight_bytes = 2 if pure_bf16 else 4
+    lora_base_16bit = method == "lora" and mixed_precision and not additional_target  # loader.weight_dtype
+    weight_bytes = 2 if pure_bf16 or lora_base_16bit else 4
     act_bytes = 2 if (mixed_precision or pure_bf16) else 4
     other_params = s.total_params - s.linear_params
     if zero_stage:  # DeepSpeed keeps 16-bit weights plus a float32 master copy in the optimizer

@@ -125,7 +125,8 @@ def test_gpus_auto_asks_for_what_the_estimate_says_fits(tmp_path: Path) -> None:
     lora = compiled("lora", 24, pure_bf16=True)
     assert _gpu_count(lora, "sft") == 1  # 7B LoRA on 16-bit weights ≈ 16 GB
     assert _gpu_count(lora, "evaluate") == 1
-    assert _gpu_count(compiled("lora", 24), "sft") == 2  # float32 base weights alone are 25 GiB
+    assert _gpu_count(compiled("lora", 24), "sft") == 1  # default bf16 (auto on GPUs): a 16-bit LoRA base
+    assert _gpu_count(compiled("lora", 24, bf16=False), "sft") == 2  # float32 base weights alone are 25 GiB
     assert _gpu_count(compiled("full", 80), "sft") in (2, 4)  # full AMP ≈ 120 GB: ZeRO-3 across cards
     with pytest.raises(ConfigError, match=r"resources.sft.gpus = 'auto'.*does not fit on 8 GPUs of 1 GiB"):
         compiled("full", 1)

@@ -118,10 +118,13 @@ def test_lora_reference_is_the_base_with_the_adapter_disabled(tiny_model_dir: Pa
     rows = [{"chosen_input_ids": [1, 20, 30, 40, 50], "chosen_labels": [-100, -100, 30, 40, 50],
              "rejected_input_ids": [1, 20, 31, 41], "rejected_labels": [-100, -100, 31, 41]}]
     batch = PairwiseCollator(pad_token_id=0)(rows)
+    packed = PairwiseCollator(pad_token_id=0, pack_to=64)(rows)  # both sequences in one row
+    assert packed["input_ids"].shape == (1, 9)
     args = batch["input_ids"], batch["attention_mask"], batch["labels"]
     policy.eval()
     with torch.no_grad():
-        reference_logps = Reference(None).logps(policy, *args)
+        reference_logps = Reference(None).logps(policy, batch)
+        torch.testing.assert_close(Reference(None).logps(policy, packed), reference_logps, rtol=0, atol=1e-5)
         policy_logps = sequence_logps(policy(input_ids=args[0], attention_mask=args[1]).logits, args[2])[0]
         base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
         base_logps = sequence_logps(base(input_ids=args[0], attention_mask=args[1]).logits, args[2])[0]
@@ -278,9 +281,28 @@ def test_rule_keys_of_other_stages_are_refused(tmp_path: Path) -> None:
     assert "only the ppo stage" in found["reward_model"]
 
 
-def test_rule_pairs_are_not_packed_and_prompts_not_trained(tmp_path: Path) -> None:
-    found = problems(tmp_path, packing=True, train_on_prompt=True)
-    assert "never packed" in found["packing"] and "prompt is masked" in found["train_on_prompt"]
+def test_rule_pairs_are_packed_only_within_a_batch_and_prompts_not_trained(tmp_path: Path) -> None:
+    found = problems(tmp_path, neat_packing=True, train_on_prompt=True)
+    assert "never packed" in found["neat_packing"] and "prompt is masked" in found["train_on_prompt"]
+    assert problems(tmp_path, packing=False) == {} and problems(tmp_path, packing=True) == {}  # padding-free on/off
+
+
+def test_batches_are_padding_free_unless_packing_is_false(tiny_model_dir: Path, tmp_path: Path,
+                                                          cache_dir: Path) -> None:
+    """Same pairs, same first-step numbers: packed rows (the default) and padded rows (packing: false)."""
+    class KeepCollator(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):  # noqa: ANN001
+            self.collator = train_dataloader.collate_fn
+
+    seen: dict = {}
+    for name, keys in (("packed", {}), ("padded", {"packing": False})):
+        keep = KeepCollator()
+        run_stage(tiny_cfg(tiny_model_dir, tmp_path / name, max_steps=1, save_strategy="no", **keys), callbacks=[keep])
+        seen[name] = log_lines(tmp_path / name)[0]
+        seen[name + "_collator"] = keep.collator
+    assert seen["packed_collator"].pack_to == 64 and seen["padded_collator"].pack_to is None
+    for key in ("loss", "logps/chosen", "logps/rejected", "rewards/margins"):
+        assert seen["packed"][key] == pytest.approx(seen["padded"][key], rel=1e-4, abs=1e-4), key
 
 
 @pytest.mark.parametrize("name", ["dpo_lora", "orpo_lora", "simpo_lora"])

@@ -63,7 +63,8 @@ def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_di
     labels[2] = -100  # a row with nothing to score
     lora = [p for p in model.parameters() if p.requires_grad]
 
-    logps, counts, mean_logits = sequence_logps_fused(model, input_ids, attention_mask, labels)
+    batch = {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+    logps, counts, mean_logits = sequence_logps_fused(model, batch)
     weights = torch.tensor([1.0, -2.0, 3.0])  # rows weighted differently, as a DPO loss does
     fused_grads = torch.autograd.grad((logps * weights).sum(), lora)
 
@@ -78,3 +79,46 @@ def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_di
     for got, want in zip(fused_grads, expected_grads, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
     assert any(g.abs().sum() > 0 for g in fused_grads)
+
+
+def test_packed_pairs_score_as_padded_pairs(tiny_model_dir: Path) -> None:
+    """Padding-free DPO batches: the 2B sequences share rows (each sees only itself) and give the same
+    per-sequence log-probs and gradients as one padded sequence per row."""
+    from peft import LoraConfig, get_peft_model
+
+    from kubetune.stages.fused_loss import sequence_logps_fused
+    from kubetune.stages.preference import PairwiseCollator
+
+    torch.manual_seed(3)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+                           LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    lora = [p for p in model.parameters() if p.requires_grad]
+
+    def row(n: int, prompt: int) -> tuple[list[int], list[int]]:
+        ids = torch.randint(3, 1000, (n,)).tolist()
+        return ids, [-100] * prompt + ids[prompt:]
+
+    features = []
+    for chosen_n, rejected_n in ((12, 5), (7, 20), (9, 9)):
+        c, cl = row(chosen_n, 3)
+        r, rl = row(rejected_n, 3)
+        features.append({"chosen_input_ids": c, "chosen_labels": cl, "rejected_input_ids": r, "rejected_labels": rl})
+    padded = PairwiseCollator(pad_token_id=0)(features)
+    packed = PairwiseCollator(pad_token_id=0, pack_to=24)(features)
+    assert packed["input_ids"].shape[0] < 6 and packed["input_ids"].shape[1] <= 24  # fewer rows, none over 24
+    assert sorted(set(packed["sequence_index"].flatten().tolist())) == [-1, 0, 1, 2, 3, 4, 5]
+
+    weights = torch.tensor([1.0, 2.0, -1.0, 0.5, -3.0, 1.5])
+    results = []
+    for batch in (padded, packed):
+        logps, counts, mean_logits = sequence_logps_fused(model, batch)
+        grads = torch.autograd.grad((logps * weights).sum(), lora)
+        results.append((logps.detach(), counts, mean_logits, grads))
+    (a, ca, ma, ga), (b, cb, mb, gb) = results
+    torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-4)
+    assert cb.tolist() == ca.tolist()
+    torch.testing.assert_close(mb, ma, rtol=1e-5, atol=1e-5)
+    for got, want in zip(gb, ga, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+    single = PairwiseCollator(pad_token_id=0, pack_to=24, one_row=True)(features)
+    assert single["input_ids"].shape[0] == 1

@@ -207,9 +207,13 @@ def other_stage_keys(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem
 
 
 def prompt_handling(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """Preference rows are never packed, and their prompt is never trained: flags saying otherwise are refused."""
+    """Preference rows are not packed across batches, and their prompt is never trained: flags saying
+    otherwise are refused. dpo reads `packing` as padding-free batches (each batch's sequences share
+    rows, each seeing only itself; on by default where the model allows) and `packing: false` turns it off."""
     problems = []
-    for key in ("packing", "neat_packing", "train_on_prompt"):
+    keys = ("neat_packing", "train_on_prompt") if cfg.method.stage == "dpo" else (
+        "packing", "neat_packing", "train_on_prompt")
+    for key in keys:
         if getattr(cfg.data, key):
             what = "never packed" if key != "train_on_prompt" else "scored on the response only (the prompt is masked)"
             problems.append(Problem(key, True, _origin(origins, key),

@@ -62,10 +62,10 @@ def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> 
             )
         if len(example["labels"]) != length:
             raise ValueError(f"example {index}: {len(example['labels'])} labels for {length} input ids")
-    return [_concatenate([examples[i] for i in row], neat) for row in _best_fit(lengths, cutoff_len)]
+    return [_concatenate([examples[i] for i in row], neat) for row in best_fit(lengths, cutoff_len)]
 
 
-def _best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
+def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     """Example indices per row: longest first, each into the row it fills most tightly.
 
     Ties break by index, so the same input always gives the same rows.

@@ -19,12 +19,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
 from kubetune.stages import preference
 from kubetune.stages.common import write_bad_rows
+from kubetune.stages.fused_loss import causal_lm_parts
 from kubetune.stages.preference import (
     PairwiseCollator,
     Reference,
@@ -65,8 +67,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     objective = PairwiseObjective(m.pref_loss, beta=m.pref_beta, ftx=m.pref_ftx,
                                   label_smoothing=m.dpo_label_smoothing, simpo_gamma=m.simpo_gamma,
                                   reference=reference)
-    trainer = preference.build_trainer(s, args, objective, PairwiseCollator(preference.pad_id(s.tokenizer)),
-                                       do_train=do_train, do_eval=do_eval, out=out, callbacks=callbacks)
+    collator = PairwiseCollator(preference.pad_id(s.tokenizer), **padding_free(cfg, s.model, reference))
+    trainer = preference.build_trainer(s, args, objective, collator, do_train=do_train, do_eval=do_eval, out=out,
+                                       callbacks=callbacks)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
     write_bad_rows(out, s.data, files)
@@ -90,6 +93,19 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     return preference.finish(out, metrics, files)
 
 
+def padding_free(cfg: RunConfig, model: nn.Module, reference: Reference | None) -> dict[str, Any]:
+    """PairwiseCollator options: pack each batch's sequences into rows of `cutoff_len` (no padding computed).
+
+    On unless `packing: false`, where the log-probs take the fused path (`causal_lm_parts`) for the
+    policy and a separate reference model alike; it needs that path to map packed tokens back to their
+    sequences. FlashAttention-2 reads packed sequences only within one row, so it gets a single row.
+    """
+    models = [model] + ([reference.model] if reference is not None and reference.model is not None else [])
+    if cfg.data.packing is False or any(causal_lm_parts(m) is None for m in models):
+        return {}
+    return {"pack_to": cfg.data.cutoff_len, "one_row": model.config._attn_implementation == "flash_attention_2"}
+
+
 @dataclass
 class PairwiseObjective:
     """The loss of one batch of pairs (`PairwiseCollator`: B chosen rows, then B rejected rows).
@@ -111,8 +127,7 @@ class PairwiseObjective:
     reference: Reference | None = None
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
-        ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
-        logps, lengths, mean_logits = scored_logps(model, ids, mask, labels)
+        logps, lengths, mean_logits = scored_logps(model, batch)
         # IPO, ORPO and SimPO compare mean token log-probs, so long responses are not favoured
         use_mean = self.loss_type in MEAN_LOGPS_LOSSES
         scores = logps / lengths if use_mean else logps
@@ -120,9 +135,9 @@ class PairwiseObjective:
         if self.loss_type in REFERENCE_LOSSES:
             if self.reference is None:
                 raise ValueError(f"pref_loss {self.loss_type!r} needs a reference model")
-            ref_logps = self.reference.logps(model, ids, mask, labels)
+            ref_logps = self.reference.logps(model, batch)
             ref_scores = ref_logps / lengths if use_mean else ref_logps
-        n = ids.size(0) // 2
+        n = logps.size(0) // 2  # sequences, not rows: a packed batch holds several per row
         losses, chosen_rewards, rejected_rewards = pairwise_loss(
             self.loss_type, scores[:n], scores[n:],
             None if ref_scores is None else ref_scores[:n], None if ref_scores is None else ref_scores[n:],

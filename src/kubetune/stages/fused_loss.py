@@ -156,8 +156,8 @@ def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def sequence_logps_fused(model: nn.Module, input_ids: torch.Tensor, attention_mask: torch.Tensor,
-                         labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Per sequence: summed log-probs of the labelled tokens, their count, and their mean logit.
 
     The same numbers as running the model and reducing its [B, T, V] logits, without holding
@@ -166,23 +166,32 @@ def sequence_logps_fused(model: nn.Module, input_ids: torch.Tensor, attention_ma
 
     Args:
         model: a causal LM, possibly PEFT-wrapped (its active adapters apply).
-        input_ids, attention_mask: [B, T].
-        labels: [B, T], `IGNORE_INDEX` where not scored.
+        batch: `input_ids` and `labels` ([R, T], `IGNORE_INDEX` where not scored), with either
+            `attention_mask` (one sequence per row) or neat-packed rows: `position_ids` restarting
+            at 0 for each sequence and `sequence_index` (which sequence each token belongs to,
+            -1 for padding).
 
     Returns:
-        (logps [B] float32, token counts [B] (at least 1), mean logits [B] detached), or None.
+        (logps [S] float32, token counts [S] (at least 1), mean logits [S] detached), S being the
+        number of sequences (rows, or `sequence_index.max() + 1`); or None.
     """
     parts = causal_lm_parts(model)
     if parts is None:
         return None
     backbone, head = parts
-    hidden = backbone(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).last_hidden_state
-    targets = labels[:, 1:]
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "position_ids") if k in batch}
+    hidden = backbone(**inputs, use_cache=False).last_hidden_state
+    targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
     per_token, mean_logit = token_logps(hidden[:, :-1][keep], head.weight, targets[keep])
-    row = keep.nonzero()[:, 0]
-    batch = input_ids.shape[0]
-    logps = torch.zeros(batch, dtype=per_token.dtype, device=per_token.device).index_add(0, row, per_token)
-    counts = keep.sum(-1).clamp(min=1)
-    mean_logits = torch.zeros(batch, dtype=torch.float32, device=per_token.device).index_add(0, row, mean_logit)
+    if "sequence_index" in batch:
+        sequence = batch["sequence_index"][:, 1:][keep]  # the sequence of each predicted token
+        count = int(batch["sequence_index"].max()) + 1
+    else:
+        sequence, count = keep.nonzero()[:, 0], batch["input_ids"].shape[0]
+    device = per_token.device
+    logps = torch.zeros(count, dtype=per_token.dtype, device=device).index_add(0, sequence, per_token)
+    counts = torch.zeros(count, dtype=torch.long, device=device).index_add(
+        0, sequence, torch.ones_like(sequence)).clamp(min=1)
+    mean_logits = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, sequence, mean_logit)
     return logps, counts, mean_logits / counts

@@ -127,13 +127,14 @@ class KTOObjective:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         kl_ids, kl_mask, kl_labels = batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
         desirable = batch["kto_tag"].bool()
-        logps, lengths, _ = scored_logps(model, ids, mask, labels)
+        logps, lengths, _ = scored_logps(model, {"input_ids": ids, "attention_mask": mask, "labels": labels})
         with torch.no_grad():  # z is a constant of the loss: no gradient through the KL rows
-            kl_logps = scored_logps(model, kl_ids, kl_mask, kl_labels)[0]
+            kl_logps = scored_logps(model, {"input_ids": kl_ids, "attention_mask": kl_mask, "labels": kl_labels})[0]
         reference = self.reference or Reference(None)
         n = ids.size(0)
-        ref_all = reference.logps(model, torch.cat([ids, kl_ids]), torch.cat([mask, kl_mask]),
-                                  torch.cat([labels, kl_labels]))
+        ref_all = reference.logps(model, {"input_ids": torch.cat([ids, kl_ids]),
+                                          "attention_mask": torch.cat([mask, kl_mask]),
+                                          "labels": torch.cat([labels, kl_labels])})
         ref_logps, ref_kl_logps = ref_all[:n], ref_all[n:]
         kl = kto_kl_estimate(kl_logps, ref_kl_logps)
         losses, rewards = kto_loss(logps, ref_logps, desirable, kl, beta=self.beta,

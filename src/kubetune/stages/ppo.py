@@ -41,7 +41,7 @@ from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 from kubetune.config import RunConfig
 from kubetune.evaluate.metrics import generation_metrics
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model
+from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.plotting import plot_loss
 from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
@@ -87,7 +87,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reward = load_reward_source(cfg.method, cfg.model, tokenizer, device)
 
-    dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    dtype = weight_dtype(cfg)  # a LoRA base is 16-bit under bf16/fp16 (see weight_dtype)
     set_seed(cfg.train.seed)  # adapter and value-head initialisation draw from the global RNG
     lm = load_base_model(cfg.model, dtype=dtype, path=model_path)
     lm = prepare_for_training(lm, cfg.model, cfg.method, is_trainable=do_train,

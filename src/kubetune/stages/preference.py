@@ -53,9 +53,10 @@ from transformers import Trainer, TrainingArguments, set_seed
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
+from kubetune.data.packing import best_fit
 from kubetune.data.pipeline import TokenizedData
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model
+from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.stages import common
 from kubetune.stages.common import stage_data
 from kubetune.stages.fused_loss import sequence_logps_fused
@@ -104,20 +105,26 @@ def forward_logits(model: nn.Module, input_ids: Tensor, attention_mask: Tensor) 
     return model(input_ids=input_ids, attention_mask=attention_mask, use_cache=False).logits
 
 
-def scored_logps(model: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> tuple[
-        Tensor, Tensor, Tensor]:
-    """Summed log-probs of each row's labelled tokens, their count, and their mean logit (detached).
+def scored_logps(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor]:
+    """Summed log-probs of each sequence's labelled tokens, their count, and their mean logit (detached).
 
     Runs the output head only at labelled positions when the model allows it
-    (`fused_loss.sequence_logps_fused`: no [B, T, V] logits), else through the model's logits.
-    Call it under the trainer's autocast: the fused path calls the backbone directly.
+    (`fused_loss.sequence_logps_fused`, which also reads neat-packed batches), else through the
+    model's logits (one sequence per row). Call it under the trainer's autocast: the fused path
+    calls the backbone directly.
+
+    Args:
+        model: the policy or a reference model.
+        batch: `input_ids`, `labels` and `attention_mask`, or a packed batch (`PairwiseCollator(pack_to=...)`).
     """
-    fused = sequence_logps_fused(extract_model_from_parallel(model), input_ids, attention_mask, labels)
+    fused = sequence_logps_fused(extract_model_from_parallel(model), batch)
     if fused is not None:
         return fused
-    logits = forward_logits(model, input_ids, attention_mask)
-    logps, counts = sequence_logps(logits, labels)
-    return logps, counts, mean_response_logits(logits, labels)
+    if "sequence_index" in batch:
+        raise ValueError("packed pairs need the fused log-probs path; this model computes more than head(hidden)")
+    logits = forward_logits(model, batch["input_ids"], batch["attention_mask"])
+    logps, counts = sequence_logps(logits, batch["labels"])
+    return logps, counts, mean_response_logits(logits, batch["labels"])
 
 
 # --- the reference model ---
@@ -134,15 +141,15 @@ class Reference:
         self.model = model
 
     @torch.no_grad()
-    def logps(self, policy: nn.Module, input_ids: Tensor, attention_mask: Tensor, labels: Tensor) -> Tensor:
-        """Summed log-probs of the labelled tokens under the reference: [B]."""
+    def logps(self, policy: nn.Module, batch: dict[str, Tensor]) -> Tensor:
+        """Summed log-probs of each sequence's labelled tokens under the reference: [S] (`scored_logps`)."""
         if self.model is not None:
-            return scored_logps(self.model, input_ids, attention_mask, labels)[0]
+            return scored_logps(self.model, batch)[0]
         peft_model = extract_model_from_parallel(policy)
         if not hasattr(peft_model, "disable_adapter"):
             raise TypeError("a reference without a model needs a LoRA policy (PeftModel) whose adapter it disables")
         with peft_model.disable_adapter():
-            return scored_logps(policy, input_ids, attention_mask, labels)[0]
+            return scored_logps(policy, batch)[0]
 
 
 def load_reference(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device | str) -> Reference:
@@ -194,23 +201,58 @@ def disable_dropout(model: nn.Module) -> None:
 
 @dataclass
 class PairwiseCollator:
-    """Pads ranking rows into one batch: the B chosen sequences, then the B rejected ones.
+    """Batches ranking rows: the B chosen sequences, then the B rejected ones (sequence i pairs with B + i).
 
     Args:
         pad_token_id: id written into padded positions.
         pad_to_multiple_of: round the width up to a multiple of this. Default None = the longest row.
+        pack_to: pack the 2B sequences into as few rows of at most this many tokens as fit (best fit,
+            longest first), so no compute goes to padding. Each sequence restarts its position ids
+            and sees only itself; `sequence_index` says which sequence each token belongs to. Default
+            None = one sequence per row, padded to the longest.
+        one_row: with `pack_to`, put every sequence into a single row instead (FlashAttention-2 reads
+            packed sequences from the position ids of one row only). Default False.
 
-    Returns (on call): `input_ids`, `attention_mask`, `labels`, each [2B, T].
+    Returns (on call): `input_ids`, `labels` and `attention_mask` [2B, T]; packed: `input_ids`,
+    `labels`, `position_ids` and `sequence_index` [R, T].
     """
 
     pad_token_id: int
     pad_to_multiple_of: int | None = None
+    pack_to: int | None = None
+    one_row: bool = False
 
     def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, Tensor]:
-        rows = [{"input_ids": f[f"{side}_input_ids"], "labels": f[f"{side}_labels"]}
+        rows = [{"input_ids": list(f[f"{side}_input_ids"]), "labels": list(f[f"{side}_labels"])}
                 for side in ("chosen", "rejected") for f in features]
-        pad = DataCollatorForSupervised(pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
-        return pad(rows)
+        if self.pack_to is None:
+            pad = DataCollatorForSupervised(pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+            return pad(rows)
+        return self._packed(rows)
+
+    def _packed(self, sequences: list[dict[str, list[int]]]) -> dict[str, Tensor]:
+        lengths = [len(s["input_ids"]) for s in sequences]
+        groups = [list(range(len(sequences)))] if self.one_row else best_fit(lengths, max(self.pack_to, *lengths))
+        groups = [sorted(group) for group in groups]
+        width = max(sum(lengths[i] for i in group) for group in groups)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": [], "sequence_index": []}
+        for group in groups:
+            ids, labels, positions, index = [], [], [], []
+            for i in group:
+                n = lengths[i]
+                ids += sequences[i]["input_ids"]
+                # the first label would be predicted from the previous sequence's last token: never scored
+                labels += [IGNORE_INDEX, *sequences[i]["labels"][1:]]
+                positions += range(n)
+                index += [i] * n
+            pad = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
+            batch["labels"].append(labels + [IGNORE_INDEX] * pad)
+            batch["position_ids"].append(positions + list(range(pad)))  # padding: a segment of its own
+            batch["sequence_index"].append(index + [-1] * pad)
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
 
 
 @dataclass
@@ -331,7 +373,7 @@ def setup(cfg: RunConfig, *, do_train: bool, evaluate: bool) -> StageSetup:
     """
     s = stage_data(cfg, cfg.method.stage, train=do_train, evaluate=evaluate)
     model_path, tokenizer, template, data = s.model_path, s.tokenizer, s.template, s.data
-    dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    dtype = weight_dtype(cfg)  # a LoRA base is 16-bit under bf16/fp16 (see weight_dtype)
     set_seed(cfg.train.seed)  # adapter initialisation draws from the global RNG: same seed, same run
     model = load_base_model(cfg.model, dtype=dtype, path=model_path)
     # LoRA keeps its (last) adapter unmerged even to evaluate: the reference is the policy with it disabled

@@ -29,7 +29,7 @@ from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model
+from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.reward import (
     RewardModelInfo,
     find_trained_reward_model,
@@ -127,7 +127,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
 def build_reward_model(cfg: RunConfig, model_path: str) -> ModelWithValueHead:
     """The base with `finetuning_type` applied (LoRA / freeze / full) and a fresh, trainable value head."""
-    dtype = compute_dtype(bf16=cfg.train.pure_bf16)  # mixed precision keeps float32 master weights
+    dtype = weight_dtype(cfg)  # a LoRA base is 16-bit under bf16/fp16 (see weight_dtype)
     model = load_base_model(cfg.model, dtype=dtype, path=model_path)
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=True,
                                  gradient_checkpointing=cfg.train.gradient_checkpointing)

@@ -16,7 +16,7 @@ from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import compute_dtype, load_base_model
+from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
@@ -74,8 +74,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- setup ---
     s = stage_data(cfg, cfg.method.stage, train=do_train, evaluate=do_eval or cfg.train.do_predict)
     model_path, tokenizer, template, data = s.model_path, s.tokenizer, s.template, s.data
-    # Mixed precision (bf16/fp16) keeps float32 master weights; only pure_bf16 stores bf16 weights.
-    dtype = compute_dtype(bf16=cfg.train.pure_bf16)
+    dtype = weight_dtype(cfg)  # a LoRA base is 16-bit under bf16/fp16 (see weight_dtype)
     set_seed(cfg.train.seed)  # adapter initialisation draws from the global RNG: same seed, same run
     model = load_base_model(cfg.model, dtype=dtype, path=model_path)
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=do_train,
