@@ -64,10 +64,19 @@ images:
 	docker build -f images/runtime/Dockerfile -t ghcr.io/kubetune/kubetune-runtime:$(VERSION) .
 	docker build -f images/trainer/Dockerfile -t ghcr.io/kubetune/kubetune-trainer:$(VERSION) .
 
-# training throughput: kubetune vs plain TRL (and LLaMA-Factory if LLAMAFACTORY_PYTHON names its venv's python);
+# training throughput, SFT and DPO: kubetune vs TRL and LLaMA-Factory 0.9.5 (in its own venv, tools/lf-venv);
 # writes bench/results/latest.{json,md}. BENCH_ARGS=--quick for a smoke run.
-bench: setup
+LF_VENV := tools/lf-venv/.installed-$(shell cksum < bench/lf-requirements.txt | cut -d' ' -f1)
+
+bench: setup $(LF_VENV)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
+$(LF_VENV): bench/lf-requirements.txt
+	rm -rf tools/lf-venv
+	$(PY) -m venv tools/lf-venv
+	tools/lf-venv/bin/pip install -q -r bench/lf-requirements.txt
+	tools/lf-venv/bin/pip install -q --no-deps llamafactory==0.9.5
+	touch $@
 
 data: setup
 	$(BIN)/python scripts/make_demo_data.py --out data

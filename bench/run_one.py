@@ -43,12 +43,10 @@ COMMON: dict[str, Any] = {
 VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "kubetune": {
         "default": {},
-        # the settings of TRL's plain run: pad to the longest row, no packing, no checkpointing
-        "equal": {"packing": False, "neat_packing": False, "gradient_checkpointing": False},
-        "no_gc": {"gradient_checkpointing": False},
-        "neat": {"neat_packing": True},
-        "no_gc_neat": {"gradient_checkpointing": False, "neat_packing": True},
-        "best": {"gradient_checkpointing": False, "neat_packing": True, "bf16": True},
+        # the settings of TRL's plain run: pad to the longest row in data order, float32, no checkpointing
+        "equal": {"packing": False, "group_by_length": False, "bf16": False, "gradient_checkpointing": False},
+        # speed first: the defaults (neat packing, bf16 where native) without activation checkpointing
+        "best": {"gradient_checkpointing": False},
     },
     "trl": {
         "plain": {},
@@ -230,7 +228,7 @@ def run_trl(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
 
 
 def run_llamafactory(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
-    """Run `llamafactory-cli train` from its own venv (LLAMAFACTORY_PYTHON) and read its results."""
+    """Train with LLaMA-Factory in its own venv (LLAMAFACTORY_PYTHON), through bench/lf_train.py."""
     import subprocess
 
     import yaml
@@ -238,25 +236,18 @@ def run_llamafactory(args: argparse.Namespace, settings: dict[str, Any]) -> dict
     python = os.environ.get("LLAMAFACTORY_PYTHON", "")
     if not python or not Path(python).is_file():
         raise SystemExit("LLaMA-Factory is not installed: set LLAMAFACTORY_PYTHON to its venv's python")
-    out = Path(args.work) / "out"
-    keys = {**COMMON, **settings, "model_name_or_path": args.model, "dataset": DATASET, "dataset_dir": args.data,
-            "max_steps": args.steps, "output_dir": str(out), "template": "default", "plot_loss": False,
-            "include_num_input_tokens_seen": True, "trust_remote_code": False}
-    keys.pop("disable_tqdm")
-    cfg = Path(args.work) / "lf.yaml"
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    # LLaMA-Factory's template for SmolLM2 is the model's own chat format, as kubetune's template: null reads it
+    keys = {**COMMON, "template": "smollm2", **settings, "model_name_or_path": args.model, "dataset": DATASET,
+            "dataset_dir": args.data, "do_train": True, "max_steps": args.steps, "output_dir": str(work / "out"),
+            "plot_loss": False, "overwrite_cache": True,  # a cold preprocessing run, as kubetune's is timed
+            "trust_remote_code": False}
+    cfg, result = work / "lf.yaml", work / "lf_result.json"
     cfg.write_text(yaml.safe_dump(keys))
-    subprocess.run([python, "-m", "llamafactory.cli", "train", str(cfg)], check=True, stdout=sys.stderr)
-    results = json.loads((out / "train_results.json").read_text())
-    losses = [json.loads(line).get("loss") for line in (out / "trainer_log.jsonl").read_text().splitlines()]
-    losses = [x for x in losses if x is not None]
-    tail = losses[-5:]
-    runtime = results["train_runtime"]
-    tokens = results.get("num_input_tokens_seen", 0)
-    rss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024 / 1e9
-    return {"tokens": tokens, "runtime_s": runtime, "tokens_per_s": tokens / runtime, "steps": args.steps,
-            "step_time_s": runtime / args.steps, "final_loss": sum(tail) / len(tail), "losses": losses,
-            "peak_rss_gb": rss, "preprocess_s": None,
-            "note": "tokens: LLaMA-Factory's own num_input_tokens_seen (all tokens, padding included)"}
+    subprocess.run([python, str(Path(__file__).with_name("lf_train.py")), str(cfg), str(result)], check=True,
+                   stdout=sys.stderr, env={**os.environ, "PYTHONPATH": "", "DISABLE_VERSION_CHECK": "1"})
+    return json.loads(result.read_text())
 
 
 def run_prep(args: argparse.Namespace) -> dict[str, Any]:

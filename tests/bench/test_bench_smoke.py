@@ -17,8 +17,13 @@ from bench.data import make_rows, write_dataset  # noqa: E402
 from bench.run_one import count_real_tokens  # noqa: E402
 
 
-def test_quick_bench_reports_both_tools(tiny_model_dir: Path, tmp_path: Path) -> None:
-    result = main(["--quick", "--steps", "1", "--model", str(tiny_model_dir), "--no-prep",
+def test_quick_bench_reports_both_tools(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import bench.bench
+
+    # as on a machine without LLaMA-Factory's venv: its rows are then quoted, not measured
+    monkeypatch.delenv("LLAMAFACTORY_PYTHON", raising=False)
+    monkeypatch.setattr(bench.bench, "LF_VENV_PYTHON", tmp_path / "no-lf-venv" / "python")
+    result = main(["--quick", "--steps", "1", "--model", str(tiny_model_dir), "--no-prep", "--no-dpo",
                    "--runs", "kubetune:default,trl:plain", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "latest.json").read_text())
     table = (tmp_path / "latest.md").read_text()
@@ -75,3 +80,26 @@ def test_dataset_is_deterministic_and_mixed(tmp_path: Path) -> None:
     folder = write_dataset(tmp_path / "d")
     info = json.loads((folder / "dataset_info.json").read_text())
     assert (folder / info["bench_alpaca"]["file_name"]).is_file()
+
+
+def test_dpo_targets_compare_with_trl_default_and_the_fastest_trl_row() -> None:
+    from bench.dpo_bench import evaluate as evaluate_dpo
+    from bench.dpo_bench import markdown as dpo_markdown
+
+    def row(tool: str, variant: str, pairs_per_s: float, mem: float, final: float = 0.6) -> dict:
+        return {"tool": tool, "variant": variant, "settings": {}, "pairs_per_s": pairs_per_s, "peak_rss_gb": mem,
+                "step_time_s": 1.0, "cpu_s_per_step": 2.0, "first_loss": 0.6931, "final_loss": final}
+
+    rows = {"kubetune:default": row("kubetune", "default", 2.0, 3.0), "trl:default": row("trl", "default", 0.9, 3.5),
+            "kubetune:equal": row("kubetune", "equal", 1.0, 4.0, 0.61), "trl:plain": row("trl", "plain", 1.5, 6.0),
+            "kubetune:best": row("kubetune", "best", 2.4, 5.0)}
+    report = evaluate_dpo(rows)
+    default, best = report["targets"]
+    assert default["met"] and default["speedup"] == pytest.approx(2.0 / 0.9)
+    # best is faster but over 0.8 × 6.0 GB: the default row is kubetune's best under the cap (1.33×)
+    assert "kubetune:default" in best["target"] and "trl:plain" in best["target"] and best["met"]
+    rows["kubetune:default"] = row("kubetune", "default", 2.0, 5.0)  # now neither fits: the fastest is judged
+    best = evaluate_dpo(rows)["targets"][1]
+    assert "kubetune:best" in best["target"] and not best["met"]
+    assert report["guard"]["passed"]  # 0.61 vs 0.60: 1.7% apart, first losses ln 2
+    assert any("kubetune:best" in line for line in dpo_markdown({"steps": 3, "rows": rows, "report": report}))
