@@ -45,8 +45,8 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
         "default": {},
         # the settings of TRL's plain run: pad to the longest row in data order, float32, no checkpointing
         "equal": {"packing": False, "group_by_length": False, "bf16": False, "gradient_checkpointing": False},
-        # speed first: the defaults (neat packing, bf16 where native) without activation checkpointing
-        "best": {"gradient_checkpointing": False},
+        # speed first: neat packing (no padding at all) without activation checkpointing; bf16 as by default
+        "best": {"neat_packing": True, "gradient_checkpointing": False},
     },
     "trl": {
         "plain": {},

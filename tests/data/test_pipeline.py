@@ -62,17 +62,18 @@ def test_cache_hit_and_val_split(tokenizer, cache_dir: Path) -> None:
     assert again.train["input_ids"] == first.train["input_ids"]
 
 
-def test_sft_packs_neatly_by_default_and_pt_plainly(tokenizer, cache_dir: Path) -> None:
-    """sft's default: the 30 training examples share rows (position ids restart per example, so none
-    attends to another); the 10 eval rows stay one example each. `packing: false` restores one per row."""
-    packed = _build(tokenizer, max_samples=40, val_size=0.25)
+def test_sft_rows_stay_one_example_each_by_default_and_pt_packs(tokenizer, cache_dir: Path) -> None:
+    """As in LLaMA-Factory: sft keeps one example per row unless asked (a config keeps its examples per
+    step); neat_packing packs them, each example seeing only itself; pt packs plainly by default."""
+    plain = _build(tokenizer, max_samples=40, val_size=0.25)
+    assert len(plain.train) == 30 and "position_ids" not in plain.train.column_names
+    packed = _build(tokenizer, max_samples=40, val_size=0.25, neat_packing=True)
     assert len(packed.train) < 30 and len(packed.eval) == 10
-    assert "position_ids" in packed.train.column_names
     starts = sum(positions.count(0) for positions in packed.train["position_ids"])
     assert starts == 30  # every training example is in a row, once
     pt_data = _data_args(max_samples=40, dataset="kubi_pt")
     pt = tokenized(pt_data, tokenizer, get_template("chatml", tokenizer), stage="pt", seed=7)
-    assert "position_ids" not in pt.train.column_names  # pt packs plainly, as in pre-training
+    assert len(pt.train) < 40 and "position_ids" not in pt.train.column_names  # plain packing
 
 
 def test_tokenized_path_saves_then_loads(tokenizer, cache_dir: Path, tmp_path: Path) -> None:

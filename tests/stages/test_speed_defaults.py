@@ -1,5 +1,5 @@
-"""The defaults that make sft fast: neat packing, bf16 where the device has it, length-grouped
-batches when rows are not packed (bench/ measures what they are worth)."""
+"""The defaults that make sft fast without changing what a step trains on: bf16 where the device
+computes it natively and length-grouped batches (bench/ measures what they are worth)."""
 
 from __future__ import annotations
 
@@ -52,19 +52,20 @@ def tiny_run(model_dir: Path, out: Path, **keys) -> BatchRecorder:
     return recorder
 
 
-def test_default_sft_packs_neatly_and_picks_bf16_by_device(tiny_model_dir: Path, tmp_path: Path,
-                                                            cache_dir: Path) -> None:
+def test_default_sft_picks_bf16_by_device_and_keeps_one_example_per_row(tiny_model_dir: Path, tmp_path: Path,
+                                                                        cache_dir: Path) -> None:
     recorder = tiny_run(tiny_model_dir, tmp_path / "run")
     native, _ = native_bf16()
     assert recorder.bf16 is native  # on where bf16 is native (AMX CPUs, Ampere+ GPUs), off elsewhere
     assert all(b["autocast"] is native for b in recorder.batches)
-    # neat-packed rows: position ids instead of a padding mask, so no position is padding in a full row
-    assert all("position_ids" in b["keys"] and "attention_mask" not in b["keys"] for b in recorder.batches)
+    assert all("attention_mask" in b["keys"] and "position_ids" not in b["keys"] for b in recorder.batches)
+    neat = tiny_run(tiny_model_dir, tmp_path / "neat", neat_packing=True)
+    assert all("position_ids" in b["keys"] and "attention_mask" not in b["keys"] for b in neat.batches)
 
 
 def test_unpacked_rows_are_batched_by_length(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
-    common = {"packing": False, "bf16": False, "max_steps": 8, "per_device_train_batch_size": 2}
-    grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", **common)
+    common = {"bf16": False, "max_steps": 8, "per_device_train_batch_size": 2}
+    grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", **common)  # the default
     shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", group_by_length=False, **common)
     assert all("attention_mask" in b["keys"] for b in grouped.batches)
     padded, unsorted = sum(b["padding"] for b in grouped.batches), sum(b["padding"] for b in shuffled.batches)
@@ -72,10 +73,11 @@ def test_unpacked_rows_are_batched_by_length(tiny_model_dir: Path, tmp_path: Pat
 
 
 def test_length_grouping_applies_to_unpacked_sft_and_pt_rows_only() -> None:
-    assert groups_by_length(cfg(packing=False)) is True
-    assert groups_by_length(cfg()) is False  # packed: no padding to save
+    assert groups_by_length(cfg()) is True
+    assert groups_by_length(cfg(neat_packing=True)) is False  # packed: no padding to save
+    assert groups_by_length(cfg(stage="pt", dataset="kubi_pt")) is False  # pt packs by default
     assert groups_by_length(cfg(stage="pt", packing=False, dataset="kubi_pt")) is True
-    assert groups_by_length(cfg(packing=False, group_by_length=False)) is False
+    assert groups_by_length(cfg(group_by_length=False)) is False
     assert groups_by_length(cfg(stage="dpo", dataset="kubi_pref")) is False
     with pytest.raises(ConfigError, match="group_by_length"):
         cfg(stage="dpo", dataset="kubi_pref", group_by_length=True)

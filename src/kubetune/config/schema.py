@@ -175,10 +175,8 @@ class DataArguments(_Group):
     )
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
     mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
-    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt and sft).")
-    neat_packing: bool | None = Field(
-        None, description="Pack without attention across examples (default: on for sft, off for pt).",
-    )
+    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt).")
+    neat_packing: bool = Field(False, description="Pack without attention across examples (implies packing).")
     overwrite_cache: bool = Field(False, description="Rebuild the tokenised cache.")
     preprocessing_num_workers: int | None = Field(None, gt=0, description="Processes for tokenisation.")
     preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")

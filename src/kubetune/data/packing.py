@@ -19,20 +19,21 @@ from kubetune.data.encode import IGNORE_INDEX
 def packing_mode(packing: bool | None, neat_packing: bool | None, stage: str) -> tuple[bool, bool]:
     """(pack, neat) for a stage's training rows, from the config's `packing` / `neat_packing`.
 
-    Unset, sft packs neatly (each example still sees only itself, so the loss per token is the
-    unpacked one; no compute goes to padding) and pt packs plainly (documents may attend across
-    a row, as in pre-training). `packing: false` gives one example per row; `neat_packing: false`
-    with packing gives plain packing. Pairs, KTO rows and PPO prompts are never packed.
+    As in LLaMA-Factory: unset, pt packs (plainly: documents may attend across a row, as in
+    pre-training) and sft does not, so a config keeps its number of examples per step and of steps
+    per epoch; `neat_packing: true` packs sft rows with each example seeing only itself, the fastest
+    setting (`make bench`). Pairs, KTO rows and PPO prompts are never packed into the dataset (dpo
+    packs within each batch instead, see `stages.dpo.padding_free`).
 
     Args:
         packing: the config's `packing` (None = the stage's default).
-        neat_packing: the config's `neat_packing` (None = the stage's default).
+        neat_packing: the config's `neat_packing` (None = off).
         stage: the training stage.
     """
     if stage not in ("pt", "sft"):
         return False, False
-    neat = neat_packing if neat_packing is not None else stage == "sft"
-    pack = packing if packing is not None else True
+    neat = bool(neat_packing)
+    pack = packing if packing is not None else (stage == "pt" or neat)
     return pack, pack and neat
 
 
