@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -151,16 +152,17 @@ def evaluate(rows: dict[str, dict[str, Any]], lf_measured: bool) -> dict[str, An
 
 
 def run_one(spec: str, model: str, data: Path, work: Path, steps: int, env: dict[str, str],
-            extra: list[str]) -> dict[str, Any]:
+            extra: list[str], module: str = "bench.run_one") -> dict[str, Any]:
+    """One `tool:variant` run in its own process (`module`: bench.run_one, or bench.run_dpo); its JSON line."""
     tool, variant = spec.split(":")
-    cmd = [sys.executable, "-m", "bench.run_one", "--tool", tool, "--variant", variant, "--model", model,
+    cmd = [sys.executable, "-m", module, "--tool", tool, "--variant", variant, "--model", model,
            "--data", str(data), "--work", str(work), "--steps", str(steps)]
     for item in extra:
         cmd += ["--set", item]
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"{spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+        raise RuntimeError(f"{module} {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     result["wall_s"] = time.perf_counter() - start
     return result
@@ -309,7 +311,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             dpo_runs = args.dpo_runs.split(",") if args.dpo_runs else (
                 dpo_bench.QUICK_RUNS if args.quick else dpo_bench.RUNS)
             dpo_steps = min(steps, args.dpo_steps)
-            dpo = dpo_bench.section(args.model, work, dpo_steps, args.rounds, dpo_runs, env, REPO)
+            dpo = dpo_bench.section(args.model, work, dpo_steps, args.rounds, dpo_runs, partial(
+                run_one, env=env, extra=[], module="bench.run_dpo"))
 
     previous = json.loads((args.out / "latest.json").read_text()) if args.append and (
         args.out / "latest.json").is_file() else None

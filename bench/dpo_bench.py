@@ -8,29 +8,13 @@ fastest TRL row at ≤ 0.8× its memory. The loss guard compares kubetune:equal 
 
 from __future__ import annotations
 
-import json
 import statistics
-import subprocess
-import sys
-import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 RUNS = ["kubetune:default", "trl:default", "kubetune:equal", "trl:plain", "kubetune:best"]
 QUICK_RUNS = ["kubetune:default", "trl:plain", "kubetune:equal"]
-
-
-def run(spec: str, model: str, data: Path, work: Path, steps: int, env: dict[str, str], repo: Path) -> dict[str, Any]:
-    tool, variant = spec.split(":")
-    cmd = [sys.executable, "-m", "bench.run_dpo", "--tool", tool, "--variant", variant, "--model", model,
-           "--data", str(data), "--work", str(work), "--steps", str(steps)]
-    start = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"dpo {spec} failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
-    result["wall_s"] = time.perf_counter() - start
-    return result
 
 
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
@@ -81,16 +65,20 @@ def evaluate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     return report
 
 
-def section(model: str, work: Path, steps: int, rounds: int, runs: list[str], env: dict[str, str],
-            repo: Path) -> dict[str, Any]:
-    """Write the pairs, run every spec `rounds` times (alternating), and summarise."""
+def section(model: str, work: Path, steps: int, rounds: int, runs: list[str],
+            run: Callable[..., dict[str, Any]]) -> dict[str, Any]:
+    """Write the pairs, run every spec `rounds` times (alternating), and summarise.
+
+    Args:
+        run: `run(spec, model, data, work, steps)` → the run's JSON line (bench.bench.run_one on bench.run_dpo).
+    """
     from bench.dpo_data import write_dataset
 
     data = write_dataset(work / "dpo-data")
     results = []
     for round_ in range(rounds):
         for index, spec in enumerate(runs):
-            result = run(spec, model, data, work / f"dpo-{round_}-{index}", steps, env, repo)
+            result = run(spec, model, data, work / f"dpo-{round_}-{index}", steps)
             results.append(result)
             print(f"[dpo round {round_ + 1}] {spec:20s} {result['pairs_per_s']:7.2f} pairs/s  "
                   f"{result['step_time_s']:6.2f} s/step  {result['peak_rss_gb']:5.2f} GB  "

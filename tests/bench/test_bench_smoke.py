@@ -23,8 +23,9 @@ def test_quick_bench_reports_both_tools(tiny_model_dir: Path, tmp_path: Path, mo
     # as on a machine without LLaMA-Factory's venv: its rows are then quoted, not measured
     monkeypatch.delenv("LLAMAFACTORY_PYTHON", raising=False)
     monkeypatch.setattr(bench.bench, "LF_VENV_PYTHON", tmp_path / "no-lf-venv" / "python")
-    result = main(["--quick", "--steps", "1", "--model", str(tiny_model_dir), "--no-prep", "--no-dpo",
-                   "--runs", "kubetune:default,trl:plain", "--out", str(tmp_path)])
+    result = main(["--quick", "--steps", "1", "--model", str(tiny_model_dir), "--no-prep",
+                   "--runs", "kubetune:default,trl:plain", "--dpo-runs", "kubetune:equal,trl:plain",
+                   "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "latest.json").read_text())
     table = (tmp_path / "latest.md").read_text()
     assert set(saved["rows"]) == {"kubetune:default", "trl:plain"}
@@ -33,6 +34,9 @@ def test_quick_bench_reports_both_tools(tiny_model_dir: Path, tmp_path: Path, mo
         assert row["peak_rss_gb"] > 0.1 and row["final_loss"] > 0
     assert "kubetune:default" in table and "trl:plain" in table and "reference, not re-measured" in table
     assert result["report"]["ratios"]["kubetune:default / trl:plain"]["tokens_per_s"] > 0
+    assert set(saved["dpo"]["rows"]) == {"kubetune:equal", "trl:plain"} and saved["dpo"]["report"]["guard"]
+    assert all(row["pairs_per_s"] > 0 for row in saved["dpo"]["rows"].values())
+    assert "DPO loss guard" in table
 
 
 def test_loss_guard_passes_within_3_percent_and_fails_beyond() -> None:
