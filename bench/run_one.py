@@ -44,7 +44,9 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     "kubetune": {
         "default": {},
         # the settings of TRL's plain run: pad to the longest row in data order, float32, no checkpointing
-        "equal": {"packing": False, "group_by_length": False, "bf16": False, "gradient_checkpointing": False},
+        "equal": {"packing": False, "bf16": False, "gradient_checkpointing": False},
+        # length-grouped batches: less padding, same rows per step
+        "grouped": {"group_by_length": True},
         # speed first: neat packing (no padding at all) without activation checkpointing; bf16 as by default
         "best": {"neat_packing": True, "gradient_checkpointing": False},
     },

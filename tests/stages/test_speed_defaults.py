@@ -1,5 +1,5 @@
-"""The defaults that make sft fast without changing what a step trains on: bf16 where the device
-computes it natively and length-grouped batches (bench/ measures what they are worth)."""
+"""Speed settings: bf16 where the device computes it natively (the default), length-grouped batches
+and neat packing (opt-in: they change what a batch holds). bench/ measures what they are worth."""
 
 from __future__ import annotations
 
@@ -65,20 +65,19 @@ def test_default_sft_picks_bf16_by_device_and_keeps_one_example_per_row(tiny_mod
 
 def test_unpacked_rows_are_batched_by_length(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
     common = {"bf16": False, "max_steps": 8, "per_device_train_batch_size": 2}
-    grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", **common)  # the default
-    shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", group_by_length=False, **common)
+    grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", group_by_length=True, **common)
+    shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", **common)  # the default
     assert all("attention_mask" in b["keys"] for b in grouped.batches)
     padded, unsorted = sum(b["padding"] for b in grouped.batches), sum(b["padding"] for b in shuffled.batches)
     assert padded < unsorted / 2, (padded, unsorted)
 
 
 def test_length_grouping_applies_to_unpacked_sft_and_pt_rows_only() -> None:
-    assert groups_by_length(cfg()) is True
-    assert groups_by_length(cfg(neat_packing=True)) is False  # packed: no padding to save
-    assert groups_by_length(cfg(stage="pt", dataset="kubi_pt")) is False  # pt packs by default
-    assert groups_by_length(cfg(stage="pt", packing=False, dataset="kubi_pt")) is True
-    assert groups_by_length(cfg(group_by_length=False)) is False
-    assert groups_by_length(cfg(stage="dpo", dataset="kubi_pref")) is False
+    assert groups_by_length(cfg()) is False  # opt-in
+    assert groups_by_length(cfg(group_by_length=True)) is True
+    assert groups_by_length(cfg(group_by_length=True, neat_packing=True)) is False  # packed: no padding to save
+    assert groups_by_length(cfg(stage="pt", dataset="kubi_pt", group_by_length=True)) is False  # pt packs
+    assert groups_by_length(cfg(stage="pt", packing=False, dataset="kubi_pt", group_by_length=True)) is True
     with pytest.raises(ConfigError, match="group_by_length"):
         cfg(stage="dpo", dataset="kubi_pref", group_by_length=True)
 

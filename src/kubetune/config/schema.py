@@ -229,9 +229,9 @@ class TrainArguments(_Group):
     fp16: bool = Field(False, description="Mixed precision in float16 (GPU).")
     pure_bf16: bool = Field(False, description="Train in pure bfloat16 (no float32 master weights).")
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
-    group_by_length: bool | None = Field(
-        None, description="Batch rows of similar length together, so less padding is computed "
-                          "(default: on for sft/pt rows that are not packed).",
+    group_by_length: bool = Field(
+        False, description="Batch unpacked sft/pt rows of similar length together: less padding computed, "
+                           "but batches of similar rows train differently.",
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
     data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")

@@ -9,8 +9,8 @@ validated on a laptop may train on a GPU node. It turns on when
   SmolLM2-135M LoRA training 1.55× as fast at 0.65× the peak RSS (`make bench`).
 
 It stays off elsewhere (older GPUs, CPUs without AMX, where bf16 is emulated or slower), and
-whenever `fp16` or `pure_bf16` is chosen. Master weights stay float32 either way; `bf16: false`
-turns it off explicitly.
+whenever `fp16` or `pure_bf16` is chosen; `bf16: false` turns it off explicitly. Trained weights stay
+float32 either way (a plain LoRA base is loaded in bf16: `model.loader.weight_dtype`).
 """
 
 from __future__ import annotations
