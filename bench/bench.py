@@ -62,9 +62,10 @@ def loss_guard(kubetune_loss: float, reference_loss: float, tolerance: float = L
 
 
 def speed_memory_target(name: str, ours: dict[str, Any], theirs: dict[str, Any], min_speedup: float,
-                        max_memory_ratio: float) -> dict[str, Any]:
-    """A target of the form "≥ min_speedup × their tokens/s at ≤ max_memory_ratio × their peak memory"."""
-    speedup = ours["tokens_per_s"] / theirs["tokens_per_s"]
+                        max_memory_ratio: float, rate: str = "tokens_per_s") -> dict[str, Any]:
+    """A target of the form "≥ min_speedup × their `rate` (tokens_per_s, or DPO's pairs_per_s) at
+    ≤ max_memory_ratio × their peak memory"."""
+    speedup = ours[rate] / theirs[rate]
     memory = ours["peak_rss_gb"] / theirs["peak_rss_gb"]
     return {"target": name, "speedup": speedup, "needed_speedup": min_speedup, "memory_ratio": memory,
             "max_memory_ratio": max_memory_ratio, "met": bool(speedup >= min_speedup and memory <= max_memory_ratio)}

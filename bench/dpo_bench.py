@@ -33,16 +33,13 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     } for key, g in groups.items()}
 
 
-def target(name: str, ours: dict[str, Any], theirs: dict[str, Any], min_speedup: float,
-           max_memory_ratio: float) -> dict[str, Any]:
-    speedup = ours["pairs_per_s"] / theirs["pairs_per_s"]
-    memory = ours["peak_rss_gb"] / theirs["peak_rss_gb"]
-    return {"target": name, "speedup": speedup, "needed_speedup": min_speedup, "memory_ratio": memory,
-            "max_memory_ratio": max_memory_ratio, "met": bool(speedup >= min_speedup and memory <= max_memory_ratio)}
-
-
 def evaluate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    # imported here: bench.bench imports this module at its top
+    from bench.bench import speed_memory_target
     from bench.run_dpo import dpo_loss_guard
+
+    def target(*args: Any) -> dict[str, Any]:
+        return speed_memory_target(*args, rate="pairs_per_s")
 
     report: dict[str, Any] = {"targets": [], "guard": None}
     kt_default, kt_best, kt_equal = (rows.get(f"kubetune:{v}") for v in ("default", "best", "equal"))

@@ -16,7 +16,7 @@ from typing import Any
 from kubetune.data.encode import IGNORE_INDEX
 
 
-def packing_mode(packing: bool | None, neat_packing: bool | None, stage: str) -> tuple[bool, bool]:
+def packing_mode(packing: bool | None, neat_packing: bool, stage: str) -> tuple[bool, bool]:
     """(pack, neat) for a stage's training rows, from the config's `packing` / `neat_packing`.
 
     As in LLaMA-Factory: unset, pt packs (plainly: documents may attend across a row, as in
@@ -27,14 +27,13 @@ def packing_mode(packing: bool | None, neat_packing: bool | None, stage: str) ->
 
     Args:
         packing: the config's `packing` (None = the stage's default).
-        neat_packing: the config's `neat_packing` (None = off).
+        neat_packing: the config's `neat_packing`.
         stage: the training stage.
     """
     if stage not in ("pt", "sft"):
         return False, False
-    neat = bool(neat_packing)
-    pack = packing if packing is not None else (stage == "pt" or neat)
-    return pack, pack and neat
+    pack = packing if packing is not None else (stage == "pt" or neat_packing)
+    return pack, pack and neat_packing
 
 
 def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> list[dict[str, list[int]]]:
