@@ -166,3 +166,39 @@ def test_neat_packed_batch_with_padding_matches_each_example_alone(tiny_llama):
         for ids in (e["input_ids"] for e in examples):
             a, b = segments[tuple(ids)]
             torch.testing.assert_close(logits[a:b], logits_alone(tiny_llama, ids), atol=1e-5, rtol=0)
+
+
+def test_padding_free_batch_packs_within_the_longest_example_and_keeps_every_token():
+    rows = random_examples(6, 2, 4, 3)
+    batch = DataCollatorForSupervised(pad_token_id=0, padding_free=True)(rows)
+    assert set(batch) == {"input_ids", "labels", "position_ids"}
+    # capacity 6: [6], [4+2], [3]: no row is wider than the padded batch would be
+    assert batch["position_ids"].tolist() == [[0, 1, 2, 3, 4, 5], [0, 1, 2, 3, 0, 1], [0, 1, 2, 0, 1, 2]]
+    flat = batch["input_ids"].tolist()
+    assert flat[1] == rows[2]["input_ids"] + rows[1]["input_ids"]
+    # each example's first label is unlearnt (in its own row the shift drops it): same learnt tokens
+    assert batch["labels"][1].tolist() == [X, *rows[2]["labels"][1:], X, *rows[1]["labels"][1:]]
+    padded = DataCollatorForSupervised(pad_token_id=0)(rows)
+    assert (batch["labels"] != X).sum() == (padded["labels"][:, 1:] != X).sum()
+    # already-packed rows pass through unchanged
+    packed = pack_greedy(rows, cutoff_len=8, neat=True)
+    assert DataCollatorForSupervised(pad_token_id=0, padding_free=True)(packed)["input_ids"].tolist() == \
+        DataCollatorForSupervised(pad_token_id=0)(packed)["input_ids"].tolist()
+
+
+def test_padding_free_batch_gives_the_padded_batch_loss_and_gradients(tiny_llama):
+    rows = random_examples(9, 3, 5, 4)
+    results = []
+    for padding_free in (False, True):
+        tiny_llama.zero_grad()
+        batch = DataCollatorForSupervised(pad_token_id=0, padding_free=padding_free)(rows)
+        loss = tiny_llama(**batch).loss
+        loss.backward()
+        results.append((batch["input_ids"].numel(), loss.detach(),
+                        [p.grad.clone() for p in tiny_llama.parameters() if p.grad is not None]))
+    (padded_size, padded_loss, padded_grads), (packed_size, packed_loss, packed_grads) = results
+    assert packed_size < padded_size  # rows 9 | 5+4 | 3: 27 tokens instead of 36
+    torch.testing.assert_close(packed_loss, padded_loss, atol=1e-5, rtol=0)
+    assert len(packed_grads) == len(padded_grads) > 0
+    for packed, padded in zip(packed_grads, padded_grads, strict=True):
+        torch.testing.assert_close(packed, padded, atol=1e-5, rtol=1e-4)

@@ -1,8 +1,10 @@
-"""Speed settings: bf16 where the device computes it natively (the default), length-grouped batches
-and neat packing (opt-in: they change what a batch holds). bench/ measures what they are worth."""
+"""Speed settings: bf16 where the device computes it natively and padding-free batches (the defaults),
+length-grouped batches and neat packing (opt-in: they change what a batch holds). bench/ measures what
+they are worth."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -24,49 +26,78 @@ def cfg(**keys):
 
 
 class BatchRecorder(TrainerCallback):
-    """Records the training precision and, per forward, the batch's keys, width and padded positions."""
+    """Records the training precision, the logged losses and, per forward, the batch's keys, computed
+    positions and padded positions."""
 
     def __init__(self) -> None:
         self.bf16: bool | None = None
         self.batches: list[dict] = []
+        self.losses: list[float] = []
 
     def _record(self, module, args, kwargs) -> None:  # noqa: ANN001
         if module.training:
             mask = kwargs.get("attention_mask")
             self.batches.append({"keys": {k for k, v in kwargs.items() if v is not None},
                                  "padding": 0 if mask is None else int((mask == 0).sum()),
+                                 "positions": kwargs["input_ids"].numel(),
                                  "autocast": torch.is_autocast_enabled("cpu")})
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):  # noqa: ANN001
         self.bf16 = args.bf16
         model.get_base_model().model.register_forward_pre_hook(self._record, with_kwargs=True)
 
+    def on_log(self, args, state, control, logs=None, **kwargs):  # noqa: ANN001
+        if logs and "loss" in logs:
+            self.losses.append(logs["loss"])
+
 
 def tiny_run(model_dir: Path, out: Path, **keys) -> BatchRecorder:
     base = {"model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora", "lora_rank": 4,
             "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"), "template": "chatml", "cutoff_len": 128,
             "max_samples": 32, "output_dir": str(out), "per_device_train_batch_size": 4, "max_steps": 4,
-            "report_to": "none", "disable_tqdm": True, "save_strategy": "no"}
+            "report_to": "none", "disable_tqdm": True, "save_strategy": "no", "logging_steps": 1}
     recorder = BatchRecorder()
     run_stage(load_config(None, {**base, **keys}), callbacks=[recorder])
     return recorder
 
 
-def test_default_sft_picks_bf16_by_device_and_keeps_one_example_per_row(tiny_model_dir: Path, tmp_path: Path,
-                                                                        cache_dir: Path) -> None:
+def test_default_sft_picks_bf16_by_device_and_batches_without_padding(tiny_model_dir: Path, tmp_path: Path,
+                                                                       cache_dir: Path) -> None:
     recorder = tiny_run(tiny_model_dir, tmp_path / "run")
     native, _ = native_bf16()
     assert recorder.bf16 is native  # on where bf16 is native (AMX CPUs, Ampere+ GPUs), off elsewhere
     assert all(b["autocast"] is native for b in recorder.batches)
-    assert all("attention_mask" in b["keys"] and "position_ids" not in b["keys"] for b in recorder.batches)
-    neat = tiny_run(tiny_model_dir, tmp_path / "neat", neat_packing=True)
-    assert all("position_ids" in b["keys"] and "attention_mask" not in b["keys"] for b in neat.batches)
+    assert all("position_ids" in b["keys"] and "attention_mask" not in b["keys"] for b in recorder.batches)
+    padded = tiny_run(tiny_model_dir, tmp_path / "padded", packing=False)
+    assert all("attention_mask" in b["keys"] and "position_ids" not in b["keys"] for b in padded.batches)
+
+
+def mixed_length_dataset(folder: Path) -> dict:
+    """Alpaca rows, most answers short and some long, as in real instruction data."""
+    folder.mkdir(parents=True)
+    rows = [{"instruction": f"Say something about item {i}.", "input": "",
+             "output": " ".join(["word"] * (60 if i % 3 == 0 else 2 + i % 5))} for i in range(48)]
+    (folder / "mixed.json").write_text(json.dumps(rows))
+    (folder / "dataset_info.json").write_text(json.dumps({"mixed": {"file_name": "mixed.json"}}))
+    return {"dataset": "mixed", "dataset_dir": str(folder)}
+
+
+def test_padding_free_batches_train_as_padded_ones_on_fewer_positions(tiny_model_dir: Path, tmp_path: Path,
+                                                                      cache_dir: Path) -> None:
+    common = {"bf16": False, "max_steps": 6, **mixed_length_dataset(tmp_path / "data")}
+    free = tiny_run(tiny_model_dir, tmp_path / "free", **common)
+    padded = tiny_run(tiny_model_dir, tmp_path / "padded", packing=False, **common)
+    assert len(free.losses) == len(padded.losses) == 6
+    assert free.losses == pytest.approx(padded.losses, rel=1e-4)  # same examples per step, same loss
+    assert free.losses[-1] != free.losses[0]  # and it trains
+    assert sum(b["positions"] for b in free.batches) < 0.8 * sum(b["positions"] for b in padded.batches)
 
 
 def test_unpacked_rows_are_batched_by_length(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
-    common = {"bf16": False, "max_steps": 8, "per_device_train_batch_size": 2}
+    # padded batches, so that the padding grouping saves shows in the attention masks
+    common = {"bf16": False, "max_steps": 8, "per_device_train_batch_size": 2, "packing": False}
     grouped = tiny_run(tiny_model_dir, tmp_path / "grouped", group_by_length=True, **common)
-    shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", **common)  # the default
+    shuffled = tiny_run(tiny_model_dir, tmp_path / "shuffled", **common)  # not grouped: the default
     assert all("attention_mask" in b["keys"] for b in grouped.batches)
     padded, unsorted = sum(b["padding"] for b in grouped.batches), sum(b["padding"] for b in shuffled.batches)
     assert padded < unsorted / 2, (padded, unsorted)

@@ -175,7 +175,9 @@ class DataArguments(_Group):
     )
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
     mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
-    packing: bool | None = Field(None, description="Pack examples into cutoff_len rows (default: on for pt).")
+    packing: bool | None = Field(None, description=(
+        "Pack examples into cutoff_len rows (default: on for pt). Unset for sft/dpo: each batch is packed "
+        "without padding, examples kept apart (same loss); false: batches are padded."))
     neat_packing: bool = Field(False, description="Pack without attention across examples (implies packing).")
     overwrite_cache: bool = Field(False, description="Rebuild the tokenised cache.")
     preprocessing_num_workers: int | None = Field(None, gt=0, description="Processes for tokenisation.")

@@ -1,8 +1,13 @@
 """Batch tokenised rows into padded tensors for training.
 
-Two kinds of batch:
+Three kinds of batch:
 
 - Ordinary rows: right-padded `input_ids`/`labels` and an `attention_mask` that hides padding.
+- Padding-free batches of ordinary rows (`padding_free=True`): the batch's examples are packed
+  into as few rows as fit within its longest example, each restarting its position ids, and
+  then batched like neat-packed rows. The batch holds the same examples and learns the same
+  tokens as the padded one (each example's first label, which no token predicts in its own
+  row, is unlearnt), so the loss is the same; only the compute spent on padding goes.
 - Neat-packed rows (they carry `position_ids`): no `attention_mask` at all. Given position ids
   and no mask, transformers 5 builds a block-diagonal causal mask from the points where the
   positions restart (`masking_utils.find_packed_sequence_indices`), so each packed example
@@ -25,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from kubetune.data.encode import IGNORE_INDEX
+from kubetune.data.packing import best_fit, concatenate
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -43,6 +49,9 @@ class DataCollatorForSupervised:
         label_pad: label of padding. Default -100 (`IGNORE_INDEX`).
         flatten_packed: concatenate neat-packed rows into a single row (for flash attention).
             Default False.
+        padding_free: pack each batch of ordinary rows into rows no longer than its longest
+            one (best fit, longest first), examples kept apart as in neat packing. Rows that
+            are already packed are left as they are. Default False.
     """
 
     tokenizer: PreTrainedTokenizerBase = None
@@ -50,6 +59,7 @@ class DataCollatorForSupervised:
     pad_to_multiple_of: int | None = None
     label_pad: int = IGNORE_INDEX
     flatten_packed: bool = False
+    padding_free: bool = False
 
     def __post_init__(self) -> None:
         if self.pad_token_id is None and self.tokenizer is not None:
@@ -66,6 +76,8 @@ class DataCollatorForSupervised:
         """
         rows = [_as_lists(feature) for feature in features]
         packed = any("position_ids" in row for row in rows)
+        if self.padding_free and not packed:
+            rows, packed = _pack_batch(rows), True
         if packed and self.flatten_packed:
             rows = [_flatten(rows)]
         width = self._width(max(len(row["input_ids"]) for row in rows))
@@ -86,6 +98,16 @@ class DataCollatorForSupervised:
     def _width(self, longest: int) -> int:
         multiple = self.pad_to_multiple_of
         return longest if not multiple else -(-longest // multiple) * multiple
+
+
+def _pack_batch(rows: list[dict[str, list[int]]]) -> list[dict[str, list[int]]]:
+    """The batch's examples in as few rows as fit within the longest: never wider than padding would be.
+
+    A capacity of the cutoff would give fewer, wider rows, but attention is quadratic in a row's
+    width (sdpa and eager build a block-diagonal mask over the whole row).
+    """
+    lengths = [len(row["input_ids"]) for row in rows]
+    return [concatenate([rows[i] for i in group], neat=True) for group in best_fit(lengths, max(lengths))]
 
 
 def _as_lists(feature: dict[str, Any]) -> dict[str, list[int]]:

@@ -62,7 +62,7 @@ def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> 
             )
         if len(example["labels"]) != length:
             raise ValueError(f"example {index}: {len(example['labels'])} labels for {length} input ids")
-    return [_concatenate([examples[i] for i in row], neat) for row in best_fit(lengths, cutoff_len)]
+    return [concatenate([examples[i] for i in row], neat) for row in best_fit(lengths, cutoff_len)]
 
 
 def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
@@ -87,7 +87,8 @@ def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:
     return rows
 
 
-def _concatenate(examples: list[dict[str, Any]], neat: bool) -> dict[str, list[int]]:
+def concatenate(examples: list[dict[str, Any]], neat: bool) -> dict[str, list[int]]:
+    """One row holding `examples` in order; with `neat`, positions restart and first labels are unlearnt."""
     input_ids: list[int] = []
     labels: list[int] = []
     position_ids: list[int] = []

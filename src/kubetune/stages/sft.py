@@ -14,6 +14,7 @@ from transformers import Trainer, set_seed
 
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
+from kubetune.data.packing import packing_mode
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
@@ -56,6 +57,19 @@ class SupervisedTrainer(Trainer):
         return loss
 
 
+def padding_free(cfg: RunConfig, model) -> bool:  # noqa: ANN001
+    """Whether batches of unpacked rows are packed into padding-free rows (`DataCollatorForSupervised`).
+
+    Same examples per batch and the same loss, without computing padding. On unless `packing: false`
+    or the dataset is packed already, and only for transformers' own model code: it turns restarting
+    position ids into separate attention blocks, which remote code may not do.
+    """
+    if cfg.data.packing is False or packing_mode(cfg.data.packing, cfg.data.neat_packing, cfg.method.stage)[0]:
+        return False
+    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return type(inner).__module__.startswith("transformers.models.")
+
+
 def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """Run the configured `do_train` / `do_eval` / `do_predict` steps of an sft or pt stage.
 
@@ -89,7 +103,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         eval_dataset=eval_set if do_eval else None,
         # flash attention separates packed examples only within one row: flatten the batch for it
         data_collator=DataCollatorForSupervised(
-            tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2"),
+            tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2",
+            padding_free=padding_free(cfg, model)),
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
         optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
