@@ -89,3 +89,30 @@ def test_neat_packing_rows_fill_the_cutoff(tokenizer, cache_dir: Path) -> None:
     assert len(packed.train) < 40
     assert all(len(ids) <= 256 for ids in packed.train["input_ids"])
     assert "position_ids" in packed.train.column_names
+
+
+ROW_FORMS = {
+    "sft eval": [{"input_ids": [1, 2, 3], "labels": [-100, 2, 3], "prompt_ids": [1], "reference": "two"},
+                 {"input_ids": [4], "labels": [4], "prompt_ids": [], "reference": ""}],
+    "packed": [{"input_ids": [1, 2], "labels": [1, 2], "position_ids": [0, 1]}],
+    "pairwise": [{"chosen_input_ids": [1, 2], "chosen_labels": [-100, 2], "rejected_input_ids": [1, 3],
+                  "rejected_labels": [-100, 3]}],
+    "kto": [{"kto_tag": True, "input_ids": [1, 2], "labels": [-100, 2], "kl_input_ids": [1, 5],
+             "kl_labels": [-100, 5]}, {"kto_tag": False, "input_ids": [7], "labels": [7]}],
+    "ppo": [{"input_ids": [1, 2], "reference": "an answer"}],
+}
+
+
+@pytest.mark.parametrize("form", ROW_FORMS)
+def test_cached_rows_have_the_columns_and_types_of_from_list(form: str, tmp_path: Path) -> None:
+    import datasets
+
+    from kubetune.data.pipeline import _to_dataset
+
+    rows = ROW_FORMS[form]
+    ours, reference = _to_dataset(rows, fingerprint="0123abcd"), datasets.Dataset.from_list(rows)
+    assert ours.features == reference.features and ours.to_list() == reference.to_list()
+    ours.save_to_disk(str(tmp_path / "ours"))
+    reference.save_to_disk(str(tmp_path / "reference"))
+    info = [(tmp_path / name / "dataset_info.json").read_text() for name in ("ours", "reference")]
+    assert info[0] == info[1]

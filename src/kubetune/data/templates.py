@@ -42,7 +42,7 @@ import difflib
 import json
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -81,6 +81,9 @@ class _Token:
 
 
 _Piece = str | _Token
+
+Segment = list[str | int]
+"""A message's rendered segment: texts to tokenise (adjacent text already joined) and token ids."""
 
 
 @dataclass
@@ -172,10 +175,8 @@ class Template:
             One pair per exchange. Concatenated, they are the whole conversation; each segment
             is tokenised with `add_special_tokens=False`.
         """
-        messages, system, tools, where = _unpack(sample_or_messages, system, tools)
-        _check_order(messages, ends_with_prompt=False, where=where)
-        segments = self._segments(tokenizer, messages, system, tools)
-        return [(segments[i], segments[i + 1]) for i in range(0, len(segments), 2)]
+        conv = conversation(sample_or_messages, system, tools, ends_with_prompt=False)
+        return pair_turns(self._encode(tokenizer, conv))
 
     def encode_oneturn(
         self,
@@ -189,9 +190,8 @@ class Template:
         Arguments as in `encode_turns`. Used for preference data, where only the final
         response is compared and earlier assistant turns are context.
         """
-        turns = self.encode_turns(tokenizer, sample_or_messages, system, tools)
-        prompt = [t for p, r in turns[:-1] for t in (*p, *r)] + turns[-1][0]
-        return prompt, turns[-1][1]
+        conv = conversation(sample_or_messages, system, tools, ends_with_prompt=False)
+        return last_turn(self._encode(tokenizer, conv))
 
     def encode_prompt(
         self,
@@ -208,9 +208,59 @@ class Template:
             system: system prompt; None or "" = the template's default.
             tools: tools as a JSON list string; None or "" = none.
         """
-        messages, system, tools, where = _unpack(messages, system, tools)
-        _check_order(messages, ends_with_prompt=True, where=where)
-        return [t for segment in self._segments(tokenizer, messages, system, tools) for t in segment]
+        conv = conversation(messages, system, tools, ends_with_prompt=True)
+        return joined(self._encode(tokenizer, conv))
+
+    def render(self, tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> list[Segment]:
+        """The conversation as one segment per message, not yet tokenised.
+
+        The first segment carries the prefix and the system prompt; a prompt segment ends with
+        the generation header. Tokenising each segment's texts (`encode_pieces`) gives the ids
+        that `encode_turns` and friends return.
+
+        Args:
+            tokenizer: the tokenizer (for the BOS/EOS ids).
+            conv: the conversation, from `conversation(...)`.
+
+        Raises:
+            ValueError: the template writes `{{eos_token}}` and the tokenizer has none.
+        """
+        system_text = conv.system or self.default_system
+        tools_text = _render_tools(conv.tools)
+        system_pieces: list[_Piece] = []
+        if system_text or tools_text:
+            body: list[_Piece] = [system_text]
+            if tools_text:
+                body += _fill(self.format_tools, tools=[tools_text])
+            system_pieces = _fill(self.format_system, content=body)
+
+        segments: list[Segment] = []
+        for i, message in enumerate(conv.messages):
+            pieces: list[_Piece] = []
+            content: list[_Piece] = [message.content]
+            if i == 0:
+                pieces += _fill(self.format_prefix)
+                if self.system_in_user:
+                    content = system_pieces + content
+                else:
+                    pieces += system_pieces
+            pieces += _fill(self._format_for(message.role), content=content)
+            if message.role in PROMPT_ROLES:
+                pieces += _fill(self.format_generation)
+            segments.append(_resolve(tokenizer, pieces, self.name))
+        return segments
+
+    def render_many(self, tokenizer: PreTrainedTokenizerBase, convs: Sequence[Conversation]) -> list[list[Segment]]:
+        """`render` for many conversations at once (what batched preprocessing calls).
+
+        Args:
+            tokenizer: the tokenizer.
+            convs: the conversations.
+
+        Returns:
+            `render(tokenizer, conv)` for each conversation, in order.
+        """
+        return [self.render(tokenizer, conv) for conv in convs]
 
     def fix_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         """Adapt a tokenizer to this template, in place, and say what changed.
@@ -279,34 +329,9 @@ class Template:
 
     # --------------------------------------------------------------------------------- internal
 
-    def _segments(
-        self, tokenizer: PreTrainedTokenizerBase, messages: list[Message], system: str, tools: str
-    ) -> list[list[int]]:
-        """One token segment per message; the first carries the prefix and the system prompt."""
-        system_text = system or self.default_system
-        tools_text = _render_tools(tools)
-        system_pieces: list[_Piece] = []
-        if system_text or tools_text:
-            body: list[_Piece] = [system_text]
-            if tools_text:
-                body += _fill(self.format_tools, tools=[tools_text])
-            system_pieces = _fill(self.format_system, content=body)
-
-        segments: list[list[int]] = []
-        for i, message in enumerate(messages):
-            pieces: list[_Piece] = []
-            content: list[_Piece] = [message.content]
-            if i == 0:
-                pieces += _fill(self.format_prefix)
-                if self.system_in_user:
-                    content = system_pieces + content
-                else:
-                    pieces += system_pieces
-            pieces += _fill(self._format_for(message.role), content=content)
-            if message.role in PROMPT_ROLES:
-                pieces += _fill(self.format_generation)
-            segments.append(_tokenize(tokenizer, pieces, self.name))
-        return segments
+    def _encode(self, tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> list[list[int]]:
+        """Token ids of each message's segment, one `tokenizer.encode` per text."""
+        return [encode_pieces(tokenizer, segment) for segment in self.render(tokenizer, conv)]
 
     def _format_for(self, role: str) -> str:
         if role == "user":
@@ -353,26 +378,57 @@ def _fill(fmt: str, **values: list[_Piece]) -> list[_Piece]:
     return [p for p in pieces if p != ""]
 
 
-def _tokenize(tokenizer: PreTrainedTokenizerBase, pieces: list[_Piece], template_name: str) -> list[int]:
-    """Token ids of a segment: adjacent text is tokenised together, token slots become ids."""
-    ids: list[int] = []
+def _resolve(tokenizer: PreTrainedTokenizerBase, pieces: list[_Piece], template_name: str) -> Segment:
+    """A segment's pieces with adjacent text joined (it is tokenised together) and token slots as ids."""
+    out: Segment = []
     text: list[str] = []
-    for piece in [*pieces, None]:
+    for piece in pieces:
         if isinstance(piece, str):
             text.append(piece)
             continue
         if text:
-            ids += tokenizer.encode("".join(text), add_special_tokens=False)
+            out.append("".join(text))
             text = []
-        if piece is None:
-            break
         token_id = getattr(tokenizer, f"{piece.name}_id", None)
         if token_id is not None:
-            ids.append(token_id)
+            out.append(token_id)
         elif piece.name == "eos_token":
             raise ValueError(f"template {template_name!r} writes {{{{eos_token}}}} but the tokenizer has no EOS token")
         # A missing BOS is not an error: most BPE tokenizers (GPT-2, Qwen) have none.
+    if text:
+        out.append("".join(text))
+    return out
+
+
+def encode_pieces(tokenizer: PreTrainedTokenizerBase, segment: Segment) -> list[int]:
+    """Token ids of a rendered segment: its texts tokenised one by one, its ids as they are.
+
+    Args:
+        tokenizer: the tokenizer.
+        segment: texts and token ids, as `Template.render` returns them.
+    """
+    ids: list[int] = []
+    for piece in segment:
+        if isinstance(piece, str):
+            ids += tokenizer.encode(piece, add_special_tokens=False)
+        else:
+            ids.append(piece)
     return ids
+
+
+def pair_turns(segments: list[list[int]]) -> list[tuple[list[int], list[int]]]:
+    """Per-message token segments as (prompt_ids, response_ids) exchanges."""
+    return [(segments[i], segments[i + 1]) for i in range(0, len(segments), 2)]
+
+
+def last_turn(segments: list[list[int]]) -> tuple[list[int], list[int]]:
+    """(everything before the last message, the last message) of per-message token segments."""
+    return joined(segments[:-1]), segments[-1]
+
+
+def joined(segments: list[list[int]]) -> list[int]:
+    """Per-message token segments as one sequence."""
+    return [t for segment in segments for t in segment]
 
 
 def _render_tools(tools: str | Sequence[Any] | None) -> str:
@@ -389,6 +445,47 @@ def _render_tools(tools: str | Sequence[Any] | None) -> str:
     if isinstance(parsed, dict):
         parsed = [parsed]
     return "\n".join(json.dumps(tool, ensure_ascii=False) for tool in parsed)
+
+
+@dataclass
+class Conversation:
+    """Messages to encode, with the system prompt and tools that go with them.
+
+    Attributes:
+        messages: alternating prompt and response messages, starting with a prompt.
+        system: the system prompt ("" = the template's default).
+        tools: tools as a JSON list string ("" = none).
+    """
+
+    messages: list[Message]
+    system: str
+    tools: str
+
+
+def conversation(
+    sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
+    system: str | None = None,
+    tools: str | None = None,
+    *,
+    ends_with_prompt: bool,
+) -> Conversation:
+    """The checked conversation that `encode_turns` (or `encode_prompt`) would encode.
+
+    Args:
+        sample_or_messages: a `Sample` (its prompt plus its first response) or messages, as in
+            `Template.encode_turns`.
+        system: system prompt; None = the sample's (or the leading system message's).
+        tools: tools as a JSON list string; None = the sample's.
+        ends_with_prompt: the conversation must end with a prompt (`encode_prompt`) rather
+            than a response (`encode_turns`).
+
+    Raises:
+        ValueError: no messages, roles out of order, or a sample without a response; the
+            message names the row.
+    """
+    messages, system, tools, where = _unpack(sample_or_messages, system, tools)
+    _check_order(messages, ends_with_prompt=ends_with_prompt, where=where)
+    return Conversation(messages, system, tools)
 
 
 def _unpack(
@@ -470,31 +567,70 @@ class JinjaTemplate(Template):
     def check_tokenizer(self, tokenizer: PreTrainedTokenizerBase) -> list[str]:
         return []  # the template came with this tokenizer
 
-    def _segments(
-        self, tokenizer: PreTrainedTokenizerBase, messages: list[Message], system: str, tools: str
-    ) -> list[list[int]]:
-        head = [{"role": "system", "content": system}] if system else []
-        tool_list = json.loads(tools) if tools else None
-        conversation = [_to_hf_message(m) for m in messages]
-        segments: list[list[int]] = []
-        previous = ""
-        for i, message in enumerate(messages):
-            text = tokenizer.apply_chat_template(
-                head + conversation[: i + 1],
-                tools=tool_list,
-                chat_template=self.chat_template,
-                tokenize=False,
-                add_generation_prompt=message.role in PROMPT_ROLES,
+    def render(self, tokenizer: PreTrainedTokenizerBase, conv: Conversation) -> list[Segment]:
+        prefixes = _prefixes(conv)
+        tool_list = json.loads(conv.tools) if conv.tools else None
+        # rendered lazily, so a template that rewrites earlier turns is refused before later prefixes render
+        texts = (
+            tokenizer.apply_chat_template(
+                prefix, tools=tool_list, chat_template=self.chat_template, tokenize=False,
+                add_generation_prompt=generation,
             )
-            if not text.startswith(previous):
-                raise ValueError(
-                    "the tokenizer's chat template rewrites earlier turns when the conversation grows, "
-                    "so prompt and response tokens cannot be told apart for label masking; set "
-                    f"`template` to a named template instead (one of: {', '.join(TEMPLATE_NAMES)})"
-                )
-            segments.append(tokenizer.encode(text[len(previous) :], add_special_tokens=False))
-            previous = text
-        return segments
+            for prefix, generation in prefixes
+        )
+        return _cut_prefixes(texts)
+
+    def render_many(self, tokenizer: PreTrainedTokenizerBase, convs: Sequence[Conversation]) -> list[list[Segment]]:
+        # One apply_chat_template call per (tools, generation prompt) group renders a whole list of
+        # prefixes: its per-call set-up costs more than rendering one short prefix does.
+        groups: dict[tuple[str, bool], list[tuple[int, int, list[dict[str, Any]]]]] = {}
+        texts: list[list[str]] = []
+        for c, conv in enumerate(convs):
+            prefixes = _prefixes(conv)
+            texts.append([""] * len(prefixes))
+            for m, (prefix, generation) in enumerate(prefixes):
+                groups.setdefault((conv.tools, generation), []).append((c, m, prefix))
+        for (tools, generation), items in groups.items():
+            rendered = tokenizer.apply_chat_template(
+                [prefix for _, _, prefix in items], tools=json.loads(tools) if tools else None,
+                chat_template=self.chat_template, tokenize=False, add_generation_prompt=generation,
+            )
+            for (c, m, _), text in zip(items, rendered, strict=True):
+                texts[c][m] = text
+        return [_cut_prefixes(conv_texts) for conv_texts in texts]
+
+
+def _prefixes(conv: Conversation) -> list[tuple[list[dict[str, Any]], bool]]:
+    """The growing prefixes a Jinja template renders, each with whether it ends with the generation prompt.
+
+    A prompt message's prefix is rendered with `add_generation_prompt=True`, so its segment ends
+    with the assistant header.
+    """
+    head = [{"role": "system", "content": conv.system}] if conv.system else []
+    messages = [_to_hf_message(m) for m in conv.messages]
+    return [(head + messages[: i + 1], message.role in PROMPT_ROLES) for i, message in enumerate(conv.messages)]
+
+
+def _cut_prefixes(texts: Iterable[str]) -> list[Segment]:
+    """Each rendered prefix's new text, as one segment per message.
+
+    Raises:
+        ValueError: a rendering does not start with the one before it (the template rewrites
+            earlier turns), so prompt and response tokens cannot be told apart.
+    """
+    segments: list[Segment] = []
+    previous = ""
+    for text in texts:
+        if not text.startswith(previous):
+            raise ValueError(
+                "the tokenizer's chat template rewrites earlier turns when the conversation grows, "
+                "so prompt and response tokens cannot be told apart for label masking; set "
+                f"`template` to a named template instead (one of: {', '.join(TEMPLATE_NAMES)})"
+            )
+        new = text[len(previous):]
+        segments.append([new] if new else [])
+        previous = text
+    return segments
 
 
 def _to_hf_message(message: Message) -> dict[str, Any]:
