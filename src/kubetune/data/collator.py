@@ -17,8 +17,9 @@ Three kinds of batch:
 
 Flash attention derives varlen boundaries from position ids only for a batch of one row
 (`modeling_flash_attention_utils._is_packed_sequence`); `flatten_packed=True` concatenates
-the batch into one row for it. Keep it off for sdpa/eager: their mask is quadratic in the
-row length.
+the batch into one row for it, as for kubetune's sdpa per packed sequence
+(`model.packed_attention`). Keep it off for transformers' own sdpa/eager: their mask is
+quadratic in the row length.
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
+from kubetune.model import packed_attention
 from kubetune.stages import preference
 from kubetune.stages.common import write_bad_rows
 from kubetune.stages.fused_loss import causal_lm_parts
@@ -98,12 +99,15 @@ def padding_free(cfg: RunConfig, model: nn.Module, reference: Reference | None) 
 
     On unless `packing: false`, where the log-probs take the fused path (`causal_lm_parts`) for the
     policy and a separate reference model alike; it needs that path to map packed tokens back to their
-    sequences. FlashAttention-2 reads packed sequences only within one row, so it gets a single row.
+    sequences. FlashAttention-2, and sdpa run per packed sequence (`packed_attention`), keep sequences
+    apart within one row, so the batch becomes a single row without padding.
     """
     models = [model] + ([reference.model] if reference is not None and reference.model is not None else [])
     if cfg.data.packing is False or any(causal_lm_parts(m) is None for m in models):
         return {}
-    return {"pack_to": cfg.data.cutoff_len, "one_row": model.config._attn_implementation == "flash_attention_2"}
+    one_row = model.config._attn_implementation == "flash_attention_2" or all(
+        [packed_attention.use(m) for m in models])  # a list: switch every model, not just up to the first refusal
+    return {"pack_to": cfg.data.cutoff_len, "one_row": one_row}
 
 
 @dataclass

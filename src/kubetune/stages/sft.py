@@ -16,6 +16,7 @@ from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.packing import packing_mode
 from kubetune.evaluate.metrics import perplexity
+from kubetune.model import packed_attention
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.memory_optimizers import attach, custom_optimizer
@@ -94,6 +95,12 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=do_train,
                                  gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
 
+    # Packed batches (padding-free or neat): flash attention, and sdpa per packed sequence, keep the
+    # sequences apart within one row, so the whole batch becomes a single row without any padding.
+    free = padding_free(cfg, model)
+    packed = free or packing_mode(cfg.data.packing, cfg.data.neat_packing, cfg.method.stage)[1]
+    one_row = model.config._attn_implementation == "flash_attention_2" or (packed and packed_attention.use(model))
+
     args = training_arguments(cfg, out)
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
     trainer = SupervisedTrainer(
@@ -101,10 +108,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         args=args,
         train_dataset=data.train,
         eval_dataset=eval_set if do_eval else None,
-        # flash attention separates packed examples only within one row: flatten the batch for it
-        data_collator=DataCollatorForSupervised(
-            tokenizer=tokenizer, flatten_packed=model.config._attn_implementation == "flash_attention_2",
-            padding_free=padding_free(cfg, model)),
+        data_collator=DataCollatorForSupervised(tokenizer=tokenizer, flatten_packed=one_row,
+                                                padding_free=free),
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
         optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
