@@ -256,7 +256,7 @@ def run_prep(args: argparse.Namespace) -> dict[str, Any]:
     """kubetune preprocessing alone: a cold build (rows/s), then a repeat that must hit the cache."""
     from kubetune.config import load_config
     from kubetune.data.pipeline import tokenized
-    from kubetune.data.templates import get_template
+    from kubetune.data.template_registry import get_template
     from kubetune.model.loader import load_tokenizer
 
     keys = {**COMMON, "model_name_or_path": args.model, "dataset": DATASET, "dataset_dir": args.data,

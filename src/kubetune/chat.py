@@ -11,7 +11,7 @@ from transformers import TextIteratorStreamer
 
 from kubetune.config import RunConfig
 from kubetune.data.schema import Message
-from kubetune.data.templates import get_template
+from kubetune.data.template_registry import get_template
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, load_tokenizer, resolve_model_path
 from kubetune.stages.predict import generation_kwargs

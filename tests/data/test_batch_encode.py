@@ -25,7 +25,8 @@ from kubetune.data.encode import (
 )
 from kubetune.data.pipeline import _Encoder, cache_key
 from kubetune.data.schema import Message, Sample
-from kubetune.data.templates import conversation, get_template
+from kubetune.data.template_registry import get_template
+from kubetune.data.templates import conversation
 
 TOOLS = json.dumps([{"name": "add", "description": "adds", "parameters": {"a": {"type": "integer"}}}])
 CALL = json.dumps({"name": "add", "arguments": {"a": 1}})

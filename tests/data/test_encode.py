@@ -19,7 +19,7 @@ from kubetune.data.encode import (
     infer_seqlen,
 )
 from kubetune.data.schema import Message, Sample
-from kubetune.data.templates import get_template
+from kubetune.data.template_registry import get_template
 
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
 WORDS = ["system", "user", "assistant", "hi", "hello", "how", "are", "you", "fine", "be", "brief"]

@@ -11,7 +11,7 @@ from kubetune.config import load_config
 from kubetune.data.pipeline import split_validation, tokenized
 from kubetune.data.registry import DataError
 from kubetune.data.schema import Message, Sample
-from kubetune.data.templates import get_template
+from kubetune.data.template_registry import get_template
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -9,7 +9,8 @@ from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from kubetune.data.schema import Message, Sample
-from kubetune.data.templates import TEMPLATE_NAMES, Template, get_template, load_template_file
+from kubetune.data.template_registry import TEMPLATE_NAMES, get_template, load_template_file
+from kubetune.data.templates import Template
 
 SPECIALS = ["<|im_start|>", "<|im_end|>", "<|begin_of_text|>", "<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"]
 WORDS = ["system", "user", "assistant", "hi", "hello", "how", "are", "you", "fine", "be", "brief"]

@@ -52,7 +52,7 @@ def _model_path(cfg: RunConfig, origin: str) -> list[Problem]:
 
 
 def _template(cfg: RunConfig, origin: str) -> list[Problem]:
-    from kubetune.data.templates import TEMPLATE_NAMES
+    from kubetune.data.template_registry import TEMPLATE_NAMES
 
     name = cfg.data.template
     if name is None:

@@ -9,7 +9,8 @@ from typing import Any
 
 from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData, tokenized
-from kubetune.data.templates import Template, get_template
+from kubetune.data.template_registry import get_template
+from kubetune.data.templates import Template
 from kubetune.model.loader import load_tokenizer, resolve_model_path
 from kubetune.plotting import plot_loss
 from kubetune.stages.trainer_args import find_resume_checkpoint
