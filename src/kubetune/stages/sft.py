@@ -95,11 +95,13 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=do_train,
                                  gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
 
-    # Packed batches (padding-free or neat): flash attention, and sdpa per packed sequence, keep the
-    # sequences apart within one row, so the whole batch becomes a single row without any padding.
+    # Packed batches (padding-free or neat) run sdpa per packed sequence. Flash attention and that keep
+    # sequences apart within one row, so a padding-free batch becomes a single row without any padding;
+    # neat-packed rows are nearly full already and stay rows (one long row raised the peak memory).
     free = padding_free(cfg, model)
-    packed = free or packing_mode(cfg.data.packing, cfg.data.neat_packing, cfg.method.stage)[1]
-    one_row = model.config._attn_implementation == "flash_attention_2" or (packed and packed_attention.use(model))
+    neat = packing_mode(cfg.data.packing, cfg.data.neat_packing, cfg.method.stage)[1]
+    per_sequence = (free or neat) and packed_attention.use(model)
+    one_row = model.config._attn_implementation == "flash_attention_2" or (free and per_sequence)
 
     args = training_arguments(cfg, out)
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
