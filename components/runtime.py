@@ -99,7 +99,7 @@ def preprocess(config: str, stage: str, dataset_path: str) -> dict[str, Any]:
         cfg = parse(config)
         run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent), **cfg.pipeline_inputs(stage))
         from kubetune.data.pipeline import tokenized
-        from kubetune.data.templates import get_template
+        from kubetune.data.template_registry import get_template
         from kubetune.model.loader import load_tokenizer
 
         tokenizer = load_tokenizer(run_cfg.model)
