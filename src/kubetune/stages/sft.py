@@ -101,7 +101,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # bench's best run it was 1.1-1.2x faster at 0.5 GB less peak memory than many small SDPA calls.
     free = padding_free(cfg, model)
     per_sequence = free and packed_attention.use(model)
-    one_row = model.config._attn_implementation == "flash_attention_2" or (free and per_sequence)
+    one_row = model.config._attn_implementation == "flash_attention_2" or per_sequence
 
     args = training_arguments(cfg, out)
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
