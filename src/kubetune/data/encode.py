@@ -12,12 +12,20 @@ at once, several times faster (what `pipeline.tokenized` uses).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from kubetune.data.batch_tokenize import BatchTokenizer
 from kubetune.data.schema import Message, Sample
-from kubetune.data.templates import Conversation, Segment, Template, conversation, joined, last_turn, pair_turns
+from kubetune.data.templates import (
+    Conversation,
+    Segment,
+    Template,
+    conversation,
+    join_pieces,
+    joined,
+    last_turn,
+    pair_turns,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -376,25 +384,12 @@ class BatchEncoder:
         """Token ids of every segment of every conversation, from one tokenizer call for all their texts."""
         texts = [piece for segments in rendered for segment in segments for piece in segment if type(piece) is str]
         ids = iter(self.tokenize(texts))
-        return [[_join_pieces(segment, ids) for segment in segments] for segments in rendered]
+        return [[join_pieces(segment, ids) for segment in segments] for segments in rendered]
 
 
 def _prompt_conversation(sample: Sample) -> Conversation:
     """The sample's prompt, to continue: what `encode_prompt_for_generation` encodes."""
     return conversation(sample.prompt, sample.system, sample.tools, ends_with_prompt=True)
-
-
-def _join_pieces(segment: Segment, text_ids: Iterator[list[int]]) -> list[int]:
-    """A segment's ids: its token ids as they are, each text replaced by its next ids from `text_ids`."""
-    if len(segment) == 1 and type(segment[0]) is str:  # the common case: one text
-        return next(text_ids)
-    out: list[int] = []
-    for piece in segment:
-        if type(piece) is str:
-            out += next(text_ids)
-        else:
-            out.append(piece)  # type: ignore[arg-type]
-    return out
 
 
 def _require_response(sample: Sample, count: int) -> None:

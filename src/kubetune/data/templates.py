@@ -27,7 +27,7 @@ import dataclasses
 import json
 import logging
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -383,13 +383,27 @@ def encode_pieces(tokenizer: PreTrainedTokenizerBase, segment: Segment) -> list[
         tokenizer: the tokenizer.
         segment: texts and token ids, as `Template.render` returns them.
     """
-    ids: list[int] = []
+    texts = (piece for piece in segment if type(piece) is str)
+    return join_pieces(segment, (tokenizer.encode(text, add_special_tokens=False) for text in texts))
+
+
+def join_pieces(segment: Segment, text_ids: Iterator[list[int]]) -> list[int]:
+    """A segment's ids: its token ids as they are, each text replaced by the next ids from `text_ids`.
+
+    Args:
+        segment: texts and token ids, as `Template.render` returns them.
+        text_ids: the ids of the segment's texts, in order (batched preprocessing tokenises the
+            texts of many segments in one call and passes one iterator over them all).
+    """
+    if len(segment) == 1 and type(segment[0]) is str:  # the common case: one text
+        return next(text_ids)
+    out: list[int] = []
     for piece in segment:
-        if isinstance(piece, str):
-            ids += tokenizer.encode(piece, add_special_tokens=False)
+        if type(piece) is str:
+            out += next(text_ids)
         else:
-            ids.append(piece)
-    return ids
+            out.append(piece)  # type: ignore[arg-type]
+    return out
 
 
 def pair_turns(segments: list[list[int]]) -> list[tuple[list[int], list[int]]]:
