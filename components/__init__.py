@@ -13,8 +13,9 @@ from typing import Any
 
 from kfp import dsl
 
-from kubetune.components.evaluate import evaluate
+from kubetune.components.evaluate import evaluate, evaluate_base
 from kubetune.components.export import export
+from kubetune.components.finalize import finalize
 from kubetune.components.preprocess import preprocess
 from kubetune.components.promote import promote
 from kubetune.components.register import register
@@ -22,8 +23,9 @@ from kubetune.components.train import dpo, kto, ppo, pt, rm, sft
 from kubetune.components.validate import validate
 
 RUNTIME_STEPS = {"validate": validate, "preprocess": preprocess, "export": export, "register": register,
-                 "promote": promote}
-TRAINER_STEPS = {"sft": sft, "pt": pt, "rm": rm, "dpo": dpo, "kto": kto, "ppo": ppo, "evaluate": evaluate}
+                 "promote": promote, "finalize": finalize}
+TRAINER_STEPS = {"sft": sft, "pt": pt, "rm": rm, "dpo": dpo, "kto": kto, "ppo": ppo, "evaluate": evaluate,
+                 "evaluate_base": evaluate_base}
 
 
 @dataclass(frozen=True)

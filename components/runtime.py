@@ -5,7 +5,8 @@ outputs. Everything they do is here, as plain functions over local paths, so it 
 without KFP and identical under `kfp.local` and on a cluster.
 
 Each step appends one line (step, status, seconds) to `$KUBETUNE_STEP_LOG` when set, so
-`kubetune run` can print a summary of the run.
+`kubetune run` can print a summary of the run, and prints marked start/end/progress events for its
+console (`kubetune.launch.step_events`).
 """
 
 from __future__ import annotations
@@ -20,12 +21,16 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubetune.config.pipeline import PipelineConfig, load_pipeline_config
+from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.pipeline import PIPELINE_INPUT, PipelineConfig, load_pipeline_config
+from kubetune.launch.console import emit
 from kubetune.paths import cache_root
 
 logger = logging.getLogger("kubetune.components")
 
 STEP_LOG_ENV = "KUBETUNE_STEP_LOG"
+# `kubetune run` puts the steps' work directories under its --output; on a cluster they live on the cache PVC
+WORK_DIR_ENV = "KUBETUNE_WORK_DIR"
 
 
 @contextmanager
@@ -33,20 +38,23 @@ def step(name: str) -> Iterator[dict[str, Any]]:
     """Time a step and record its outcome in the step log (for `kubetune run`'s summary)."""
     logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
     record: dict[str, Any] = {"step": name}
+    emit("start", step=name)
     start = time.perf_counter()
     try:
         yield record
         record["status"] = "succeeded"
     except BaseException as err:
         record["status"] = "failed"
-        record["error"] = f"{type(err).__name__}: {err}"[:500]
+        record["error"] = f"{type(err).__name__}: {err}"[:2000]
         raise
     finally:
         record["seconds"] = round(time.perf_counter() - start, 1)
+        emit("end", step=name, status=record["status"], seconds=record["seconds"], error=record.get("error"),
+             note=record.get("note"))
         log = os.environ.get(STEP_LOG_ENV)
         if log:
             with open(log, "a", encoding="utf-8") as f:
-                f.write(json.dumps(record) + "\n")
+                f.write(json.dumps(record, default=str) + "\n")
 
 
 def parse(config: str) -> PipelineConfig:
@@ -54,13 +62,15 @@ def parse(config: str) -> PipelineConfig:
 
 
 def work_dir(run_id: str, step_name: str) -> Path:
-    """A step's working directory on persistent node storage (the model-cache PVC on a cluster).
+    """A step's working directory on persistent storage: `$KUBETUNE_WORK_DIR` (`kubetune run` sets it
+    under its --output), else `runs/` of the cache (the model-cache PVC on a cluster).
 
     Checkpoints live here rather than in the output artifact: a retried (pre-empted) pod finds
     them and resumes, while KFP uploads an output artifact only when a step succeeds.
     """
     safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in run_id or "local")
-    path = cache_root() / "runs" / safe / step_name
+    root = Path(os.environ[WORK_DIR_ENV]) if os.environ.get(WORK_DIR_ENV) else cache_root() / "runs"
+    path = root / safe / step_name
     path.mkdir(parents=True, exist_ok=True)
     return path
 
@@ -68,23 +78,58 @@ def work_dir(run_id: str, step_name: str) -> Path:
 # --- validate ---------------------------------------------------------------
 
 def validate(config: str, run_id: str = "") -> str:
-    """Validate the whole pipeline config (every stage it runs); open the parent MLflow run.
+    """Check every step the DAG will run, then open the parent MLflow run.
+
+    Each step's config is built as that step will build it — the training stages, evaluate and
+    evaluate-base, export — and checked against the world (datasets, templates, model and adapter
+    paths), and the promotion gate against what evaluate measures: every problem at once, in
+    seconds, before anything trains.
 
     Returns the parent MLflow run id ("" when tracking is off).
     """
     with step("validate") as record:
         cfg = parse(config)
-        from kubetune.config.preflight import preflight
-
-        for stage in cfg.stages_to_validate():
-            stage_cfg = cfg.stage_config(stage, output_dir=str(work_dir(run_id, stage)), overwrite_output_dir=True,
-                                         **cfg.pipeline_inputs(stage))
-            preflight(stage_cfg, "eval" if stage_cfg.train.do_train is False else "train")
+        check_every_step(cfg)
         from kubetune.tracking.pipeline_tracking import open_pipeline_run
 
         parent = open_pipeline_run(cfg, run_id)
         record["mlflow_run_id"] = parent
         return parent
+
+
+def check_every_step(cfg: PipelineConfig) -> None:
+    """Raise ConfigError listing what would stop any step of `cfg`'s DAG (see `validate`).
+
+    Writes nothing: output folders are placeholders (steps get theirs at run time, and overwrite).
+    """
+    from kubetune.config.preflight import preflight
+    from kubetune.evaluate.metrics import GENERATION_METRICS
+
+    measured = ("eval_loss", "eval_perplexity", *(f"predict_{k}" for k in GENERATION_METRICS))  # by evaluate
+    checks: dict[str, Any] = {}
+    for stage in cfg.stages_to_validate():
+        checks[f"stages.{stage}"] = (lambda stage=stage: cfg.stage_config(
+            stage, output_dir=f"{PIPELINE_INPUT}{stage}", overwrite_output_dir=True, **cfg.pipeline_inputs(stage)),
+            "train")
+    checks["evaluate"] = (lambda: cfg.eval_config(output_dir=f"{PIPELINE_INPUT}evaluate"), "eval")
+    checks["export"] = (lambda: cfg.export_config(None, export_dir=f"{PIPELINE_INPUT}export"), "export")
+    problems: list[Problem] = []
+    seen: set[tuple[str, str, str]] = set()  # a shared key at fault fails every step built from it: list it once
+    for name, (build, command) in checks.items():
+        try:
+            run_cfg = build()
+            preflight(run_cfg, "eval" if command == "train" and run_cfg.train.do_train is False else command)
+        except ConfigError as err:
+            for p in err.problems:
+                if (p.key, repr(p.value), p.message) not in seen:
+                    seen.add((p.key, repr(p.value), p.message))
+                    problems.append(p if p.key.startswith("evaluation.") else
+                                    Problem(f"{name}: {p.key}", p.value, p.origin, p.message, p.hint))
+    if cfg.promotion.metric not in measured:
+        problems.append(Problem("promotion.metric", cfg.promotion.metric, cfg.source or "pipeline config",
+                                "is not measured by the evaluate step", f"use one of {', '.join(measured)}"))
+    if problems:
+        raise ConfigError(problems, cfg.source)
 
 
 # --- preprocess -------------------------------------------------------------
@@ -158,11 +203,12 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         if reward_model:
             extra["reward_model"] = reward_model
         run_cfg = cfg.stage_config(stage, **extra)
+        from kubetune.launch.progress import ProgressCallback
         from kubetune.stages import run_stage
         from kubetune.tracking.pipeline_tracking import stage_tracking
 
         with stage_tracking(cfg, run_cfg, parent_run_id, stage) as tracking:
-            result = run_stage(run_cfg, callbacks=tracking.callbacks)
+            result = run_stage(run_cfg, callbacks=[*tracking.callbacks, ProgressCallback(stage)])
             tracking.log_result(result.metrics, result.files)
         _copy_outputs(work, Path(model_path))
         record["metrics"] = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
@@ -184,20 +230,22 @@ def _copy_outputs(work: Path, target: Path) -> None:
 
 # --- evaluate ---------------------------------------------------------------
 
-def evaluate(config: str, adapter_path: str, report_path: str, predictions_path: str, *, run_id: str = "",
-             parent_run_id: str = "") -> dict[str, float]:
-    """Loss/perplexity and generation metrics of base + adapter on the evaluation set."""
-    with step("evaluate") as record:
+def evaluate(config: str, adapter_path: str | None, report_path: str, predictions_path: str, *, run_id: str = "",
+             parent_run_id: str = "", step_name: str = "evaluate") -> dict[str, float]:
+    """Loss/perplexity and generation metrics on the evaluation rows (see `PipelineConfig.eval_config`).
+
+    Args:
+        adapter_path: the trained adapter; None scores the base as configured (the evaluate-base step).
+        step_name: evaluate or evaluate-base (the work directory, MLflow run and log line).
+    """
+    with step(step_name) as record:
         cfg = parse(config)
-        work = work_dir(run_id, "evaluate")
-        run_cfg = cfg.eval_config(adapter_name_or_path=adapter_path, output_dir=str(work), do_train=False,
-                                  do_eval=True, do_predict=True, overwrite_output_dir=True)
-        if not run_cfg.data.eval_dataset:
-            run_cfg.data.eval_dataset = cfg.stage_config("sft").data.eval_dataset or run_cfg.data.dataset
+        work = work_dir(run_id, step_name)
+        run_cfg = cfg.eval_config(adapter_path, output_dir=str(work))
         from kubetune.stages import run_stage
         from kubetune.tracking.pipeline_tracking import stage_tracking
 
-        with stage_tracking(cfg, run_cfg, parent_run_id, "evaluate") as tracking:
+        with stage_tracking(cfg, run_cfg, parent_run_id, step_name) as tracking:
             result = run_stage(run_cfg, callbacks=tracking.callbacks)
             tracking.log_result(result.metrics, result.files)
         metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
@@ -208,6 +256,9 @@ def evaluate(config: str, adapter_path: str, report_path: str, predictions_path:
         else:
             Path(predictions_path).write_text("")
         record["metrics"] = metrics
+        gate = cfg.promotion.metric
+        if gate in metrics:
+            record["note"] = f"{gate} {metrics[gate]:.4f}"
         return metrics
 
 
@@ -234,8 +285,7 @@ def export(config: str, adapter_path: str, model_path: str) -> dict[str, Any]:
     """Merge the adapter into the base; write safetensors shards into `model_path` (and to S3 when set)."""
     with step("export"):
         cfg = parse(config)
-        run_cfg = cfg.stage_config("sft", adapter_name_or_path=adapter_path, export_dir=model_path,
-                                   **{k: v for k, v in cfg.export.items() if k != "export_dir"})
+        run_cfg = cfg.export_config(adapter_path, export_dir=model_path)
         run_cfg.model.quantization_bit = None  # export merges into the full-precision base
         from kubetune.export import export as merge_and_save
 
@@ -287,3 +337,23 @@ def gate_metric(config: str, metrics: dict[str, float]) -> float:
     if name not in metrics:
         raise KeyError(f"promotion.metric {name!r} was not measured; available: {', '.join(sorted(metrics))}")
     return float(metrics[name])
+
+
+# --- finalize (the exit handler) ---------------------------------------------
+
+def finalize(config: str, run_id: str, pipeline_state: str) -> str:
+    """Close this pipeline run's MLflow runs with its outcome; returns the MLflow status it set ("" if none).
+
+    Args:
+        config: the pipeline config as YAML text.
+        run_id: the KFP run id the parent run is tagged with.
+        pipeline_state: KFP's final state of the steps (SUCCEEDED, FAILED, CANCELED, ...).
+    """
+    with step("finalize") as record:
+        cfg = parse(config)
+        from kubetune.tracking.pipeline_tracking import close_pipeline_run
+
+        status = close_pipeline_run(cfg, run_id, pipeline_state)
+        record["mlflow_status"] = status
+        return status
+

@@ -14,29 +14,55 @@ RUN_ID = dsl.PIPELINE_JOB_ID_PLACEHOLDER
 
 
 class Dag:
-    """Adds steps to the pipeline being defined.
+    """Adds steps to the pipeline being defined; used as a context manager around the pipeline's body.
+
+    Inside `with Dag(...) as dag:` every step runs under a `dsl.ExitHandler` whose exit step
+    (`finalize`) runs last whatever happened — succeeded, failed or cancelled — and closes the
+    pipeline's MLflow runs with that outcome, so none is left RUNNING.
 
     Args:
         cfg: the validated pipeline config (resources, retries, caching are compiled in from it).
         components: the built components (images baked in).
         config: the `config` pipeline parameter (YAML text every step parses).
         s3_secret, mlflow_secret: secret-name pipeline parameters.
+        local: placement for `kubetune run` (kfp.local) rather than a cluster; see `placement.place`.
     """
 
     def __init__(self, cfg: PipelineConfig, components: Components, config: Any, s3_secret: Any,
-                 mlflow_secret: Any) -> None:
-        self.cfg, self.c, self.config = cfg, components, config
+                 mlflow_secret: Any, local: bool = False) -> None:
+        self.cfg, self.c, self.config, self.local = cfg, components, config, local
         self.secrets = {"s3_secret": s3_secret, "mlflow_secret": mlflow_secret}
         self.mlflow_run_id: Any = None
         self.last: Any = None
+        self._exit_handler: Any = None
+
+    def __enter__(self) -> Dag:
+        final = self._place(self.c.finalize(config=self.config, run_id=RUN_ID), "finalize")
+        final.set_caching_options(enable_caching=False)
+        self._exit_handler = dsl.ExitHandler(final, name="kubetune")
+        self._exit_handler.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit_handler.__exit__(*exc)
 
     def _place(self, task: Any, step: str, training: bool = False) -> Any:
-        return place(task, step, self.cfg, training=training, **self.secrets)
+        return place(task, step, self.cfg, training=training, local=self.local, **self.secrets)
 
     def validate(self) -> Any:
         task = self._place(self.c.validate(config=self.config, run_id=RUN_ID), "validate")
         task.set_caching_options(enable_caching=False)  # it opens this run's MLflow parent run
         self.mlflow_run_id, self.last = task.outputs["Output"], task
+        return task
+
+    def evaluate_base(self) -> Any:
+        """The base model scored on the evaluation rows (`evaluation.baseline`): the "before" of the run."""
+        if not self.cfg.evaluation.baseline:
+            return None
+        task = self._place(self.c.evaluate_base(config=self.config, run_id=RUN_ID, mlflow_run_id=self.mlflow_run_id),
+                           "evaluate")
+        task.set_display_name("evaluate-base")
+        task.set_caching_options(enable_caching=False)
         return task
 
     def preprocess(self, stage: str) -> Any:

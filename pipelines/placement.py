@@ -36,7 +36,7 @@ def auto_gpus(cfg: PipelineConfig, step: str, gpu_memory_gib: float) -> int:
 
 
 def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: object, mlflow_secret: object,
-          training: bool = False) -> PipelineTask:
+          training: bool = False, local: bool = False) -> PipelineTask:
     """Apply the config's resources, secrets, cache mount, retries and caching to one step.
 
     Args:
@@ -45,6 +45,8 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
         cfg: the pipeline config.
         s3_secret, mlflow_secret: secret names (pipeline parameters, so a run can point elsewhere).
         training: training steps are retried (pre-emptible GPUs) and not cached unless asked.
+        local: the pipeline runs here through kfp.local (`kubetune run`): the model-cache PVC does not exist,
+            so its mount path must not become the steps' KUBETUNE_CACHE (caches stay in the user's own).
     """
     res = cfg.resources_for(step)
     gpus = auto_gpus(cfg, step, res.gpu_memory_gib) if res.gpus == "auto" else res.gpus
@@ -68,7 +70,7 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
         task.set_env_variable("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
     if cfg.mlflow.tracking_uri:
         task.set_env_variable("MLFLOW_TRACKING_URI", cfg.mlflow.tracking_uri)
-    if cfg.model_cache.pvc:
+    if cfg.model_cache.pvc and not local:
         kubernetes.mount_pvc(task, pvc_name=cfg.model_cache.pvc, mount_path=cfg.model_cache.mount_path)
         task.set_env_variable("KUBETUNE_CACHE", cfg.model_cache.mount_path)
     if training:

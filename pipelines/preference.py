@@ -15,18 +15,19 @@ from kubetune.config.pipeline import PipelineConfig
 from kubetune.pipelines.dag import Dag
 
 
-def build(cfg: PipelineConfig, components: Components, stage: str) -> Any:
+def build(cfg: PipelineConfig, components: Components, stage: str, local: bool = False) -> Any:
     with_sft = "sft" in cfg.stages
 
     @dsl.pipeline(name=f"kubetune-{stage}-{cfg.name}", description=f"{stage.upper()} preference optimisation.")
     def preference(config: str = cfg.to_param(), s3_secret: str = cfg.s3.credentials_secret,
                    mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
-        dag = Dag(cfg, components, config, s3_secret, mlflow_secret)
-        dag.validate()
-        inputs: dict[str, Any] = {}
-        if with_sft:
-            inputs["sft_adapter"] = dag.train("sft", dataset=dag.preprocess("sft")).outputs["adapter"]
-        aligned = dag.train(stage, dataset=dag.preprocess(stage), **inputs)
-        dag.finish(aligned.outputs["adapter"])
+        with Dag(cfg, components, config, s3_secret, mlflow_secret, local) as dag:
+            dag.validate()
+            dag.evaluate_base()
+            inputs: dict[str, Any] = {}
+            if with_sft:
+                inputs["sft_adapter"] = dag.train("sft", dataset=dag.preprocess("sft")).outputs["adapter"]
+            aligned = dag.train(stage, dataset=dag.preprocess(stage), **inputs)
+            dag.finish(aligned.outputs["adapter"])
 
     return preference

@@ -21,7 +21,7 @@ def _config(model_dir: Path, **sft: object) -> str:
         "dataset_dir": str(REPO / "data"), "cutoff_len": 48, "max_samples": 16, "disable_tqdm": True,
         "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": 3e-2, "max_steps": 6, "save_steps": 3,
                            "logging_steps": 1, "per_device_train_batch_size": 4, **sft}},
-        "promotion": {"metric": "eval_loss"},
+        "evaluation": {"eval_dataset": "kubi_sft_eval"}, "promotion": {"metric": "eval_loss"},
     }
     return load_pipeline_config(text=yaml.safe_dump(data)).to_param()
 
@@ -81,3 +81,21 @@ def test_export_step_uploads_to_s3_when_configured(tiny_model_dir: Path, tmp_pat
     prefix = meta["s3_uri"].removeprefix(f"s3://{bucket}/")
     keys = {o["Key"].removeprefix(prefix) for o in client.list_objects_v2(Bucket=bucket, Prefix=prefix)["Contents"]}
     assert {"model.safetensors", "config.json", "tokenizer.json", "_SUCCESS"} <= keys
+
+
+def test_validate_checks_every_step_against_the_world_at_once(tiny_model_dir: Path, cache_dir: Path) -> None:
+    """The evaluate step's data and the promotion gate are checked in validate, not after training."""
+    from kubetune.config import ConfigError
+
+    data = yaml.safe_load(_config(tiny_model_dir))
+    data["evaluation"] = {"dataset": "kubi_held_out"}  # not in dataset_info.json
+    data["promotion"] = {"metric": "rouge-l"}  # the evaluate step measures predict_rouge-l
+    config = load_pipeline_config(text=yaml.safe_dump(data)).to_param()  # types and cross-field rules pass
+    before = sorted(cache_dir.rglob("*"))
+    with pytest.raises(ConfigError) as err:
+        runtime.validate(config, run_id="run-v")
+    problems = {p.key: p for p in err.value.problems}
+    assert set(problems) == {"evaluate: eval_dataset", "promotion.metric"}
+    assert "kubi_held_out" in problems["evaluate: eval_dataset"].message
+    assert "predict_rouge-l" in problems["promotion.metric"].hint
+    assert sorted(cache_dir.rglob("*")) == before, "validation writes nothing"

@@ -178,7 +178,7 @@ def test_gradient_checkpointing_is_on_by_default_for_training(tiny_model_dir: Pa
     cfg, model = _tiny(tiny_model_dir)
     assert cfg.train.gradient_checkpointing is True
     model = prepare_for_training(model, cfg.model, cfg.method, gradient_checkpointing=cfg.train.gradient_checkpointing)
-    assert model.is_gradient_checkpointing and model.config.use_cache is False
+    assert model.is_activation_checkpointing and model.config.use_cache is False
 
 
 def test_flash_attn_auto_picks_sdpa_on_cpu_and_says_so(tiny_model_dir: Path, caplog) -> None:  # noqa: ANN001

@@ -36,12 +36,19 @@ def _docs(path: Path) -> tuple[dict, dict]:
     return docs[0], (docs[1] if len(docs) > 1 else {})
 
 
+def _steps(spec: dict) -> dict:
+    """The tasks of the pipeline's body: they sit in the exit handler's sub-DAG (finalize runs after it)."""
+    body = spec["root"]["dag"]["tasks"]["exit-handler-1"]["componentRef"]["name"]
+    return spec["components"][body]["dag"]["tasks"]
+
+
 def test_sft_pipeline_compiles_and_loads_back(tmp_path: Path) -> None:
     path = compile_pipeline(_config("sft"), tmp_path / "sft.yaml")
     spec, platform = _docs(path)
     assert spec["pipelineInfo"]["name"] == "kubetune-sft-kubi"
-    tasks = spec["root"]["dag"]["tasks"]
-    assert {"validate", "preprocess", "sft", "evaluate", "export", "register", "promote"} <= set(tasks)
+    assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "finalize"}
+    tasks = _steps(spec)
+    assert {"validate", "evaluate-base", "preprocess", "sft", "evaluate", "export", "register", "promote"} <= set(tasks)
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["learning_rate"]["defaultValue"] == pytest.approx(2e-4)
     assert {"config", "s3_secret", "mlflow_secret", "max_steps"} <= set(params)
@@ -66,11 +73,13 @@ def test_cluster_settings_are_compiled_in(tmp_path: Path) -> None:
     assert sft_k8s["nodeSelector"]["labels"] == {"cloud.google.com/gke-accelerator": "nvidia-l4"}
     assert sft_k8s["tolerations"] == [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
     assert sft_k8s["pvcMount"][0]["mountPath"] == "/cache/kubetune"
-    secrets = {s["secretNameParameter"]["componentInputParameter"]: s for s in sft_k8s["secretAsEnv"]}
+    # the body is the exit handler's sub-DAG: pipeline parameters reach it as `pipelinechannel--<name>` inputs
+    secrets = {s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"): s
+               for s in sft_k8s["secretAsEnv"]}
     assert set(secrets) == {"s3_secret", "mlflow_secret"}
     assert {e["envVar"] for e in secrets["s3_secret"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
 
-    tasks = spec["root"]["dag"]["tasks"]
+    tasks = _steps(spec)
     assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["sft"]["cachingOptions"].get("enableCache", False) is False
     assert tasks["preprocess"]["cachingOptions"]["enableCache"] is True
@@ -130,3 +139,35 @@ def test_gpus_auto_asks_for_what_the_estimate_says_fits(tmp_path: Path) -> None:
     assert _gpu_count(compiled("full", 80), "sft") in (2, 4)  # full AMP ≈ 120 GB: ZeRO-3 across cards
     with pytest.raises(ConfigError, match=r"resources.sft.gpus = 'auto'.*does not fit on 8 GPUs of 1 GiB"):
         compiled("full", 1)
+
+
+def test_finalize_runs_after_every_step_whatever_their_outcome(tmp_path: Path) -> None:
+    spec, _ = _docs(compile_pipeline(_config("sft"), tmp_path / "sft.yaml"))
+    final = spec["root"]["dag"]["tasks"]["finalize"]
+    assert final["dependentTasks"] == ["exit-handler-1"]
+    assert final["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert final["inputs"]["parameters"]["status"]["taskFinalStatus"]["producerTask"] == "exit-handler-1"
+    assert final["cachingOptions"].get("enableCache", False) is False
+
+
+def _env(spec: dict, step: str) -> dict[str, str]:
+    executor = next(v for k, v in spec["deploymentSpec"]["executors"].items() if k.endswith(f"-{step}"))
+    return {e["name"]: e["value"] for e in executor["container"].get("env", [])}
+
+
+def test_model_cache_pvc_is_a_cluster_setting_only(tmp_path: Path) -> None:
+    """`kubetune run` builds the same DAG without the PVC: its mount path must not become KUBETUNE_CACHE here."""
+    from kfp import compiler
+
+    from kubetune.pipelines import build_pipeline
+
+    cfg = _config("sft")
+    cluster, cluster_k8s = _docs(compile_pipeline(cfg, tmp_path / "cluster.yaml"))
+    compiler.Compiler().compile(build_pipeline(cfg, local=True), package_path=str(tmp_path / "local.yaml"))
+    local, local_k8s = _docs(tmp_path / "local.yaml")
+    assert _env(cluster, "sft")["KUBETUNE_CACHE"] == "/cache/kubetune"
+    assert "KUBETUNE_CACHE" not in _env(local, "sft")
+    assert "pvcMount" not in str(local_k8s) and "pvcMount" in str(cluster_k8s)
+    assert set(_steps(local)) == set(_steps(cluster))  # one DAG: the same steps and edges
+    assert {k: v.get("dependentTasks") for k, v in _steps(local).items()} == \
+        {k: v.get("dependentTasks") for k, v in _steps(cluster).items()}

@@ -1,11 +1,13 @@
 """The sft pipeline end to end through kfp.local on a tiny model, tracked in a real `mlflow server`.
 
 Two runs: the first trains well and becomes champion; the second, with a learning rate too small
-to learn anything, must not move the champion alias, and must hit the preprocessing cache.
+to learn anything, must not move the champion alias, and must hit the preprocessing cache. A third
+fails in its training step: the pipeline's MLflow runs must still end (FAILED), none left RUNNING.
 """
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,7 @@ from kubetune.launch.local_run import run_local, summary
 REPO = Path(__file__).resolve().parents[2]
 
 
-def pipeline_config(model_dir: Path, tracking_uri: str, learning_rate: float, max_steps: int):
+def pipeline_config(model_dir: Path, tracking_uri: str, learning_rate: float, max_steps: int, **sft: object):
     data = {
         "name": "tiny", "pipeline": "sft", "model_name_or_path": str(model_dir), "finetuning_type": "lora",
         "lora_rank": 4, "template": "chatml", "dataset_dir": str(REPO / "data"), "cutoff_len": 48,
@@ -25,7 +27,7 @@ def pipeline_config(model_dir: Path, tracking_uri: str, learning_rate: float, ma
         "per_device_eval_batch_size": 8,
         "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": learning_rate, "max_steps": max_steps,
                            "per_device_train_batch_size": 4, "logging_steps": 1, "save_steps": 50,
-                           "plot_loss": True}},
+                           "plot_loss": True, **sft}},
         "evaluation": {"eval_dataset": "kubi_sft_eval"},
         "promotion": {"registered_model": "tiny-assistant", "metric": "eval_loss", "greater_is_better": False},
         "mlflow": {"tracking_uri": tracking_uri, "experiment": "kubetune-tests"},
@@ -40,16 +42,34 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     from mlflow import MlflowClient
 
     good = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=5e-2, max_steps=8)
-    first = run_local(good, tmp_path / "run1")
+    console = io.StringIO()
+    first = run_local(good, tmp_path / "run1", console=console)
     text = summary(first, good)
     assert first.ok, text
     order = [s["step"] for s in first.steps]
-    assert sorted(order) == sorted(["validate", "preprocess-sft", "sft", "evaluate", "export", "register", "promote"])
+    assert sorted(order) == sorted(["validate", "evaluate-base", "preprocess-sft", "sft", "evaluate", "export",
+                                    "register", "promote", "finalize"])
     # evaluate and export both follow sft and are independent of each other: kfp.local may run either first
     for before, after in (("validate", "preprocess-sft"), ("preprocess-sft", "sft"), ("sft", "evaluate"),
-                          ("sft", "export"), ("evaluate", "register"), ("export", "register"), ("register", "promote")):
+                          ("sft", "export"), ("evaluate", "register"), ("export", "register"), ("register", "promote"),
+                          ("validate", "evaluate-base"), ("promote", "finalize"), ("evaluate-base", "finalize")):
         assert order.index(before) < order.index(after), order
     assert "champion" in text and "registered: tiny-assistant version 1" in text
+
+    # the console: a line per step start and end, progress while training; KFP's dumps stay in the logs
+    shown = console.getvalue()
+    assert "executorInput" not in shown and "Warning" not in shown, shown
+    assert shown.count(" started") == len(order) and shown.count(" succeeded in ") == len(order)
+    assert "step 8/8 (100%)" in shown and len(shown.splitlines()) < 40, shown
+    assert {"validate", "sft", "evaluate", "evaluate-base"} <= set(first.step_logs)
+    assert "Got executor_input" in first.step_logs["sft"].read_text()
+    # held-out metrics before (the base, evaluate-base) and after training, on the same rows
+    before = first.find("evaluate-base")["metrics"]
+    after = first.find("evaluate")["metrics"]
+    assert before["eval_loss"] > after["eval_loss"], (before, after)
+    row = next(line for line in text.splitlines() if line.strip().startswith("eval_loss"))
+    assert f"{before['eval_loss']:.4f}" in row and f"{after['eval_loss']:.4f}" in row and "promotion gate" in row
+    assert f"{mlflow_server}/#/models/tiny-assistant" in text and "/runs" in text
 
     # every artifact is present
     kfp_root = tmp_path / "run1" / "kfp"
@@ -64,7 +84,8 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     nested = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parent) == 1
-    assert {r.data.tags.get("mlflow.runName", "") for r in nested} >= {"sft", "evaluate"}
+    assert {r.data.tags.get("mlflow.runName", "") for r in nested} >= {"sft", "evaluate", "evaluate-base"}
+    assert {r.info.status for r in runs} == {"FINISHED"}, "the exit step closed the parent run"
     sft_run = next(r for r in nested if r.data.tags.get("mlflow.runName") == "sft")
     assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 8
     assert sft_run.data.params["lora_rank"] == "4"
@@ -83,3 +104,29 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
                            if "preprocess" in str(kfp))
     assert '"cache_hit": true' in preprocess_meta.read_text().replace("True", "true")
     mlflow.set_tracking_uri(None)
+
+
+@pytest.mark.slow
+def test_a_failed_pipeline_leaves_no_mlflow_run_running(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path,
+                                                        mlflow_server: str) -> None:
+    """The sft step fails after the parent and its own run are open (a checkpoint folder with nothing in it
+    passes validation, and the Trainer refuses it); the exit step still closes both, as FAILED."""
+    from mlflow import MlflowClient
+
+    empty = tmp_path / "checkpoint-0"
+    empty.mkdir()
+    cfg = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=5e-2, max_steps=2,
+                          resume_from_checkpoint=str(empty))
+    cfg.mlflow.experiment = "kubetune-tests-failed"
+    cfg.evaluation.baseline = False
+    result = run_local(cfg, tmp_path / "run", console=io.StringIO())
+    text = summary(result, cfg)
+    assert not result.ok and "FAILED" in text
+    assert result.find("sft")["status"] == "failed"
+    assert f"log:   {result.step_logs['sft']}" in text and "Traceback" in result.step_logs["sft"].read_text()
+    assert result.find("finalize")["mlflow_status"] == "FAILED"
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("kubetune-tests-failed")
+    status = {r.data.tags.get("mlflow.runName"): r.info.status for r in client.search_runs([experiment.experiment_id])}
+    assert status.pop("sft") == "FAILED" and list(status.values()) == ["FAILED"], status  # the parent
+

@@ -77,7 +77,8 @@ def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_di
     torch.testing.assert_close(mean_logits, mean_response_logits(logits, labels), rtol=1e-5, atol=1e-5)
     assert not mean_logits.requires_grad
     for got, want in zip(fused_grads, expected_grads, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-6)
+        # float32 sums in another order: within 1e-6 on one CPU, 1.7e-6 apart on an AMD EPYC
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
     assert any(g.abs().sum() > 0 for g in fused_grads)
 
 

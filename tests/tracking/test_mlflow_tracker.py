@@ -25,6 +25,7 @@ from kubetune.tracking.mlflow_tracker import (
     MLflowTracker,
     TrackingUnavailable,
     default_tracking_uri,
+    end_pipeline_run,
     git_commit,
     replay_buffer,
     start_pipeline_run,
@@ -174,6 +175,32 @@ def test_a_retried_first_step_reuses_the_parent(mlflow_server: str, unique: str)
     first = start_pipeline_run(mlflow_server, f"retry-{unique}", "p", kfp_run_id=f"kfp-{unique}")
     assert start_pipeline_run(mlflow_server, f"retry-{unique}", "p", kfp_run_id=f"kfp-{unique}") == first
     assert start_pipeline_run(mlflow_server, f"retry-{unique}", "p", kfp_run_id=f"other-{unique}") != first
+
+
+def test_a_new_experiment_opens_on_its_runs_table(mlflow_server: str, mlflow_client: Any, unique: str) -> None:
+    """MLflow 3's UI shows an untagged experiment as a GenAI one (traces, judges); ours declare model training."""
+    start_pipeline_run(mlflow_server, f"kind-{unique}", "p", kfp_run_id=f"kfp-{unique}")
+    tags = mlflow_client.get_experiment_by_name(f"kind-{unique}").tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+def test_ending_a_pipeline_closes_its_parent_and_any_open_step_run(mlflow_server: str, mlflow_client: Any,
+                                                                   unique: str) -> None:
+    name = f"end-{unique}"
+    parent = start_pipeline_run(mlflow_server, name, "p", kfp_run_id=f"kfp-{unique}")
+    other = start_pipeline_run(mlflow_server, name, "p", kfp_run_id=f"other-{unique}")
+    experiment = mlflow_client.get_experiment_by_name(name).experiment_id
+    finished = mlflow_client.create_run(experiment, tags={"mlflow.parentRunId": parent})
+    mlflow_client.set_terminated(finished.info.run_id, "FINISHED")
+    killed_pod = mlflow_client.create_run(experiment, tags={"mlflow.parentRunId": parent})  # never closed
+
+    assert end_pipeline_run(mlflow_server, name, f"kfp-{unique}", "FAILED") == parent
+    status = {run_id: mlflow_client.get_run(run_id).info.status
+              for run_id in (parent, finished.info.run_id, killed_pod.info.run_id, other)}
+    assert status == {parent: "FAILED", finished.info.run_id: "FINISHED", killed_pod.info.run_id: "FAILED",
+                      other: "RUNNING"}  # another pipeline run's parent is not touched
+    assert mlflow_client.get_run(parent).info.end_time is not None
+    assert end_pipeline_run(mlflow_server, name, f"never-{unique}", "FINISHED") is None  # nothing opened: no-op
 
 
 def test_long_params_are_truncated_with_a_note_and_batched(mlflow_server: str, mlflow_client: Any, tmp_path: Path,

@@ -92,9 +92,16 @@ class ModelCache(_Section):
 
 
 class Evaluation(_Section):
-    """Keys for the evaluate step (LLaMA-Factory names: eval_dataset, max_new_tokens, do_sample, ...)."""
+    """Keys for the evaluate steps: LLaMA-Factory names (eval_dataset, max_new_tokens, do_sample, ...).
+
+    `dataset` here names the evaluation data, as `eval_dataset` does (a platform user's natural word
+    for it); giving both is refused.
+    """
 
     model_config = ConfigDict(extra="allow")
+
+    baseline: bool = Field(True, description="Also score the base model on the same rows (evaluate-base), so the "
+                                             "run reports its held-out metrics before and after training.")
 
 
 class PipelineConfig(_Section):
@@ -145,7 +152,7 @@ class PipelineConfig(_Section):
             return {"reward_model": f"{PIPELINE_INPUT}rm"}
         return {}
 
-    def stage_config(self, stage: str, **extra: Any) -> RunConfig:
+    def stage_config(self, stage: str, _evaluation: dict[str, Any] | None = None, **extra: Any) -> RunConfig:
         """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""
         raw: dict[str, tuple[Any, str]] = {}
         origin = self.source or "pipeline config"
@@ -154,14 +161,51 @@ class PipelineConfig(_Section):
         raw["stage"] = ("pt" if stage == "pt" else stage, origin)
         for key, value in self.stages.get(stage, {}).items():  # type: ignore[call-overload]
             raw[key] = (value, f"{origin} stages.{stage}")
+        for key, value in (_evaluation or {}).items():
+            raw[key] = (value, f"{origin} evaluation")
         for key, value in extra.items():
             raw[key] = (value, "pipeline")
         return validate_raw(raw, origin)
 
-    def eval_config(self, **extra: Any) -> RunConfig:
-        keys = {**self.stages.get("sft", {}), **(self.evaluation.model_extra or {}), **extra}  # type: ignore[call-overload]
-        keys.pop("dataset", None)
-        return self.stage_config("sft", **{k: v for k, v in keys.items() if k != "stage"})
+    def eval_config(self, adapter_path: str | None = None, output_dir: str | None = None) -> RunConfig:
+        """The RunConfig of the evaluate steps (evaluate, evaluate-base): sft's keys, then `evaluation`.
+
+        Args:
+            adapter_path: the trained adapter to score (None: the base, as configured).
+            output_dir: where the step writes its metrics and predictions.
+
+        The rows scored are held out: `evaluation.eval_dataset` (or its synonym `evaluation.dataset`),
+        else the sft stage's `eval_dataset`, else its `val_size` share of `dataset` (the same split,
+        by the same seed). A config that names none is refused here, before anything trains.
+        """
+        keys = dict(self.evaluation.model_extra or {})
+        origin = self.source or "pipeline config"
+        if "dataset" in keys:
+            if "eval_dataset" in keys:
+                raise ConfigError([Problem("evaluation.dataset", keys["dataset"], f"{origin} evaluation",
+                                           "names the evaluation data, as evaluation.eval_dataset does: give one",
+                                           "keep evaluation.eval_dataset and remove evaluation.dataset")], self.source)
+            keys["eval_dataset"] = keys.pop("dataset")
+        keys.pop("stage", None)
+        layers = (self.shared, self.stages.get("sft", {}), keys)  # type: ignore[call-overload]
+        if not any(layer.get("eval_dataset") or layer.get("val_size") for layer in layers):
+            raise ConfigError([Problem("evaluation.eval_dataset", None, f"{origin} evaluation",
+                                       "the evaluate step scores held-out rows, but the config names none",
+                                       "set evaluation.eval_dataset (a name in dataset_info.json, or a file), "
+                                       "or val_size under stages.sft")], self.source)
+        extra: dict[str, Any] = {"do_train": False, "do_eval": True, "do_predict": True, "overwrite_output_dir": True}
+        if adapter_path:
+            extra["adapter_name_or_path"] = adapter_path
+        if output_dir:
+            extra["output_dir"] = output_dir
+        return self.stage_config("sft", _evaluation=keys, **extra)
+
+    def export_config(self, adapter_path: str | None, export_dir: str) -> RunConfig:
+        """The RunConfig of the export step: the sft keys, the `export` section, the adapter to merge."""
+        keys = {k: v for k, v in self.export.items() if k != "export_dir"}
+        if adapter_path:
+            keys["adapter_name_or_path"] = adapter_path
+        return self.stage_config("sft", export_dir=export_dir, **keys)
 
     def resources_for(self, step: str) -> Resources:
         return self.resources.get(step) or self.resources.get("default") or Resources()
@@ -216,12 +260,21 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     if problems:
         raise ConfigError(problems, source)
-    for stage in cfg.stages_to_validate():
+    checks = {f"stages.{stage}": lambda stage=stage: cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
+              for stage in cfg.stages_to_validate()}
+    checks["evaluate"] = cfg.eval_config
+    checks["export"] = lambda: cfg.export_config(None, export_dir="pipeline:export")
+    seen: set[tuple[str, str, str]] = set()  # a bad shared key fails every step built from it: list it once
+    for step, check in checks.items():
         try:
-            cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
+            check()
         except ConfigError as err:
-            problems.extend(Problem(f"stages.{stage}: {p.key}", p.value, p.origin, p.message, p.hint)
-                            for p in err.problems)
+            for p in err.problems:
+                if (p.key, repr(p.value), p.message) in seen:
+                    continue
+                seen.add((p.key, repr(p.value), p.message))
+                problems.append(p if p.key.startswith("evaluation.") else
+                                Problem(f"{step}: {p.key}", p.value, p.origin, p.message, p.hint))
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -20,6 +20,8 @@ from rouge_chinese import Rouge
 jieba.setLogLevel(logging.WARNING)
 
 ROUGE_KEYS = ("rouge-1", "rouge-2", "rouge-l")
+# what `generation_metrics` returns (the predict_ metrics of a stage)
+GENERATION_METRICS = ("bleu-4", *ROUGE_KEYS, "exact_match")
 _BLEU_WEIGHTS = (0.25, 0.25, 0.25, 0.25)
 
 
@@ -101,7 +103,7 @@ def generation_metrics(predictions: Sequence[str], references: Sequence[str]) ->
         )
     if not predictions:
         raise ValueError("no predictions to score: the evaluation set is empty")
-    totals = dict.fromkeys(("bleu-4", *ROUGE_KEYS, "exact_match"), 0.0)
+    totals = dict.fromkeys(GENERATION_METRICS, 0.0)
     for prediction, reference in zip(predictions, references, strict=True):
         pred_tokens, ref_tokens = segment(prediction), segment(reference)
         totals["bleu-4"] += bleu4(pred_tokens, ref_tokens)

@@ -1,22 +1,22 @@
 """Run a pipeline on this machine through KFP's local SubprocessRunner, and compile it for a cluster.
 
-`kubetune run` executes the very DAG `kubetune compile` writes: each step is a subprocess here
-and a pod there. Steps append their status and time to a step log, which becomes the summary.
+`kubetune run` executes the very DAG `kubetune compile` writes (placed for this machine: see
+`build_pipeline(local=True)`): each step is a subprocess here and a pod there. Steps append their
+status and time to a step log, which becomes the summary.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
-import logging
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from kubetune.config.pipeline import PipelineConfig
-
-logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -27,6 +27,8 @@ class LocalRunResult:
     seconds: wall time of the whole run.
     output_root: where the KFP artifacts, step log and local MLflow store are.
     tracking_uri: where MLflow tracked this run.
+    logs_dir: the folder of this run's log files (`pipeline.log`, one file per step).
+    step_logs: each step's log file, by step name.
     """
 
     ok: bool
@@ -34,6 +36,8 @@ class LocalRunResult:
     seconds: float = 0.0
     output_root: Path = Path(".")
     tracking_uri: str = ""
+    logs_dir: Path = Path(".")
+    step_logs: dict[str, Path] = field(default_factory=dict)
 
     def find(self, step: str) -> dict[str, Any] | None:
         return next((s for s in reversed(self.steps) if s["step"] == step), None)
@@ -51,70 +55,125 @@ def compile_pipeline(cfg: PipelineConfig, package_path: str | Path) -> Path:
     return path
 
 
-def run_local(cfg: PipelineConfig, output_root: str | Path, arguments: dict[str, Any] | None = None) -> LocalRunResult:
+def run_local(cfg: PipelineConfig, output_root: str | Path, arguments: dict[str, Any] | None = None,
+              console: TextIO | None = None) -> LocalRunResult:
     """Run the pipeline locally; MLflow tracks to the config's server, else a sqlite store in output_root.
+
+    Everything stays in places the user owns: the steps' work directories (checkpoints) under
+    `output_root/work`, caches under `$KUBETUNE_CACHE` or `~/.cache/kubetune` — the config's
+    `model_cache` (a cluster PVC) applies to compiled pipelines only. The console gets a line per
+    step start and end and training progress; every step's full output goes to `output_root/logs/`.
 
     Args:
         cfg: a validated pipeline config.
-        output_root: folder for KFP artifacts (`kfp/`), the step log and the local MLflow store.
+        output_root: folder for KFP artifacts (`kfp/`), work directories, logs, the step log and the
+            local MLflow store.
         arguments: pipeline parameters to override (e.g. {"alignment": "dpo"}).
+        console: where the progress lines go (default: standard output).
     """
     from kfp import local
 
-    from kubetune.components.runtime import STEP_LOG_ENV
+    from kubetune.components.runtime import STEP_LOG_ENV, WORK_DIR_ENV
+    from kubetune.launch.console import StepLogRouter
     from kubetune.pipelines import build_pipeline
 
+    console = console or sys.stdout
     root = Path(output_root).resolve()
     root.mkdir(parents=True, exist_ok=True)
-    step_log = root / f"steps-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.jsonl"
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
+    step_log = root / f"steps-{stamp}.jsonl"
+    logs = root / "logs" / stamp
     uri = cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{root / 'mlflow.db'}"
-    env = {STEP_LOG_ENV: str(step_log), "MLFLOW_TRACKING_URI": uri}
+    env = {STEP_LOG_ENV: str(step_log), WORK_DIR_ENV: str(root / "work"), "MLFLOW_TRACKING_URI": uri}
     if cfg.s3.endpoint_url:
         env["AWS_ENDPOINT_URL"] = cfg.s3.endpoint_url
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)  # the SubprocessRunner's step processes inherit this environment
+    console.write(f"kubetune run: pipeline {cfg.name} ({cfg.pipeline}); full logs in {logs}/\n")
+    console.flush()
+    router = StepLogRouter(logs, console)
     start = time.perf_counter()
     ok = True
     try:
-        local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
-                   raise_on_error=True)
-        build_pipeline(cfg)(**(arguments or {}))
+        with contextlib.redirect_stdout(router), contextlib.redirect_stderr(router):
+            local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
+                       raise_on_error=True)
+            build_pipeline(cfg, local=True)(**(arguments or {}))
     except Exception as err:  # the failing step's record in the step log says which and why
         ok = False
-        logger.error("pipeline %s failed: %s", cfg.name, err)
+        router.write(f"pipeline {cfg.name} failed: {err}\n")
     finally:
+        router.close()
         for key, value in saved.items():
             if value is None:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
     steps = [json.loads(line) for line in step_log.read_text().splitlines()] if step_log.is_file() else []
-    ok = ok and all(s["status"] == "succeeded" for s in steps)
+    ok = ok and bool(steps) and all(s["status"] == "succeeded" for s in steps)
     return LocalRunResult(ok=ok, steps=steps, seconds=time.perf_counter() - start, output_root=root,
-                          tracking_uri=uri)
+                          tracking_uri=uri, logs_dir=logs, step_logs=dict(router.step_logs))
+
+
+_NOISE = ("runtime", "per_second", "epoch", "preparation_time", "tokens_seen", "_samples")
 
 
 def summary(result: LocalRunResult, cfg: PipelineConfig) -> str:
-    """Each step's status and time, the eval metrics, the registered version and the promotion decision."""
+    """Each step's status and time, held-out metrics before and after, the registered version and the
+    promotion decision, and where to look: MLflow links, logs, artifacts."""
     lines = [f"pipeline {cfg.name} ({cfg.pipeline}): {'SUCCEEDED' if result.ok else 'FAILED'} "
              f"in {result.seconds:.0f} s", "", f"{'step':22} {'status':10} {'seconds':>8}"]
     for s in result.steps:
         lines.append(f"{s['step']:22} {s['status']:10} {s['seconds']:8.1f}")
         if s.get("error"):
             lines.append(f"    error: {s['error']}")
-    evaluation = result.find("evaluate")
-    if evaluation and evaluation.get("metrics"):
-        lines += ["", "eval metrics:"]
-        noise = ("runtime", "per_second", "epoch", "preparation_time", "tokens_seen")
-        shown = [k for k in evaluation["metrics"] if not k.endswith(noise)]
-        lines += [f"  {k:28} {evaluation['metrics'][k]:.4f}" for k in sorted(shown)]
+            if s["step"] in result.step_logs:
+                lines.append(f"    log:   {result.step_logs[s['step']]}")
+    lines += _metrics_table(result, cfg)
     registered, promoted = result.find("register"), result.find("promote")
     if registered and registered.get("version"):
         lines += ["", f"registered: {cfg.promotion.registered_model} version {registered['version']}"]
     if promoted and promoted.get("decision"):
         d = promoted["decision"]
         lines.append(f"promotion:  {d['alias']} — {d['reason']}")
-    lines += ["", f"artifacts:  {result.output_root / 'kfp'}", f"MLflow:     {result.tracking_uri}"]
-    if result.tracking_uri.startswith("sqlite:"):
-        lines.append(f"            browse it: mlflow ui --backend-store-uri {result.tracking_uri}")
+    lines += ["", *_mlflow_lines(result, cfg), f"logs:       {result.logs_dir}/ (one file per step)",
+              f"artifacts:  {result.output_root / 'kfp'}"]
     return "\n".join(lines)
+
+
+def _metrics_table(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
+    before = (result.find("evaluate-base") or {}).get("metrics") or {}
+    after = (result.find("evaluate") or {}).get("metrics") or {}
+    names = sorted(k for k in {*before, *after} if not k.endswith(_NOISE))
+    if not names:
+        return []
+    rows = ", ".join(cfg.eval_config().data.eval_dataset or []) or "val_size of the sft data"
+    lines = ["", f"held-out metrics ({rows}):", f"  {'metric':26} {'before':>10} {'after':>10}"]
+    for name in names:
+        cells = [f"{m[name]:10.4f}" if name in m else f"{'—':>10}" for m in (before, after)]
+        gate = "  ← promotion gate" if name == cfg.promotion.metric else ""
+        lines.append(f"  {name:26} {cells[0]} {cells[1]}{gate}")
+    return lines
+
+
+def _mlflow_lines(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
+    """Where to look in MLflow: for a local store, the command that serves it; then direct links."""
+    uri = result.tracking_uri
+    lines = [f"MLflow:     {uri}"]
+    ui = uri.rstrip("/")
+    if uri.startswith("sqlite:"):
+        ui = "http://127.0.0.1:5000"
+        lines.append(f"  serve it:  mlflow ui --backend-store-uri {uri} --port 5000")
+    elif not uri.startswith("http"):
+        return lines
+    try:
+        from mlflow import MlflowClient
+
+        experiment = MlflowClient(uri).get_experiment_by_name(cfg.mlflow.experiment)
+    except Exception:  # noqa: BLE001 — links are a convenience; the store may be gone or unreachable
+        experiment = None
+    if experiment is not None:
+        lines.append(f"  runs:      {ui}/#/experiments/{experiment.experiment_id}/runs")
+    if (result.find("register") or {}).get("version"):
+        lines.append(f"  model:     {ui}/#/models/{cfg.promotion.registered_model}")
+    return lines

@@ -51,13 +51,12 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
     """
     quantized = model_args.quantization_bit is not None
     if is_trainable and quantized:
-        # casts norms to float32 and enables input grads so checkpointing works through frozen 4-bit layers
-        model = prepare_model_for_kbit_training(
-            model, use_gradient_checkpointing=gradient_checkpointing,
-            gradient_checkpointing_kwargs={"use_reentrant": False})
-    elif is_trainable and gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-        model.enable_input_require_grads()
+        # freezes the base and casts its norms to float32; checkpointing is switched on below, under transformers
+        # 5's own name (PEFT's helper would call the deprecated `gradient_checkpointing_enable`)
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    if is_trainable and gradient_checkpointing:
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()  # so recomputation reaches frozen layers (LoRA, 4-bit)
     if is_trainable and gradient_checkpointing:
         model.config.use_cache = False  # the KV cache is useless in training and breaks recomputation
     if is_trainable and model_args.upcast_layernorm:

@@ -61,8 +61,8 @@ class ModelWithValueHead(nn.Module):
         _, values = self(input_ids, attention_mask, logits_to_keep=1)
         return values_at_last_token(values, attention_mask)
 
-    def gradient_checkpointing_enable(self, **kwargs: Any) -> None:
-        self.pretrained_model.gradient_checkpointing_enable(**kwargs)
+    def activation_checkpointing_enable(self, **kwargs: Any) -> None:
+        self.pretrained_model.activation_checkpointing_enable(**kwargs)
 
 
 def values_at_last_token(values: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

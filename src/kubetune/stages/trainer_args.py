@@ -59,8 +59,9 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         run_name=t.run_name,
         dataloader_num_workers=t.dataloader_num_workers,
         disable_tqdm=t.disable_tqdm,
-        # we enable checkpointing on the model ourselves (it must happen before PEFT wraps it)
-        gradient_checkpointing=False,
+        # we enable checkpointing on the model ourselves (it must happen before PEFT wraps it); transformers 5's
+        # name, as `gradient_checkpointing` is its deprecated alias
+        activation_checkpointing=False,
         remove_unused_columns=False,  # our collator needs position_ids, which the model signature hides
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),

@@ -11,11 +11,14 @@ import json
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from transformers import TrainerCallback
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
 
-from kubetune.tracking.log_callback import TRAINER_LOG, JsonlLogCallback, append_jsonl
+# Not imported here: `log_callback` imports transformers (seconds, with peft), which the pipeline's light
+# steps that only talk to MLflow never need. `JsonlLogCallback` is loaded on first use (`__getattr__`).
+TRAINER_LOG = "trainer_log.jsonl"
 
 PARAMS_FILE = "params.json"
 
@@ -72,8 +75,20 @@ class LocalTracker:
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         """Append `metrics` as one line of `trainer_log.jsonl`, with `current_steps` = `step`."""
         if _is_main_process():
+            from kubetune.tracking.log_callback import append_jsonl
+
             append_jsonl(self.output_dir / TRAINER_LOG, {"current_steps": step, **metrics})
 
     def callback(self) -> TrainerCallback:
         """A `JsonlLogCallback` writing to the same `trainer_log.jsonl`."""
+        from kubetune.tracking.log_callback import JsonlLogCallback
+
         return JsonlLogCallback(self.output_dir)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "JsonlLogCallback":
+        from kubetune.tracking.log_callback import JsonlLogCallback
+
+        return JsonlLogCallback
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

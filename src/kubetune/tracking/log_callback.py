@@ -22,9 +22,10 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
+from kubetune.tracking import TRAINER_LOG
+
 logger = logging.getLogger(__name__)
 
-TRAINER_LOG = "trainer_log.jsonl"
 
 # Not copied into a line: renamed (`lr`), superseded by `total_tokens`/`throughput` (the Trainer's own
 # `train_tokens_per_second` averages over the whole call, not the last window), or not a metric.

@@ -27,8 +27,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
-
 import kubetune
 
 logger = logging.getLogger(__name__)
@@ -41,13 +39,14 @@ MAX_PARAM_LENGTH = 6000
 _PARAMS_PER_BATCH = 100
 _METRICS_PER_BATCH = 1000
 _PARENT_TAG = "mlflow.parentRunId"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+TRAINING_EXPERIMENT = "custom_model_development"
 _announced: set[str] = set()  # local stores whose location was logged already
 
 Record = dict[str, Any]
 
 __all__ = [
     "BUFFER_FILE",
-    "MLflowMetricsCallback",
     "MLflowTracker",
     "TrackingUnavailable",
     "default_tracking_uri",
@@ -204,11 +203,53 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        return str(client.create_experiment(name, artifact_location=_local_artifact_location(tracking_uri)))
+        # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, judges); the tag
+        # makes it a model-training experiment, opened on its runs table.
+        return str(client.create_experiment(name, artifact_location=_local_artifact_location(tracking_uri),
+                                            tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT}))
     except MlflowException as err:  # another pipeline created it a moment ago
         if err.error_code != "RESOURCE_ALREADY_EXISTS":
             raise
         return str(client.get_experiment_by_name(name).experiment_id)
+
+
+def end_pipeline_run(tracking_uri: str, experiment: str, kfp_run_id: str, status: str, *,
+                     request_timeout_s: float = 10.0) -> str | None:
+    """Close the parent run of a pipeline run, and every nested run still open under it.
+
+    The pipeline's exit step calls this whatever happened, so no run is left RUNNING: the parent
+    gets `status`; a nested run still RUNNING (its step was killed before it could close it, or a
+    retried attempt died) becomes FAILED, or KILLED when the pipeline was cancelled.
+
+    Args:
+        tracking_uri (`str`):
+            The MLflow server or store.
+        experiment (`str`):
+            The experiment the parent run is in.
+        kfp_run_id (`str`):
+            The KFP run id the parent is tagged with (`MLFLOW_RUN_ID`, when set, names the parent instead).
+        status (`str`):
+            FINISHED, FAILED or KILLED.
+        request_timeout_s (`float`, *optional*, defaults to `10.0`):
+            Per-request timeout.
+
+    Returns:
+        `str` or `None`: the parent run id, or `None` when the pipeline opened none (it failed before).
+    """
+    client = _client(tracking_uri)
+    with http_limits(request_timeout_s):
+        experiment_obj = client.get_experiment_by_name(experiment)
+        parent = os.environ.get("MLFLOW_RUN_ID") or (
+            experiment_obj and _parent_of_kfp_run(client, str(experiment_obj.experiment_id), kfp_run_id))
+        if not parent:
+            return None
+        experiment_id = client.get_run(parent).info.experiment_id
+        open_children = client.search_runs([experiment_id], f"tags.`{_PARENT_TAG}` = '{parent}' and "
+                                           "attributes.status = 'RUNNING'", max_results=1000)
+        for child in open_children:
+            client.set_terminated(child.info.run_id, status="KILLED" if status == "KILLED" else "FAILED")
+        client.set_terminated(parent, status=status)
+    return str(parent)
 
 
 def _parent_of_kfp_run(client: Any, experiment_id: str, kfp_run_id: str) -> str | None:
@@ -344,8 +385,12 @@ class MLflowTracker:
         for start in range(0, len(rows), _METRICS_PER_BATCH):
             self._send({"op": "metrics", "run_id": self._run_id, "metrics": rows[start:start + _METRICS_PER_BATCH]})
 
-    def callback(self) -> TrainerCallback:
+    def callback(self) -> Any:
         """A `TrainerCallback` logging every Trainer log event at its global step (see `MLflowMetricsCallback`)."""
+        # imported here: transformers (and with it peft) costs seconds to import, and the pipeline's light
+        # steps (validate, register, promote, finalize) track without a Trainer
+        from kubetune.tracking.mlflow_callback import MLflowMetricsCallback
+
         return MLflowMetricsCallback(self)
 
     # --- more than the protocol ---
@@ -493,53 +538,6 @@ class MLflowTracker:
             logger.warning("MLflow params hold at most %d characters: truncated %s", MAX_PARAM_LENGTH,
                            ", ".join(sorted(truncated)))
         return fresh
-
-
-class MLflowMetricsCallback(TrainerCallback):
-    """Log every Trainer log event to an `MLflowTracker` at `state.global_step` (main process only).
-
-    That is each training line (`loss`, `learning_rate`, `grad_norm`, TRL's `rewards/*`, `kl`, ...), each
-    evaluation (`eval_*`) and the end-of-training summary, under the Trainer's own names; non-numeric values
-    are skipped. Training lines also get `throughput` (non-padding input tokens per second since the previous
-    training line) when the Trainer counts tokens (`include_num_input_tokens_seen`).
-
-    Args:
-        tracker (`MLflowTracker`):
-            Where the metrics go.
-    """
-
-    def __init__(self, tracker: MLflowTracker) -> None:
-        self.tracker = tracker
-        self._window: tuple[float, int] | None = None  # (time, tokens seen) at the previous training line
-
-    def on_train_begin(
-        self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
-    ) -> None:
-        self._window = (time.monotonic(), state.num_input_tokens_seen)
-
-    def on_log(
-        self,
-        args: TrainingArguments,
-        state: TrainerState,
-        control: TrainerControl,
-        logs: dict[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> None:
-        if not state.is_world_process_zero or not logs:
-            return
-        metrics = {key: value for key, value in logs.items() if _is_number(value)}
-        if "loss" in logs and args.include_num_input_tokens_seen not in ("no", False):
-            metrics.update(self._throughput(state))
-        self.tracker.log_metrics(metrics, step=state.global_step)
-
-    def _throughput(self, state: TrainerState) -> dict[str, float]:
-        now, tokens = time.monotonic(), state.num_input_tokens_seen
-        since, tokens_then = self._window or (now, tokens)
-        self._window = (now, tokens)
-        return {"throughput": (tokens - tokens_then) / (now - since)} if now > since else {}
-
-
-# --- talking to MLflow ----------------------------------------------------------------------------
 
 
 class _Sender:

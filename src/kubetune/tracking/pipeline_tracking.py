@@ -39,6 +39,31 @@ def open_pipeline_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
                               tags=tags)
 
 
+def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str) -> str:
+    """End the parent run (and any nested run left open) with the pipeline's outcome; returns the status set.
+
+    KFP's final states map onto MLflow's: SUCCEEDED → FINISHED, CANCELED/CANCELLED → KILLED, anything
+    else → FAILED. An unreachable server is logged, not raised: the exit step must not turn a
+    trained, registered model into a failed pipeline run. Returns "" when there was no run to close.
+    """
+    from kubetune.tracking.mlflow_tracker import end_pipeline_run
+
+    state = pipeline_state.upper()
+    status = "FINISHED" if state == "SUCCEEDED" else "KILLED" if state.startswith("CANCEL") else "FAILED"
+    uri = tracking_uri(cfg)
+    try:
+        parent = end_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id, status)
+    except Exception as err:  # noqa: BLE001 — MlflowException, connection errors: say so and let the run end
+        logger.warning("could not close the pipeline's MLflow run at %s (%s): it stays RUNNING there",
+                       uri, str(err).splitlines()[0][:300])
+        return ""
+    if parent is None:
+        logger.info("no MLflow parent run for KFP run %s (the pipeline stopped before opening one)", kfp_run_id)
+        return ""
+    logger.info("MLflow parent run %s closed as %s (pipeline %s)", parent, status, state)
+    return status
+
+
 class StageTracking:
     """What a step reports through: Trainer callbacks, final metrics, and files."""
 

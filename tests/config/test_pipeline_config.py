@@ -1,0 +1,63 @@
+"""The pipeline config builds every step's config the way that step will, so a pipeline fails before it trains."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from kubetune.config import ConfigError
+from kubetune.config.pipeline import load_pipeline_config
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _pipeline(evaluation: dict | None = None, **sft: object) -> str:
+    data = {"name": "p", "model_name_or_path": "m", "template": "chatml", "dataset_dir": str(REPO / "data"),
+            "stages": {"sft": {"dataset": "kubi_sft", **sft}}}
+    if evaluation is not None:
+        data["evaluation"] = evaluation
+    return yaml.safe_dump(data)
+
+
+def test_evaluation_dataset_names_the_evaluation_data() -> None:
+    """A platform user writes `evaluation: {dataset: X}`; it used to be dropped, and evaluate failed after training."""
+    cfg = load_pipeline_config(text=_pipeline({"dataset": "kubi_sft_eval"}))
+    run_cfg = cfg.eval_config("adapter-dir", output_dir="out")
+    assert run_cfg.data.eval_dataset == ["kubi_sft_eval"]
+    assert run_cfg.model.adapter_name_or_path == ["adapter-dir"]
+    assert (run_cfg.train.do_train, run_cfg.train.do_eval, run_cfg.train.do_predict) == (False, True, True)
+    assert cfg.eval_config().model.adapter_name_or_path is None  # evaluate-base: the base as configured
+
+
+def test_evaluation_data_falls_back_to_the_sft_held_out_rows() -> None:
+    from_sft = load_pipeline_config(text=_pipeline({}, eval_dataset="kubi_sft_eval")).eval_config()
+    assert from_sft.data.eval_dataset == ["kubi_sft_eval"]
+    split = load_pipeline_config(text=_pipeline({}, val_size=0.1)).eval_config()
+    assert split.data.eval_dataset is None and split.data.val_size == 0.1 and split.data.dataset == ["kubi_sft"]
+
+
+def test_a_pipeline_without_held_out_data_is_refused_at_load() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(text=_pipeline({"max_new_tokens": 8}))
+    [problem] = err.value.problems
+    assert problem.key == "evaluation.eval_dataset"
+    assert "held-out" in problem.message and "evaluation.eval_dataset" in problem.hint
+
+
+def test_both_names_for_the_evaluation_data_are_refused_with_every_other_problem() -> None:
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(text=_pipeline({"dataset": "a", "eval_dataset": "b"}, lerning_rate=1e-4))
+    keys = [p.key for p in err.value.problems]
+    assert "evaluation.dataset" in keys and "stages.sft: lerning_rate" in keys
+    assert len(keys) == len(set(keys)), "a shared problem is listed once, not per step"
+
+
+def test_bad_evaluation_and_export_keys_name_their_step() -> None:
+    text = yaml.safe_load(_pipeline({"eval_dataset": "kubi_sft_eval", "max_new_tokenz": 8}))
+    text["export"] = {"export_size": "big"}
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(text=yaml.safe_dump(text))
+    keys = {p.key for p in err.value.problems}
+    assert keys == {"evaluate: max_new_tokenz", "export: export_size"}
