@@ -36,7 +36,7 @@ tools/checkov-venv/.installed-$(CHECKOV_VERSION):
 	touch $@
 
 test: setup $(DEPLOY_TOOLS)
-	$(BIN)/python -m pytest -n $(JOBS) -q
+	$(BIN)/python -m pytest -n $(JOBS) -q --durations=15
 
 test-fast: setup $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest -n $(JOBS) -q -m "not slow"

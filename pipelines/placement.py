@@ -46,7 +46,9 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
         s3_secret, mlflow_secret: secret names (pipeline parameters, so a run can point elsewhere).
         training: training steps are retried (pre-emptible GPUs) and not cached unless asked.
         local: the pipeline runs here through kfp.local (`kubetune run`): the model-cache PVC does not exist,
-            so its mount path must not become the steps' KUBETUNE_CACHE (caches stay in the user's own).
+            so its mount path must not become the steps' KUBETUNE_CACHE (caches stay in the user's own); and
+            a failed training step is not retried (no pre-emption here: a retry would fail the same way after
+            minutes of backoff).
     """
     res = cfg.resources_for(step)
     gpus = auto_gpus(cfg, step, res.gpu_memory_gib) if res.gpus == "auto" else res.gpus
@@ -75,7 +77,7 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
         task.set_env_variable("KUBETUNE_CACHE", cfg.model_cache.mount_path)
     if training:
         r = cfg.retry
-        if r.count:
+        if r.count and not local:  # kfp.local honours retries too; here a failure is no pre-emption, so it is final
             task.set_retry(num_retries=r.count, backoff_duration=r.backoff_duration, backoff_factor=r.backoff_factor,
                            backoff_max_duration=r.backoff_max_duration)
         task.set_caching_options(enable_caching=cfg.caching.training)

@@ -156,7 +156,8 @@ def _env(spec: dict, step: str) -> dict[str, str]:
 
 
 def test_model_cache_pvc_is_a_cluster_setting_only(tmp_path: Path) -> None:
-    """`kubetune run` builds the same DAG without the PVC: its mount path must not become KUBETUNE_CACHE here."""
+    """`kubetune run` builds the same DAG without the PVC (its mount path must not become KUBETUNE_CACHE here)
+    and without retries (a local failure is not a pre-emption)."""
     from kfp import compiler
 
     from kubetune.pipelines import build_pipeline
@@ -168,6 +169,7 @@ def test_model_cache_pvc_is_a_cluster_setting_only(tmp_path: Path) -> None:
     assert _env(cluster, "sft")["KUBETUNE_CACHE"] == "/cache/kubetune"
     assert "KUBETUNE_CACHE" not in _env(local, "sft")
     assert "pvcMount" not in str(local_k8s) and "pvcMount" in str(cluster_k8s)
+    assert _steps(cluster)["sft"]["retryPolicy"]["maxRetryCount"] == 3 and "retryPolicy" not in _steps(local)["sft"]
     assert set(_steps(local)) == set(_steps(cluster))  # one DAG: the same steps and edges
     assert {k: v.get("dependentTasks") for k, v in _steps(local).items()} == \
         {k: v.get("dependentTasks") for k, v in _steps(cluster).items()}
