@@ -285,8 +285,7 @@ def export(config: str, adapter_path: str, model_path: str) -> dict[str, Any]:
     """Merge the adapter into the base; write safetensors shards into `model_path` (and to S3 when set)."""
     with step("export"):
         cfg = parse(config)
-        run_cfg = cfg.export_config(adapter_path, export_dir=model_path)
-        run_cfg.model.quantization_bit = None  # export merges into the full-precision base
+        run_cfg = cfg.export_config(adapter_path, export_dir=model_path)  # the full-precision base, even for QLoRA
         from kubetune.export import export as merge_and_save
 
         merge_and_save(run_cfg)

@@ -83,6 +83,16 @@ def test_export_step_uploads_to_s3_when_configured(tiny_model_dir: Path, tmp_pat
     assert {"model.safetensors", "config.json", "tokenizer.json", "_SUCCESS"} <= keys
 
 
+def test_a_qlora_pipeline_validates_its_export_as_the_step_runs_it(tiny_model_dir: Path) -> None:
+    """export merges into the unquantised base: validate must not refuse QLoRA's quantization_bit there."""
+    data = yaml.safe_load(_config(tiny_model_dir))
+    data["quantization_bit"] = 4
+    cfg = load_pipeline_config(text=yaml.safe_dump(data))
+    runtime.check_every_step(cfg)
+    assert cfg.stage_config("sft").model.quantization_bit == 4
+    assert cfg.export_config("adapter", export_dir="out").model.quantization_bit is None
+
+
 def test_validate_checks_every_step_against_the_world_at_once(tiny_model_dir: Path, cache_dir: Path) -> None:
     """The evaluate step's data and the promotion gate are checked in validate, not after training."""
     from kubetune.config import ConfigError

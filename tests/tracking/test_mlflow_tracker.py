@@ -203,6 +203,17 @@ def test_ending_a_pipeline_closes_its_parent_and_any_open_step_run(mlflow_server
     assert end_pipeline_run(mlflow_server, name, f"never-{unique}", "FINISHED") is None  # nothing opened: no-op
 
 
+@pytest.mark.parametrize(("state", "status"), [
+    ("SUCCEEDED", "FINISHED"),  # kfp.local
+    ("COMPLETE", "FINISHED"),  # the KFP backend (MLMD's execution state)
+    ("FAILED", "FAILED"), ("SYSTEM_ERROR", "FAILED"), ("CANCELED", "KILLED"), ("CANCELLED", "KILLED"),
+])
+def test_kfp_final_states_map_to_mlflow_statuses(state: str, status: str) -> None:
+    from kubetune.tracking.pipeline_tracking import mlflow_status
+
+    assert mlflow_status(state) == status
+
+
 def test_long_params_are_truncated_with_a_note_and_batched(mlflow_server: str, mlflow_client: Any, tmp_path: Path,
                                                            caplog: pytest.LogCaptureFixture) -> None:
     params: dict[str, Any] = {f"p{i:03d}": i for i in range(250)}  # three batches of at most 100

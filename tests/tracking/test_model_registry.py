@@ -138,6 +138,18 @@ def test_the_gate_metric_is_read_from_the_versions_runs(mlflow_server: str, mlfl
     assert _champion(mlflow_client, name) == v2
 
 
+def test_the_base_models_scores_are_not_the_versions(mlflow_server: str, mlflow_client: Any, tmp_path: Path,
+                                                     unique: str) -> None:
+    """evaluate-base nests under the same parent with the same metric names, and may start after evaluate."""
+    name = f"baseline-{unique}"
+    run = _pipeline_run(mlflow_client, f"registry-{name}", {"predict_bleu-4": 40.0})
+    experiment_id = mlflow_client.get_run(run).info.experiment_id
+    base = mlflow_client.create_run(experiment_id, run_name="evaluate-base", tags={"mlflow.parentRunId": run})
+    mlflow_client.log_metric(base.info.run_id, "predict_bleu-4", 5.0)  # the newest child: the base model's score
+    version = register_model(mlflow_server, name, str(_model_dir(tmp_path)), run_id=run, tags=LINEAGE)
+    assert promote(mlflow_server, name, version, "predict_bleu-4").candidate_value == pytest.approx(40.0)
+
+
 def test_a_missing_gate_metric_names_the_ones_there_are(mlflow_server: str, mlflow_client: Any, tmp_path: Path,
                                                         unique: str) -> None:
     name = f"missing-{unique}"

@@ -201,11 +201,17 @@ class PipelineConfig(_Section):
         return self.stage_config("sft", _evaluation=keys, **extra)
 
     def export_config(self, adapter_path: str | None, export_dir: str) -> RunConfig:
-        """The RunConfig of the export step: the sft keys, the `export` section, the adapter to merge."""
+        """The RunConfig of the export step: the sft keys, the `export` section, the adapter to merge.
+
+        The base is loaded unquantised: an adapter trained on a 4/8-bit base (QLoRA) is merged into the
+        full-precision weights, so `quantization_bit` is dropped here.
+        """
         keys = {k: v for k, v in self.export.items() if k != "export_dir"}
         if adapter_path:
             keys["adapter_name_or_path"] = adapter_path
-        return self.stage_config("sft", export_dir=export_dir, **keys)
+        run_cfg = self.stage_config("sft", export_dir=export_dir, **keys)
+        run_cfg.model.quantization_bit = None
+        return run_cfg
 
     def resources_for(self, step: str) -> Resources:
         return self.resources.get(step) or self.resources.get("default") or Resources()

@@ -86,6 +86,7 @@ class StepLogRouter(io.TextIOBase):
         self.all = (logs_dir / "pipeline.log").open("a", encoding="utf-8")
         self.step_file: TextIO | None = None
         self.step_logs: dict[str, Path] = {}  # our step name (from its events) -> its log file
+        self.started: list[str] = []  # steps that sent a start event, in order
         self._task_log: Path | None = None
         self._pending = ""
         self._shown_tenth: dict[str, int] = {}
@@ -145,6 +146,8 @@ class StepLogRouter(io.TextIOBase):
         step = str(event.get("step", "?"))
         if self._task_log is not None:
             self.step_logs.setdefault(step, self._task_log)
+        if event.get("event") == "start" and step not in self.started:
+            self.started.append(step)
         if event.get("event") == "progress" and not self._worth_showing(step, event):
             return
         text = format_event(event)

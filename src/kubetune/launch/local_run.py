@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -95,13 +97,14 @@ def run_local(cfg: PipelineConfig, output_root: str | Path, arguments: dict[str,
     start = time.perf_counter()
     ok = True
     try:
-        with contextlib.redirect_stdout(router), contextlib.redirect_stderr(router):
+        with contextlib.redirect_stdout(router), contextlib.redirect_stderr(router), _root_logging_to(router):
             local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(root / "kfp"),
                        raise_on_error=True)
             build_pipeline(cfg, local=True)(**(arguments or {}))
-    except Exception as err:  # the failing step's record in the step log says which and why
+    except Exception as err:  # a failed step's record in the step log says which and why
         ok = False
         router.write(f"pipeline {cfg.name} failed: {err}\n")
+        console.write(f"pipeline {cfg.name} failed: {err}\n")
     finally:
         router.close()
         for key, value in saved.items():
@@ -110,9 +113,30 @@ def run_local(cfg: PipelineConfig, output_root: str | Path, arguments: dict[str,
             else:
                 os.environ[key] = value
     steps = [json.loads(line) for line in step_log.read_text().splitlines()] if step_log.is_file() else []
+    recorded = {s["step"] for s in steps}
+    for step in router.started:  # a process killed (out of memory, a signal) cannot write its record
+        if step not in recorded:
+            steps.append({"step": step, "status": "failed", "seconds": 0.0,
+                          "error": "the step's process ended without reporting: killed? (see its log)"})
     ok = ok and bool(steps) and all(s["status"] == "succeeded" for s in steps)
     return LocalRunResult(ok=ok, steps=steps, seconds=time.perf_counter() - start, output_root=root,
                           tracking_uri=uri, logs_dir=logs, step_logs=dict(router.step_logs))
+
+
+@contextlib.contextmanager
+def _root_logging_to(stream: Any) -> Iterator[None]:
+    """Send this process's own log records (kfp.local's orchestrator, ours) to `stream` while the pipeline runs.
+
+    `kubetune`'s CLI configures logging before the run, so the root handlers hold the real stderr, which
+    `redirect_stderr` cannot reach.
+    """
+    root = logging.getLogger()
+    saved = root.handlers[:]
+    root.handlers = [logging.StreamHandler(stream)]
+    try:
+        yield
+    finally:
+        root.handlers = saved
 
 
 _NOISE = ("runtime", "per_second", "epoch", "preparation_time", "tokens_seen", "_samples")
@@ -169,7 +193,10 @@ def _mlflow_lines(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
     try:
         from mlflow import MlflowClient
 
-        experiment = MlflowClient(uri).get_experiment_by_name(cfg.mlflow.experiment)
+        from kubetune.tracking.mlflow_tracker import http_limits
+
+        with http_limits(5.0):  # no retries: a dead server must not hold up the summary of a failed run
+            experiment = MlflowClient(uri).get_experiment_by_name(cfg.mlflow.experiment)
     except Exception:  # noqa: BLE001 — links are a convenience; the store may be gone or unreachable
         experiment = None
     if experiment is not None:

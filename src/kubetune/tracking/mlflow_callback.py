@@ -56,6 +56,3 @@ class MLflowMetricsCallback(TrainerCallback):
         since, tokens_then = self._window or (now, tokens)
         self._window = (now, tokens)
         return {"throughput": (tokens - tokens_then) / (now - since)} if now > since else {}
-
-
-# --- talking to MLflow ----------------------------------------------------------------------------

@@ -39,17 +39,28 @@ def open_pipeline_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
                               tags=tags)
 
 
+# What the exit step is told when every step succeeded: kfp.local says SUCCEEDED; the KFP backend passes
+# MLMD's execution state, COMPLETE (CACHED/SKIPPED steps count as done).
+_SUCCEEDED = {"SUCCEEDED", "COMPLETE", "COMPLETED", "CACHED", "SKIPPED"}
+
+
+def mlflow_status(pipeline_state: str) -> str:
+    """The MLflow run status for KFP's final state of a pipeline's steps: FINISHED, KILLED (cancelled) or FAILED."""
+    state = pipeline_state.strip().upper()
+    return "FINISHED" if state in _SUCCEEDED else "KILLED" if state.startswith("CANCEL") else "FAILED"
+
+
 def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str) -> str:
     """End the parent run (and any nested run left open) with the pipeline's outcome; returns the status set.
 
-    KFP's final states map onto MLflow's: SUCCEEDED → FINISHED, CANCELED/CANCELLED → KILLED, anything
-    else → FAILED. An unreachable server is logged, not raised: the exit step must not turn a
-    trained, registered model into a failed pipeline run. Returns "" when there was no run to close.
+    KFP's final states map onto MLflow's by `mlflow_status`. An unreachable server is logged, not raised:
+    the exit step must not turn a trained, registered model into a failed pipeline run. Returns "" when
+    there was no run to close.
     """
     from kubetune.tracking.mlflow_tracker import end_pipeline_run
 
     state = pipeline_state.upper()
-    status = "FINISHED" if state == "SUCCEEDED" else "KILLED" if state.startswith("CANCEL") else "FAILED"
+    status = mlflow_status(state)
     uri = tracking_uri(cfg)
     try:
         parent = end_pipeline_run(uri, cfg.mlflow.experiment, kfp_run_id, status)

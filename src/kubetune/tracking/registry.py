@@ -358,6 +358,9 @@ def _candidate_value(client: Any, candidate: Any, metric: str, metrics: Mapping[
     return value
 
 
+BASELINE_RUN = "evaluate-base"  # the pipeline step scoring the base model, nested like the version's own steps
+
+
 def _recorded_value(client: Any, model_version: Any, metric: str) -> tuple[float | None, set[str]]:
     """A version's value of `metric`: its tag, else its run's metrics, else its run's nested runs' (newest first).
 
@@ -376,6 +379,8 @@ def _recorded_value(client: Any, model_version: Any, metric: str) -> tuple[float
     children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
                                   order_by=["attributes.start_time DESC"])
     for child in children:
+        if child.data.tags.get("mlflow.runName") == BASELINE_RUN:
+            continue  # the base model's scores (evaluate-base), not this version's
         available |= set(child.data.metrics)
         if metric in child.data.metrics:
             return float(child.data.metrics[metric]), available
