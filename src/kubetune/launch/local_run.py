@@ -199,8 +199,11 @@ def _mlflow_lines(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
             experiment = MlflowClient(uri).get_experiment_by_name(cfg.mlflow.experiment)
     except Exception:  # noqa: BLE001 — links are a convenience; the store may be gone or unreachable
         experiment = None
+    # MLflow 3's UI opens in its GenAI mode (traces, judges) whatever the experiment's kind tag says;
+    # `workflowType=machine_learning` switches it to model training (runs, model registry)
+    mode = "?workflowType=machine_learning"
     if experiment is not None:
-        lines.append(f"  runs:      {ui}/#/experiments/{experiment.experiment_id}/runs")
+        lines.append(f"  runs:      {ui}/#/experiments/{experiment.experiment_id}/runs{mode}")
     if (result.find("register") or {}).get("version"):
-        lines.append(f"  model:     {ui}/#/models/{cfg.promotion.registered_model}")
+        lines.append(f"  model:     {ui}/#/models/{cfg.promotion.registered_model}{mode}")
     return lines

@@ -203,8 +203,8 @@ def _experiment_id(client: Any, name: str, tracking_uri: str) -> str:
     if experiment is not None:
         return str(experiment.experiment_id)
     try:
-        # MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, judges); the tag
-        # makes it a model-training experiment, opened on its runs table.
+        # MLflow 3 tells GenAI experiments from model-training ones by this tag (its UI still opens in GenAI
+        # mode until asked otherwise: `kubetune run` prints links with `workflowType=machine_learning`)
         return str(client.create_experiment(name, artifact_location=_local_artifact_location(tracking_uri),
                                             tags={EXPERIMENT_KIND_TAG: TRAINING_EXPERIMENT}))
     except MlflowException as err:  # another pipeline created it a moment ago
