@@ -6,11 +6,12 @@ without KFP and identical under `kfp.local` and on a cluster.
 
 Each step appends one line (step, status, seconds) to `$KUBETUNE_STEP_LOG` when set, so
 `kubetune run` can print a summary of the run, and prints marked start/end/progress events for its
-console (`kubetune.launch.step_events`).
+console (`kubetune.launch.console`).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -22,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from kubetune.config.errors import ConfigError, Problem
-from kubetune.config.pipeline import PIPELINE_INPUT, PipelineConfig, load_pipeline_config
+from kubetune.config.pipeline import PipelineConfig, load_pipeline_config, step_problems
 from kubetune.launch.console import emit
 from kubetune.paths import cache_root
 
@@ -106,25 +107,14 @@ def check_every_step(cfg: PipelineConfig) -> None:
     from kubetune.evaluate.metrics import GENERATION_METRICS
 
     measured = ("eval_loss", "eval_perplexity", *(f"predict_{k}" for k in GENERATION_METRICS))  # by evaluate
-    checks: dict[str, Any] = {}
-    for stage in cfg.stages_to_validate():
-        checks[f"stages.{stage}"] = (lambda stage=stage: cfg.stage_config(
-            stage, output_dir=f"{PIPELINE_INPUT}{stage}", overwrite_output_dir=True, **cfg.pipeline_inputs(stage)),
-            "train")
-    checks["evaluate"] = (lambda: cfg.eval_config(output_dir=f"{PIPELINE_INPUT}evaluate"), "eval")
-    checks["export"] = (lambda: cfg.export_config(None, export_dir=f"{PIPELINE_INPUT}export"), "export")
-    problems: list[Problem] = []
-    seen: set[tuple[str, str, str]] = set()  # a shared key at fault fails every step built from it: list it once
-    for name, (build, command) in checks.items():
-        try:
-            run_cfg = build()
-            preflight(run_cfg, "eval" if command == "train" and run_cfg.train.do_train is False else command)
-        except ConfigError as err:
-            for p in err.problems:
-                if (p.key, repr(p.value), p.message) not in seen:
-                    seen.add((p.key, repr(p.value), p.message))
-                    problems.append(p if p.key.startswith("evaluation.") else
-                                    Problem(f"{name}: {p.key}", p.value, p.origin, p.message, p.hint))
+
+    def checked(step: str, build: Any) -> None:
+        run_cfg = build()
+        stage_command = "eval" if run_cfg.train.do_train is False else "train"
+        preflight(run_cfg, {"evaluate": "eval", "export": "export"}.get(step, stage_command))
+
+    problems = step_problems({step: functools.partial(checked, step, build)
+                              for step, build in cfg.step_configs(placeholder_outputs=True).items()})
     if cfg.promotion.metric not in measured:
         problems.append(Problem("promotion.metric", cfg.promotion.metric, cfg.source or "pipeline config",
                                 "is not measured by the evaluate step", f"use one of {', '.join(measured)}"))

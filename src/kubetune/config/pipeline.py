@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -213,6 +214,24 @@ class PipelineConfig(_Section):
         run_cfg.model.quantization_bit = None
         return run_cfg
 
+    def step_configs(self, placeholder_outputs: bool = False) -> dict[str, Callable[[], RunConfig]]:
+        """How each step of the DAG builds its RunConfig: every training stage (`stages.<stage>`), evaluate, export.
+
+        Args:
+            placeholder_outputs: give the steps output folders that stand for the ones they get at run time
+                (`pipeline:<step>`, never created), as the world checks need; off, a stage keeps the config's own.
+        """
+        def stage(name: str) -> RunConfig:
+            outputs = {"output_dir": f"{PIPELINE_INPUT}{name}", "overwrite_output_dir": True}
+            return self.stage_config(name, **(outputs if placeholder_outputs else {}), **self.pipeline_inputs(name))
+
+        steps: dict[str, Callable[[], RunConfig]] = {
+            f"stages.{name}": (lambda name=name: stage(name)) for name in self.stages_to_validate()}
+        steps["evaluate"] = lambda: self.eval_config(output_dir=f"{PIPELINE_INPUT}evaluate" if placeholder_outputs
+                                                     else None)
+        steps["export"] = lambda: self.export_config(None, export_dir=f"{PIPELINE_INPUT}export")
+        return steps
+
     def resources_for(self, step: str) -> Resources:
         return self.resources.get(step) or self.resources.get("default") or Resources()
 
@@ -235,6 +254,27 @@ class PipelineConfig(_Section):
         """Image references come from one place: the config, else the package version."""
         explicit = getattr(self.images, kind)
         return explicit or f"ghcr.io/kubetune/kubetune-{kind}:{kubetune.__version__}"
+
+
+def step_problems(checks: Mapping[str, Callable[[], object]]) -> list[Problem]:
+    """Run each step's check; return every problem it raised, named by its step (`evaluate: max_new_tokenz`).
+
+    A shared key at fault fails every step built from it: it is listed once. `evaluation.*` problems
+    already name their section and keep their key.
+    """
+    problems: list[Problem] = []
+    seen: set[tuple[str, str, str]] = set()
+    for step, check in checks.items():
+        try:
+            check()
+        except ConfigError as err:
+            for p in err.problems:
+                if (p.key, repr(p.value), p.message) in seen:
+                    continue
+                seen.add((p.key, repr(p.value), p.message))
+                problems.append(p if p.key.startswith("evaluation.") else
+                                Problem(f"{step}: {p.key}", p.value, p.origin, p.message, p.hint))
+    return problems
 
 
 def load_pipeline_config(path: str | Path | None = None, text: str | None = None,
@@ -266,21 +306,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     if problems:
         raise ConfigError(problems, source)
-    checks = {f"stages.{stage}": lambda stage=stage: cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
-              for stage in cfg.stages_to_validate()}
-    checks["evaluate"] = cfg.eval_config
-    checks["export"] = lambda: cfg.export_config(None, export_dir="pipeline:export")
-    seen: set[tuple[str, str, str]] = set()  # a bad shared key fails every step built from it: list it once
-    for step, check in checks.items():
-        try:
-            check()
-        except ConfigError as err:
-            for p in err.problems:
-                if (p.key, repr(p.value), p.message) in seen:
-                    continue
-                seen.add((p.key, repr(p.value), p.message))
-                problems.append(p if p.key.startswith("evaluation.") else
-                                Problem(f"{step}: {p.key}", p.value, p.origin, p.message, p.hint))
+    problems = step_problems(cfg.step_configs())
     if problems:
         raise ConfigError(problems, source)
     return cfg

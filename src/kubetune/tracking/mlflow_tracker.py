@@ -540,6 +540,9 @@ class MLflowTracker:
         return fresh
 
 
+# --- talking to MLflow ----------------------------------------------------------------------------
+
+
 class _Sender:
     """Applies buffer records to an MLflow client, remembering the real ids of runs created from pending ones."""
 
