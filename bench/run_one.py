@@ -256,15 +256,12 @@ def run_prep(args: argparse.Namespace) -> dict[str, Any]:
     """kubetune preprocessing alone: a cold build (rows/s), then a repeat that must hit the cache."""
     from kubetune.config import load_config
     from kubetune.data.pipeline import tokenized
-    from kubetune.data.template_registry import get_template
-    from kubetune.model.loader import load_tokenizer
+    from kubetune.data.setup import tokenizer_and_template
 
     keys = {**COMMON, "model_name_or_path": args.model, "dataset": DATASET, "dataset_dir": args.data,
             "output_dir": str(Path(args.work) / "out")}
     cfg = load_config(None, {k: v for k, v in keys.items() if v is not None})
-    tokenizer = load_tokenizer(cfg.model, args.model)
-    template = get_template(cfg.data.template, tokenizer)
-    template.fix_tokenizer(tokenizer)
+    tokenizer, template = tokenizer_and_template(cfg, args.model)
     timings = {}
     for name, overwrite in (("cold", True), ("repeat", False)):
         cfg.data.overwrite_cache = overwrite

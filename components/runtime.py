@@ -134,14 +134,9 @@ def preprocess(config: str, stage: str, dataset_path: str) -> dict[str, Any]:
         cfg = parse(config)
         run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent), **cfg.pipeline_inputs(stage))
         from kubetune.data.pipeline import tokenized
-        from kubetune.data.template_registry import get_template
-        from kubetune.model.loader import load_tokenizer
+        from kubetune.data.setup import tokenizer_and_template
 
-        tokenizer = load_tokenizer(run_cfg.model)
-        template = get_template(run_cfg.data.template, tokenizer, run_cfg.data.template_file)
-        if run_cfg.data.default_system is not None:
-            template.default_system = run_cfg.data.default_system
-        template.fix_tokenizer(tokenizer)
+        tokenizer, template = tokenizer_and_template(run_cfg)  # the tokenizer alone: preprocessing needs no weights
         do_eval = run_cfg.train.do_eval or run_cfg.train.eval_strategy != "no"
         data = tokenized(run_cfg.data, tokenizer, template, stage=stage, seed=run_cfg.train.seed,
                          train=True, evaluate=do_eval)

@@ -11,9 +11,9 @@ from transformers import TextIteratorStreamer
 
 from kubetune.config import RunConfig
 from kubetune.data.schema import Message
-from kubetune.data.template_registry import get_template
+from kubetune.data.setup import tokenizer_and_template
 from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import load_base_model, load_tokenizer, resolve_model_path
+from kubetune.model.loader import load_base_model, resolve_model_path
 from kubetune.stages.predict import generation_kwargs
 
 HELP = "Type a message. Commands: `clear` forgets the conversation, `exit` quits."
@@ -22,13 +22,11 @@ HELP = "Type a message. Commands: `clear` forgets the conversation, `exit` quits
 def chat(cfg: RunConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout) -> None:
     """Run the chat loop until `exit` or end of input; answers stream as they are generated."""
     path = resolve_model_path(cfg.model)
-    tokenizer = load_tokenizer(cfg.model, path)
-    template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
-    template.fix_tokenizer(tokenizer)
+    tokenizer, template = tokenizer_and_template(cfg, path)
     model = load_base_model(cfg.model, path=path)
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
     kwargs = generation_kwargs(cfg.generation, tokenizer, template.stop_token_ids(tokenizer))
-    system = cfg.data.default_system or ""
+    system = ""  # the template supplies its default_system (the config's, if set) when this is empty
     history: list[Message] = []
     print(HELP, file=stdout, flush=True)
     while True:

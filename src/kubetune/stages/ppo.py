@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
 from kubetune.config import RunConfig
+from kubetune.data.setup import stage_data
 from kubetune.evaluate.metrics import generation_metrics
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
@@ -51,7 +52,7 @@ from kubetune.rl.kl_control import kl_controller
 from kubetune.rl.losses import clipped_policy_loss, clipped_value_loss
 from kubetune.rl.rewards import RewardSource, ScoreNormalizer, load_reward_source
 from kubetune.rl.rollout import Experience, PromptSampler, collect_experience, policy_forward
-from kubetune.stages.common import stage_data, write_bad_rows
+from kubetune.stages.common import write_bad_rows
 from kubetune.stages.predict import generation_kwargs
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments

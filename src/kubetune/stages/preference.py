@@ -55,10 +55,10 @@ from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.packing import best_fit
 from kubetune.data.pipeline import TokenizedData
+from kubetune.data.setup import stage_data
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.stages import common
-from kubetune.stages.common import stage_data
 from kubetune.stages.fused_loss import sequence_logps_fused
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult

@@ -28,6 +28,7 @@ from transformers import EvalPrediction, Trainer, set_seed
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
+from kubetune.data.setup import stage_data
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.reward import (
@@ -40,7 +41,7 @@ from kubetune.model.reward import (
     sequence_scores,
 )
 from kubetune.model.value_head import ModelWithValueHead
-from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
+from kubetune.stages.common import train_and_save, write_bad_rows
 from kubetune.stages.result import StageResult
 from kubetune.stages.trainer_args import training_arguments
 from kubetune.tracking import JsonlLogCallback

@@ -15,13 +15,14 @@ from transformers import Trainer, set_seed
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.packing import packing_mode
+from kubetune.data.setup import stage_data
 from kubetune.evaluate.metrics import perplexity
 from kubetune.model import packed_attention
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
-from kubetune.stages.common import stage_data, train_and_save, write_bad_rows
+from kubetune.stages.common import train_and_save, write_bad_rows
 from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
 from kubetune.stages.predict import predict
 from kubetune.stages.result import StageResult
