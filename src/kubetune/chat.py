@@ -12,9 +12,9 @@ from transformers import TextIteratorStreamer
 from kubetune.config import RunConfig
 from kubetune.data.schema import Message
 from kubetune.data.setup import tokenizer_and_template
+from kubetune.evaluate.generate import generation_kwargs
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, resolve_model_path
-from kubetune.stages.predict import generation_kwargs
 
 HELP = "Type a message. Commands: `clear` forgets the conversation, `exit` quits."
 

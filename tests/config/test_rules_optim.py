@@ -151,7 +151,7 @@ def test_liger_kernel_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_liger_kernel_reaches_the_trainer_arguments(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from kubetune.config import rules
-    from kubetune.stages.trainer_args import training_arguments
+    from kubetune.train.arguments import training_arguments
 
     monkeypatch.setattr(rules, "RULES", [])  # build the arguments a GPU machine would get
     assert training_arguments(cfg(enable_liger_kernel=True), tmp_path).use_liger_kernel is True

@@ -226,7 +226,7 @@ def test_upcast_counts_each_norm_once(tiny_model_dir: Path) -> None:
 
 def test_galore_checkpoint_state_loads_as_the_trainer_resumes_it(tiny_model_dir: Path, tmp_path: Path) -> None:
     from kubetune.model.memory_optimizers import galore_optimizer
-    from kubetune.stages.trainer_args import training_arguments
+    from kubetune.train.arguments import training_arguments
 
     cfg, model = _tiny(tiny_model_dir, use_galore=True, galore_rank=RANK, output_dir=str(tmp_path))
     optimizer = galore_optimizer(model, training_arguments(cfg, tmp_path), cfg.method)

@@ -24,7 +24,7 @@ from kubetune.model.adapters import load_adapter, prepare_for_training
 from kubetune.model.loader import load_base_model
 from kubetune.model.loraplus import loraplus_optimizer
 from kubetune.stages import run_stage
-from kubetune.stages.trainer_args import training_arguments
+from kubetune.train.arguments import training_arguments
 
 REPO = Path(__file__).resolve().parents[2]
 IDS = torch.randint(5, 200, (1, 10), generator=torch.Generator().manual_seed(1))

@@ -15,7 +15,7 @@ from kubetune.cli import main
 from kubetune.config import ConfigError, load_config
 from kubetune.model.reward import load_reward_model, score_ids
 from kubetune.stages import run_stage
-from kubetune.stages.result import StageResult
+from kubetune.train.result import StageResult
 
 REPO = Path(__file__).resolve().parents[2]
 

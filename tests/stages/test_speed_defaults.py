@@ -15,7 +15,7 @@ from kubetune.config import ConfigError, load_config
 from kubetune.model import auto_precision, packed_attention
 from kubetune.model.auto_precision import native_bf16, resolve_bf16
 from kubetune.stages import run_stage
-from kubetune.stages.trainer_args import groups_by_length
+from kubetune.train.arguments import groups_by_length
 
 REPO = Path(__file__).resolve().parents[2]
 

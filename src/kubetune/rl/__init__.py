@@ -1,7 +1,6 @@
-"""Reinforcement learning from rewards (the ppo stage's parts).
+"""Reinforcement learning from rewards (the ppo stage's parts; its losses are in `kubetune.losses.ppo`).
 
 - `gae`: per-token rewards with the KL penalty, GAE advantages and returns, masked whitening.
-- `losses`: PPO's clipped policy and value losses, entropy.
 - `kl_control`: the KL coefficient, fixed or adapted towards `ppo_target`.
 - `rollout`: sample responses, log-probs under policy and reference, values; the prompt order.
 - `rewards`: reward sources (reward model, HTTP endpoint, Python function), score normalisation.

@@ -14,9 +14,9 @@ import torch
 from tqdm.auto import tqdm
 
 from kubetune.config import GeneratingArguments
+from kubetune.evaluate.generate import generation_kwargs
 from kubetune.rl.rewards import RewardSource
 from kubetune.rl.rollout import sample_responses
-from kubetune.stages.predict import generation_kwargs
 
 
 @dataclass

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from kubetune.rl.losses import entropy_from_logits
+from kubetune.losses.ppo import entropy_from_logits
 from kubetune.rl.rewards import RewardSource
 
 
@@ -82,7 +82,7 @@ def sample_responses(lm: Any, prompt_ids: list[list[int]], gen_kwargs: dict[str,
     Args:
         lm: the causal LM (plain or PEFT), in eval mode.
         prompt_ids: token ids of each prompt (unpadded).
-        gen_kwargs: `generate` keyword arguments (`kubetune.stages.predict.generation_kwargs`).
+        gen_kwargs: `generate` keyword arguments (`kubetune.evaluate.generate.generation_kwargs`).
         pad_token_id: the padding id.
         stop_token_ids: ids that end a response (`template.stop_token_ids`).
     """

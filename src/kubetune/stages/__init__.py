@@ -9,7 +9,7 @@ import importlib
 
 from kubetune.config import RunConfig
 from kubetune.model.auto_precision import resolve_bf16
-from kubetune.stages.result import StageResult
+from kubetune.train.result import StageResult
 
 
 def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:

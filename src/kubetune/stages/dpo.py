@@ -24,19 +24,19 @@ from typing import Any
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
+from kubetune.losses.causal_lm import causal_lm_parts
+from kubetune.losses.preference import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, pairwise_loss
 from kubetune.model import packed_attention
 from kubetune.stages import preference
-from kubetune.stages.common import write_bad_rows
-from kubetune.stages.fused_loss import causal_lm_parts
 from kubetune.stages.preference import (
     PairwiseCollator,
     Reference,
     Stats,
     scored_logps,
 )
-from kubetune.stages.preference_losses import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, pairwise_loss
-from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import training_arguments
+from kubetune.train.arguments import training_arguments
+from kubetune.train.recipe import write_bad_rows
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 

@@ -22,12 +22,12 @@ import torch
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
+from kubetune.losses.preference import kto_kl_estimate, kto_loss
 from kubetune.stages import preference
-from kubetune.stages.common import write_bad_rows
 from kubetune.stages.preference import KTOCollator, Reference, Stats, scored_logps
-from kubetune.stages.preference_losses import kto_kl_estimate, kto_loss
-from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import training_arguments
+from kubetune.train.arguments import training_arguments
+from kubetune.train.recipe import write_bad_rows
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 

@@ -40,7 +40,9 @@ from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
 
 from kubetune.config import RunConfig
 from kubetune.data.setup import stage_data
+from kubetune.evaluate.generate import generation_kwargs
 from kubetune.evaluate.metrics import generation_metrics
+from kubetune.losses.ppo import clipped_policy_loss, clipped_value_loss
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.value_head import ModelWithValueHead
@@ -49,14 +51,12 @@ from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
 from kubetune.rl.evaluate import score_generations
 from kubetune.rl.gae import compute_gae, masked_mean, masked_whiten, token_rewards
 from kubetune.rl.kl_control import kl_controller
-from kubetune.rl.losses import clipped_policy_loss, clipped_value_loss
 from kubetune.rl.rewards import RewardSource, ScoreNormalizer, load_reward_source
 from kubetune.rl.rollout import Experience, PromptSampler, collect_experience, policy_forward
-from kubetune.stages.common import write_bad_rows
-from kubetune.stages.predict import generation_kwargs
-from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import find_resume_checkpoint, training_arguments
 from kubetune.tracking import JsonlLogCallback
+from kubetune.train.arguments import find_resume_checkpoint, training_arguments
+from kubetune.train.recipe import write_bad_rows
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 

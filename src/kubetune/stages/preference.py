@@ -16,7 +16,7 @@ We checked TRL first. Its `DPOTrainer` has sigmoid/hinge/ipo (and many more), bu
 
 Adapting all that would cost more than writing what we need: a small `transformers.Trainer` subclass
 (`PreferenceTrainer`, ~60 lines) runs an *objective* (`PairwiseObjective` in dpo.py, `KTOObjective` in
-kto.py, ~50 lines each) over pure loss functions (`preference_losses.py`, unit-tested on hand-computed
+kto.py, ~50 lines each) over pure loss functions (`kubetune.losses.preference`, unit-tested on hand-computed
 values), with the same checkpointing, resume, logging and evaluation as sft. TRL stays the reference
 for the formulas and metric names (`rewards/accuracies`, ...), which we keep.
 
@@ -56,13 +56,13 @@ from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.packing import best_fit
 from kubetune.data.pipeline import TokenizedData
 from kubetune.data.setup import stage_data
+from kubetune.evaluate.generate import predict
+from kubetune.losses.causal_lm import sequence_logps_fused
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
-from kubetune.stages import common
-from kubetune.stages.fused_loss import sequence_logps_fused
-from kubetune.stages.predict import predict
-from kubetune.stages.result import StageResult
 from kubetune.tracking import JsonlLogCallback
+from kubetune.train import recipe
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 
@@ -408,8 +408,8 @@ def pad_id(tokenizer: Any) -> int:
 
 def train_and_save(trainer: PreferenceTrainer, cfg: RunConfig, s: StageSetup, out: Path,
                    plotted: Sequence[str]) -> tuple[dict[str, float], dict[str, str]]:
-    """`kubetune.stages.common.train_and_save` for a preference stage's setup."""
-    return common.train_and_save(trainer, cfg, s.data, out, tokenizer=s.tokenizer, plotted=plotted)
+    """`kubetune.train.recipe.train_and_save` for a preference stage's setup."""
+    return recipe.train_and_save(trainer, cfg, s.data, out, tokenizer=s.tokenizer, plotted=plotted)
 
 
 def evaluate(trainer: PreferenceTrainer, eval_set: Any) -> dict[str, float]:

@@ -41,10 +41,10 @@ from kubetune.model.reward import (
     sequence_scores,
 )
 from kubetune.model.value_head import ModelWithValueHead
-from kubetune.stages.common import train_and_save, write_bad_rows
-from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import training_arguments
 from kubetune.tracking import JsonlLogCallback
+from kubetune.train.arguments import training_arguments
+from kubetune.train.recipe import train_and_save, write_bad_rows
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 

@@ -16,18 +16,18 @@ from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.packing import packing_mode
 from kubetune.data.setup import stage_data
+from kubetune.evaluate.generate import predict
 from kubetune.evaluate.metrics import perplexity
+from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts
 from kubetune.model import packed_attention
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
-from kubetune.stages.common import train_and_save, write_bad_rows
-from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts
-from kubetune.stages.predict import predict
-from kubetune.stages.result import StageResult
-from kubetune.stages.trainer_args import training_arguments
 from kubetune.tracking import JsonlLogCallback
+from kubetune.train.arguments import training_arguments
+from kubetune.train.recipe import train_and_save, write_bad_rows
+from kubetune.train.result import StageResult
 
 logger = logging.getLogger(__name__)
 

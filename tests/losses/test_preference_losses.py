@@ -7,8 +7,7 @@ import math
 import pytest
 import torch
 
-from kubetune.stages.preference import KTOCollator, PairwiseCollator, sequence_logps
-from kubetune.stages.preference_losses import (
+from kubetune.losses.preference import (
     hinge_loss,
     ipo_loss,
     kto_kl_estimate,
@@ -18,6 +17,7 @@ from kubetune.stages.preference_losses import (
     sigmoid_loss,
     simpo_loss,
 )
+from kubetune.stages.preference import KTOCollator, PairwiseCollator, sequence_logps
 
 
 def t(*values: float) -> torch.Tensor:

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AutoModelForCausalLM
 
-from kubetune.stages.fused_loss import causal_lm_loss_sum, causal_lm_parts, linear_cross_entropy_sum
+from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts, linear_cross_entropy_sum
 
 
 def test_chunked_linear_cross_entropy_matches_full_logits() -> None:
@@ -48,7 +48,7 @@ def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_di
     and an all-prompt row scores 0 (nothing learnt) instead of failing."""
     from peft import LoraConfig, get_peft_model
 
-    from kubetune.stages.fused_loss import sequence_logps_fused
+    from kubetune.losses.causal_lm import sequence_logps_fused
     from kubetune.stages.preference import mean_response_logits, sequence_logps
 
     torch.manual_seed(2)
@@ -87,7 +87,7 @@ def test_packed_pairs_score_as_padded_pairs(tiny_model_dir: Path) -> None:
     per-sequence log-probs and gradients as one padded sequence per row."""
     from peft import LoraConfig, get_peft_model
 
-    from kubetune.stages.fused_loss import sequence_logps_fused
+    from kubetune.losses.causal_lm import sequence_logps_fused
     from kubetune.stages.preference import PairwiseCollator
 
     torch.manual_seed(3)

@@ -9,7 +9,7 @@ from typing import Any
 from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
-from kubetune.stages.trainer_args import find_resume_checkpoint
+from kubetune.train.arguments import find_resume_checkpoint
 
 
 def write_bad_rows(out: Path, data: TokenizedData, files: dict[str, str]) -> None:

@@ -7,7 +7,7 @@ import math
 import torch
 from torch.testing import assert_close
 
-from kubetune.rl.losses import clipped_policy_loss, clipped_value_loss, entropy_from_logits
+from kubetune.losses.ppo import clipped_policy_loss, clipped_value_loss, entropy_from_logits
 
 
 def test_clipped_policy_loss_takes_the_pessimistic_term() -> None:
