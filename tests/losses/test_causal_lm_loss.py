@@ -49,7 +49,7 @@ def test_fused_sequence_logps_equal_the_logits_path_with_gradients(tiny_model_di
     from peft import LoraConfig, get_peft_model
 
     from kubetune.losses.causal_lm import sequence_logps_fused
-    from kubetune.stages.preference import mean_response_logits, sequence_logps
+    from kubetune.losses.logps import mean_response_logits, sequence_logps
 
     torch.manual_seed(2)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),
@@ -87,8 +87,8 @@ def test_packed_pairs_score_as_padded_pairs(tiny_model_dir: Path) -> None:
     per-sequence log-probs and gradients as one padded sequence per row."""
     from peft import LoraConfig, get_peft_model
 
+    from kubetune.data.collator import PairwiseCollator
     from kubetune.losses.causal_lm import sequence_logps_fused
-    from kubetune.stages.preference import PairwiseCollator
 
     torch.manual_seed(3)
     model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model_dir),

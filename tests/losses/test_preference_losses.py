@@ -7,6 +7,8 @@ import math
 import pytest
 import torch
 
+from kubetune.data.collator import KTOCollator, PairwiseCollator
+from kubetune.losses.logps import sequence_logps
 from kubetune.losses.preference import (
     hinge_loss,
     ipo_loss,
@@ -17,7 +19,6 @@ from kubetune.losses.preference import (
     sigmoid_loss,
     simpo_loss,
 )
-from kubetune.stages.preference import KTOCollator, PairwiseCollator, sequence_logps
 
 
 def t(*values: float) -> torch.Tensor:

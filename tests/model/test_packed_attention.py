@@ -47,7 +47,9 @@ def test_per_sequence_sdpa_equals_the_block_mask(one_row: bool):
     batch = DataCollatorForSupervised(pad_token_id=0, padding_free=True, flatten_packed=one_row)(
         examples(9, 3, 5, 4, 7))
     logits, loss, grads = loss_and_grads(model, batch)  # transformers' sdpa with its block-diagonal mask
-    assert packed_attention.use(model) and model.config._attn_implementation == packed_attention.NAME
+    assert packed_attention.can_use(model) and model.config._attn_implementation == "sdpa"  # asking changes nothing
+    packed_attention.switch(model)
+    assert model.config._attn_implementation == packed_attention.NAME
     packed_logits, packed_loss, packed_grads = loss_and_grads(model, batch)
     torch.testing.assert_close(packed_logits, logits, atol=1e-5, rtol=0)
     torch.testing.assert_close(packed_loss, loss, atol=1e-6, rtol=0)
@@ -63,7 +65,8 @@ def test_padded_batches_and_left_padded_generation_are_unchanged():
     with torch.no_grad():
         expected_logits = model(**padded).logits
         expected_tokens = model.generate(**prompts, max_new_tokens=6, do_sample=False, use_cache=True)
-        assert packed_attention.use(model)
+        assert packed_attention.can_use(model)
+        packed_attention.switch(model)
         torch.testing.assert_close(model(**padded).logits, expected_logits, atol=1e-5, rtol=0)
         tokens = model.generate(**prompts, max_new_tokens=6, do_sample=False, use_cache=True)
     assert torch.equal(tokens, expected_tokens)
@@ -71,4 +74,4 @@ def test_padded_batches_and_left_padded_generation_are_unchanged():
 
 def test_only_sdpa_models_are_switched():
     eager = tiny_llama("eager")
-    assert packed_attention.use(eager) is False and eager.config._attn_implementation == "eager"
+    assert packed_attention.can_use(eager) is False and eager.config._attn_implementation == "eager"

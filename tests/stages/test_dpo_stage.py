@@ -14,8 +14,10 @@ from stage_helpers import StopAfter, log_lines
 from transformers import AutoModelForCausalLM, LlamaForCausalLM, TrainerCallback
 
 from kubetune.config import load_config
+from kubetune.data.collator import PairwiseCollator
+from kubetune.losses.logps import sequence_logps
+from kubetune.model.reference import Reference
 from kubetune.stages import run_stage
-from kubetune.stages.preference import PairwiseCollator, Reference, sequence_logps
 
 REPO = Path(__file__).resolve().parents[2]
 LOGGED = ("rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins", "logps/chosen",

@@ -13,7 +13,7 @@ from transformers import TrainerCallback
 
 from kubetune.config import ConfigError, load_config
 from kubetune.model import auto_precision, packed_attention
-from kubetune.model.auto_precision import native_bf16, resolve_bf16
+from kubetune.model.auto_precision import native_bf16, with_bf16_decided
 from kubetune.stages import run_stage
 from kubetune.train.arguments import groups_by_length
 
@@ -136,7 +136,8 @@ def test_bf16_auto_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch
                                                  expected: bool) -> None:
     monkeypatch.setattr(auto_precision, "native_bf16", lambda: (native, "test"))
     config = cfg(**keys)
-    assert resolve_bf16(config) is expected and config.train.bf16 is expected
+    assert with_bf16_decided(config).train.bf16 is expected
+    assert config.train.bf16 == keys.get("bf16")  # the caller's config is left as it was
 
 
 def test_native_bf16_on_cpu_means_amx(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,6 +1,6 @@
-"""Batch tokenised rows into padded tensors for training.
+"""Batch tokenised rows into tensors for training: supervised rows, preference pairs, KTO rows.
 
-Three kinds of batch:
+`DataCollatorForSupervised` (sft, pt) makes three kinds of batch:
 
 - Ordinary rows: right-padded `input_ids`/`labels` and an `attention_mask` that hides padding.
 - Padding-free batches of ordinary rows (`padding_free=True`): the batch's examples are packed
@@ -20,6 +20,10 @@ Flash attention derives varlen boundaries from position ids only for a batch of 
 the batch into one row for it, as for kubetune's sdpa per packed sequence
 (`model.packed_attention`). Keep it off for transformers' own sdpa/eager: their mask is
 quadratic in the row length.
+
+`PairwiseCollator` batches the chosen and rejected sequences of rm and dpo pairs (padded, or packed
+without padding for dpo's fused log-probs); `KTOCollator` pads KTO rows with their KL partners.
+Which layout a stage uses is decided once by `kubetune.train.layout`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ import torch
 
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.packing import best_fit, concatenate
+from kubetune.model.loader import pad_token_id
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -64,8 +69,7 @@ class DataCollatorForSupervised:
 
     def __post_init__(self) -> None:
         if self.pad_token_id is None and self.tokenizer is not None:
-            pad = self.tokenizer.pad_token_id
-            self.pad_token_id = pad if pad is not None else self.tokenizer.eos_token_id
+            self.pad_token_id = pad_token_id(self.tokenizer)
         if self.pad_token_id is None:
             raise ValueError("DataCollatorForSupervised needs pad_token_id, or a tokenizer with a pad or EOS token")
 
@@ -132,3 +136,87 @@ def _flatten(rows: list[dict[str, list[int]]]) -> dict[str, list[int]]:
         flat["labels"] += labels
         flat["position_ids"] += row.get("position_ids") or list(range(len(row["input_ids"])))
     return flat
+
+
+@dataclass
+class PairwiseCollator:
+    """Batches ranking rows: the B chosen sequences, then the B rejected ones (sequence i pairs with B + i).
+
+    Args:
+        pad_token_id: id written into padded positions.
+        pad_to_multiple_of: round the width up to a multiple of this. Default None = the longest row.
+        pack_to: pack the 2B sequences into as few rows of at most this many tokens as fit (best fit,
+            longest first), so no compute goes to padding. Each sequence restarts its position ids
+            and sees only itself; `sequence_index` says which sequence each token belongs to. Default
+            None = one sequence per row, padded to the longest.
+        one_row: with `pack_to`, put every sequence into a single row instead (FlashAttention-2 reads
+            packed sequences from the position ids of one row only). Default False.
+
+    Returns (on call): `input_ids`, `labels` and `attention_mask` [2B, T]; packed: `input_ids`,
+    `labels`, `position_ids` and `sequence_index` [R, T]. The reward model reads `input_ids` and
+    `attention_mask` only; dpo scores the labelled tokens.
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+    pack_to: int | None = None
+    one_row: bool = False
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": list(f[f"{side}_input_ids"]), "labels": list(f[f"{side}_labels"])}
+                for side in ("chosen", "rejected") for f in features]
+        if self.pack_to is None:
+            pad = DataCollatorForSupervised(pad_token_id=self.pad_token_id, pad_to_multiple_of=self.pad_to_multiple_of)
+            return pad(rows)
+        return self._packed(rows)
+
+    def _packed(self, sequences: list[dict[str, list[int]]]) -> dict[str, torch.Tensor]:
+        lengths = [len(s["input_ids"]) for s in sequences]
+        groups = [list(range(len(sequences)))] if self.one_row else best_fit(lengths, max(self.pack_to, *lengths))
+        groups = [sorted(group) for group in groups]
+        width = max(sum(lengths[i] for i in group) for group in groups)
+        if self.pad_to_multiple_of:
+            width = -(-width // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        batch: dict[str, list[list[int]]] = {"input_ids": [], "labels": [], "position_ids": [], "sequence_index": []}
+        for group in groups:
+            ids, labels, positions, index = [], [], [], []
+            for i in group:
+                n = lengths[i]
+                ids += sequences[i]["input_ids"]
+                # the first label would be predicted from the previous sequence's last token: never scored
+                labels += [IGNORE_INDEX, *sequences[i]["labels"][1:]]
+                positions += range(n)
+                index += [i] * n
+            pad = width - len(ids)
+            batch["input_ids"].append(ids + [self.pad_token_id] * pad)
+            batch["labels"].append(labels + [IGNORE_INDEX] * pad)
+            batch["position_ids"].append(positions + list(range(pad)))  # padding: a segment of its own
+            batch["sequence_index"].append(index + [-1] * pad)
+        return {key: torch.tensor(value, dtype=torch.long) for key, value in batch.items()}
+
+
+@dataclass
+class KTOCollator:
+    """Pads KTO rows and their KL partners to one width.
+
+    Args:
+        pad_token_id: id written into padded positions.
+        pad_to_multiple_of: round the width up to a multiple of this. Default None.
+
+    Returns (on call): `input_ids`, `attention_mask`, `labels` [B, T]; `kl_input_ids`, `kl_attention_mask`,
+    `kl_labels` [B, T]; `kto_tag` bool [B].
+    """
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        rows = [{"input_ids": f[f"{prefix}input_ids"], "labels": f[f"{prefix}labels"]}
+                for prefix in ("", "kl_") for f in features]
+        padded = DataCollatorForSupervised(pad_token_id=self.pad_token_id,
+                                           pad_to_multiple_of=self.pad_to_multiple_of)(rows)
+        n = len(features)
+        batch = {key: value[:n] for key, value in padded.items()}
+        batch.update({f"kl_{key}": value[n:] for key, value in padded.items()})
+        batch["kto_tag"] = torch.tensor([bool(f["kto_tag"]) for f in features])
+        return batch

@@ -1,4 +1,4 @@
-"""Generate answers for held-out prompts and score them against the references."""
+"""Generate answers for held-out prompts and score them against the references (BLEU-4, ROUGE)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import torch
 from tqdm.auto import tqdm
 
 from kubetune.config import GeneratingArguments
+from kubetune.data.encode import IGNORE_INDEX
 from kubetune.evaluate.metrics import generation_metrics
 
 
@@ -68,3 +69,27 @@ def predict(model: Any, tokenizer: Any, rows: Any, gen: GeneratingArguments, *, 
             prompt_text = tokenizer.decode(prompt, skip_special_tokens=False)
             f.write(json.dumps({"prompt": prompt_text, "predict": pred, "label": label}, ensure_ascii=False) + "\n")
     return {f"predict_{k}": v for k, v in generation_metrics(predictions, references).items()}
+
+
+def split_prompt(input_ids: list[int], labels: list[int]) -> tuple[list[int], list[int]]:
+    """(prompt, response) of an encoded row: the prompt is the unlabelled prefix, the response the rest."""
+    start = next((i for i, label in enumerate(labels) if label != IGNORE_INDEX), len(labels))
+    return list(input_ids[:start]), list(input_ids[start:])
+
+
+def predict_preferred(model: Any, tokenizer: Any, rows: list[tuple[list, list]], gen: GeneratingArguments, *,
+                      batch_size: int, output_file: Path, stop_token_ids: list[int] | None = None
+                      ) -> dict[str, float]:
+    """Generate for the prompts of held-out preference rows and score against the preferred response.
+
+    Args:
+        rows: (input_ids, labels) of the preferred responses (dpo: chosen; kto: desirable rows).
+        batch_size, output_file, stop_token_ids: as `predict`.
+    """
+    prompts, references = [], []
+    for ids, labels in rows:
+        prompt, response = split_prompt(ids, labels)
+        prompts.append(prompt)
+        references.append(tokenizer.decode(response, skip_special_tokens=True).strip())
+    return predict(model, tokenizer, {"prompt_ids": prompts, "reference": references}, gen, batch_size=batch_size,
+                   output_file=output_file, stop_token_ids=stop_token_ids)

@@ -18,9 +18,7 @@ import torch.utils.checkpoint
 from torch import nn
 
 from kubetune.data.encode import IGNORE_INDEX
-
-# Rows of logits materialised at once: 1024 × 49k vocab × 4 bytes ≈ 200 MB at most.
-CHUNK_ROWS = 1024
+from kubetune.losses.logps import CHUNK_ROWS, mean_response_logits, sequence_logps, token_logps
 
 # Config attributes that make a model's logits more than `lm_head(hidden)`.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
@@ -124,13 +122,12 @@ def causal_lm_loss_sum(backbone: nn.Module, head: nn.Linear, inputs: dict[str, t
 
 def _chunk_token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> tuple[
         torch.Tensor, torch.Tensor]:
-    logits = (hidden @ weight.t()).float()
-    logps = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
-    return logps, logits.mean(-1).detach()
+    logits = (hidden @ weight.t()).float()  # the caller chunks already: score this chunk in one go
+    return token_logps(logits, targets, chunk_rows=max(1, logits.shape[0])), logits.mean(-1).detach()
 
 
-def token_logps(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
-                chunk_rows: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
+def token_logps_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                      chunk_rows: int = CHUNK_ROWS) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-row log p(target) under `hidden @ weight.T`, and each row's mean logit (detached).
 
     Unlike the summed loss above, the caller weighs rows differently (a DPO loss scales each
@@ -161,7 +158,7 @@ def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
     """Per sequence: summed log-probs of the labelled tokens, their count, and their mean logit.
 
     The same numbers as running the model and reducing its [B, T, V] logits, without holding
-    them: the head runs only at labelled positions (`token_logps`). None when the model is not a
+    them: the head runs only at labelled positions (`token_logps_fused`). None when the model is not a
     plain `head(backbone(x))` (see `causal_lm_parts`); the caller then uses the logits path.
 
     Args:
@@ -183,7 +180,7 @@ def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
     hidden = backbone(**inputs, use_cache=False).last_hidden_state
     targets = batch["labels"][:, 1:]
     keep = targets != IGNORE_INDEX
-    per_token, mean_logit = token_logps(hidden[:, :-1][keep], head.weight, targets[keep])
+    per_token, mean_logit = token_logps_fused(hidden[:, :-1][keep], head.weight, targets[keep])
     if "sequence_index" in batch:
         sequence = batch["sequence_index"][:, 1:][keep]  # the sequence of each predicted token
         count = int(batch["sequence_index"].max()) + 1
@@ -195,3 +192,27 @@ def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
         0, sequence, torch.ones_like(sequence)).clamp(min=1)
     mean_logits = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, sequence, mean_logit)
     return logps, counts, mean_logits / counts
+
+
+def scored_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Summed log-probs of each sequence's labelled tokens, their count, and their mean logit (detached).
+
+    Runs the output head only at labelled positions when the model allows it
+    (`sequence_logps_fused`, which also reads neat-packed batches), else through the model's
+    logits (one sequence per row). Call it under the trainer's autocast: the fused path calls the
+    backbone directly.
+
+    Args:
+        model: the policy or a reference model (possibly wrapped for distributed training).
+        batch: `input_ids`, `labels` and `attention_mask`, or a packed batch (`PairwiseCollator(pack_to=...)`).
+    """
+    from accelerate.utils import extract_model_from_parallel
+
+    fused = sequence_logps_fused(extract_model_from_parallel(model), batch)
+    if fused is not None:
+        return fused
+    if "sequence_index" in batch:
+        raise ValueError("packed pairs need the fused log-probs path; this model computes more than head(hidden)")
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps, counts = sequence_logps(logits, batch["labels"])
+    return logps, counts, mean_response_logits(logits, batch["labels"])

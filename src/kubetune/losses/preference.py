@@ -158,3 +158,9 @@ def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl: Ten
     undesirable_losses = undesirable_weight * (1 - torch.sigmoid(beta * (kl - logratios)))
     losses = torch.where(desirable.bool(), desirable_losses, undesirable_losses)
     return losses, beta * logratios.detach()
+
+
+def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor) -> Tensor:
+    """The reward model's loss: the Bradley–Terry negative log-likelihood that chosen beats rejected,
+    −log σ(r_chosen − r_rejected), averaged over pairs."""
+    return -F.logsigmoid(chosen_rewards - rejected_rewards).mean()

@@ -15,6 +15,7 @@ float32 either way (a plain LoRA base is loaded in bf16: `model.loader.weight_dt
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 
 import torch
@@ -36,22 +37,28 @@ def native_bf16() -> tuple[bool, str]:
     return False, "the CPU has no AMX (bfloat16 would be emulated)"
 
 
-def resolve_bf16(cfg: RunConfig) -> bool:
-    """Replace an unset `bf16` with the decision for this device (in place); returns the value.
-
-    Args:
-        cfg: a validated config. An explicit `bf16: true/false` is kept as written.
-    """
+def bf16_for_this_device(cfg: RunConfig) -> bool:
+    """The `bf16` this process trains with: as written, else off beside fp16/pure_bf16, else `native_bf16`."""
     t = cfg.train
     if t.bf16 is not None:
         return t.bf16
     if t.fp16 or t.pure_bf16:
-        t.bf16 = False
         return False
-    t.bf16, why = native_bf16()
-    logger.info("bf16: auto → %s (%s; set bf16: %s to override)", "on" if t.bf16 else "off", why,
-                "false" if t.bf16 else "true")
-    return t.bf16
+    on, why = native_bf16()
+    logger.info("bf16: auto → %s (%s; set bf16: %s to override)", "on" if on else "off", why,
+                "false" if on else "true")
+    return on
+
+
+def with_bf16_decided(cfg: RunConfig) -> RunConfig:
+    """`cfg` with an unset `bf16` replaced by `bf16_for_this_device` (a copy; `cfg` itself is not changed).
+
+    Args:
+        cfg: a validated config. An explicit `bf16: true/false` is kept as written.
+    """
+    if cfg.train.bf16 is not None:
+        return cfg
+    return dataclasses.replace(cfg, train=cfg.train.model_copy(update={"bf16": bf16_for_this_device(cfg)}))
 
 
 def _cpu_has_amx() -> bool:

@@ -52,6 +52,11 @@ def _from_pretrained_kwargs(args: ModelArguments) -> dict[str, Any]:
     return kwargs
 
 
+def pad_token_id(tokenizer: Any) -> int | None:
+    """The id padding is written with: the tokenizer's pad token, else its EOS (many causal LMs have no pad)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
 def load_tokenizer(args: ModelArguments, path: str | None = None) -> Any:
     """Load the tokenizer with right padding (training); generation switches to left padding itself."""
     path = path or resolve_model_path(args)

@@ -8,7 +8,8 @@ sequence alone would: Σ nᵢ²/2 scores instead of T². That also makes a singl
 padding at all (`DataCollatorForSupervised(flatten_packed=True)`) the cheapest batch layout.
 
 Anything that is not a packed row (padded batches, generation with a KV cache) goes to
-transformers' own sdpa unchanged. `use(model)` switches a loaded model over.
+transformers' own sdpa unchanged. `can_use(model)` says whether a loaded model can switch over,
+`switch(model)` does it; `kubetune.train.layout` decides when.
 """
 
 from __future__ import annotations
@@ -87,19 +88,30 @@ def register() -> None:
     AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
-def use(model: nn.Module) -> bool:
-    """Switch a model that runs transformers' sdpa to `NAME`; True when it did.
+def _inner(model: nn.Module) -> nn.Module:
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
-    Models on another kernel (FlashAttention-2 has its own varlen path; eager is asked for on
-    purpose) and models whose code does not take attention functions by name keep theirs.
+
+def can_use(model: nn.Module) -> bool:
+    """Whether `switch` would move this model to `NAME`: it runs transformers' sdpa, and its code takes
+    attention functions by name (`is_backend_compatible`). Changes nothing.
+
+    Models on another kernel (FlashAttention-2 has its own varlen path; eager is asked for on purpose)
+    and models whose code does not dispatch attention by name keep theirs.
     """
-    inner = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner = _inner(model)
     config = getattr(inner, "config", None)
     if config is None or config._attn_implementation != "sdpa" or not hasattr(inner, "set_attn_implementation"):
         return False
+    compatible = getattr(type(inner), "is_backend_compatible", None)
+    return bool(compatible and compatible())
+
+
+def switch(model: nn.Module) -> None:
+    """Run `model`'s attention through `NAME` (call after `can_use`; `kubetune.train.layout.apply` does)."""
     register()
+    inner = _inner(model)
     inner.set_attn_implementation(NAME)
-    if inner.config._attn_implementation != NAME:  # the model's code does not dispatch attention by name
-        return False
-    logger.info("attention: sdpa per packed sequence (%s)", NAME)
-    return True
+    if inner.config._attn_implementation != NAME:
+        raise RuntimeError(f"{type(inner).__name__} did not take the {NAME} attention (it reports "
+                           f"{inner.config._attn_implementation!r}); set packing: false to avoid packed rows")

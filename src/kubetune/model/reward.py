@@ -41,7 +41,7 @@ from safetensors.torch import load_file
 
 import kubetune
 from kubetune.config import ModelArguments
-from kubetune.model.loader import load_base_model
+from kubetune.model.loader import load_base_model, pad_token_id
 from kubetune.model.value_head import (
     VALUE_HEAD_FILE,
     ModelWithValueHead,
@@ -143,6 +143,28 @@ def save_reward_model(model: ModelWithValueHead, output_dir: str | Path, info: R
     save_value_head(model.v_head, out)
     info.hidden_size = model.config.hidden_size
     info.save(out)
+
+
+@dataclass
+class RewardModelSaver:
+    """Checkpoints of a reward model in training (`kubetune.train.preference_trainer.Saver`).
+
+    The Trainer would save a `ModelWithValueHead` as one state dict (every base weight, tied ones
+    breaking safetensors); this saves the PEFT or base part the usual way plus the head and
+    reward_model.json, and restores both on resume.
+
+    Args:
+        info: written as reward_model.json with every save.
+    """
+
+    info: RewardModelInfo
+
+    def save(self, model: ModelWithValueHead, output_dir: str) -> None:
+        save_reward_model(model, output_dir, self.info)
+
+    def load(self, model: ModelWithValueHead, checkpoint_dir: str) -> None:
+        logger.info("restoring the reward model (weights and value head) from %s", checkpoint_dir)
+        load_reward_weights(model, checkpoint_dir)
 
 
 def load_reward_weights(model: ModelWithValueHead, directory: str | Path) -> None:
@@ -363,8 +385,7 @@ def score_texts(model: ModelWithValueHead, tokenizer: Any, texts: Sequence[str],
     """
     encoded = tokenizer(list(texts), add_special_tokens=False, truncation=max_length is not None,
                         max_length=max_length)["input_ids"]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    return score_ids(model, encoded, pad_token_id=pad, batch_size=batch_size)
+    return score_ids(model, encoded, pad_token_id=pad_token_id(tokenizer), batch_size=batch_size)
 
 
 def find_trained_reward_model(model_args: ModelArguments, output_dir: str | None, *,

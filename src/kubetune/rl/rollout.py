@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from kubetune.losses.logps import token_logps
 from kubetune.losses.ppo import entropy_from_logits
 from kubetune.rl.rewards import RewardSource
 
@@ -97,8 +98,7 @@ def sample_responses(lm: Any, prompt_ids: list[list[int]], gen_kwargs: dict[str,
 
 
 def _response_logprobs(logits: torch.Tensor, batch: SequenceBatch, temperature: float) -> torch.Tensor:
-    logprobs = torch.log_softmax(logits.float() / temperature, dim=-1)
-    taken = logprobs.gather(2, batch.response_ids.unsqueeze(2)).squeeze(2)
+    taken = token_logps(logits / temperature, batch.response_ids)
     return torch.where(batch.response_mask.bool(), taken, 0.0)
 
 

@@ -1,22 +1,25 @@
-"""One module per training stage; each exposes `run(cfg, callbacks=None) -> StageResult`.
+"""The stage recipes, one module each; every one exposes `run(cfg, callbacks=None) -> StageResult`.
 
 pt and sft share one recipe (only the data encoding differs), so `pt` runs `sft.run`.
 """
 
 from __future__ import annotations
 
-import importlib
+from collections.abc import Callable
 
 from kubetune.config import RunConfig
-from kubetune.model.auto_precision import resolve_bf16
+from kubetune.model.auto_precision import with_bf16_decided
+from kubetune.stages import dpo, kto, ppo, rm, sft
 from kubetune.train.result import StageResult
+
+RECIPES: dict[str, Callable[..., StageResult]] = {
+    "pt": sft.run, "sft": sft.run, "rm": rm.run, "dpo": dpo.run, "kto": kto.run, "ppo": ppo.run,
+}
 
 
 def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
-    """Run `cfg.method.stage` (validated to be implemented by the config rules).
+    """Run `cfg.method.stage`'s recipe.
 
     An unset `bf16` is decided here, on the device that trains (`model.auto_precision`).
     """
-    resolve_bf16(cfg)
-    module = "sft" if cfg.method.stage == "pt" else cfg.method.stage
-    return importlib.import_module(f"kubetune.stages.{module}").run(cfg, callbacks=callbacks)
+    return RECIPES[cfg.method.stage](with_bf16_decided(cfg), callbacks=callbacks)

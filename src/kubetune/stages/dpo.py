@@ -1,9 +1,9 @@
 """Direct preference optimisation and its family: `pref_loss` sigmoid (DPO), hinge, ipo, orpo, simpo.
 
 Reads top to bottom: set up tokenizer, data (chosen/rejected pairs) and policy; pick the reference
-(none for orpo/simpo); train with resume; save the adapter or model, logs and plots; evaluate the
-preference metrics on held-out pairs; predict (generate for held-out prompts, scored against the
-chosen response).
+(none for orpo/simpo); decide the batch layout (`kubetune.train.layout.plan_pairs`); train with
+resume; save the adapter or model, logs and plots; evaluate the preference metrics on held-out
+pairs; predict (generate for held-out prompts, scored against the chosen response).
 
 Logged every `logging_steps` (and with `eval_` on held-out pairs): `rewards/chosen`,
 `rewards/rejected`, `rewards/accuracies` (share of pairs whose chosen reward is higher),
@@ -11,32 +11,31 @@ Logged every `logging_steps` (and with `eval_` on held-out pairs): `rewards/chos
 ipo/orpo/simpo), `logits/chosen`, `logits/rejected` (mean logit over the response tokens), and
 `sft_loss` when an SFT term is in the loss (`pref_ftx` > 0, or orpo).
 
-Why a transformers.Trainer subclass and not TRL's DPOTrainer: see `kubetune.stages.preference`.
+Why a transformers.Trainer subclass and not TRL's DPOTrainer: see `kubetune.train.preference_trainer`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
-from kubetune.losses.causal_lm import causal_lm_parts
+from kubetune.data.collator import PairwiseCollator
+from kubetune.data.setup import stage_data
+from kubetune.evaluate.generate import predict_preferred
+from kubetune.losses.causal_lm import scored_logps
 from kubetune.losses.preference import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, pairwise_loss
-from kubetune.model import packed_attention
-from kubetune.stages import preference
-from kubetune.stages.preference import (
-    PairwiseCollator,
-    Reference,
-    Stats,
-    scored_logps,
-)
+from kubetune.model.loader import pad_token_id, weight_dtype
+from kubetune.model.policy import load_preference_policy
+from kubetune.model.reference import Reference, load_reference
+from kubetune.train import recipe
 from kubetune.train.arguments import training_arguments
-from kubetune.train.recipe import write_bad_rows
-from kubetune.train.result import StageResult
+from kubetune.train.layout import apply as apply_layout
+from kubetune.train.layout import plan_pairs
+from kubetune.train.preference_trainer import ObjectiveResult, Stats, preference_trainer
+from kubetune.train.result import StageResult, finish
 
 logger = logging.getLogger(__name__)
 
@@ -54,60 +53,52 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         StageResult with the output directory, the metrics (train_loss, eval_rewards/accuracies, ...)
         and the paths written.
     """
-    out = Path(cfg.train.output_dir or "outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    do_train = cfg.train.do_train is not False
-    do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
+    steps = recipe.start(cfg)
+    out = steps.out
 
     # --- setup ---
-    s = preference.setup(cfg, do_train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    s = stage_data(cfg, "dpo", train=steps.train, evaluate=steps.needs_eval_split)
+    model = load_preference_policy(cfg, s.model_path, train=steps.train)
     args = training_arguments(cfg, out)
     m = cfg.method
-    reference = (preference.load_reference(cfg, s.model_path, s.dtype, args.device)
-                 if m.pref_loss in REFERENCE_LOSSES else None)
+    reference = load_reference(cfg, s.model_path, weight_dtype(cfg), args.device) if m.pref_loss in REFERENCE_LOSSES \
+        else None
+    models = {"policy": model, **({"reference": reference.model} if reference and reference.model is not None else {})}
+    layout = plan_pairs(cfg, models)
+    apply_layout(layout, models)
     objective = PairwiseObjective(m.pref_loss, beta=m.pref_beta, ftx=m.pref_ftx,
                                   label_smoothing=m.dpo_label_smoothing, simpo_gamma=m.simpo_gamma,
                                   reference=reference)
-    collator = PairwiseCollator(preference.pad_id(s.tokenizer), **padding_free(cfg, s.model, reference))
-    trainer = preference.build_trainer(s, args, objective, collator, do_train=do_train, do_eval=do_eval, out=out,
-                                       callbacks=callbacks)
+    collator = PairwiseCollator(pad_token_id(s.tokenizer), pack_to=layout.pack_to, one_row=layout.one_row)
+    trainer = preference_trainer(model, s.tokenizer, s.data, args, objective, collator, do_train=steps.train,
+                                 do_eval=steps.eval, out=out, callbacks=callbacks)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    write_bad_rows(out, s.data, files)
+    recipe.write_bad_rows(out, s.data, files)
 
     # --- train ---
-    if do_train:
-        train_metrics, train_files = preference.train_and_save(trainer, cfg, s, out, PLOTTED)
+    if steps.train:
+        train_metrics, train_files = recipe.train_and_save(trainer, cfg, s.data, out, tokenizer=s.tokenizer,
+                                                           plotted=PLOTTED)
         metrics.update(train_metrics)
         files.update(train_files)
 
     # --- evaluate: preference metrics on held-out pairs ---
-    if do_eval and s.data.eval is not None:
-        metrics.update(preference.evaluate(trainer, s.data.eval))
+    if steps.eval and s.data.eval is not None:
+        metrics.update(recipe.evaluate(trainer, s.data.eval))
 
     # --- predict: generate for held-out prompts, scored against the chosen response ---
-    if cfg.train.do_predict and s.data.eval is not None:
+    if steps.predict and s.data.eval is not None:
         rows = list(zip(s.data.eval["chosen_input_ids"], s.data.eval["chosen_labels"], strict=True))
-        metrics.update(preference.predict_preferred(trainer, cfg, s, rows, out))
+        predict_metrics = predict_preferred(trainer.model, s.tokenizer, rows, cfg.generation,
+                                            batch_size=cfg.train.per_device_eval_batch_size,
+                                            output_file=out / "generated_predictions.jsonl",
+                                            stop_token_ids=s.template.stop_token_ids(s.tokenizer))
+        trainer.save_metrics("predict", predict_metrics)
+        metrics.update(predict_metrics)
         files["predictions"] = str(out / "generated_predictions.jsonl")
 
-    return preference.finish(out, metrics, files)
-
-
-def padding_free(cfg: RunConfig, model: nn.Module, reference: Reference | None) -> dict[str, Any]:
-    """PairwiseCollator options: pack each batch's sequences into rows of `cutoff_len` (no padding computed).
-
-    On unless `packing: false`, where the log-probs take the fused path (`causal_lm_parts`) for the
-    policy and a separate reference model alike; it needs that path to map packed tokens back to their
-    sequences. FlashAttention-2, and sdpa run per packed sequence (`packed_attention`), keep sequences
-    apart within one row, so the batch becomes a single row without padding.
-    """
-    models = [model] + ([reference.model] if reference is not None and reference.model is not None else [])
-    if cfg.data.packing is False or any(causal_lm_parts(m) is None for m in models):
-        return {}
-    one_row = model.config._attn_implementation == "flash_attention_2" or all(
-        [packed_attention.use(m) for m in models])  # a list: switch every model, not just up to the first refusal
-    return {"pack_to": cfg.data.cutoff_len, "one_row": one_row}
+    return finish(out, metrics, files, layout.as_dict())
 
 
 @dataclass
@@ -130,7 +121,7 @@ class PairwiseObjective:
     simpo_gamma: float = 0.5
     reference: Reference | None = None
 
-    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> ObjectiveResult:
         logps, lengths, mean_logits = scored_logps(model, batch)
         # IPO, ORPO and SimPO compare mean token log-probs, so long responses are not favoured
         use_mean = self.loss_type in MEAN_LOGPS_LOSSES
@@ -166,4 +157,4 @@ class PairwiseObjective:
         }
         if self.ftx > 0 or self.loss_type == "orpo":
             stats["sft_loss"] = (float(sft_loss.detach()) * n, n)
-        return loss, stats
+        return ObjectiveResult(loss, stats)

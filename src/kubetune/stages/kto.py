@@ -9,25 +9,32 @@ not back-propagated), estimated on each device's batch. Logged: `rewards/chosen`
 `rewards/rejected` (mean β·log π/π_ref of the desirable and undesirable rows), `kl` (z),
 `logps/chosen`, `logps/rejected`, and `sft_loss` when `pref_ftx` > 0.
 
-Why a transformers.Trainer subclass and not TRL's KTOTrainer: see `kubetune.stages.preference`.
+Why a transformers.Trainer subclass and not TRL's KTOTrainer: see `kubetune.train.preference_trainer`.
 """
 
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
 from kubetune.config import RunConfig
+from kubetune.data.collator import KTOCollator
+from kubetune.data.setup import stage_data
+from kubetune.evaluate.generate import predict_preferred
+from kubetune.losses.causal_lm import scored_logps
 from kubetune.losses.preference import kto_kl_estimate, kto_loss
-from kubetune.stages import preference
-from kubetune.stages.preference import KTOCollator, Reference, Stats, scored_logps
+from kubetune.model.loader import pad_token_id, weight_dtype
+from kubetune.model.policy import load_preference_policy
+from kubetune.model.reference import Reference, load_reference
+from kubetune.train import recipe
 from kubetune.train.arguments import training_arguments
-from kubetune.train.recipe import write_bad_rows
-from kubetune.train.result import StageResult
+from kubetune.train.layout import apply as apply_layout
+from kubetune.train.layout import plan_padded
+from kubetune.train.preference_trainer import ObjectiveResult, Stats, preference_trainer
+from kubetune.train.result import StageResult, finish
 
 logger = logging.getLogger(__name__)
 
@@ -45,49 +52,57 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         StageResult with the output directory, the metrics (train_loss, eval_rewards/chosen, eval_kl, ...)
         and the paths written.
     """
-    out = Path(cfg.train.output_dir or "outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    do_train = cfg.train.do_train is not False
-    do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
+    steps = recipe.start(cfg)
+    out = steps.out
 
     # --- setup ---
-    s = preference.setup(cfg, do_train=do_train, evaluate=do_eval or cfg.train.do_predict)
-    if do_train:
+    s = stage_data(cfg, "kto", train=steps.train, evaluate=steps.needs_eval_split)
+    if steps.train:
         check_class_balance(list(s.data.train["kto_tag"]), cfg.method.kto_chosen_weight,
                             cfg.method.kto_rejected_weight)
+    model = load_preference_policy(cfg, s.model_path, train=steps.train)
     args = training_arguments(cfg, out)
     m = cfg.method
+    reference = load_reference(cfg, s.model_path, weight_dtype(cfg), args.device)
+    models = {"policy": model, **({"reference": reference.model} if reference.model is not None else {})}
+    layout = plan_padded(models, "KTO rows are padded with their KL partners to one width")
+    apply_layout(layout, models)
     objective = KTOObjective(beta=m.pref_beta, desirable_weight=m.kto_chosen_weight,
-                             undesirable_weight=m.kto_rejected_weight, ftx=m.pref_ftx,
-                             reference=preference.load_reference(cfg, s.model_path, s.dtype, args.device))
-    trainer = preference.build_trainer(s, args, objective, KTOCollator(preference.pad_id(s.tokenizer)),
-                                       do_train=do_train, do_eval=do_eval, out=out, callbacks=callbacks)
+                             undesirable_weight=m.kto_rejected_weight, ftx=m.pref_ftx, reference=reference)
+    trainer = preference_trainer(model, s.tokenizer, s.data, args, objective, KTOCollator(pad_token_id(s.tokenizer)),
+                                 do_train=steps.train, do_eval=steps.eval, out=out, callbacks=callbacks)
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
-    write_bad_rows(out, s.data, files)
+    recipe.write_bad_rows(out, s.data, files)
 
     # --- train ---
-    if do_train:
-        train_metrics, train_files = preference.train_and_save(trainer, cfg, s, out, PLOTTED)
+    if steps.train:
+        train_metrics, train_files = recipe.train_and_save(trainer, cfg, s.data, out, tokenizer=s.tokenizer,
+                                                           plotted=PLOTTED)
         metrics.update(train_metrics)
         files.update(train_files)
 
     # --- evaluate: rewards of held-out desirable and undesirable rows ---
-    if do_eval and s.data.eval is not None:
-        metrics.update(preference.evaluate(trainer, s.data.eval))
+    if steps.eval and s.data.eval is not None:
+        metrics.update(recipe.evaluate(trainer, s.data.eval))
 
     # --- predict: generate for the prompts of held-out desirable rows ---
-    if cfg.train.do_predict and s.data.eval is not None:
+    if steps.predict and s.data.eval is not None:
         ev = s.data.eval
         rows = [(ids, labels) for ids, labels, tag in zip(ev["input_ids"], ev["labels"], ev["kto_tag"], strict=True)
                 if tag]
         if rows:
-            metrics.update(preference.predict_preferred(trainer, cfg, s, rows, out))
+            predict_metrics = predict_preferred(trainer.model, s.tokenizer, rows, cfg.generation,
+                                                batch_size=cfg.train.per_device_eval_batch_size,
+                                                output_file=out / "generated_predictions.jsonl",
+                                                stop_token_ids=s.template.stop_token_ids(s.tokenizer))
+            trainer.save_metrics("predict", predict_metrics)
+            metrics.update(predict_metrics)
             files["predictions"] = str(out / "generated_predictions.jsonl")
         else:
             logger.warning("do_predict: no desirable held-out rows to compare generations with")
 
-    return preference.finish(out, metrics, files)
+    return finish(out, metrics, files, layout.as_dict())
 
 
 def check_class_balance(tags: list[bool], desirable_weight: float, undesirable_weight: float) -> float:
@@ -123,7 +138,7 @@ class KTOObjective:
     ftx: float = 0.0
     reference: Reference | None = None
 
-    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Stats]:
+    def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> ObjectiveResult:
         ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
         kl_ids, kl_mask, kl_labels = batch["kl_input_ids"], batch["kl_attention_mask"], batch["kl_labels"]
         desirable = batch["kto_tag"].bool()
@@ -159,4 +174,4 @@ class KTOObjective:
         }
         if self.ftx > 0:
             stats["sft_loss"] = (float(sft_loss.detach()) * n_d, n_d)
-        return loss, stats
+        return ObjectiveResult(loss, stats)

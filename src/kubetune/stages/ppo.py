@@ -36,15 +36,15 @@ from typing import Any
 
 import torch
 from tqdm.auto import tqdm
-from transformers import TrainerControl, TrainerState, get_scheduler, set_seed
+from transformers import TrainerControl, TrainerState, get_scheduler
 
 from kubetune.config import RunConfig
 from kubetune.data.setup import stage_data
 from kubetune.evaluate.generate import generation_kwargs
 from kubetune.evaluate.metrics import generation_metrics
 from kubetune.losses.ppo import clipped_policy_loss, clipped_value_loss
-from kubetune.model.adapters import prepare_for_training
-from kubetune.model.loader import load_base_model, weight_dtype
+from kubetune.model.loader import load_base_model
+from kubetune.model.policy import load_policy
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.plotting import plot_loss
 from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
@@ -54,9 +54,12 @@ from kubetune.rl.kl_control import kl_controller
 from kubetune.rl.rewards import RewardSource, ScoreNormalizer, load_reward_source
 from kubetune.rl.rollout import Experience, PromptSampler, collect_experience, policy_forward
 from kubetune.tracking import JsonlLogCallback
+from kubetune.train import recipe
 from kubetune.train.arguments import find_resume_checkpoint, training_arguments
+from kubetune.train.layout import apply as apply_layout
+from kubetune.train.layout import plan_padded
 from kubetune.train.recipe import write_bad_rows
-from kubetune.train.result import StageResult
+from kubetune.train.result import StageResult, finish
 
 logger = logging.getLogger(__name__)
 
@@ -76,25 +79,21 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise RuntimeError("the ppo stage runs on one process (one GPU or CPU); launch it without torchrun")
-    out = Path(cfg.train.output_dir or "outputs")
-    out.mkdir(parents=True, exist_ok=True)
-    do_train = cfg.train.do_train is not False
-    do_eval = cfg.train.do_eval or cfg.train.eval_strategy != "no"
+    steps = recipe.start(cfg)
+    out, do_train = steps.out, steps.train
 
     # --- setup ---
-    s = stage_data(cfg, "ppo", train=do_train, evaluate=do_eval or cfg.train.do_predict)
+    s = stage_data(cfg, "ppo", train=do_train, evaluate=steps.needs_eval_split)
     model_path, tokenizer, data = s.model_path, s.tokenizer, s.data
     stop_token_ids = s.template.stop_token_ids(tokenizer)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     reward = load_reward_source(cfg.method, cfg.model, tokenizer, device)
 
-    dtype = weight_dtype(cfg)  # a LoRA base is 16-bit under bf16/fp16 (see weight_dtype)
-    set_seed(cfg.train.seed)  # adapter and value-head initialisation draw from the global RNG
-    lm = load_base_model(cfg.model, dtype=dtype, path=model_path)
-    lm = prepare_for_training(lm, cfg.model, cfg.method, is_trainable=do_train,
-                              gradient_checkpointing=do_train and cfg.train.gradient_checkpointing)
+    lm, dtype = load_policy(cfg, model_path, trainable=do_train)  # seeded: the value head's initialisation too
     if cfg.model.quantization_bit is None:
         lm.to(device)
+    layout = plan_padded({"policy": lm}, "rollouts are left-padded prompts and right-padded responses")
+    apply_layout(layout, {"policy": lm})
 
     metrics: dict[str, float] = {}
     files: dict[str, str] = {}
@@ -119,7 +118,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         del reference
 
     # --- evaluate: the mean reward of the policy's responses to held-out prompts ---
-    if (do_eval or cfg.train.do_predict) and data.eval is not None:
+    if steps.needs_eval_split and data.eval is not None:
         prompts, references = list(data.eval["input_ids"]), list(data.eval["reference"])
         with _autocast(cfg, device):
             scored = score_generations(lm, tokenizer, prompts, reward, cfg.generation, references=references,
@@ -127,14 +126,13 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
                                        batch_size=cfg.train.per_device_eval_batch_size)
         metrics.update(eval_reward_mean=scored.mean, eval_reward_std=float(scored.rewards.std(unbiased=False)),
                        eval_response_length=float(scored.lengths.mean()))
-        if cfg.train.do_predict:
+        if steps.predict:
             files["predictions"] = str(_write_predictions(out, tokenizer, prompts, references, scored))
             metrics.update({f"predict_{k}": v
                             for k, v in generation_metrics(scored.responses, references).items()})
         logger.info("eval_reward_mean = %.4f over %d prompts", scored.mean, len(prompts))
 
-    (out / "run_summary.json").write_text(json.dumps({"metrics": metrics, "files": files}, indent=2) + "\n")
-    return StageResult(output_dir=out, metrics=metrics, files=files)
+    return finish(out, metrics, files, layout.as_dict())
 
 
 def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any | None, reward: RewardSource,

@@ -1,8 +1,9 @@
-"""What every Trainer-based stage does alike after its set-up: report dropped rows, train and save."""
+"""What every recipe does alike around its set-up: decide its steps, report dropped rows, train and save, evaluate."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,37 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
+
+
+@dataclass(frozen=True)
+class Steps:
+    """Which of a stage's steps run, from `do_train` / `do_eval` / `eval_strategy` / `do_predict`.
+
+    Attributes:
+        out: the output directory (created by `start`).
+        train: train (`do_train`, on unless false).
+        eval: evaluate held-out rows (`do_eval`, or an `eval_strategy` other than "no").
+        predict: generate (or score) for held-out rows (`do_predict`).
+    """
+
+    out: Path
+    train: bool
+    eval: bool
+    predict: bool
+
+    @property
+    def needs_eval_split(self) -> bool:
+        """Evaluation and prediction both read the held-out split."""
+        return self.eval or self.predict
+
+
+def start(cfg: RunConfig) -> Steps:
+    """Create the output directory and decide which steps run (`Steps`)."""
+    out = Path(cfg.train.output_dir or "outputs")
+    out.mkdir(parents=True, exist_ok=True)
+    t = cfg.train
+    return Steps(out=out, train=t.do_train is not False, eval=bool(t.do_eval or t.eval_strategy != "no"),
+                 predict=bool(t.do_predict))
 
 
 def write_bad_rows(out: Path, data: TokenizedData, files: dict[str, str]) -> None:
@@ -48,3 +80,20 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
         for path in plot_loss(trainer.state.log_history, out, keys=plotted):
             files[path.stem] = str(path)
     return metrics, files
+
+
+def evaluate(trainer: Any, eval_set: Any, derived: Callable[[dict[str, float]], dict[str, float]] | None = None
+             ) -> dict[str, float]:
+    """Evaluate held-out rows; log the metrics and write eval_results.json.
+
+    Args:
+        trainer: a transformers `Trainer`.
+        eval_set: the held-out split.
+        derived: adds metrics computed from the Trainer's (sft: `eval_perplexity` from `eval_loss`). Default None.
+    """
+    metrics = trainer.evaluate(eval_set)
+    if derived is not None:
+        metrics.update(derived(metrics))
+    trainer.log_metrics("eval", metrics)
+    trainer.save_metrics("eval", metrics)
+    return metrics

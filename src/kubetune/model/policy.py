@@ -1,0 +1,63 @@
+"""The model a stage trains (or evaluates): the base, loaded once, with the config's fine-tuning method applied."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from transformers import set_seed
+
+from kubetune.config import RunConfig
+from kubetune.model.adapters import prepare_for_training
+from kubetune.model.loader import load_base_model, weight_dtype
+
+
+def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool,
+                gradient_checkpointing: bool | None = None) -> tuple[Any, torch.dtype]:
+    """Load the base from `model_path` and apply `finetuning_type` (LoRA / freeze / full, adapters, quantisation).
+
+    The seed is set first: adapter (and later value-head) initialisation draws from the global RNG,
+    so the same seed gives the same run.
+
+    Args:
+        cfg: the run config (model, method, seed, precision).
+        model_path: the resolved `model_name_or_path` (`kubetune.data.setup.StageData.model_path`).
+        trainable: make the fine-tuned parameters trainable (LoRA keeps its last adapter unmerged).
+        gradient_checkpointing: enable activation checkpointing; None = `trainable and
+            cfg.train.gradient_checkpointing`.
+
+    Returns:
+        (the model, its weight dtype: a LoRA base is 16-bit under bf16/fp16, see `weight_dtype`).
+    """
+    dtype = weight_dtype(cfg)
+    set_seed(cfg.train.seed)
+    model = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    if gradient_checkpointing is None:
+        gradient_checkpointing = trainable and cfg.train.gradient_checkpointing
+    model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=trainable,
+                                 gradient_checkpointing=gradient_checkpointing)
+    return model, dtype
+
+
+def load_preference_policy(cfg: RunConfig, model_path: str, *, train: bool) -> Any:
+    """The policy of a dpo or kto stage: `load_policy`, dropout off, frozen when only evaluated.
+
+    LoRA keeps its (last) adapter unmerged even to evaluate: the reference is then the policy with
+    that adapter disabled (`kubetune.model.reference`). Dropout is off because the log-ratios must
+    compare policy and reference on the same footing (TRL and LLaMA-Factory do the same).
+
+    Args:
+        cfg: the run config.
+        model_path: the resolved `model_name_or_path`.
+        train: the stage trains (else the policy is frozen and put in eval mode).
+    """
+    from kubetune.model.reference import disable_dropout
+
+    lora = cfg.method.finetuning_type == "lora"
+    model, _ = load_policy(cfg, model_path, trainable=train or lora,
+                           gradient_checkpointing=train and cfg.train.gradient_checkpointing)
+    if not train:
+        model.requires_grad_(False)
+        model.eval()
+    disable_dropout(model)
+    return model
