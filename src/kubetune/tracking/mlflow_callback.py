@@ -1,4 +1,4 @@
-"""`MLflowMetricsCallback`: a Trainer's log events into an `MLflowTracker` (see `kubetune.tracking.mlflow_tracker`).
+"""`MLflowMetricsCallback`: a Trainer's log events into an `MLflowTracker` (see `kubetune.tracking.stage_run`).
 
 Its own module so that importing the tracker does not import transformers: the pipeline's light steps
 track without a Trainer, and transformers (with peft) takes seconds to import.
@@ -11,7 +11,7 @@ from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kubetune.tracking.mlflow_tracker import MLflowTracker, _is_number
+from kubetune.tracking.stage_run import MLflowTracker, _is_number
 
 
 class MLflowMetricsCallback(TrainerCallback):

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
-    from kubetune.tracking.mlflow_tracker import default_tracking_uri
+    from kubetune.tracking.connection import default_tracking_uri
 
     return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(
         cache_root() / "mlflow")
@@ -31,7 +31,7 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 
 def open_pipeline_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
     """Create (or, with MLFLOW_RUN_ID set, reuse) the parent run of this pipeline run."""
-    from kubetune.tracking.mlflow_tracker import start_pipeline_run
+    from kubetune.tracking.parent_run import start_pipeline_run
 
     tags = {"kfp_run_id": kfp_run_id, "config_hash": cfg.config_hash(), "pipeline": cfg.pipeline,
             "kubetune_version": kubetune.__version__}
@@ -57,7 +57,7 @@ def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str
     the exit step must not turn a trained, registered model into a failed pipeline run. Returns "" when
     there was no run to close.
     """
-    from kubetune.tracking.mlflow_tracker import end_pipeline_run
+    from kubetune.tracking.parent_run import end_pipeline_run
 
     state = pipeline_state.upper()
     status = mlflow_status(state)
@@ -101,7 +101,7 @@ def stage_tracking(cfg: PipelineConfig, run_cfg: RunConfig, parent_run_id: str, 
     if not parent_run_id:
         yield StageTracking(None)
         return
-    from kubetune.tracking.mlflow_tracker import MLflowTracker
+    from kubetune.tracking.stage_run import MLflowTracker
 
     tracker = MLflowTracker.for_stage(tracking_uri(cfg), parent_run_id, stage, cfg.mlflow.experiment,
                                       fallback_dir=run_cfg.train.output_dir)
