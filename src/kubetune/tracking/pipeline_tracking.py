@@ -12,12 +12,17 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubetune
 from kubetune.config.pipeline import PipelineConfig
 from kubetune.config.schema import RunConfig
 from kubetune.paths import cache_root
+
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+    from kubetune.tracking.stage_run import MLflowTracker
 
 logger = logging.getLogger(__name__)
 
@@ -76,15 +81,20 @@ def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str
 
 
 class StageTracking:
-    """What a step reports through: Trainer callbacks, final metrics, and files."""
+    """What a step reports through: Trainer callbacks, final metrics, and files.
 
-    def __init__(self, tracker: Any | None) -> None:
+    Args:
+        tracker (`MLflowTracker` or `None`):
+            The step's MLflow run; `None` when tracking is off (every method then does nothing).
+    """
+
+    def __init__(self, tracker: MLflowTracker | None) -> None:
         self.tracker = tracker
 
     @property
-    def callbacks(self) -> list:
-        callback = self.tracker.callback() if self.tracker is not None else None
-        return [callback] if callback is not None else []
+    def callbacks(self) -> list[TrainerCallback]:
+        """The Trainer callbacks that log into the step's run (none when tracking is off)."""
+        return [self.tracker.callback()] if self.tracker is not None else []
 
     def log_result(self, metrics: dict[str, float], files: dict[str, str]) -> None:
         if self.tracker is None:

@@ -39,7 +39,7 @@ __all__ = ["MAX_PARAM_LENGTH", "MLflowTracker"]
 
 
 class MLflowTracker:
-    """A `kubetune.tracking.Tracker` that logs into one MLflow run, buffering to disk while the server is down.
+    """Logs a stage into one MLflow run, buffering to disk while the server is down.
 
     Only the main process (`RANK` 0 or unset) logs; on other ranks every method does nothing. Use it as a
     context manager to end the run: `FINISHED`, or `FAILED` if the block raises (`KILLED` on Ctrl-C).
@@ -129,8 +129,6 @@ class MLflowTracker:
         """The MLflow run id (a `pending-...` id until the server has created the run)."""
         return self._sender.run_ids.get(self._run_id, self._run_id)
 
-    # --- the Tracker protocol ---
-
     def log_params(self, params: Mapping[str, Any]) -> None:
         """Log `params` (e.g. `RunConfig.to_flat()`) in batches of 100.
 
@@ -167,8 +165,6 @@ class MLflowTracker:
         from kubetune.tracking.mlflow_callback import MLflowMetricsCallback
 
         return MLflowMetricsCallback(self)
-
-    # --- more than the protocol ---
 
     def log_artifact(self, path: str | os.PathLike[str], artifact_path: str | None = None) -> None:
         """Upload a file, or a folder's contents, to the run's artifacts (a missing path is skipped with a warning).
