@@ -3,7 +3,9 @@
 A stage reports through Trainer callbacks, not through an interface of its own: `JsonlLogCallback`
 (`log_callback`) writes `trainer_log.jsonl` into the run's output folder, and on a pipeline the step adds
 the callbacks of its MLflow run (`pipeline_tracking.stage_tracking`, which opens a
-`stage_run.MLflowTracker` and logs the stage's config and final metrics into it).
+`stage_run.MLflowTracker` and logs the stage's config and final metrics into it). Both callbacks, and
+the console's progress lines (`kubetune.launch.progress`), take which values are metrics from
+`metric_values`, and elapsed time, ETA and tokens/s from `throughput.TrainingPace`.
 
 The MLflow side is split by job: `connection` (where to track, the client, request limits), `parent_run`
 (the pipeline's parent run), `stage_run` (a stage's nested run), `offline` (the outage buffer and its

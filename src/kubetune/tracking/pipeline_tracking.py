@@ -96,10 +96,18 @@ class StageTracking:
         """The Trainer callbacks that log into the step's run (none when tracking is off)."""
         return [self.tracker.callback()] if self.tracker is not None else []
 
-    def log_result(self, metrics: dict[str, float], files: dict[str, str]) -> None:
+    def log_result(self, metrics: dict[str, Any], files: dict[str, str]) -> None:
+        """Log a step's final results into its run.
+
+        Args:
+            metrics (`dict[str, Any]`):
+                The stage's metrics; values that are no metrics (`kubetune.tracking.metric_values`) are skipped.
+            files (`dict[str, str]`):
+                Name → path of the stage's reports; each existing file is uploaded as an artifact.
+        """
         if self.tracker is None:
             return
-        self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        self.tracker.log_metrics(metrics)  # it keeps the values that are metrics (`metric_values`)
         for path in files.values():
             if Path(path).is_file():
                 self.tracker.log_artifact(path)

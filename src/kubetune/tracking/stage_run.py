@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import numbers
 import os
 import re
 import time
@@ -26,6 +25,7 @@ from types import TracebackType
 from typing import Any
 
 from kubetune.tracking.connection import PARENT_RUN_TAG, is_rejection, short_error
+from kubetune.tracking.metric_values import metric_values
 from kubetune.tracking.offline import BUFFER_FILE, PENDING_PREFIX, Record, RecordSender, append_record
 
 logger = logging.getLogger(__name__)
@@ -145,7 +145,7 @@ class MLflowTracker:
             self._send({"op": "params", "run_id": self._run_id, "params": dict(items[start:start + _PARAMS_PER_BATCH])})
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int | None = None) -> None:
-        """Log the numeric values of `metrics` at `step` (non-numbers are skipped; NaN is kept: it is news).
+        """Log the metrics among `metrics` at `step` (others are skipped, see `kubetune.tracking.metric_values`).
 
         Args:
             metrics (`Mapping[str, Any]`):
@@ -154,7 +154,7 @@ class MLflowTracker:
                 The training step; `None` logs at step 0.
         """
         now = _now_ms()
-        rows = [[_metric_name(k), float(v), now, int(step or 0)] for k, v in metrics.items() if _is_number(v)]
+        rows = [[_metric_name(k), float(v), now, int(step or 0)] for k, v in metric_values(metrics).items()]
         for start in range(0, len(rows), _METRICS_PER_BATCH):
             self._send({"op": "metrics", "run_id": self._run_id, "metrics": rows[start:start + _METRICS_PER_BATCH]})
 
@@ -326,7 +326,3 @@ def _metric_name(name: str) -> str:
 
 def _now_ms() -> int:
     return int(time.time() * 1000)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
