@@ -7,7 +7,7 @@ the runtime image carries it at /opt/kubetune/scripts/register_pipeline.py). It
 1. reads and validates the pipeline config (the chart's ConfigMap, mounted as a file),
 2. compiles it to KFP IR YAML, exactly as `kubetune compile` does,
 3. uploads it: a new pipeline on first install, a new *version* only when the compiled package changed
-   (`kubetune.launch.kfp_backend.ensure_pipeline_version`); it starts no run,
+   (`kubetune.launch.kfp_packages.ensure_pipeline_version`); it starts no run,
 4. with the schedule enabled, keeps one recurring run named `--job-name` on the latest version
    (`kfp_backend.schedule`: kept when identical, replaced when anything differs); disabled, deletes it
    (`kfp_backend.unschedule`).
@@ -104,7 +104,7 @@ def _say(message: str) -> None:
 def register(args: argparse.Namespace) -> None:
     """Compile, upload, and schedule or unschedule; raises ConfigError, ValueError or KfpBackendError."""
     from kubetune.config.pipeline import load_pipeline_config
-    from kubetune.launch import kfp_backend
+    from kubetune.launch import kfp_api, kfp_backend, kfp_packages
     from kubetune.launch.cron import validate_cron
     from kubetune.launch.local_run import compile_pipeline
 
@@ -117,7 +117,7 @@ def register(args: argparse.Namespace) -> None:
 
     with tempfile.TemporaryDirectory(prefix="kubetune-register-") as tmp:
         package = compile_pipeline(cfg, Path(tmp) / f"{name}.yaml")
-        digest = kfp_backend.package_hash(package)
+        digest = kfp_packages.package_hash(package)
         _say(f"compiled {args.config} ({cfg.pipeline} pipeline {cfg.name!r}) -> sha256 {digest[:12]}")
         if cron is not None:
             result = kfp_backend.schedule(
@@ -130,8 +130,8 @@ def register(args: argparse.Namespace) -> None:
             _say(f"schedule {job_name!r} in experiment {args.experiment!r} ({cron}): {result.action}{removed}"
                  f" -> {result.recurring_run_url}")
             return
-        client = kfp_backend.connect(args.host, namespace=args.namespace, existing_token=token)
-        version = kfp_backend.ensure_pipeline_version(client, package, name, namespace=args.namespace)
+        client = kfp_api.connect(args.host, namespace=args.namespace, existing_token=token)
+        version = kfp_packages.ensure_pipeline_version(client, package, name, namespace=args.namespace)
         _say_version(name, version.version_name, version.version_id, version.uploaded)
     removed_ids = kfp_backend.unschedule(job_name=job_name, experiment=args.experiment, **connection)
     if removed_ids:
@@ -151,7 +151,7 @@ def _say_version(name: str, version_name: str, version_id: str, uploaded: bool) 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
     from kubetune.config.errors import ConfigError
-    from kubetune.launch.kfp_backend import KfpBackendError
+    from kubetune.launch.kfp_api import KfpBackendError
 
     try:
         register(args)

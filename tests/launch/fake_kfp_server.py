@@ -1,4 +1,4 @@
-"""A stand-in for the Kubeflow Pipelines backend's REST API (v2beta1), for the tests of `kubetune.launch.kfp_backend`.
+"""A stand-in for the Kubeflow Pipelines backend's REST API (v2beta1), for the tests of `kubetune.launch.kfp_*`.
 
 The real KFP backend cannot run here: it needs a Kubernetes cluster (its API server, MySQL, Argo Workflows and the
 ScheduledWorkflow controller), and the development machines have none. So this module starts a small HTTP server

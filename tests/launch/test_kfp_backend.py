@@ -19,17 +19,9 @@ from pathlib import Path
 import pytest
 from kfp import compiler, dsl
 
-from kubetune.launch.kfp_backend import (
-    HASH_MARKER,
-    PORT_FORWARD,
-    KfpBackendError,
-    normalise_host,
-    package_hash,
-    pipeline_parameters,
-    schedule,
-    submit,
-    unschedule,
-)
+from kubetune.launch.kfp_api import PORT_FORWARD, KfpBackendError, normalise_host
+from kubetune.launch.kfp_backend import schedule, submit, unschedule
+from kubetune.launch.kfp_packages import HASH_MARKER, package_hash, pipeline_parameters
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/ has no __init__.py
 

@@ -1,4 +1,4 @@
-"""JsonlLogCallback with a real (tiny) Trainer run, resume behaviour, and LocalTracker."""
+"""JsonlLogCallback with a real (tiny) Trainer run, and resume behaviour."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from transformers import (
     TrainingArguments,
 )
 
-from kubetune.tracking import JsonlLogCallback, LocalTracker, Tracker
+from kubetune.tracking import JsonlLogCallback
 
 SEQ_LEN = 8
 PAD_ID = 0
@@ -132,21 +132,3 @@ def test_only_the_main_process_writes(tmp_path: Path) -> None:
     (line,) = _lines(tmp_path)
     assert line["eval_loss"] == 0.5 and line["current_steps"] == 3 and line["percentage"] == 30.0
     assert "throughput" not in line  # token counting is off by default: no made-up number
-
-
-def test_local_tracker_writes_params_and_metrics(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    tracker = LocalTracker(tmp_path / "run")
-    assert isinstance(tracker, Tracker)
-    assert isinstance(tracker.callback(), JsonlLogCallback)
-
-    tracker.log_params({"stage": "sft", "lora_rank": 8, "output_dir": tmp_path})
-    tracker.log_params({"lora_rank": 16})
-    tracker.log_metrics({"eval_loss": 1.25, "bleu-4": 12.5}, step=4)
-
-    params = json.loads((tmp_path / "run" / "params.json").read_text())
-    assert params == {"stage": "sft", "lora_rank": 16, "output_dir": str(tmp_path)}
-    assert _lines(tmp_path / "run") == [{"current_steps": 4, "eval_loss": 1.25, "bleu-4": 12.5}]
-
-    monkeypatch.setenv("RANK", "1")
-    tracker.log_metrics({"eval_loss": 9.0}, step=5)
-    assert len(_lines(tmp_path / "run")) == 1

@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
-from kubetune.tracking.mlflow_tracker import BUFFER_FILE, MLflowTracker, replay_buffer, start_pipeline_run
+from kubetune.tracking.offline import BUFFER_FILE, replay_buffer
+from kubetune.tracking.parent_run import start_pipeline_run
 from kubetune.tracking.registry import promote, register_model
+from kubetune.tracking.stage_run import MLflowTracker
 
 
 def test_nested_run_from_another_process(mlflow_server: str, tmp_path: Path) -> None:
     parent = start_pipeline_run(mlflow_server, "exp-nested", "parent", {"kfp_run_id": "abc", "config_hash": "h"})
     script = textwrap.dedent(f"""
-        from kubetune.tracking.mlflow_tracker import MLflowTracker
+        from kubetune.tracking.stage_run import MLflowTracker
         with MLflowTracker.for_stage({mlflow_server!r}, {parent!r}, "sft", "exp-nested") as t:
             t.log_params({{"lora_rank": 8, "dataset": ["a", "b"]}})
             for step in range(1, 4):

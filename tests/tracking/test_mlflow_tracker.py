@@ -17,19 +17,10 @@ import yaml
 from mlflow_server import MlflowServer, TcpForwarder, free_port
 
 from kubetune.config import load_config
-from kubetune.tracking import Tracker
-from kubetune.tracking.mlflow_tracker import (
-    BUFFER_FILE,
-    MAX_PARAM_LENGTH,
-    PENDING_PREFIX,
-    MLflowTracker,
-    TrackingUnavailable,
-    default_tracking_uri,
-    end_pipeline_run,
-    git_commit,
-    replay_buffer,
-    start_pipeline_run,
-)
+from kubetune.tracking.connection import default_tracking_uri
+from kubetune.tracking.offline import BUFFER_FILE, PENDING_PREFIX, replay_buffer
+from kubetune.tracking.parent_run import TrackingUnavailable, end_pipeline_run, git_commit, start_pipeline_run
+from kubetune.tracking.stage_run import MAX_PARAM_LENGTH, MLflowTracker
 
 CONFIG = {"model_name_or_path": "tiny-llama", "stage": "sft", "finetuning_type": "lora", "lora_rank": 8,
           "dataset": "kubi_sft", "template": "chatml", "learning_rate": 1e-2, "max_steps": 4}
@@ -44,7 +35,7 @@ spec = importlib.util.spec_from_file_location("tracker_tests", {this_file!r})
 tests = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(tests)
 from kubetune.config import load_config
-from kubetune.tracking.mlflow_tracker import MLflowTracker
+from kubetune.tracking.stage_run import MLflowTracker
 
 cfg = load_config(None, json.loads({config!r}))
 parent = sys.stdin.readline().strip()
@@ -128,7 +119,6 @@ def test_stages_nest_under_the_parent_across_processes(mlflow_server_process: Ml
     predictions = tmp_path / "generated_predictions.jsonl"
     predictions.write_text(json.dumps({"prompt": "hi", "predict": "hello", "label": "hello"}) + "\n")
     with MLflowTracker.for_stage(url, parent, "evaluate", fallback_dir=tmp_path / "eval") as evaluate:
-        assert isinstance(evaluate, Tracker)
         evaluate.log_metrics({"predict_rouge-l": 87.5, "eval_loss": 0.22, "note": "not a number"}, step=4)
         evaluate.log_artifact(predictions)
 
@@ -282,7 +272,7 @@ def test_buffered_metrics_are_flushed_when_the_server_comes_back(
     server = mlflow_server_process
     parent = start_pipeline_run(server.url, f"comeback-{unique}", "p")
     proxy = TcpForwarder(target=("127.0.0.1", int(server.url.rsplit(":", 1)[1])))  # not listening yet: "down"
-    caplog.set_level(logging.INFO, logger="kubetune.tracking.mlflow_tracker")
+    caplog.set_level(logging.INFO, logger="kubetune.tracking")
     trackers = [MLflowTracker.for_stage(proxy.url, parent, stage, fallback_dir=tmp_path / stage, retry_after_s=0)
                 for stage in ("sft", "dpo")]
     try:
@@ -317,7 +307,7 @@ def test_only_the_main_process_logs(tmp_path: Path, monkeypatch: pytest.MonkeyPa
 
 
 def test_default_tracking_uri_is_a_local_sqlite_store(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.INFO, logger="kubetune.tracking.mlflow_tracker")
+    caplog.set_level(logging.INFO, logger="kubetune.tracking")
     uri = default_tracking_uri(tmp_path / "outputs")
     assert uri == f"sqlite:///{tmp_path / 'outputs' / 'mlflow.db'}"
     assert (tmp_path / "outputs").is_dir()

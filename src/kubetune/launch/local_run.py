@@ -193,7 +193,7 @@ def _mlflow_lines(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
     try:
         from mlflow import MlflowClient
 
-        from kubetune.tracking.mlflow_tracker import http_limits
+        from kubetune.tracking.connection import http_limits
 
         with http_limits(5.0):  # no retries: a dead server must not hold up the summary of a failed run
             experiment = MlflowClient(uri).get_experiment_by_name(cfg.mlflow.experiment)

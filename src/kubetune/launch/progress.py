@@ -5,16 +5,19 @@ See `kubetune.launch.console` for the side that reads them.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from kubetune.launch.console import emit
+from kubetune.tracking.throughput import TrainingPace
 
 
 class ProgressCallback(TrainerCallback):
     """Emit a `progress` event per Trainer log (main process only): step, total, loss, lr, eval loss, ETA.
+
+    Elapsed time and ETA are `kubetune.tracking.throughput.TrainingPace`'s, as in `trainer_log.jsonl`.
+    Nothing is shown before `train()` begins (an `evaluate()` alone has no progress to show).
 
     Args:
         step: the pipeline step's name, shown on each line.
@@ -22,20 +25,18 @@ class ProgressCallback(TrainerCallback):
 
     def __init__(self, step: str) -> None:
         self.step = step
-        self._start: float | None = None
-        self._start_step = 0
+        self._pace = TrainingPace()
 
     def on_train_begin(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                        **kwargs: Any) -> None:
-        self._start, self._start_step = time.monotonic(), state.global_step
+        self._pace.start(state.global_step, state.num_input_tokens_seen)
 
     def on_log(self, args: TrainingArguments, state: TrainerState, control: TrainerControl,
                logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
-        if not state.is_world_process_zero or not logs or "train_loss" in logs or self._start is None:
+        if not state.is_world_process_zero or not logs or "train_loss" in logs or not self._pace.started:
             return
-        done = state.global_step - self._start_step
-        elapsed = time.monotonic() - self._start
-        eta = elapsed / done * max(state.max_steps - state.global_step, 0) if done > 0 else None
+        pace = self._pace.update(state.global_step, state.max_steps, None, training_line="loss" in logs)
         shown = {k: logs[k] for k in ("loss", "learning_rate", "eval_loss", "reward/mean") if k in logs}
         emit("progress", step=self.step, current=state.global_step, total=state.max_steps,
-             elapsed=round(elapsed, 1), eta=None if eta is None else round(eta, 1), **shown)
+             elapsed=round(pace.elapsed_s, 1), eta=None if pace.remaining_s is None else round(pace.remaining_s, 1),
+             **shown)

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import time
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,8 @@ from typing import Any
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from kubetune.tracking import TRAINER_LOG
+from kubetune.tracking.metric_values import metric_value, metric_values
+from kubetune.tracking.throughput import TrainingPace, counts_tokens
 
 logger = logging.getLogger(__name__)
 
@@ -81,10 +82,11 @@ class JsonlLogCallback(TrainerCallback):
 
     Each line has `current_steps`, `total_steps`, `epoch`, `percentage`, `elapsed_time` and
     `remaining_time` (`h:mm:ss`, for this `train()` call), plus whatever was logged: `loss`,
-    `eval_loss`, `lr`, `grad_norm`, and other numeric metrics under their own names (e.g. TRL's
-    `rewards/accuracies`). Training lines also get `throughput` (non-padding input tokens per
-    second since the previous log event, so evaluation time is not counted) and `total_tokens`,
-    when the Trainer counts tokens (see the module docstring).
+    `eval_loss`, `lr`, `grad_norm`, and other metrics under their own names (e.g. TRL's
+    `rewards/accuracies`; which values count is `kubetune.tracking.metric_values`). Training lines also
+    get `throughput` (non-padding input tokens per second since the previous log event, so evaluation
+    time is not counted; see `kubetune.tracking.throughput`) and `total_tokens`, when the Trainer counts
+    tokens (see the module docstring).
 
     At train begin, lines after the current global step are dropped: a run resumed from a
     checkpoint continues the file, and a new run in a reused folder (step 0) starts it afresh.
@@ -97,19 +99,16 @@ class JsonlLogCallback(TrainerCallback):
 
     def __init__(self, output_dir: str | os.PathLike[str]) -> None:
         self.path = Path(output_dir) / TRAINER_LOG
-        self._start_time: float | None = None
-        self._start_step = 0
-        self._window_time = 0.0
-        self._window_tokens = 0
+        self._pace = TrainingPace()
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
         if not state.is_world_process_zero:
             return
-        self._start_clock(state)
+        self._pace.start(state.global_step, state.num_input_tokens_seen)
         keep_lines_up_to(self.path, state.global_step)
-        if args.include_num_input_tokens_seen == "no":
+        if not counts_tokens(args):
             logger.warning(
                 "%s gets no tokens/s: set include_num_input_tokens_seen='non_padding' in TrainingArguments",
                 self.path,
@@ -126,49 +125,27 @@ class JsonlLogCallback(TrainerCallback):
         # Trainer's end-of-training summary (`train_loss`, averaged over the run) repeats the last step.
         if not state.is_world_process_zero or not logs or "train_loss" in logs:
             return
-        if self._start_time is None:  # e.g. trainer.evaluate() without train()
-            self._start_clock(state)
-        now = time.monotonic()
+        tokens = state.num_input_tokens_seen if counts_tokens(args) else None
+        training_line = "loss" in logs
+        pace = self._pace.update(state.global_step, state.max_steps, tokens, training_line=training_line)
         record: dict[str, Any] = {"current_steps": state.global_step, "total_steps": state.max_steps}
         record.update(_metrics(logs))
-        record.update(self._progress(state, logs, elapsed=now - (self._start_time or now)))
-        if "loss" in logs and args.include_num_input_tokens_seen != "no":
-            record.update(self._throughput(state, seconds=now - self._window_time))
-        self._window_time, self._window_tokens = now, state.num_input_tokens_seen
+        record.update(
+            epoch=logs.get("epoch", state.epoch),
+            percentage=round(100.0 * state.global_step / state.max_steps, 2) if state.max_steps else 0.0,
+            elapsed_time=format_duration(pace.elapsed_s),
+            remaining_time=format_duration(pace.remaining_s or 0.0),
+        )
+        if training_line and tokens is not None:
+            if pace.tokens_per_s is not None:
+                record["throughput"] = round(pace.tokens_per_s, 2)
+            record["total_tokens"] = tokens
         append_jsonl(self.path, record)
-
-    def _start_clock(self, state: TrainerState) -> None:
-        self._start_time = self._window_time = time.monotonic()
-        self._start_step = state.global_step
-        self._window_tokens = state.num_input_tokens_seen
-
-    def _progress(self, state: TrainerState, logs: dict[str, Any], elapsed: float) -> dict[str, Any]:
-        steps_done = state.global_step - self._start_step
-        steps_left = max(state.max_steps - state.global_step, 0)
-        # Extrapolate from this call's own pace: a resumed run did not spend time on earlier steps.
-        remaining = elapsed / steps_done * steps_left if steps_done > 0 else 0.0
-        return {
-            "epoch": logs.get("epoch", state.epoch),
-            "percentage": round(100.0 * state.global_step / state.max_steps, 2) if state.max_steps else 0.0,
-            "elapsed_time": format_duration(elapsed),
-            "remaining_time": format_duration(remaining),
-        }
-
-    def _throughput(self, state: TrainerState, seconds: float) -> dict[str, float]:
-        tokens = state.num_input_tokens_seen - self._window_tokens
-        return {
-            "throughput": round(tokens / seconds, 2) if seconds > 0 else 0.0,
-            "total_tokens": state.num_input_tokens_seen,
-        }
 
 
 def _metrics(logs: dict[str, Any]) -> dict[str, Any]:
-    """Logged numbers for a line: `learning_rate` shortened to `lr`, counters left to `_throughput`."""
-    metrics = {k: v for k, v in logs.items() if k not in _NOT_COPIED and _is_number(v)}
-    if "learning_rate" in logs:
-        metrics["lr"] = logs["learning_rate"]
+    """Logged metrics for a line: `learning_rate` shortened to `lr`, counters left to the pace."""
+    metrics = metric_values({k: v for k, v in logs.items() if k not in _NOT_COPIED})
+    if (lr := metric_value(logs.get("learning_rate"))) is not None:
+        metrics["lr"] = lr
     return metrics
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)

@@ -1,4 +1,4 @@
-"""`MLflowMetricsCallback`: a Trainer's log events into an `MLflowTracker` (see `kubetune.tracking.mlflow_tracker`).
+"""`MLflowMetricsCallback`: a Trainer's log events into an `MLflowTracker` (see `kubetune.tracking.stage_run`).
 
 Its own module so that importing the tracker does not import transformers: the pipeline's light steps
 track without a Trainer, and transformers (with peft) takes seconds to import.
@@ -6,21 +6,23 @@ track without a Trainer, and transformers (with peft) takes seconds to import.
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
-from kubetune.tracking.mlflow_tracker import MLflowTracker, _is_number
+from kubetune.tracking.metric_values import metric_values
+from kubetune.tracking.stage_run import MLflowTracker
+from kubetune.tracking.throughput import TrainingPace, counts_tokens
 
 
 class MLflowMetricsCallback(TrainerCallback):
     """Log every Trainer log event to an `MLflowTracker` at `state.global_step` (main process only).
 
     That is each training line (`loss`, `learning_rate`, `grad_norm`, TRL's `rewards/*`, `kl`, ...), each
-    evaluation (`eval_*`) and the end-of-training summary, under the Trainer's own names; non-numeric values
-    are skipped. Training lines also get `throughput` (non-padding input tokens per second since the previous
-    training line) when the Trainer counts tokens (`include_num_input_tokens_seen`).
+    evaluation (`eval_*`) and the end-of-training summary, under the Trainer's own names; values that are no
+    metrics are skipped (`kubetune.tracking.metric_values`). Training lines also get `throughput`
+    (non-padding input tokens per second since the previous log event, as in `trainer_log.jsonl`; see
+    `kubetune.tracking.throughput`) when the Trainer counts tokens (`include_num_input_tokens_seen`).
 
     Args:
         tracker (`MLflowTracker`):
@@ -29,12 +31,12 @@ class MLflowMetricsCallback(TrainerCallback):
 
     def __init__(self, tracker: MLflowTracker) -> None:
         self.tracker = tracker
-        self._window: tuple[float, int] | None = None  # (time, tokens seen) at the previous training line
+        self._pace = TrainingPace()
 
     def on_train_begin(
         self, args: TrainingArguments, state: TrainerState, control: TrainerControl, **kwargs: Any
     ) -> None:
-        self._window = (time.monotonic(), state.num_input_tokens_seen)
+        self._pace.start(state.global_step, state.num_input_tokens_seen)
 
     def on_log(
         self,
@@ -46,13 +48,9 @@ class MLflowMetricsCallback(TrainerCallback):
     ) -> None:
         if not state.is_world_process_zero or not logs:
             return
-        metrics = {key: value for key, value in logs.items() if _is_number(value)}
-        if "loss" in logs and args.include_num_input_tokens_seen not in ("no", False):
-            metrics.update(self._throughput(state))
+        tokens = state.num_input_tokens_seen if counts_tokens(args) else None
+        pace = self._pace.update(state.global_step, state.max_steps, tokens, training_line="loss" in logs)
+        metrics = metric_values(logs)
+        if pace.tokens_per_s is not None:
+            metrics["throughput"] = pace.tokens_per_s
         self.tracker.log_metrics(metrics, step=state.global_step)
-
-    def _throughput(self, state: TrainerState) -> dict[str, float]:
-        now, tokens = time.monotonic(), state.num_input_tokens_seen
-        since, tokens_then = self._window or (now, tokens)
-        self._window = (now, tokens)
-        return {"throughput": (tokens - tokens_then) / (now - since)} if now > since else {}

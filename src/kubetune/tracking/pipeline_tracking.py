@@ -12,18 +12,23 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kubetune
 from kubetune.config.pipeline import PipelineConfig
 from kubetune.config.schema import RunConfig
 from kubetune.paths import cache_root
 
+if TYPE_CHECKING:
+    from transformers import TrainerCallback
+
+    from kubetune.tracking.stage_run import MLflowTracker
+
 logger = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: PipelineConfig) -> str:
-    from kubetune.tracking.mlflow_tracker import default_tracking_uri
+    from kubetune.tracking.connection import default_tracking_uri
 
     return cfg.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri(
         cache_root() / "mlflow")
@@ -31,7 +36,7 @@ def tracking_uri(cfg: PipelineConfig) -> str:
 
 def open_pipeline_run(cfg: PipelineConfig, kfp_run_id: str) -> str:
     """Create (or, with MLFLOW_RUN_ID set, reuse) the parent run of this pipeline run."""
-    from kubetune.tracking.mlflow_tracker import start_pipeline_run
+    from kubetune.tracking.parent_run import start_pipeline_run
 
     tags = {"kfp_run_id": kfp_run_id, "config_hash": cfg.config_hash(), "pipeline": cfg.pipeline,
             "kubetune_version": kubetune.__version__}
@@ -57,7 +62,7 @@ def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str
     the exit step must not turn a trained, registered model into a failed pipeline run. Returns "" when
     there was no run to close.
     """
-    from kubetune.tracking.mlflow_tracker import end_pipeline_run
+    from kubetune.tracking.parent_run import end_pipeline_run
 
     state = pipeline_state.upper()
     status = mlflow_status(state)
@@ -76,20 +81,33 @@ def close_pipeline_run(cfg: PipelineConfig, kfp_run_id: str, pipeline_state: str
 
 
 class StageTracking:
-    """What a step reports through: Trainer callbacks, final metrics, and files."""
+    """What a step reports through: Trainer callbacks, final metrics, and files.
 
-    def __init__(self, tracker: Any | None) -> None:
+    Args:
+        tracker (`MLflowTracker` or `None`):
+            The step's MLflow run; `None` when tracking is off (every method then does nothing).
+    """
+
+    def __init__(self, tracker: MLflowTracker | None) -> None:
         self.tracker = tracker
 
     @property
-    def callbacks(self) -> list:
-        callback = self.tracker.callback() if self.tracker is not None else None
-        return [callback] if callback is not None else []
+    def callbacks(self) -> list[TrainerCallback]:
+        """The Trainer callbacks that log into the step's run (none when tracking is off)."""
+        return [self.tracker.callback()] if self.tracker is not None else []
 
-    def log_result(self, metrics: dict[str, float], files: dict[str, str]) -> None:
+    def log_result(self, metrics: dict[str, Any], files: dict[str, str]) -> None:
+        """Log a step's final results into its run.
+
+        Args:
+            metrics (`dict[str, Any]`):
+                The stage's metrics; values that are no metrics (`kubetune.tracking.metric_values`) are skipped.
+            files (`dict[str, str]`):
+                Name → path of the stage's reports; each existing file is uploaded as an artifact.
+        """
         if self.tracker is None:
             return
-        self.tracker.log_metrics({k: float(v) for k, v in metrics.items() if isinstance(v, int | float)})
+        self.tracker.log_metrics(metrics)  # it keeps the values that are metrics (`metric_values`)
         for path in files.values():
             if Path(path).is_file():
                 self.tracker.log_artifact(path)
@@ -101,7 +119,7 @@ def stage_tracking(cfg: PipelineConfig, run_cfg: RunConfig, parent_run_id: str, 
     if not parent_run_id:
         yield StageTracking(None)
         return
-    from kubetune.tracking.mlflow_tracker import MLflowTracker
+    from kubetune.tracking.stage_run import MLflowTracker
 
     tracker = MLflowTracker.for_stage(tracking_uri(cfg), parent_run_id, stage, cfg.mlflow.experiment,
                                       fallback_dir=run_cfg.train.output_dir)

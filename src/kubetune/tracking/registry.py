@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import kubetune
-from kubetune.tracking.mlflow_tracker import http_limits
+from kubetune.tracking.connection import http_limits
 
 logger = logging.getLogger(__name__)
 
