@@ -102,17 +102,6 @@ def test_later_features_fail_loudly_not_silently(key: str, value: object) -> Non
     assert "not implemented yet" in problems({key: value})[key]
 
 
-def test_stage_keys_are_refused_until_their_stage_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetune.config import rules
-
-    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft"))
-    found = problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
-    assert "not implemented yet" in found["stage"] and "use one of pt, sft" in found["stage"]
-    assert "the dpo/kto stage" in found["pref_beta"] and "the ppo stage" in found["reward_model"]
-    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft", "dpo"))
-    assert "pref_beta" not in problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
-
-
 def test_setting_a_later_key_to_its_default_is_harmless() -> None:
     cfg = load_config(None, {"use_dora": False, "pref_beta": 0.1}, base=BASE)
     assert cfg.method.use_dora is False

@@ -7,10 +7,10 @@ problem at once. Rules that need the filesystem (datasets, output_dir, model pat
 
 from __future__ import annotations
 
-import importlib
 import importlib.util
 from collections.abc import Callable, Mapping
 
+from kubetune.config import rules_dpo, rules_kto, rules_optim, rules_peft, rules_ppo, rules_rm
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
 
@@ -27,26 +27,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "export_hub_model_id": "hub upload",
 }
 
-# Keys that only a preference/RL stage reads, and the stage modules that implement them.
-# A key counts as implemented once one of its stage modules exists in kubetune.stages.
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
-    **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
-    **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
-    **dict.fromkeys(("ref_model", "ref_model_adapters", "ref_model_quantization_bit"), ("dpo", "kto", "ppo")),
-    **dict.fromkeys(("reward_model", "reward_model_adapters", "reward_model_quantization_bit",
-                     "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
-                     "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
-                     "cliprange_value", "vf_coef"), ("ppo",)),
-}
-
-
-def stage_implemented(stage: str) -> bool:
-    """pt shares the sft recipe; every other stage is a module of its own in kubetune.stages."""
-    module = "sft" if stage == "pt" else stage
-    return importlib.util.find_spec(f"kubetune.stages.{module}") is not None
-
-
 def _origin(origins: Mapping[str, str], key: str) -> str:
     return origins.get(key, "defaults")
 
@@ -54,18 +34,11 @@ def _origin(origins: Mapping[str, str], key: str) -> str:
 def not_implemented(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     problems = []
     flat = cfg.to_flat()
-    missing = {k: f"the {'/'.join(stages)} stage" for k, stages in STAGE_KEYS.items()
-               if not any(stage_implemented(s) for s in stages)}
-    for key in sorted(cfg.explicit & (NOT_IMPLEMENTED.keys() | missing.keys())):
+    for key in sorted(cfg.explicit & NOT_IMPLEMENTED.keys()):
         default = _default_of(key)
         if flat[key] != default:
-            problems.append(Problem(key, flat[key], _origin(origins, key),
-                                    f"not implemented yet ({NOT_IMPLEMENTED.get(key) or missing[key]})",
-                                    f"remove it (default: {default!r})"))
-    if not stage_implemented(cfg.method.stage):
-        ready = [s for s in ("pt", "sft", "rm", "dpo", "kto", "ppo") if stage_implemented(s)]
-        problems.append(Problem("stage", cfg.method.stage, _origin(origins, "stage"),
-                                "not implemented yet", f"use one of {', '.join(ready)}"))
+            problems.append(Problem(key, flat[key], _origin(origins, key), f"not implemented yet "
+                                    f"({NOT_IMPLEMENTED[key]})", f"remove it (default: {default!r})"))
     if cfg.data.mix_strategy != "concat":
         problems.append(Problem("mix_strategy", cfg.data.mix_strategy, _origin(origins, "mix_strategy"),
                                 "not implemented yet (dataset interleaving)", "use concat"))
@@ -175,31 +148,22 @@ def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return []
 
 
-def peft_variants(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """DoRA, rsLoRA, PiSSA, LoRA+ and adapter stacking: see `kubetune.config.rules_peft`."""
-    from kubetune.config import rules_peft
-
-    return rules_peft.check(cfg, origins)
-
-
-def memory_optimizers(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """GaLore and BAdam: see `kubetune.config.rules_optim`."""
-    from kubetune.config import rules_optim
-
-    return rules_optim.check(cfg, origins)
+# The rules of one stage: which data it needs, which models, which of its settings go together.
+STAGE_RULES: dict[str, Rule] = {
+    "rm": rules_rm.check, "dpo": rules_dpo.check, "kto": rules_kto.check, "ppo": rules_ppo.check,
+}
 
 
 def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """Rules of one stage (which data it needs, which models) live in `kubetune.config.rules_<stage>`."""
-    name = f"kubetune.config.rules_{cfg.method.stage}"
-    if importlib.util.find_spec(name) is None:
-        return []
-    return importlib.import_module(name).check(cfg, origins)
+    """The rules of `cfg`'s stage (`STAGE_RULES`; pt and sft have none of their own)."""
+    rule = STAGE_RULES.get(cfg.method.stage)
+    return rule(cfg, origins) if rule else []
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, peft_variants, memory_optimizers, quantization_needs_lora, history_vs_prompt,
-    eval_needs_data, val_size_shape, packing_flags, length_grouping, precision, kernels_installed, warmup,
+    not_implemented, stage_specific, rules_peft.check, rules_optim.check, quantization_needs_lora,
+    history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping, precision,
+    kernels_installed, warmup,
 ]
 
 

@@ -1,6 +1,6 @@
 """Rules of the dpo stage: ranking data, a loss with settings it reads, and a reference only where one is used.
 
-`kubetune.config.rules.stage_specific` calls `check` for `stage: dpo`. Dataset names that do not
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: dpo`. Dataset names that do not
 resolve are skipped here (preflight reports them with their own message). The helpers for the
 reference keys, the data and keys of other stages are shared with `rules_kto`.
 """
@@ -18,6 +18,17 @@ from kubetune.config.schema import FinetuningArguments, RunConfig
 REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo")
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 REF_KEYS = ("ref_model", "ref_model_adapters", "ref_model_quantization_bit")
+# Keys that only some stages read, and which: dpo and kto refuse the others' (`other_stage_keys`).
+STAGE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
+    **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
+    **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
+    **dict.fromkeys(REF_KEYS, ("dpo", "kto", "ppo")),
+    **dict.fromkeys(("reward_model", "reward_model_adapters", "reward_model_quantization_bit",
+                     "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
+                     "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
+                     "cliprange_value", "vf_coef"), ("ppo",)),
+}
 PEEK_LIMIT = 64 << 20  # read a local data file to look at its columns only when it is below this size
 
 
@@ -193,12 +204,10 @@ def eval_only_reference(cfg: RunConfig, origins: Mapping[str, str], *, uses_refe
 
 def other_stage_keys(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     """A key that only another stage reads would be silently ignored: refuse it."""
-    from kubetune.config.rules import STAGE_KEYS
-
     stage = cfg.method.stage
     problems = []
-    for key in sorted(cfg.explicit & STAGE_KEYS.keys()):
-        stages = STAGE_KEYS[key]
+    for key in sorted(cfg.explicit & STAGE_ONLY_KEYS.keys()):
+        stages = STAGE_ONLY_KEYS[key]
         if stage not in stages and getattr(cfg.method, key) != FinetuningArguments.model_fields[key].default:
             problems.append(Problem(key, getattr(cfg.method, key), _origin(origins, key),
                                     f"only the {'/'.join(stages)} stage reads it, not {stage}",

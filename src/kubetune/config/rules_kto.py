@@ -1,6 +1,6 @@
 """Rules of the kto stage: single-response data with a kto_tag, weights that make sense, a usable reference.
 
-`kubetune.config.rules.stage_specific` calls `check` for `stage: kto`. KTO always compares with a
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: kto`. KTO always compares with a
 reference model, so the `ref_model*` keys follow the dpo rules for reference losses.
 """
 

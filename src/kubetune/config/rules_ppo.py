@@ -1,6 +1,6 @@
 """Rules of the ppo stage: a reward source it can use, prompt data, and settings its loop honours.
 
-`kubetune.config.rules.stage_specific` calls `check` for `stage: ppo`. Reward-model folders and
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: ppo`. Reward-model folders and
 Python reward files are checked when they are local paths (an `s3://` reward model is checked
 when it is fetched; a `pipeline:rm` placeholder is the rm step's output, filled in at run time).
 """
