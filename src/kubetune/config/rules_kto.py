@@ -6,8 +6,6 @@ reference model, so the `ref_model*` keys follow the dpo rules for reference los
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from kubetune.config.errors import Problem
 from kubetune.config.rules_dpo import (
     eval_only_reference,
@@ -24,24 +22,20 @@ KTO_DATA_HINT = ('give every row a true/false kto_tag and name its column in dat
                  '{"kto_tag": "<column>"}, as kubi_kto does)')
 
 
-def check(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def check(cfg: RunConfig) -> list[Problem]:
     """Every problem of a kto config (empty when it can run)."""
     problems: list[Problem] = []
-    problems += kto_data(cfg, origins)
-    problems += positive_beta(cfg, origins)
-    problems += class_weights(cfg, origins)
-    problems += reference_keys(cfg, origins, uses_reference=True)
-    problems += eval_only_reference(cfg, origins, uses_reference=True)
-    problems += other_stage_keys(cfg, origins)
-    problems += prompt_handling(cfg, origins)
+    problems += kto_data(cfg)
+    problems += positive_beta(cfg)
+    problems += class_weights(cfg)
+    problems += reference_keys(cfg, uses_reference=True)
+    problems += eval_only_reference(cfg, uses_reference=True)
+    problems += other_stage_keys(cfg)
+    problems += prompt_handling(cfg)
     return problems
 
 
-def _origin(origins: Mapping[str, str], key: str) -> str:
-    return origins.get(key, "defaults")
-
-
-def kto_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def kto_data(cfg: RunConfig) -> list[Problem]:
     """kto reads one response per row and its kto_tag: not ranking pairs, not untagged sft data."""
     problems = []
     for key in ("dataset", "eval_dataset"):
@@ -55,25 +49,25 @@ def kto_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
                 untagged.append(f"{attr.name} (no {column!r} column)")
         value = ",".join(getattr(cfg.data, key) or [cfg.data.data_path or ""])
         if ranking:
-            problems.append(Problem(key, value, _origin(origins, key),
+            problems.append(Problem(key, value, cfg.origin(key),
                                     f"{', '.join(ranking)} is ranking (chosen/rejected) data, but the kto stage reads "
                                     "one response per row labelled desirable or not",
                                     f"use stage: dpo for pairs, or kto data (e.g. kubi_kto): {KTO_DATA_HINT}"))
         if untagged:
-            problems.append(Problem(key, value, _origin(origins, key),
+            problems.append(Problem(key, value, cfg.origin(key),
                                     f"{', '.join(untagged)}: the kto stage needs to know whether each response is "
                                     "desirable", KTO_DATA_HINT))
     return problems
 
 
-def class_weights(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def class_weights(cfg: RunConfig) -> list[Problem]:
     m = cfg.method
     problems = []
     for key in ("kto_chosen_weight", "kto_rejected_weight"):
         if getattr(m, key) < 0:
-            problems.append(Problem(key, getattr(m, key), _origin(origins, key), "a class weight must be 0 or more",
+            problems.append(Problem(key, getattr(m, key), cfg.origin(key), "a class weight must be 0 or more",
                                     "the KTO paper balances λ_D·n_D / λ_U·n_U to 1–4/3 (default 1.0 each)"))
     if m.kto_chosen_weight == 0 and m.kto_rejected_weight == 0:
-        problems.append(Problem("kto_rejected_weight", 0.0, _origin(origins, "kto_rejected_weight"),
+        problems.append(Problem("kto_rejected_weight", 0.0, cfg.origin("kto_rejected_weight"),
                                 "with both class weights 0 there is nothing to learn", "use positive weights"))
     return problems

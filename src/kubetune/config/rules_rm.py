@@ -9,23 +9,20 @@ A quantised base with freeze/full training is refused by the global rules alread
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
 
 
-def check(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def check(cfg: RunConfig) -> list[Problem]:
     """Every rm-specific problem in `cfg` (empty if none).
 
     Args:
         cfg: the config, with `stage: rm`.
-        origins: where each key's value came from (file, "command line"); missing keys are "defaults".
     """
-    return [*ranking_data(cfg, origins), *no_packing(cfg, origins), *trained_model_to_evaluate(cfg, origins)]
+    return [*ranking_data(cfg), *no_packing(cfg), *trained_model_to_evaluate(cfg)]
 
 
-def ranking_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def ranking_data(cfg: RunConfig) -> list[Problem]:
     """Registered datasets must have `"ranking": true`.
 
     Names that do not resolve are skipped (preflight reports them with a "did you mean"), and so are
@@ -42,7 +39,7 @@ def ranking_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
                 continue
             if attr.formatting != "auto" and not attr.ranking:
                 problems.append(Problem(
-                    key, name, origins.get(key, "defaults"),
+                    key, name, cfg.origin(key),
                     f"the rm stage trains on ranking data (a prompt with a chosen and a rejected response), but "
                     f"{attr.origin} does not mark {name!r} as ranking",
                     'use a ranking dataset (e.g. kubi_pref), or set "ranking": true in its entry if its rows '
@@ -50,17 +47,17 @@ def ranking_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
     return problems
 
 
-def no_packing(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def no_packing(cfg: RunConfig) -> list[Problem]:
     problems = []
     for key in ("packing", "neat_packing"):
         if getattr(cfg.data, key):
-            problems.append(Problem(key, True, origins.get(key, "defaults"),
+            problems.append(Problem(key, True, cfg.origin(key),
                                     "the rm stage scores whole chosen/rejected sequences; packing is for pt and sft",
                                     f"remove {key}"))
     return problems
 
 
-def trained_model_to_evaluate(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def trained_model_to_evaluate(cfg: RunConfig) -> list[Problem]:
     """With `do_train: false` a reward model must already exist where `kubetune.stages.rm` looks for it."""
     if cfg.train.do_train is not False:
         return []
@@ -72,7 +69,7 @@ def trained_model_to_evaluate(cfg: RunConfig, origins: Mapping[str, str]) -> lis
     if find_trained_reward_model(cfg.model, cfg.train.output_dir) is not None:
         return []
     key = "adapter_name_or_path"
-    return [Problem(key, cfg.model.adapter_name_or_path, origins.get(key, "defaults"),
+    return [Problem(key, cfg.model.adapter_name_or_path, cfg.origin(key),
                     "evaluating a reward model (do_train: false) needs a trained one, but none of "
                     "adapter_name_or_path, output_dir and model_name_or_path holds value_head.safetensors",
                     "train it first (kubetune train <rm config>), or set adapter_name_or_path to an rm output_dir "
