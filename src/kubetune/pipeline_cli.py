@@ -56,15 +56,15 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
         print(f"kubetune {command}: {err}", file=sys.stderr)
         return 2
     if command == "run":
-        from kubetune.components.runtime import check_every_step
         from kubetune.launch.local_run import run_local, summary
+        from kubetune.validate import preflight_pipeline
 
         arguments = {"alignment": args.alignment} if args.alignment else {}
         if args.alignment and cfg.pipeline != "full":
             print("kubetune run: --alignment applies to `pipeline: full` only", file=sys.stderr)
             return 2
         try:  # the DAG's validate step checks the same; here it fails before KFP even starts
-            check_every_step(cfg)
+            preflight_pipeline(cfg)
         except ConfigError as err:
             print(f"kubetune run: {err}", file=sys.stderr)
             return 2

@@ -1,13 +1,13 @@
 """Cross-field rules: combinations that each look fine alone but make no sense together.
 
 Each rule returns the problems it finds; `check_rules` runs them all so a user sees every
-problem at once. Rules that need the filesystem (datasets, output_dir, model path) live in
-`preflight.py`, since they depend on what the command is about to do.
+problem at once. A rule here reads the config and nothing else: rules that consult the world
+(datasets and their rows, templates, model and reward-model folders, output_dir, installed
+kernels) are `kubetune.validate`'s preflight, run by each command before any work.
 """
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Callable
 
 from kubetune.config import rules_dpo, rules_kto, rules_optim, rules_peft, rules_ppo, rules_rm
@@ -115,29 +115,6 @@ def precision(cfg: RunConfig) -> list[Problem]:
     return []
 
 
-def kernels_installed(cfg: RunConfig) -> list[Problem]:
-    problems = []
-    if cfg.model.flash_attn == "fa2" and importlib.util.find_spec("flash_attn") is None:
-        problems.append(Problem("flash_attn", "fa2", cfg.origin("flash_attn"),
-                                "FlashAttention-2 is not installed here",
-                                "use flash_attn: auto (picks the best available) or install flash-attn on a GPU"))
-    if cfg.model.enable_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        problems.append(Problem("enable_liger_kernel", True, cfg.origin("enable_liger_kernel"),
-                                "Liger kernels are not installed here (they need a GPU)",
-                                "remove enable_liger_kernel, or run on a GPU image with liger-kernel"))
-    elif cfg.model.enable_liger_kernel and not _has_cuda():
-        problems.append(Problem("enable_liger_kernel", True, cfg.origin("enable_liger_kernel"),
-                                "Liger kernels are Triton GPU kernels, and this machine has no CUDA GPU",
-                                "remove enable_liger_kernel here (keep it in configs that run on a GPU)"))
-    return problems
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def warmup(cfg: RunConfig) -> list[Problem]:
     if cfg.train.warmup_steps > 0 and cfg.train.warmup_ratio > 0:
         return [Problem("warmup_ratio", cfg.train.warmup_ratio, cfg.origin("warmup_ratio"),
@@ -160,7 +137,7 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 RULES: list[Rule] = [
     not_implemented, stage_specific, rules_peft.check, rules_optim.check, quantization_needs_lora,
     history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping, precision,
-    kernels_installed, warmup,
+    warmup,
 ]
 
 

@@ -1,14 +1,11 @@
 """Rules of the dpo stage: ranking data, a loss with settings it reads, and a reference only where one is used.
 
-`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: dpo`. Dataset names that do not
-resolve are skipped here (preflight reports them with their own message). The helpers for the
-reference keys, the data and keys of other stages are shared with `rules_kto`.
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: dpo`. What needs the world — that the data
+holds pairs, that a local ref_model and its adapters exist — is checked by `kubetune.validate`. The
+helpers for the reference keys and the keys of other stages are shared with `rules_kto`.
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-from typing import Any
 
 from kubetune.config.errors import Problem
 from kubetune.config.schema import FinetuningArguments, RunConfig
@@ -28,76 +25,24 @@ STAGE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
                      "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
                      "cliprange_value", "vf_coef"), ("ppo",)),
 }
-PEEK_LIMIT = 64 << 20  # read a local data file to look at its columns only when it is below this size
 
 
 def check(cfg: RunConfig) -> list[Problem]:
     """Every problem of a dpo config (empty when it can run)."""
-    uses_reference = cfg.method.pref_loss in REFERENCE_LOSSES
+    reference = uses_reference(cfg)
     problems: list[Problem] = []
-    problems += ranking_data(cfg)
     problems += loss_choice(cfg)
     problems += loss_settings(cfg)
-    problems += reference_keys(cfg, uses_reference=uses_reference)
-    problems += eval_only_reference(cfg, uses_reference=uses_reference)
+    problems += reference_keys(cfg, uses_reference=reference)
+    problems += eval_only_reference(cfg, uses_reference=reference)
     problems += other_stage_keys(cfg)
     problems += prompt_handling(cfg)
     return problems
 
 
-# --- data ---
-
-
-def resolved(cfg: RunConfig, key: str) -> list[Any]:
-    """The `DatasetAttr`s of `dataset` (with `data_path`) or `eval_dataset`; [] when they do not resolve."""
-    from kubetune.data.registry import DataError, resolve_datasets
-
-    names = getattr(cfg.data, key)
-    data_path = cfg.data.data_path if key == "dataset" else None
-    try:
-        return resolve_datasets(names, cfg.data.dataset_dir, data_path) if names or data_path else []
-    except DataError:
-        return []  # preflight reports a dataset that does not resolve, with the reason
-
-
-def first_row(attr: Any, dataset_dir: str) -> dict[str, Any] | None:
-    """The first object row of a local data file (or None: remote, too large, a folder, unreadable)."""
-    from kubetune.data.readers import read_file
-
-    if attr.is_remote:
-        return None
-    path = attr.local_path(dataset_dir)  # an absolute path (a dataset named by path) stays as it is
-    if not path.is_file() or path.stat().st_size > PEEK_LIMIT:
-        return None
-    try:
-        rows = read_file(path).rows
-    except Exception:  # noqa: BLE001 — an unreadable file is the data pipeline's to report, with its row
-        return None
-    return next((row for row in rows if isinstance(row, dict)), None)
-
-
-def ranking_data(cfg: RunConfig) -> list[Problem]:
-    """dpo learns from pairs: every dataset must be ranking data (`"ranking": true`, or chosen/rejected columns)."""
-    problems = []
-    for key in ("dataset", "eval_dataset"):
-        not_ranking = []
-        for attr in resolved(cfg, key):
-            if attr.ranking:
-                continue
-            if attr.formatting == "auto":  # named by path: ranking when its rows have chosen and rejected
-                row = first_row(attr, cfg.data.dataset_dir)
-                if row is None or {"chosen", "rejected"} <= row.keys():
-                    continue
-            not_ranking.append(attr.name)
-        if not_ranking:
-            value = ",".join(getattr(cfg.data, key) or [cfg.data.data_path or ""])
-            problems.append(Problem(
-                key, value, cfg.origin(key),
-                f"{', '.join(not_ranking)} has no chosen/rejected pairs, but the dpo stage learns from a preferred "
-                "and a dispreferred response to each prompt",
-                'use ranking data (e.g. kubi_pref): in dataset_info.json set "ranking": true and its chosen/rejected '
-                "columns; data with one response and a kto_tag fits stage: kto"))
-    return problems
+def uses_reference(cfg: RunConfig) -> bool:
+    """Whether the stage's loss compares with a reference model: kto always, dpo for the reference losses."""
+    return cfg.method.stage == "kto" or cfg.method.pref_loss in REFERENCE_LOSSES
 
 
 # --- the loss ---
@@ -151,7 +96,8 @@ def loss_settings(cfg: RunConfig) -> list[Problem]:
 
 
 def reference_keys(cfg: RunConfig, *, uses_reference: bool) -> list[Problem]:
-    """`ref_model*` only where a reference is used; adapters and quantisation only with a ref_model."""
+    """`ref_model*` only where a reference is used; adapters and quantisation only with a ref_model (whose
+    folders `kubetune.validate` checks)."""
     m = cfg.method
     given = [key for key in REF_KEYS if getattr(m, key) is not None]
     if not uses_reference:
@@ -171,15 +117,6 @@ def reference_keys(cfg: RunConfig, *, uses_reference: bool) -> list[Problem]:
     if m.ref_model_quantization_bit not in (None, 4, 8):
         problems.append(Problem("ref_model_quantization_bit", m.ref_model_quantization_bit,
                                 cfg.origin("ref_model_quantization_bit"), "must be 4 or 8", "use 4 or 8"))
-    if m.ref_model.startswith(("/", "./", "../", "~")) and not Path(m.ref_model).expanduser().exists():
-        problems.append(Problem("ref_model", m.ref_model, cfg.origin("ref_model"), "no such directory",
-                                "give a model directory, an s3:// prefix or a hub id"))
-    for adapter in (m.ref_model_adapters or "").split(","):
-        adapter = adapter.strip()
-        if adapter and not adapter.startswith("s3://") and not (Path(adapter) / "adapter_config.json").is_file():
-            problems.append(Problem("ref_model_adapters", m.ref_model_adapters, cfg.origin("ref_model_adapters"),
-                                    f"{adapter} is not a PEFT adapter directory (no adapter_config.json)",
-                                    "point it at a trained adapter's output_dir"))
     return problems
 
 

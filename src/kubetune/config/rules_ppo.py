@@ -1,19 +1,15 @@
 """Rules of the ppo stage: a reward source it can use, prompt data, and settings its loop honours.
 
-`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: ppo`. Reward-model folders and
-Python reward files are checked when they are local paths (an `s3://` reward model is checked
-when it is fetched; a `pipeline:rm` placeholder is the rm step's output, filled in at run time).
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: ppo`. What the reward_model names — a
+URL, a Python function, an rm output folder with its value head — and whether the data is prompts
+is checked by `kubetune.validate`, which reads them.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
-from kubetune.rl.reward_ref import is_url, parse_api_reward
 
-VALUE_HEAD_FILE = "value_head.safetensors"  # kubetune.model.value_head.VALUE_HEAD_FILE, without importing torch
 REWARD_HINT = ("set reward_model to an rm run's output_dir (e.g. saves/smollm2-135m/lora/rm — run "
                "`kubetune train examples/rm_lora.yaml` first), or, with reward_model_type: api, to an http(s):// "
                "scoring URL or a Python reward function (rewards.py:my_func)")
@@ -23,58 +19,28 @@ UNSUPPORTED_SCHEDULERS = ("reduce_lr_on_plateau", "cosine_with_min_lr", "warmup_
 def check(cfg: RunConfig) -> list[Problem]:
     """Every problem of a ppo config (empty when it can run)."""
     problems: list[Problem] = []
-    for rule in (reward_model, reference_keys, prompt_data, sampling, optimisation):
+    for rule in (reward_model, reference_keys, no_packing, sampling, optimisation):
         problems.extend(rule(cfg))
     return problems
 
 
 def reward_model(cfg: RunConfig) -> list[Problem]:
+    """A reward source is required, and the keys beside it must fit its type."""
     m = cfg.method
-    path, kind = m.reward_model, m.reward_model_type
-    where = cfg.origin("reward_model")
-    if not path:
-        return [Problem("reward_model", None, where, "the ppo stage needs a reward model", REWARD_HINT)]
-    if kind == "api":
-        problems = []
+    if not m.reward_model:
+        return [Problem("reward_model", None, cfg.origin("reward_model"), "the ppo stage needs a reward model",
+                        REWARD_HINT)]
+    if m.reward_model_type == "api":
         if m.reward_model_quantization_bit is not None:
-            problems.append(Problem("reward_model_quantization_bit", m.reward_model_quantization_bit,
-                                    cfg.origin("reward_model_quantization_bit"),
-                                    "has no effect with reward_model_type: api (no model is loaded)", "remove it"))
-        try:
-            ref = parse_api_reward(path)
-        except ValueError as err:
-            return [*problems, Problem("reward_model", path, where, f"reward_model_type: api needs a scoring "
-                                       f"endpoint or a Python function, but {err}",
-                                       "e.g. http://127.0.0.1:8000/score, rewards.py:my_func or mypkg.rewards:my_func")]
-        if ref.kind == "file" and not Path(ref.target).is_file():
-            problems.append(Problem("reward_model", path, where, f"Python reward file {ref.target} not found",
-                                    "check the path (relative paths are from the current directory)"))
-        return problems
-    if is_url(path):
-        return [Problem("reward_model", path, where, f"a URL is not a {kind} reward model",
-                        "set reward_model_type: api to score with an HTTP endpoint")]
+            return [Problem("reward_model_quantization_bit", m.reward_model_quantization_bit,
+                            cfg.origin("reward_model_quantization_bit"),
+                            "has no effect with reward_model_type: api (no model is loaded)", "remove it")]
+        return []
     if m.reward_model_adapters:
         return [Problem("reward_model_adapters", m.reward_model_adapters, cfg.origin("reward_model_adapters"),
                         "not supported: an rm run's output_dir holds its adapter and value head together",
                         "remove it and point reward_model at the rm output_dir")]
-    from kubetune.config.pipeline import PIPELINE_INPUT
-
-    if path.startswith(("s3://", PIPELINE_INPUT)):  # fetched, or filled in by an earlier pipeline step
-        return []
-    folder = Path(path)
-    if not folder.is_dir():
-        return [Problem("reward_model", path, where, "no such directory", REWARD_HINT)]
-    missing = [name for name in (VALUE_HEAD_FILE, "adapter_config.json" if kind == "lora" else "config.json")
-               if not (folder / name).is_file()]
-    if not missing:
-        return []
-    if kind == "full" and (folder / "adapter_config.json").is_file():
-        hint = "this is a LoRA reward model: set reward_model_type: lora"
-    elif kind == "lora" and (folder / "config.json").is_file() and (folder / VALUE_HEAD_FILE).is_file():
-        hint = "this is a fully fine-tuned reward model: set reward_model_type: full"
-    else:
-        hint = "point it at the output_dir of a finished rm run (kubetune train with stage: rm)"
-    return [Problem("reward_model", path, where, f"not a {kind} reward model (missing {', '.join(missing)})", hint)]
+    return []
 
 
 def reference_keys(cfg: RunConfig) -> list[Problem]:
@@ -89,27 +55,13 @@ def reference_keys(cfg: RunConfig) -> list[Problem]:
     return problems
 
 
-def prompt_data(cfg: RunConfig) -> list[Problem]:
-    """PPO reads prompts from sft-format data: ranking (preference) data is for rm/dpo."""
-    from kubetune.data.registry import DataError, resolve_datasets
-
-    problems = []
-    for key in ("dataset", "eval_dataset"):
-        names = getattr(cfg.data, key)
-        try:
-            attrs = resolve_datasets(names, cfg.data.dataset_dir) if names else []
-        except DataError:
-            continue  # a missing dataset is reported by preflight with its own message
-        ranking = [a.name for a in attrs if a.ranking]
-        if ranking:
-            problems.append(Problem(key, ",".join(names or []), cfg.origin(key),
-                                    f"{', '.join(ranking)} is ranking (chosen/rejected) data; the ppo stage samples "
-                                    "its own responses to prompts", "use sft-format data (e.g. kubi_sft)"))
+def no_packing(cfg: RunConfig) -> list[Problem]:
+    """PPO generates from one prompt at a time (that its data is prompts, not pairs, is read by preflight)."""
     if cfg.data.packing or cfg.data.neat_packing:
         key = "packing" if cfg.data.packing else "neat_packing"
-        problems.append(Problem(key, True, cfg.origin(key), "PPO prompts are generated from one at a time, "
-                                "never packed", f"remove {key}"))
-    return problems
+        return [Problem(key, True, cfg.origin(key), "PPO prompts are generated from one at a time, never packed",
+                        f"remove {key}")]
+    return []
 
 
 def sampling(cfg: RunConfig) -> list[Problem]:
