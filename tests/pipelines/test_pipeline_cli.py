@@ -41,7 +41,10 @@ def test_bad_pipeline_config_lists_every_problem(tmp_path: Path, capsys: pytest.
                                     "stages": {"sft": {"lora_rank": "big"}}}))
     assert main(["compile", str(path), "-o", str(tmp_path / "o.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "did you mean 'learning_rate'" in err
+    assert "3 problems" in err  # an unknown shared key does not hide the steps' problems
+    assert "lerning_rate = 1 (from " in err and "did you mean 'learning_rate'" in err
+    assert "stages.sft: lora_rank = 'big'" in err and "expected a valid integer" in err
+    assert "evaluation.eval_dataset" in err and "names none" in err
 
 
 def test_submit_and_schedule_reach_the_kfp_api(pipeline_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
