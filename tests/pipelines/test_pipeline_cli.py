@@ -35,6 +35,21 @@ def test_compile_writes_loadable_yaml(pipeline_file: Path, tmp_path: Path) -> No
     assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "kubetune-sft-kubi"
 
 
+def test_compile_needs_no_data_files_and_says_what_the_cache_key_covers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config compiled for a cluster names data this machine may not have: no world checks at compile time."""
+    data = yaml.safe_load((REPO / "examples/pipeline_dpo.yaml").read_text())
+    data["dataset_dir"] = str(tmp_path / "not-here")  # no dataset_info.json, no data files
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out.yaml"
+    assert main(["compile", str(path), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert out.is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [line.split(": ")[2] for line in warnings] == ["stages.sft", "stages.dpo"]
+    assert all("cache key covers the settings only" in line for line in warnings)
+
+
 def test_bad_pipeline_config_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "model_name_or_path": "m", "lerning_rate": 1,
