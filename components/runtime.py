@@ -11,7 +11,6 @@ console (`kubetune.launch.console`).
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -22,8 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from kubetune.config.errors import ConfigError, Problem
-from kubetune.config.pipeline import PipelineConfig, load_pipeline_config, step_problems
+from kubetune.config.pipeline import PipelineConfig, load_pipeline_config
 from kubetune.launch.console import emit
 from kubetune.paths import cache_root
 
@@ -90,36 +88,13 @@ def validate(config: str, run_id: str = "") -> str:
     """
     with step("validate") as record:
         cfg = parse(config)
-        check_every_step(cfg)
         from kubetune.tracking.pipeline_tracking import open_pipeline_run
+        from kubetune.validate import preflight_pipeline
 
+        preflight_pipeline(cfg)  # every step's world problems at once (kubetune.validate)
         parent = open_pipeline_run(cfg, run_id)
         record["mlflow_run_id"] = parent
         return parent
-
-
-def check_every_step(cfg: PipelineConfig) -> None:
-    """Raise ConfigError listing what would stop any step of `cfg`'s DAG (see `validate`).
-
-    Writes nothing: output folders are placeholders (steps get theirs at run time, and overwrite).
-    """
-    from kubetune.config.preflight import preflight
-    from kubetune.evaluate.metrics import GENERATION_METRICS
-
-    measured = ("eval_loss", "eval_perplexity", *(f"predict_{k}" for k in GENERATION_METRICS))  # by evaluate
-
-    def checked(step: str, build: Any) -> None:
-        run_cfg = build()
-        stage_command = "eval" if run_cfg.train.do_train is False else "train"
-        preflight(run_cfg, {"evaluate": "eval", "export": "export"}.get(step, stage_command))
-
-    problems = step_problems({step: functools.partial(checked, step, build)
-                              for step, build in cfg.step_configs(placeholder_outputs=True).items()})
-    if cfg.promotion.metric not in measured:
-        problems.append(Problem("promotion.metric", cfg.promotion.metric, cfg.source or "pipeline config",
-                                "is not measured by the evaluate step", f"use one of {', '.join(measured)}"))
-    if problems:
-        raise ConfigError(problems, cfg.source)
 
 
 # --- preprocess -------------------------------------------------------------

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 from kubetune import __version__
 from kubetune.config import ConfigError, RunConfig, load_config
-from kubetune.config.preflight import preflight
+from kubetune.validate import preflight
 
 USAGE = """kubetune <command> [config.yaml] [key=value | --key value ...]
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from kubetune.config.errors import ConfigError
-from kubetune.config.pipeline import load_pipeline_config
+from kubetune.config.pipeline import PipelineConfig, load_pipeline_config
 
 
 def _parser(command: str) -> argparse.ArgumentParser:
@@ -56,15 +56,15 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
         print(f"kubetune {command}: {err}", file=sys.stderr)
         return 2
     if command == "run":
-        from kubetune.components.runtime import check_every_step
         from kubetune.launch.local_run import run_local, summary
+        from kubetune.validate import preflight_pipeline
 
         arguments = {"alignment": args.alignment} if args.alignment else {}
         if args.alignment and cfg.pipeline != "full":
             print("kubetune run: --alignment applies to `pipeline: full` only", file=sys.stderr)
             return 2
         try:  # the DAG's validate step checks the same; here it fails before KFP even starts
-            check_every_step(cfg)
+            preflight_pipeline(cfg)
         except ConfigError as err:
             print(f"kubetune run: {err}", file=sys.stderr)
             return 2
@@ -74,9 +74,21 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
     if command == "compile":
         from kubetune.launch.local_run import compile_pipeline
 
+        _warn_unreadable_data(command, cfg)
         print(f"wrote {compile_pipeline(cfg, args.output)}")
         return 0
     return _submit_or_schedule(command, cfg, args)
+
+
+def _warn_unreadable_data(command: str, cfg: PipelineConfig) -> None:
+    """Compiling needs no data files (a cluster reads them), but the preprocess cache key hashes them where it
+    can: say which stages' keys cover their settings only."""
+    from kubetune.validate.pipeline import unreadable_stage_data
+
+    for step, reason in unreadable_stage_data(cfg).items():
+        print(f"kubetune {command}: warning: {step}: its data cannot be read here, so its preprocess cache key "
+              f"covers the settings only (a cached preprocess step is not redone when the data changes) — {reason}",
+              file=sys.stderr)
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -132,6 +144,7 @@ def _submit_or_schedule(command: str, cfg, args: argparse.Namespace) -> int:  # 
     from kubetune.launch.local_run import compile_pipeline
 
     params = {key: _typed(value) for key, value in (item.split("=", 1) for item in args.param)}
+    _warn_unreadable_data(command, cfg)
     with tempfile.TemporaryDirectory() as tmp:
         package = compile_pipeline(cfg, Path(tmp) / f"{cfg.name}.yaml")
         name = f"kubetune-{cfg.pipeline}-{cfg.name}"

@@ -11,6 +11,7 @@ from transformers import TrainerCallback
 
 from kubetune.components import runtime
 from kubetune.config.pipeline import load_pipeline_config
+from kubetune.validate import preflight_pipeline
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -88,7 +89,7 @@ def test_a_qlora_pipeline_validates_its_export_as_the_step_runs_it(tiny_model_di
     data = yaml.safe_load(_config(tiny_model_dir))
     data["quantization_bit"] = 4
     cfg = load_pipeline_config(text=yaml.safe_dump(data))
-    runtime.check_every_step(cfg)
+    preflight_pipeline(cfg)
     assert cfg.stage_config("sft").model.quantization_bit == 4
     assert cfg.export_config("adapter", export_dir="out").model.quantization_bit is None
 

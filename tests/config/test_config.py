@@ -9,7 +9,6 @@ import pytest
 import yaml
 
 from kubetune.config import ConfigError, load_config
-from kubetune.config.preflight import preflight
 
 BASE = {"model_name_or_path": "some/model"}
 
@@ -83,8 +82,6 @@ def test_unknown_key_without_close_match_points_to_keys_command() -> None:
     ({"neat_packing": True, "packing": False}, "neat_packing", "needs packing"),
     ({"bf16": True, "fp16": True}, "fp16", "only one precision"),
     ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_ratio", "both"),
-    ({"flash_attn": "fa2"}, "flash_attn", "not installed"),
-    ({"enable_liger_kernel": True}, "enable_liger_kernel", "not installed"),
     ({"freeze_trainable_layers": 0}, "freeze_trainable_layers", "must not be 0"),
     ({"quantization_bit": 3}, "quantization_bit", "expected"),
     ({"lora_rank": 0}, "lora_rank", "greater than 0"),
@@ -100,17 +97,6 @@ def test_cross_field_and_value_rules(overrides: dict, key: str, fragment: str) -
 ])
 def test_later_features_fail_loudly_not_silently(key: str, value: object) -> None:
     assert "not implemented yet" in problems({key: value})[key]
-
-
-def test_stage_keys_are_refused_until_their_stage_exists(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kubetune.config import rules
-
-    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft"))
-    found = problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
-    assert "not implemented yet" in found["stage"] and "use one of pt, sft" in found["stage"]
-    assert "the dpo/kto stage" in found["pref_beta"] and "the ppo stage" in found["reward_model"]
-    monkeypatch.setattr(rules, "stage_implemented", lambda stage: stage in ("pt", "sft", "dpo"))
-    assert "pref_beta" not in problems({"stage": "dpo", "pref_beta": 0.2, "reward_model": "x"})
 
 
 def test_setting_a_later_key_to_its_default_is_harmless() -> None:
@@ -139,54 +125,6 @@ def test_round_trip_through_flat_form() -> None:
     cfg = load_config(None, {"lora_rank": 16, "dataset": "a,b", "report_to": "none"}, base=BASE)
     again = load_config(None, {k: v for k, v in cfg.to_flat().items()})
     assert again.to_flat() == cfg.to_flat()
-
-
-# --- preflight: command-aware checks against the filesystem ---
-
-def test_train_refuses_nonempty_output_dir_without_checkpoint(tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    out.mkdir()
-    (out / "notes.txt").write_text("precious")
-    cfg = load_config(None, {"output_dir": str(out), "data_path": str(tmp_path / "d.json")}, base=BASE)
-    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}]')
-    with pytest.raises(ConfigError, match="not empty and holds no checkpoint"):
-        preflight(cfg, "train")
-    (out / "checkpoint-5").mkdir()
-    preflight(cfg, "train")  # a checkpoint means: resume
-    assert (out / "notes.txt").read_text() == "precious"
-
-
-def test_train_needs_dataset_and_output_dir() -> None:
-    cfg = load_config(None, {}, base=BASE)
-    with pytest.raises(ConfigError) as err:
-        preflight(cfg, "train")
-    assert {"dataset", "output_dir"} <= set(err.value.keys())
-
-
-def test_unknown_dataset_and_template_are_caught_before_work(tmp_path: Path) -> None:
-    (tmp_path / "dataset_info.json").write_text(json.dumps({"alpaca_en": {"file_name": "a.json"}}))
-    (tmp_path / "a.json").write_text('[{"instruction": "a", "output": "b"}]')
-    cfg = load_config(None, {"dataset": "alpaca_em", "dataset_dir": str(tmp_path), "template": "chatm1",
-                             "output_dir": str(tmp_path / "o")}, base=BASE)
-    with pytest.raises(ConfigError) as err:
-        preflight(cfg, "train")
-    text = str(err.value)
-    assert "alpaca_en" in text  # did you mean
-    assert "did you mean 'chatml'" in text
-
-
-def test_missing_local_model_and_adapter(tmp_path: Path) -> None:
-    cfg = load_config(None, {"model_name_or_path": str(tmp_path / "nope"), "adapter_name_or_path": str(tmp_path),
-                             "export_dir": str(tmp_path / "e")})
-    with pytest.raises(ConfigError) as err:
-        preflight(cfg, "export")
-    assert set(err.value.keys()) == {"model_name_or_path", "adapter_name_or_path"}
-
-
-def test_export_refuses_quantised_base() -> None:
-    cfg = load_config(None, {"quantization_bit": 4, "export_dir": "x"}, base=BASE)
-    with pytest.raises(ConfigError, match="cannot merge an adapter into a quantised base"):
-        preflight(cfg, "export")
 
 
 def test_load_in_4bit_flag_for_chat() -> None:

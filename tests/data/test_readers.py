@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from kubetune.data.readers import BadRow, read_file, read_folder, read_rows, take
+from kubetune.data.readers import BadRow, first_row, read_file, read_folder, read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr
 
 
@@ -186,3 +186,26 @@ def test_take_keeps_rows_and_origins_paired_in_a_read_result(tmp_path: Path) -> 
         (row["i"], row["i"]) for row in taken.rows]
     assert len(taken.rows) == 3 and taken.source == str(path)
     assert [b.row for b in taken.bad_rows] == [6]
+
+
+def test_first_row_reads_only_as_far_as_the_first_row(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    listed = tmp_path / "list.json"  # the rest of the file is never parsed: its broken tail does not matter
+    listed.write_text('[\n  {"chosen": "a", "rejected": "b"},\n  {"broken": ' + "x" * 200_000)
+    assert first_row(listed) == {"chosen": "a", "rejected": "b"}
+    wrapped = tmp_path / "wrapped.json"
+    wrapped.write_text(json.dumps({"data": [{"instruction": "q"}]}))
+    assert first_row(wrapped) == {"instruction": "q"}
+    lines = tmp_path / "rows.jsonl"
+    lines.write_text('\nnot json\n{"kto_tag": true}\n{"broken": ')
+    assert first_row(lines) == {"kto_tag": True}
+    table = tmp_path / "rows.csv"
+    table.write_text("instruction,output\nq,a\n")
+    assert first_row(table) == {"instruction": "q", "output": "a"}
+    pq.write_table(pa.table({"chosen": ["a", "c"], "rejected": ["b", "d"]}), tmp_path / "pairs.parquet")
+    assert first_row(tmp_path / "pairs.parquet") == {"chosen": "a", "rejected": "b"}
+    assert first_row(tmp_path / "missing.jsonl") is None
+    (tmp_path / "empty.json").write_text("[]")
+    assert first_row(tmp_path / "empty.json") is None

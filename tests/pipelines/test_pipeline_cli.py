@@ -35,13 +35,31 @@ def test_compile_writes_loadable_yaml(pipeline_file: Path, tmp_path: Path) -> No
     assert next(yaml.safe_load_all(out.read_text()))["pipelineInfo"]["name"] == "kubetune-sft-kubi"
 
 
+def test_compile_needs_no_data_files_and_says_what_the_cache_key_covers(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A config compiled for a cluster names data this machine may not have: no world checks at compile time."""
+    data = yaml.safe_load((REPO / "examples/pipeline_dpo.yaml").read_text())
+    data["dataset_dir"] = str(tmp_path / "not-here")  # no dataset_info.json, no data files
+    path = tmp_path / "pipeline.yaml"
+    path.write_text(yaml.safe_dump(data))
+    out = tmp_path / "out.yaml"
+    assert main(["compile", str(path), "-o", str(out)]) == 0, capsys.readouterr().err
+    assert out.is_file()
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert [line.split(": ")[2] for line in warnings] == ["stages.sft", "stages.dpo"]
+    assert all("cache key covers the settings only" in line for line in warnings)
+
+
 def test_bad_pipeline_config_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump({"name": "x", "model_name_or_path": "m", "lerning_rate": 1,
                                     "stages": {"sft": {"lora_rank": "big"}}}))
     assert main(["compile", str(path), "-o", str(tmp_path / "o.yaml")]) == 2
     err = capsys.readouterr().err
-    assert "did you mean 'learning_rate'" in err
+    assert "3 problems" in err  # an unknown shared key does not hide the steps' problems
+    assert "lerning_rate = 1 (from " in err and "did you mean 'learning_rate'" in err
+    assert "stages.sft: lora_rank = 'big'" in err and "expected a valid integer" in err
+    assert "evaluation.eval_dataset" in err and "names none" in err
 
 
 def test_submit_and_schedule_reach_the_kfp_api(pipeline_file: Path, capsys: pytest.CaptureFixture[str]) -> None:

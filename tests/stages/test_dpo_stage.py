@@ -197,20 +197,21 @@ def test_eval_only_reports_preference_metrics_of_a_trained_adapter(tiny_model_di
     assert "predict_rouge-l" in json.loads((tmp_path / "eval" / "run_summary.json").read_text())["metrics"]
 
 
-# --- config rules (kubetune.config.rules_dpo), checked before any work starts ---
+# --- rules (kubetune.config.rules_dpo, and the world's in kubetune.validate), checked before any work starts ---
 
 
 def problems(tmp_path: Path, **keys) -> dict[str, str]:
-    """{key: message} of every problem load_config reports for a dpo config with `keys`."""
+    """{key: message} of every problem of a dpo config with `keys`: load_config's, else the dpo world rules'."""
     from kubetune.config.errors import ConfigError
+    from kubetune.validate.rules import stage_problems
 
     base = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "stage": "dpo", "dataset": "kubi_pref",
             "dataset_dir": str(REPO / "data"), "output_dir": str(tmp_path / "out")}
     try:
-        load_config(None, {**base, **keys})
+        found = stage_problems(load_config(None, {**base, **keys}))  # the config's rules, then the world's
     except ConfigError as err:
-        return {p.key: f"{p.message} — {p.hint}" for p in err.problems}
-    return {}
+        found = err.problems
+    return {p.key: f"{p.message} — {p.hint}" for p in found}
 
 
 def test_rules_accept_the_examples_shape(tmp_path: Path) -> None:

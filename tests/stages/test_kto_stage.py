@@ -65,20 +65,21 @@ def test_class_balance_ratio() -> None:
     assert check_class_balance([True, True], 1.0, 1.0) == float("inf")
 
 
-# --- config rules (kubetune.config.rules_kto), checked before any work starts ---
+# --- rules (kubetune.config.rules_kto, and the world's in kubetune.validate), checked before any work starts ---
 
 
 def problems(tmp_path: Path, **keys) -> dict[str, str]:
-    """{key: message} of every problem load_config reports for a kto config with `keys`."""
+    """{key: message} of every problem of a kto config with `keys`: load_config's, else the kto world rules'."""
     from kubetune.config.errors import ConfigError
+    from kubetune.validate.rules import stage_problems
 
     base = {"model_name_or_path": "HuggingFaceTB/SmolLM2-135M-Instruct", "stage": "kto", "dataset": "kubi_kto",
             "dataset_dir": str(REPO / "data"), "output_dir": str(tmp_path / "out")}
     try:
-        load_config(None, {**base, **keys})
+        found = stage_problems(load_config(None, {**base, **keys}))  # the config's rules, then the world's
     except ConfigError as err:
-        return {p.key: f"{p.message} — {p.hint}" for p in err.problems}
-    return {}
+        found = err.problems
+    return {p.key: f"{p.message} — {p.hint}" for p in found}
 
 
 def test_rules_accept_kto_data(tmp_path: Path) -> None:

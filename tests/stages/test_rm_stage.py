@@ -16,6 +16,7 @@ from kubetune.config import ConfigError, load_config
 from kubetune.model.reward import load_reward_model, score_ids
 from kubetune.stages import run_stage
 from kubetune.train.result import StageResult
+from kubetune.validate.rules import stage_problems
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -173,10 +174,10 @@ def test_example_trains_and_evaluates_through_the_cli(tiny_model_dir: Path, tmp_
 def problems(**keys) -> list[str]:
     base = {"model_name_or_path": "m", "stage": "rm", "dataset": "kubi_pref", "dataset_dir": str(REPO / "data")}
     try:
-        load_config(None, {**base, **keys})
+        found = stage_problems(load_config(None, {**base, **keys}))  # the config's rules, then the world's
     except ConfigError as err:
-        return [str(problem) for problem in err.problems]
-    return []
+        found = err.problems
+    return [str(problem) for problem in found]
 
 
 def test_rules_want_ranking_data_and_no_packing(tmp_path: Path) -> None:

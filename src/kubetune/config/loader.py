@@ -171,10 +171,10 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     if problems:
         raise ConfigError(problems, source)
 
-    cfg = RunConfig(**groups, source=source, explicit=set(origins))
+    cfg = RunConfig(**groups, source=source, origins=origins)
     from kubetune.config.rules import check_rules
 
-    problems.extend(check_rules(cfg, origins))
+    problems.extend(check_rules(cfg))
     if problems:
         raise ConfigError(problems, source)
     return cfg

@@ -304,9 +304,11 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
             close = difflib.get_close_matches(key, [*owner, *PipelineConfig.model_fields], n=1, cutoff=0.75)
             problems.append(Problem(key, cfg.shared[key], source, "unknown key",
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
-    if problems:
-        raise ConfigError(problems, source)
-    problems = step_problems(cfg.step_configs())
+    # every step is built from the shared keys too: list their other problems in the same report, and an
+    # unknown shared key once (above, with the pipeline's own section names among the guesses)
+    unknown = {p.key for p in problems}
+    problems += [p for p in step_problems(cfg.step_configs())
+                 if not (p.message == "unknown key" and p.key.rpartition(": ")[2] in unknown)]
     if problems:
         raise ConfigError(problems, source)
     return cfg

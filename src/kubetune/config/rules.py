@@ -1,20 +1,20 @@
 """Cross-field rules: combinations that each look fine alone but make no sense together.
 
 Each rule returns the problems it finds; `check_rules` runs them all so a user sees every
-problem at once. Rules that need the filesystem (datasets, output_dir, model path) live in
-`preflight.py`, since they depend on what the command is about to do.
+problem at once. A rule here reads the config and nothing else: rules that consult the world
+(datasets and their rows, templates, model and reward-model folders, output_dir, installed
+kernels) are `kubetune.validate`'s preflight, run by each command before any work.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 
+from kubetune.config import rules_dpo, rules_kto, rules_optim, rules_peft, rules_ppo, rules_rm
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
 
-Rule = Callable[[RunConfig, Mapping[str, str]], list[Problem]]
+Rule = Callable[[RunConfig], list[Problem]]
 
 # Keys whose feature a later piece of work implements. Setting one today must fail loudly,
 # never be silently ignored: a user who asks for DoRA and gets plain LoRA is misled.
@@ -27,47 +27,17 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "export_hub_model_id": "hub upload",
 }
 
-# Keys that only a preference/RL stage reads, and the stage modules that implement them.
-# A key counts as implemented once one of its stage modules exists in kubetune.stages.
-STAGE_KEYS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
-    **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
-    **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
-    **dict.fromkeys(("ref_model", "ref_model_adapters", "ref_model_quantization_bit"), ("dpo", "kto", "ppo")),
-    **dict.fromkeys(("reward_model", "reward_model_adapters", "reward_model_quantization_bit",
-                     "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
-                     "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
-                     "cliprange_value", "vf_coef"), ("ppo",)),
-}
 
-
-def stage_implemented(stage: str) -> bool:
-    """pt shares the sft recipe; every other stage is a module of its own in kubetune.stages."""
-    module = "sft" if stage == "pt" else stage
-    return importlib.util.find_spec(f"kubetune.stages.{module}") is not None
-
-
-def _origin(origins: Mapping[str, str], key: str) -> str:
-    return origins.get(key, "defaults")
-
-
-def not_implemented(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def not_implemented(cfg: RunConfig) -> list[Problem]:
     problems = []
     flat = cfg.to_flat()
-    missing = {k: f"the {'/'.join(stages)} stage" for k, stages in STAGE_KEYS.items()
-               if not any(stage_implemented(s) for s in stages)}
-    for key in sorted(cfg.explicit & (NOT_IMPLEMENTED.keys() | missing.keys())):
+    for key in sorted(cfg.explicit & NOT_IMPLEMENTED.keys()):
         default = _default_of(key)
         if flat[key] != default:
-            problems.append(Problem(key, flat[key], _origin(origins, key),
-                                    f"not implemented yet ({NOT_IMPLEMENTED.get(key) or missing[key]})",
-                                    f"remove it (default: {default!r})"))
-    if not stage_implemented(cfg.method.stage):
-        ready = [s for s in ("pt", "sft", "rm", "dpo", "kto", "ppo") if stage_implemented(s)]
-        problems.append(Problem("stage", cfg.method.stage, _origin(origins, "stage"),
-                                "not implemented yet", f"use one of {', '.join(ready)}"))
+            problems.append(Problem(key, flat[key], cfg.origin(key), f"not implemented yet "
+                                    f"({NOT_IMPLEMENTED[key]})", f"remove it (default: {default!r})"))
     if cfg.data.mix_strategy != "concat":
-        problems.append(Problem("mix_strategy", cfg.data.mix_strategy, _origin(origins, "mix_strategy"),
+        problems.append(Problem("mix_strategy", cfg.data.mix_strategy, cfg.origin("mix_strategy"),
                                 "not implemented yet (dataset interleaving)", "use concat"))
     return problems
 
@@ -81,130 +51,98 @@ def _default_of(key: str) -> object:
     raise KeyError(key)
 
 
-def quantization_needs_lora(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def quantization_needs_lora(cfg: RunConfig) -> list[Problem]:
     if cfg.model.quantization_bit is not None and cfg.method.finetuning_type != "lora":
-        return [Problem("quantization_bit", cfg.model.quantization_bit, _origin(origins, "quantization_bit"),
+        return [Problem("quantization_bit", cfg.model.quantization_bit, cfg.origin("quantization_bit"),
                         f"a quantised base can only be trained with LoRA (finetuning_type is "
                         f"{cfg.method.finetuning_type})",
                         "set finetuning_type: lora (QLoRA), or remove quantization_bit")]
     return []
 
 
-def history_vs_prompt(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def history_vs_prompt(cfg: RunConfig) -> list[Problem]:
     if cfg.data.mask_history and cfg.data.train_on_prompt:
-        return [Problem("mask_history", True, _origin(origins, "mask_history"),
+        return [Problem("mask_history", True, cfg.origin("mask_history"),
                         "cannot be combined with train_on_prompt: true (one trains less, the other more)",
                         "keep one of them")]
     return []
 
 
-def eval_needs_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def eval_needs_data(cfg: RunConfig) -> list[Problem]:
     has_eval = cfg.data.val_size > 0 or bool(cfg.data.eval_dataset)
     problems = []
     if cfg.train.eval_strategy != "no" and not has_eval:
-        problems.append(Problem("eval_strategy", cfg.train.eval_strategy, _origin(origins, "eval_strategy"),
+        problems.append(Problem("eval_strategy", cfg.train.eval_strategy, cfg.origin("eval_strategy"),
                                 "evaluation needs a validation set, but there is none",
                                 "set val_size (e.g. 0.1) or eval_dataset, or eval_strategy: no"))
     if cfg.train.do_predict and not has_eval:
-        problems.append(Problem("do_predict", True, _origin(origins, "do_predict"),
+        problems.append(Problem("do_predict", True, cfg.origin("do_predict"),
                                 "prediction needs held-out data, but there is none",
                                 "set eval_dataset (or val_size)"))
     return problems
 
 
-def val_size_shape(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def val_size_shape(cfg: RunConfig) -> list[Problem]:
     size = cfg.data.val_size
     if size >= 1 and size != int(size):
-        return [Problem("val_size", size, _origin(origins, "val_size"),
+        return [Problem("val_size", size, cfg.origin("val_size"),
                         "a value ≥ 1 is a row count and must be a whole number",
                         "use a fraction below 1 (e.g. 0.1) or a count (e.g. 50)")]
     return []
 
 
-def packing_flags(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def packing_flags(cfg: RunConfig) -> list[Problem]:
     if cfg.data.neat_packing and cfg.data.packing is False:
-        return [Problem("neat_packing", True, _origin(origins, "neat_packing"),
+        return [Problem("neat_packing", True, cfg.origin("neat_packing"),
                         "needs packing, but packing is false", "remove packing: false, or neat_packing")]
     return []
 
 
-def length_grouping(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def length_grouping(cfg: RunConfig) -> list[Problem]:
     if cfg.train.group_by_length and cfg.method.stage not in ("sft", "pt"):
-        return [Problem("group_by_length", True, _origin(origins, "group_by_length"),
+        return [Problem("group_by_length", True, cfg.origin("group_by_length"),
                         f"groups sft/pt rows only; the {cfg.method.stage} stage batches its own rows",
                         "remove group_by_length")]
     return []
 
 
-def precision(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def precision(cfg: RunConfig) -> list[Problem]:
     t = cfg.train
     chosen = [name for name in ("bf16", "fp16", "pure_bf16") if getattr(t, name)]
     if len(chosen) > 1:
-        return [Problem(chosen[1], True, _origin(origins, chosen[1]),
+        return [Problem(chosen[1], True, cfg.origin(chosen[1]),
                         f"only one precision can be chosen, got {', '.join(chosen)}", "keep one")]
     return []
 
 
-def kernels_installed(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    problems = []
-    if cfg.model.flash_attn == "fa2" and importlib.util.find_spec("flash_attn") is None:
-        problems.append(Problem("flash_attn", "fa2", _origin(origins, "flash_attn"),
-                                "FlashAttention-2 is not installed here",
-                                "use flash_attn: auto (picks the best available) or install flash-attn on a GPU"))
-    if cfg.model.enable_liger_kernel and importlib.util.find_spec("liger_kernel") is None:
-        problems.append(Problem("enable_liger_kernel", True, _origin(origins, "enable_liger_kernel"),
-                                "Liger kernels are not installed here (they need a GPU)",
-                                "remove enable_liger_kernel, or run on a GPU image with liger-kernel"))
-    elif cfg.model.enable_liger_kernel and not _has_cuda():
-        problems.append(Problem("enable_liger_kernel", True, _origin(origins, "enable_liger_kernel"),
-                                "Liger kernels are Triton GPU kernels, and this machine has no CUDA GPU",
-                                "remove enable_liger_kernel here (keep it in configs that run on a GPU)"))
-    return problems
-
-
-def _has_cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def warmup(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def warmup(cfg: RunConfig) -> list[Problem]:
     if cfg.train.warmup_steps > 0 and cfg.train.warmup_ratio > 0:
-        return [Problem("warmup_ratio", cfg.train.warmup_ratio, _origin(origins, "warmup_ratio"),
+        return [Problem("warmup_ratio", cfg.train.warmup_ratio, cfg.origin("warmup_ratio"),
                         "both warmup_steps and warmup_ratio are set", "keep one of them")]
     return []
 
 
-def peft_variants(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """DoRA, rsLoRA, PiSSA, LoRA+ and adapter stacking: see `kubetune.config.rules_peft`."""
-    from kubetune.config import rules_peft
-
-    return rules_peft.check(cfg, origins)
-
-
-def memory_optimizers(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """GaLore and BAdam: see `kubetune.config.rules_optim`."""
-    from kubetune.config import rules_optim
-
-    return rules_optim.check(cfg, origins)
+# The rules of one stage: which data it needs, which models, which of its settings go together.
+STAGE_RULES: dict[str, Rule] = {
+    "rm": rules_rm.check, "dpo": rules_dpo.check, "kto": rules_kto.check, "ppo": rules_ppo.check,
+}
 
 
-def stage_specific(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """Rules of one stage (which data it needs, which models) live in `kubetune.config.rules_<stage>`."""
-    name = f"kubetune.config.rules_{cfg.method.stage}"
-    if importlib.util.find_spec(name) is None:
-        return []
-    return importlib.import_module(name).check(cfg, origins)
+def stage_specific(cfg: RunConfig) -> list[Problem]:
+    """The rules of `cfg`'s stage (`STAGE_RULES`; pt and sft have none of their own)."""
+    rule = STAGE_RULES.get(cfg.method.stage)
+    return rule(cfg) if rule else []
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, peft_variants, memory_optimizers, quantization_needs_lora, history_vs_prompt,
-    eval_needs_data, val_size_shape, packing_flags, length_grouping, precision, kernels_installed, warmup,
+    not_implemented, stage_specific, rules_peft.check, rules_optim.check, quantization_needs_lora,
+    history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping, precision,
+    warmup,
 ]
 
 
-def check_rules(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def check_rules(cfg: RunConfig) -> list[Problem]:
     problems: list[Problem] = []
     for rule in RULES:
-        problems.extend(rule(cfg, origins))
+        problems.extend(rule(cfg))
     return problems

@@ -1,142 +1,93 @@
 """Rules of the dpo stage: ranking data, a loss with settings it reads, and a reference only where one is used.
 
-`kubetune.config.rules.stage_specific` calls `check` for `stage: dpo`. Dataset names that do not
-resolve are skipped here (preflight reports them with their own message). The helpers for the
-reference keys, the data and keys of other stages are shared with `rules_kto`.
+`kubetune.config.rules.STAGE_RULES` runs `check` for `stage: dpo`. What needs the world — that the data
+holds pairs, that a local ref_model and its adapters exist — is checked by `kubetune.validate`. The
+helpers for the reference keys and the keys of other stages are shared with `rules_kto`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from pathlib import Path
-from typing import Any
-
 from kubetune.config.errors import Problem
 from kubetune.config.schema import FinetuningArguments, RunConfig
 
-# kubetune.stages.preference_losses names these too; repeated so that validation never imports torch
+# kubetune.losses.preference names these too; repeated so that validation never imports torch
 REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo")
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 REF_KEYS = ("ref_model", "ref_model_adapters", "ref_model_quantization_bit")
-PEEK_LIMIT = 64 << 20  # read a local data file to look at its columns only when it is below this size
+# Keys that only some stages read, and which: dpo and kto refuse the others' (`other_stage_keys`).
+STAGE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
+    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
+    **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
+    **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
+    **dict.fromkeys(REF_KEYS, ("dpo", "kto", "ppo")),
+    **dict.fromkeys(("reward_model", "reward_model_adapters", "reward_model_quantization_bit",
+                     "reward_model_type", "ppo_buffer_size", "ppo_epochs", "ppo_score_norm", "ppo_target",
+                     "ppo_whiten_rewards", "kl_coef", "adaptive_kl", "gamma", "lam", "cliprange",
+                     "cliprange_value", "vf_coef"), ("ppo",)),
+}
 
 
-def check(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def check(cfg: RunConfig) -> list[Problem]:
     """Every problem of a dpo config (empty when it can run)."""
-    uses_reference = cfg.method.pref_loss in REFERENCE_LOSSES
+    reference = uses_reference(cfg)
     problems: list[Problem] = []
-    problems += ranking_data(cfg, origins)
-    problems += loss_choice(cfg, origins)
-    problems += loss_settings(cfg, origins)
-    problems += reference_keys(cfg, origins, uses_reference=uses_reference)
-    problems += eval_only_reference(cfg, origins, uses_reference=uses_reference)
-    problems += other_stage_keys(cfg, origins)
-    problems += prompt_handling(cfg, origins)
+    problems += loss_choice(cfg)
+    problems += loss_settings(cfg)
+    problems += reference_keys(cfg, uses_reference=reference)
+    problems += eval_only_reference(cfg, uses_reference=reference)
+    problems += other_stage_keys(cfg)
+    problems += prompt_handling(cfg)
     return problems
 
 
-def _origin(origins: Mapping[str, str], key: str) -> str:
-    return origins.get(key, "defaults")
-
-
-# --- data ---
-
-
-def resolved(cfg: RunConfig, key: str) -> list[Any]:
-    """The `DatasetAttr`s of `dataset` (with `data_path`) or `eval_dataset`; [] when they do not resolve."""
-    from kubetune.data.registry import DataError, resolve_datasets
-
-    names = getattr(cfg.data, key)
-    data_path = cfg.data.data_path if key == "dataset" else None
-    try:
-        return resolve_datasets(names, cfg.data.dataset_dir, data_path) if names or data_path else []
-    except DataError:
-        return []  # preflight reports a dataset that does not resolve, with the reason
-
-
-def first_row(attr: Any, dataset_dir: str) -> dict[str, Any] | None:
-    """The first object row of a local data file (or None: remote, too large, a folder, unreadable)."""
-    from kubetune.data.readers import read_file
-
-    if attr.is_remote:
-        return None
-    path = attr.local_path(dataset_dir)  # an absolute path (a dataset named by path) stays as it is
-    if not path.is_file() or path.stat().st_size > PEEK_LIMIT:
-        return None
-    try:
-        rows = read_file(path).rows
-    except Exception:  # noqa: BLE001 — an unreadable file is the data pipeline's to report, with its row
-        return None
-    return next((row for row in rows if isinstance(row, dict)), None)
-
-
-def ranking_data(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
-    """dpo learns from pairs: every dataset must be ranking data (`"ranking": true`, or chosen/rejected columns)."""
-    problems = []
-    for key in ("dataset", "eval_dataset"):
-        not_ranking = []
-        for attr in resolved(cfg, key):
-            if attr.ranking:
-                continue
-            if attr.formatting == "auto":  # named by path: ranking when its rows have chosen and rejected
-                row = first_row(attr, cfg.data.dataset_dir)
-                if row is None or {"chosen", "rejected"} <= row.keys():
-                    continue
-            not_ranking.append(attr.name)
-        if not_ranking:
-            value = ",".join(getattr(cfg.data, key) or [cfg.data.data_path or ""])
-            problems.append(Problem(
-                key, value, _origin(origins, key),
-                f"{', '.join(not_ranking)} has no chosen/rejected pairs, but the dpo stage learns from a preferred "
-                "and a dispreferred response to each prompt",
-                'use ranking data (e.g. kubi_pref): in dataset_info.json set "ranking": true and its chosen/rejected '
-                "columns; data with one response and a kto_tag fits stage: kto"))
-    return problems
+def uses_reference(cfg: RunConfig) -> bool:
+    """Whether the stage's loss compares with a reference model: kto always, dpo for the reference losses."""
+    return cfg.method.stage == "kto" or cfg.method.pref_loss in REFERENCE_LOSSES
 
 
 # --- the loss ---
 
 
-def loss_choice(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def loss_choice(cfg: RunConfig) -> list[Problem]:
     if cfg.method.pref_loss == "kto_pair":
-        return [Problem("pref_loss", "kto_pair", _origin(origins, "pref_loss"),
+        return [Problem("pref_loss", "kto_pair", cfg.origin("pref_loss"),
                         "KTO is a stage of its own here: it learns from single responses labelled desirable or not, "
                         "not from pairs", "use stage: kto with kto_tag data (e.g. kubi_kto)")]
     return []
 
 
-def positive_beta(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def positive_beta(cfg: RunConfig) -> list[Problem]:
     m = cfg.method
     problems = []
     if m.pref_beta <= 0:
-        problems.append(Problem("pref_beta", m.pref_beta, _origin(origins, "pref_beta"),
+        problems.append(Problem("pref_beta", m.pref_beta, cfg.origin("pref_beta"),
                                 "must be positive: it scales the implicit reward (and IPO divides by it)",
                                 "the usual range is 0.05–0.5 (default 0.1)"))
     if m.pref_ftx < 0:
-        problems.append(Problem("pref_ftx", m.pref_ftx, _origin(origins, "pref_ftx"),
+        problems.append(Problem("pref_ftx", m.pref_ftx, cfg.origin("pref_ftx"),
                                 "must be 0 or more: it weights an SFT term on the preferred response",
                                 "use 0 (off) or a positive weight"))
     return problems
 
 
-def loss_settings(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def loss_settings(cfg: RunConfig) -> list[Problem]:
     """β and the SFT weight; label smoothing and γ only with the loss that reads them, and in range."""
     m = cfg.method
-    problems = positive_beta(cfg, origins)
+    problems = positive_beta(cfg)
     if "dpo_label_smoothing" in cfg.explicit and m.pref_loss != "sigmoid":
-        problems.append(Problem("dpo_label_smoothing", m.dpo_label_smoothing, _origin(origins, "dpo_label_smoothing"),
+        problems.append(Problem("dpo_label_smoothing", m.dpo_label_smoothing, cfg.origin("dpo_label_smoothing"),
                                 f"only the sigmoid (DPO) loss uses label smoothing, not pref_loss: {m.pref_loss}",
                                 "remove it, or set pref_loss: sigmoid"))
     elif not 0 <= m.dpo_label_smoothing < 0.5:
-        problems.append(Problem("dpo_label_smoothing", m.dpo_label_smoothing, _origin(origins, "dpo_label_smoothing"),
+        problems.append(Problem("dpo_label_smoothing", m.dpo_label_smoothing, cfg.origin("dpo_label_smoothing"),
                                 "must be in [0, 0.5): it is the assumed share of pairs with flipped labels",
                                 "e.g. 0.1 (conservative DPO), or 0 for plain DPO"))
     if "simpo_gamma" in cfg.explicit and m.pref_loss != "simpo":
-        problems.append(Problem("simpo_gamma", m.simpo_gamma, _origin(origins, "simpo_gamma"),
+        problems.append(Problem("simpo_gamma", m.simpo_gamma, cfg.origin("simpo_gamma"),
                                 f"only pref_loss: simpo uses a target reward margin, not {m.pref_loss}",
                                 "remove it, or set pref_loss: simpo"))
     elif m.simpo_gamma < 0:
-        problems.append(Problem("simpo_gamma", m.simpo_gamma, _origin(origins, "simpo_gamma"),
+        problems.append(Problem("simpo_gamma", m.simpo_gamma, cfg.origin("simpo_gamma"),
                                 "the target reward margin must be 0 or more", "the SimPO paper uses 0.5–1.6"))
     return problems
 
@@ -144,12 +95,13 @@ def loss_settings(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
 # --- the reference model (shared with kto) ---
 
 
-def reference_keys(cfg: RunConfig, origins: Mapping[str, str], *, uses_reference: bool) -> list[Problem]:
-    """`ref_model*` only where a reference is used; adapters and quantisation only with a ref_model."""
+def reference_keys(cfg: RunConfig, *, uses_reference: bool) -> list[Problem]:
+    """`ref_model*` only where a reference is used; adapters and quantisation only with a ref_model (whose
+    folders `kubetune.validate` checks)."""
     m = cfg.method
     given = [key for key in REF_KEYS if getattr(m, key) is not None]
     if not uses_reference:
-        return [Problem(key, getattr(m, key), _origin(origins, key),
+        return [Problem(key, getattr(m, key), cfg.origin(key),
                         f"pref_loss: {m.pref_loss} uses no reference model (its loss compares the policy's own "
                         "likelihoods of the chosen and rejected responses), so none is loaded", "remove it")
                 for key in given]
@@ -157,31 +109,22 @@ def reference_keys(cfg: RunConfig, origins: Mapping[str, str], *, uses_reference
     if m.ref_model is None:
         for key in ("ref_model_adapters", "ref_model_quantization_bit"):
             if getattr(m, key) is not None:
-                problems.append(Problem(key, getattr(m, key), _origin(origins, key),
+                problems.append(Problem(key, getattr(m, key), cfg.origin(key),
                                         "applies to ref_model, but no ref_model is set (LoRA uses the policy with its "
                                         "adapter disabled as the reference; freeze/full a frozen copy of the base)",
                                         "set ref_model (e.g. the base model), or remove it"))
         return problems
     if m.ref_model_quantization_bit not in (None, 4, 8):
         problems.append(Problem("ref_model_quantization_bit", m.ref_model_quantization_bit,
-                                _origin(origins, "ref_model_quantization_bit"), "must be 4 or 8", "use 4 or 8"))
-    if m.ref_model.startswith(("/", "./", "../", "~")) and not Path(m.ref_model).expanduser().exists():
-        problems.append(Problem("ref_model", m.ref_model, _origin(origins, "ref_model"), "no such directory",
-                                "give a model directory, an s3:// prefix or a hub id"))
-    for adapter in (m.ref_model_adapters or "").split(","):
-        adapter = adapter.strip()
-        if adapter and not adapter.startswith("s3://") and not (Path(adapter) / "adapter_config.json").is_file():
-            problems.append(Problem("ref_model_adapters", m.ref_model_adapters, _origin(origins, "ref_model_adapters"),
-                                    f"{adapter} is not a PEFT adapter directory (no adapter_config.json)",
-                                    "point it at a trained adapter's output_dir"))
+                                cfg.origin("ref_model_quantization_bit"), "must be 4 or 8", "use 4 or 8"))
     return problems
 
 
-def eval_only_reference(cfg: RunConfig, origins: Mapping[str, str], *, uses_reference: bool) -> list[Problem]:
+def eval_only_reference(cfg: RunConfig, *, uses_reference: bool) -> list[Problem]:
     """Evaluating a full/freeze model against a copy of itself would give every reward 0."""
     m = cfg.method
     if cfg.train.do_train is False and uses_reference and m.finetuning_type != "lora" and m.ref_model is None:
-        return [Problem("ref_model", None, _origin(origins, "ref_model"),
+        return [Problem("ref_model", None, cfg.origin("ref_model"),
                         f"evaluating a {m.finetuning_type} model without ref_model compares it with a copy of itself: "
                         "every reward would be 0",
                         "set ref_model to the model it was trained from (e.g. the sft output_dir or the base)")]
@@ -191,22 +134,20 @@ def eval_only_reference(cfg: RunConfig, origins: Mapping[str, str], *, uses_refe
 # --- keys and flags this stage does not read (shared with kto) ---
 
 
-def other_stage_keys(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def other_stage_keys(cfg: RunConfig) -> list[Problem]:
     """A key that only another stage reads would be silently ignored: refuse it."""
-    from kubetune.config.rules import STAGE_KEYS
-
     stage = cfg.method.stage
     problems = []
-    for key in sorted(cfg.explicit & STAGE_KEYS.keys()):
-        stages = STAGE_KEYS[key]
+    for key in sorted(cfg.explicit & STAGE_ONLY_KEYS.keys()):
+        stages = STAGE_ONLY_KEYS[key]
         if stage not in stages and getattr(cfg.method, key) != FinetuningArguments.model_fields[key].default:
-            problems.append(Problem(key, getattr(cfg.method, key), _origin(origins, key),
+            problems.append(Problem(key, getattr(cfg.method, key), cfg.origin(key),
                                     f"only the {'/'.join(stages)} stage reads it, not {stage}",
                                     f"remove it (in a pipeline file, put it under stages.{stages[0]})"))
     return problems
 
 
-def prompt_handling(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def prompt_handling(cfg: RunConfig) -> list[Problem]:
     """Preference rows are not packed across batches, and their prompt is never trained: flags saying
     otherwise are refused. dpo reads `packing` as padding-free batches (each batch's sequences share
     rows, each seeing only itself; on by default where the model allows) and `packing: false` turns it off."""
@@ -216,6 +157,6 @@ def prompt_handling(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]
     for key in keys:
         if getattr(cfg.data, key):
             what = "never packed" if key != "train_on_prompt" else "scored on the response only (the prompt is masked)"
-            problems.append(Problem(key, True, _origin(origins, key),
+            problems.append(Problem(key, True, cfg.origin(key),
                                     f"{cfg.method.stage} rows are {what}", f"remove {key}"))
     return problems

@@ -6,8 +6,6 @@ library cannot do it (or does it wrongly without saying so), the comment says wh
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
 
@@ -18,16 +16,12 @@ LORA_ONLY = ("use_dora", "use_rslora", "pissa_init", "pissa_convert", "loraplus_
 TRAINER_HOOKED_STAGES = ("sft", "pt")
 
 
-def _origin(origins: Mapping[str, str], key: str) -> str:
-    return origins.get(key, "defaults")
-
-
-def check(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def check(cfg: RunConfig) -> list[Problem]:
     """Every problem with the PEFT-variant keys of `cfg`."""
-    problems = lora_only(cfg, origins)
-    problems += loraplus(cfg, origins)
-    problems += pissa(cfg, origins)
-    problems += new_adapter(cfg, origins)
+    problems = lora_only(cfg)
+    problems += loraplus(cfg)
+    problems += pissa(cfg)
+    problems += new_adapter(cfg)
     return problems
 
 
@@ -45,7 +39,7 @@ def _flat_set(cfg: RunConfig) -> dict[str, object]:
     return {k: v for k, v in values.items() if v not in (False, None, [])}
 
 
-def lora_only(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def lora_only(cfg: RunConfig) -> list[Problem]:
     ft = cfg.method.finetuning_type
     if ft == "lora":
         return []
@@ -55,70 +49,70 @@ def lora_only(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
         if key == "additional_target":
             hint = ("for freeze, name extra modules in freeze_extra_modules" if ft == "freeze"
                     else "full fine-tuning trains every module already") + "; or set finetuning_type: lora"
-        problems.append(Problem(key, value, _origin(origins, key),
+        problems.append(Problem(key, value, cfg.origin(key),
                                 f"only applies to LoRA adapters, but finetuning_type is {ft}", hint))
     return problems
 
 
-def loraplus(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def loraplus(cfg: RunConfig) -> list[Problem]:
     m = cfg.method
     problems = []
     ratio = m.loraplus_lr_ratio
     if ratio is not None and not ratio > 0:
-        problems.append(Problem("loraplus_lr_ratio", ratio, _origin(origins, "loraplus_lr_ratio"),
+        problems.append(Problem("loraplus_lr_ratio", ratio, cfg.origin("loraplus_lr_ratio"),
                                 "must be a positive number (B's learning rate = learning_rate × ratio)",
                                 "use e.g. 16 (the LoRA+ paper's choice), or remove it for plain LoRA"))
     if ratio is not None and cfg.method.stage not in TRAINER_HOOKED_STAGES:
-        problems.append(Problem("loraplus_lr_ratio", ratio, _origin(origins, "loraplus_lr_ratio"),
+        problems.append(Problem("loraplus_lr_ratio", ratio, cfg.origin("loraplus_lr_ratio"),
                                 f"LoRA+ is not implemented for stage {cfg.method.stage} yet (only sft and pt)",
                                 "remove it for this stage"))
     if _changed(cfg, "loraplus_lr_embedding", m.loraplus_lr_embedding):
         if ratio is None:
             problems.append(Problem("loraplus_lr_embedding", m.loraplus_lr_embedding,
-                                    _origin(origins, "loraplus_lr_embedding"),
+                                    cfg.origin("loraplus_lr_embedding"),
                                     "has no effect without loraplus_lr_ratio",
                                     "set loraplus_lr_ratio (e.g. 16), or remove loraplus_lr_embedding"))
         elif m.loraplus_lr_embedding < 0:
             problems.append(Problem("loraplus_lr_embedding", m.loraplus_lr_embedding,
-                                    _origin(origins, "loraplus_lr_embedding"),
+                                    cfg.origin("loraplus_lr_embedding"),
                                     "a learning rate cannot be negative", "use e.g. 1e-6 (the default)"))
     return problems
 
 
-def pissa(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def pissa(cfg: RunConfig) -> list[Problem]:
     m = cfg.method
     problems = []
     if _changed(cfg, "pissa_iter", m.pissa_iter) and not m.pissa_init:
-        problems.append(Problem("pissa_iter", m.pissa_iter, _origin(origins, "pissa_iter"),
+        problems.append(Problem("pissa_iter", m.pissa_iter, cfg.origin("pissa_iter"),
                                 "has no effect without pissa_init: true", "set pissa_init: true, or remove pissa_iter"))
     if m.pissa_iter < -1:
-        problems.append(Problem("pissa_iter", m.pissa_iter, _origin(origins, "pissa_iter"),
+        problems.append(Problem("pissa_iter", m.pissa_iter, cfg.origin("pissa_iter"),
                                 "must be -1 (full SVD) or a number of fast-SVD iterations ≥ 0",
                                 "use 16 (the default) or -1"))
     if m.pissa_convert and not m.pissa_init:
-        problems.append(Problem("pissa_convert", True, _origin(origins, "pissa_convert"),
+        problems.append(Problem("pissa_convert", True, cfg.origin("pissa_convert"),
                                 "converts a PiSSA adapter, but pissa_init is not set",
                                 "set pissa_init: true, or remove pissa_convert"))
     if not m.pissa_init:
         return problems
     if cfg.model.quantization_bit is not None:
         # PEFT's PiSSA takes an SVD of each base weight and writes the residual back: it refuses 4/8-bit weights.
-        problems.append(Problem("pissa_init", True, _origin(origins, "pissa_init"),
+        problems.append(Problem("pissa_init", True, cfg.origin("pissa_init"),
                                 f"PiSSA needs the base weights in float to take their SVD, but quantization_bit is "
                                 f"{cfg.model.quantization_bit}",
                                 "remove quantization_bit (train PiSSA on the unquantised base), or pissa_init"))
     if m.pissa_convert and m.use_dora:
         # Measured: PEFT 0.21 converts a DoRA+PiSSA adapter without error, but the result misses the trained
         # model's logits by ~0.14 on a tiny Llama (plain PiSSA: ~3e-7).
-        problems.append(Problem("pissa_convert", True, _origin(origins, "pissa_convert"),
+        problems.append(Problem("pissa_convert", True, cfg.origin("pissa_convert"),
                                 "PiSSA conversion is not exact for DoRA adapters (the magnitudes depend on the base)",
                                 "remove use_dora or pissa_convert"))
     if m.pissa_convert and m.stage not in TRAINER_HOOKED_STAGES:
-        problems.append(Problem("pissa_convert", True, _origin(origins, "pissa_convert"),
+        problems.append(Problem("pissa_convert", True, cfg.origin("pissa_convert"),
                                 f"PiSSA conversion is not implemented for stage {m.stage} yet (only sft and pt)",
                                 "remove pissa_convert for this stage"))
     if _reference_is_disabled_adapter(cfg):
-        problems.append(Problem("pissa_init", True, _origin(origins, "pissa_init"),
+        problems.append(Problem("pissa_init", True, cfg.origin("pissa_init"),
                                 f"the {m.stage} reference is the policy with its adapter disabled, which under PiSSA "
                                 "is the residual base, not the original model",
                                 "set ref_model to the base model, or remove pissa_init"))
@@ -136,16 +130,16 @@ def _reference_is_disabled_adapter(cfg: RunConfig) -> bool:
     return False
 
 
-def new_adapter(cfg: RunConfig, origins: Mapping[str, str]) -> list[Problem]:
+def new_adapter(cfg: RunConfig) -> list[Problem]:
     if not cfg.method.create_new_adapter:
         return []
     adapters = cfg.model.adapter_name_or_path
     if not adapters:
-        return [Problem("create_new_adapter", True, _origin(origins, "create_new_adapter"),
+        return [Problem("create_new_adapter", True, cfg.origin("create_new_adapter"),
                         "stacks a new adapter on loaded ones, but adapter_name_or_path is not set",
                         "set adapter_name_or_path to the adapter(s) to build on, or remove create_new_adapter")]
     if cfg.model.quantization_bit is not None:
-        return [Problem("create_new_adapter", True, _origin(origins, "create_new_adapter"),
+        return [Problem("create_new_adapter", True, cfg.origin("create_new_adapter"),
                         "the loaded adapter would have to be merged into a quantised base, which rounds it away",
                         "export the merged model first (kubetune export) and quantise that, or remove "
                         "create_new_adapter to keep training the loaded adapter")]

@@ -304,8 +304,8 @@ class RunConfig:
     Attributes:
         model, method, data, train, generation, export: the argument groups.
         source: the file the config came from ("" when built in code).
-        explicit: the keys the user set (file or command line), after aliasing — lets rules tell
-            "left at the default" from "asked for".
+        origins: where each key the user set (after aliasing) came from: the config file, "command line",
+            a pipeline section. Problems name it, and it tells "left at the default" from "asked for".
     """
 
     model: ModelArguments
@@ -315,7 +315,16 @@ class RunConfig:
     generation: GeneratingArguments
     export: ExportArguments
     source: str = ""
-    explicit: set[str] = field(default_factory=set)
+    origins: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def explicit(self) -> set[str]:
+        """The keys the user set (file, command line, pipeline), after aliasing."""
+        return set(self.origins)
+
+    def origin(self, key: str) -> str:
+        """Where `key`'s value came from, for a problem to name: its origin, or "defaults" when not set."""
+        return self.origins.get(key, "defaults")
 
     @property
     def lora_alpha(self) -> int:

@@ -276,6 +276,77 @@ _READERS = {
 }
 
 
+# A JSON file that is not a list of rows (`{"data": [...]}`) must be parsed whole to find its first row:
+# larger ones are not peeked at.
+WHOLE_FILE_PEEK_LIMIT = 64 << 20
+_PEEK_CHUNK = 1 << 16
+
+
+def first_row(path: Path) -> dict[str, Any] | None:
+    """The first object row of a data file, read without reading the rest (to look at its columns).
+
+    jsonl, csv, txt and parquet files are read up to their first usable row; a .json list up to the end of
+    its first element. A .json file of another shape (an object holding the list, JSON Lines) is read whole
+    when it is below `WHOLE_FILE_PEEK_LIMIT`.
+
+    Args:
+        path (`Path`): a local data file of a readable type.
+
+    Returns:
+        The row, or None when the file's first row is not an object, it has none, is of another type, or
+        cannot be read (the data pipeline reports that, with the row).
+    """
+    try:
+        if path.suffix == ".json":
+            return _first_json_row(path)
+        if path.suffix == ".jsonl":
+            with path.open(encoding="utf-8-sig") as f:
+                return next((row for row in map(_loads_or_none, f) if isinstance(row, dict)), None)
+        if path.suffix == ".csv":
+            with path.open(encoding="utf-8-sig", newline="") as f:
+                return next((row for row in csv.DictReader(f) if None not in row and None not in row.values()),
+                            None)
+        if path.suffix == ".txt":
+            with path.open(encoding="utf-8-sig") as f:
+                return next(({"text": line.rstrip("\r\n")} for line in f if line.strip()), None)
+        if path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1):
+                return next(iter(batch.to_pylist()), None)
+    except (OSError, UnicodeDecodeError, csv.Error, DataError, ValueError):
+        return None  # pyarrow's errors are ValueErrors or OSErrors
+    return None
+
+
+def _loads_or_none(line: str) -> Any:
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
+
+
+def _first_json_row(path: Path) -> dict[str, Any] | None:
+    decoder = json.JSONDecoder()
+    with path.open(encoding="utf-8-sig") as f:
+        text = f.read(_PEEK_CHUNK)
+        start = len(text) - len(text.lstrip())
+        if text[start:start + 1] == "[":  # a list of rows: decode its first element, reading more as needed
+            while True:
+                body = text[start + 1:].lstrip()
+                try:
+                    row, _ = decoder.raw_decode(body)
+                    return row if isinstance(row, dict) else None
+                except json.JSONDecodeError:
+                    more = f.read(_PEEK_CHUNK)
+                    if not more:
+                        return None
+                    text += more
+    if path.stat().st_size > WHOLE_FILE_PEEK_LIMIT:
+        return None
+    return next((row for row in read_file(path).rows if isinstance(row, dict)), None)
+
+
 @overload
 def take(items: ReadResult, n: int | None, seed: int | None = None) -> ReadResult: ...
 @overload

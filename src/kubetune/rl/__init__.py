@@ -7,6 +7,6 @@
 - `evaluate`: the mean reward of a policy's generations (`eval_reward_mean`).
 - `checkpoint`: exact save and resume of a PPO run.
 
-Modules are imported where used: `kubetune.rl.reward_ref` is read by the config rules, which must
-stay free of torch.
+Modules are imported where used: `kubetune.rl.reward_ref` is read by the preflight rules
+(`kubetune.validate`), which must stay free of torch.
 """

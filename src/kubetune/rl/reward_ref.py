@@ -1,4 +1,4 @@
-"""What a `reward_model` string names, parsed without importing torch (the config rules use it too).
+"""What a `reward_model` string names, parsed without importing torch (preflight, `kubetune.validate`, uses it too).
 
 - `reward_model_type: lora | full`: a directory (an rm run's output_dir) or an `s3://` prefix.
 - `reward_model_type: api`: an HTTP(S) scoring endpoint, or a Python function for rule-based

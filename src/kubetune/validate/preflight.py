@@ -1,7 +1,8 @@
-"""Checks that depend on the command and the filesystem, run before any model is loaded.
+"""Preflight: can this command run with this config, here? Checked before any model is loaded.
 
-`rules.py` judges the config alone; here we ask whether this command can run with it:
-do the datasets resolve, is output_dir safe to write, does the model path exist.
+`kubetune.config` judges the config alone; here we ask the world: do the datasets resolve and
+hold the stage's kind of data, does the template exist, is output_dir safe to write, do the model,
+adapter and reward-model paths exist, are the kernels installed. Every problem at once.
 """
 
 from __future__ import annotations
@@ -11,12 +12,25 @@ from typing import Literal
 
 from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.schema import RunConfig
+from kubetune.validate.rules import stage_problems
 
 Command = Literal["train", "eval", "export", "chat"]
 
 
 def preflight(cfg: RunConfig, command: Command) -> None:
-    """Raise ConfigError listing every reason `command` cannot run with `cfg`."""
+    """Raise ConfigError listing every reason `command` cannot run with `cfg` (see `world_problems`)."""
+    problems = world_problems(cfg, command)
+    if problems:
+        raise ConfigError(problems, cfg.source)
+
+
+def world_problems(cfg: RunConfig, command: Command) -> list[Problem]:
+    """Every reason `command` cannot run with `cfg` on this machine; empty when it can.
+
+    Args:
+        cfg: a config `kubetune.config.load_config` accepted.
+        command: what is about to run: train, eval, export or chat (each needs different files).
+    """
     problems: list[Problem] = []
     origin = cfg.source or "command line"
     problems += _model_path(cfg, origin)
@@ -31,8 +45,7 @@ def preflight(cfg: RunConfig, command: Command) -> None:
                                     "set eval_dataset (or dataset)"))
     if command == "export":
         problems += _export(cfg, origin)
-    if problems:
-        raise ConfigError(problems, cfg.source)
+    return problems + stage_problems(cfg)
 
 
 def _model_path(cfg: RunConfig, origin: str) -> list[Problem]:
