@@ -15,6 +15,7 @@ import kubetune.data.batch_tokenize as batch_tokenize
 import kubetune.data.encode as encode_module
 from kubetune.config import load_config
 from kubetune.data.batch_tokenize import BatchTokenizer, memo_applies
+from kubetune.data.cache_key import data_key, tokenizer_fingerprint
 from kubetune.data.encode import (
     BatchEncoder,
     encode_kto,
@@ -23,7 +24,7 @@ from kubetune.data.encode import (
     encode_prompt_for_generation,
     encode_supervised,
 )
-from kubetune.data.pipeline import _Encoder, cache_key
+from kubetune.data.pipeline import _Encoder
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
 from kubetune.data.templates import conversation
@@ -217,8 +218,8 @@ def test_other_tokenizers_are_called_directly():
 
 def _key(tokenizer, template) -> str:
     data = load_config(None, {"model_name_or_path": "x", "dataset": "kubi_sft", "cutoff_len": 64}).data
-    return cache_key(data, tokenizer, template, stage="sft", seed=0, packing=(False, False), attrs=[],
-                     flags=(True, False))
+    return data_key(data, [], stage="sft", seed=0, splits=(True, False), tokenizer=tokenizer_fingerprint(tokenizer),
+                    template=repr(template)).key
 
 
 def test_cache_key_follows_the_tokenizer(smol_dir, tmp_path):
