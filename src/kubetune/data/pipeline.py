@@ -28,14 +28,7 @@ import kubetune
 from kubetune.config import DataArguments
 from kubetune.data.cache_key import DataKey, data_key, tokenizer_fingerprint
 from kubetune.data.converters import convert
-from kubetune.data.encode import (
-    BatchEncoder,
-    encode_kto,
-    encode_pairwise,
-    encode_pretrain,
-    encode_prompt_for_generation,
-    encode_supervised,
-)
+from kubetune.data.encode import BatchEncoder
 from kubetune.data.packing import pack_greedy, packing_mode
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
@@ -175,10 +168,11 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
 
 
 class _Encoder:
-    """Encodes samples; picklable so it can run in worker processes."""
+    """Encodes samples with the one production encoder (`BatchEncoder`); picklable so it can run in worker
+    processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
 
     def __init__(self, tokenizer: Any, template: Any, data: DataArguments, stage: str) -> None:
-        self.tokenizer, self.template, self.data, self.stage = tokenizer, template, data, stage
+        self.stage = stage
         self.batch = BatchEncoder(template, tokenizer, stage, data.cutoff_len,
                                   train_on_prompt=data.train_on_prompt, mask_history=data.mask_history)
 
@@ -197,39 +191,8 @@ class _Encoder:
         return self._encode_chunk(items, for_eval)
 
     def _encode_chunk(self, items: list[tuple[Sample, Any]], for_eval: bool) -> list[dict]:
-        samples = [sample for sample, _ in items]
-        try:
-            return self.batch.encode(samples, [partner for _, partner in items], for_eval=for_eval)
-        except Exception as err:
-            # A bad sample: encode one at a time, which raises the error at the first bad row, as it always has.
-            rows = [self._encode_one(sample, partner, for_eval) for sample, partner in items]
-            logger.warning("batched encoding failed (%s: %s) where per-sample encoding succeeded; "
-                           "the per-sample rows are used", type(err).__name__, err)
-            return rows
-
-    def _encode_one(self, sample: Sample, partner: Any, for_eval: bool) -> dict[str, Any]:
-        data, stage = self.data, self.stage
-        if stage == "pt":
-            ids = encode_pretrain(self.tokenizer, sample.response[0].content, data.cutoff_len)
-            return {"input_ids": ids, "labels": list(ids)}
-        if stage in ("rm", "dpo"):
-            return encode_pairwise(self.template, self.tokenizer, sample, data.cutoff_len)
-        if stage == "kto":
-            return encode_kto(self.template, self.tokenizer, sample, data.cutoff_len, kl_response=partner)
-        if stage == "ppo":
-            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
-                                                                 data.cutoff_len)
-            return {"input_ids": prompt_ids, "reference": reference}
-        input_ids, labels = encode_supervised(
-            self.template, self.tokenizer, sample, data.cutoff_len,
-            train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
-        )
-        row: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
-        if for_eval:
-            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
-                                                                 data.cutoff_len)
-            row.update(prompt_ids=prompt_ids, reference=reference)
-        return row
+        return self.batch.encode([sample for sample, _ in items], [partner for _, partner in items],
+                                 for_eval=for_eval)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
