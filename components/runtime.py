@@ -110,11 +110,13 @@ def preprocess(config: str, stage: str, dataset_path: str) -> dict[str, Any]:
         run_cfg = cfg.stage_config(stage, output_dir=str(Path(dataset_path).parent), **cfg.pipeline_inputs(stage))
         from kubetune.data.pipeline import tokenized
         from kubetune.data.setup import tokenizer_and_template
+        from kubetune.data.stage_key import preprocess_splits
 
-        tokenizer, template = tokenizer_and_template(run_cfg)  # the tokenizer alone: preprocessing needs no weights
-        do_eval = run_cfg.train.do_eval or run_cfg.train.eval_strategy != "no"
+        # the tokenizer alone: no weights are loaded (the embedded model is converted on first use, though)
+        tokenizer, template = tokenizer_and_template(run_cfg)
+        train, evaluate = preprocess_splits(run_cfg)  # the splits the compile-time cache key assumed
         data = tokenized(run_cfg.data, tokenizer, template, stage=stage, seed=run_cfg.train.seed,
-                         train=True, evaluate=do_eval)
+                         train=train, evaluate=evaluate)
         out = Path(dataset_path)
         _copy_tree(_tokenized_dir(data.key, run_cfg.data.tokenized_path), out)
         return {"content_hash": data.key, "train_rows": len(data.train) if data.train is not None else 0,

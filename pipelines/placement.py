@@ -6,9 +6,6 @@ All of this is compiled into the pipeline YAML from the pipeline config. `kfp.lo
 
 from __future__ import annotations
 
-import hashlib
-import json
-
 from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
@@ -85,29 +82,16 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
 
 
 def preprocess_cache_key(cfg: PipelineConfig, stage: str) -> str:
-    """KFP cache key of a preprocess step: the content hash of what changes its tokens.
+    """KFP cache key of a preprocess step: the data pipeline's own cache key of the rows it will build.
 
-    Computed at compile time from the stage's data settings and the bytes of local data files,
-    so editing a dataset invalidates the cached step even though the pipeline inputs didn't change.
+    Computed by `kubetune.data.stage_key`, so it is the key the step computes at run time; what it
+    cannot hash at compile time (an unreachable tokenizer, missing data files) it names instead,
+    with a `CacheKeyWarning`.
+
+    Args:
+        cfg: the pipeline config.
+        stage: the stage the step preprocesses for.
     """
-    from kubetune.data.registry import DataError, resolve_datasets
+    from kubetune.data.stage_key import preprocess_cache_key as data_cache_key
 
-    run_cfg = cfg.stage_config(stage, **cfg.pipeline_inputs(stage))
-    data = run_cfg.data
-    h = hashlib.sha256()
-    h.update(json.dumps([stage, data.model_dump(mode="json"), run_cfg.model.model_name_or_path,
-                         run_cfg.train.seed], sort_keys=True).encode())
-    names = [*(data.dataset or []), *(data.eval_dataset or [])]
-    try:
-        attrs = resolve_datasets(names, data.dataset_dir, data.data_path) if names or data.data_path else []
-    except DataError:
-        attrs = []  # validate reports it; the key then only covers the settings
-    for attr in attrs:
-        if attr.is_remote:
-            h.update(attr.path.encode())
-            continue
-        path = attr.local_path(data.dataset_dir)
-        for file in sorted(path.rglob("*")) if path.is_dir() else [path]:
-            if file.is_file():
-                h.update(hashlib.sha256(file.read_bytes()).digest())
-    return h.hexdigest()[:32]
+    return data_cache_key(cfg.stage_config(stage, **cfg.pipeline_inputs(stage)), stage).key

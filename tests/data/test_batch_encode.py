@@ -8,6 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from oracle_encode import (
+    encode_kto,
+    encode_pairwise,
+    encode_pretrain,
+    encode_prompt_for_generation,
+    encode_supervised,
+)
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers
 from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
@@ -15,15 +22,9 @@ import kubetune.data.batch_tokenize as batch_tokenize
 import kubetune.data.encode as encode_module
 from kubetune.config import load_config
 from kubetune.data.batch_tokenize import BatchTokenizer, memo_applies
-from kubetune.data.encode import (
-    BatchEncoder,
-    encode_kto,
-    encode_pairwise,
-    encode_pretrain,
-    encode_prompt_for_generation,
-    encode_supervised,
-)
-from kubetune.data.pipeline import _Encoder, cache_key
+from kubetune.data.cache_key import data_key, tokenizer_fingerprint
+from kubetune.data.encode import BatchEncoder, RowError
+from kubetune.data.pipeline import _Encoder
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
 from kubetune.data.templates import conversation
@@ -141,13 +142,30 @@ def test_jinja_render_many_equals_render(smol_dir):
     assert template.render_many(tokenizer, convs) == [template.render(tokenizer, c) for c in convs]
 
 
-def test_bad_rows_raise_the_per_sample_error_naming_the_row(smol_dir):
+def test_bad_rows_raise_an_error_naming_the_row(smol_dir):
     tokenizer, template = _tokenizer(smol_dir, None)
     data = load_config(None, {"model_name_or_path": "x", "dataset": "kubi_sft", "cutoff_len": 64}).data
     bad = _sample("question", "   ", row=5)
-    with pytest.raises(ValueError, match="row 5: the response is empty"):
+    bad.source = "kubi_sft_train.json"
+    with pytest.raises(RowError, match="row 5 of kubi_sft_train.json: the response is empty"):
         _Encoder(tokenizer, template, data, "sft").encode_all([SAMPLES[0], bad, SAMPLES[1]], for_eval=False,
                                                              workers=None)
+
+
+@pytest.mark.parametrize("template_name", [None, "chatml"])
+def test_a_row_that_fails_inside_the_batched_render_is_named(smol_dir, template_name):
+    """Bad tools JSON fails in `render_many`, for the whole batch: the error still names the row."""
+    tokenizer, template = _tokenizer(smol_dir, template_name)
+    bad = _sample("add 1", "2", tools="[{not json", row=3)
+    with pytest.raises(RowError, match="row 3: "):
+        BatchEncoder(template, tokenizer, "sft", 64).encode([SAMPLES[0], bad], [None, None], for_eval=False)
+
+
+def test_a_dpo_row_with_roles_out_of_order_is_named(smol_dir):
+    tokenizer, template = _tokenizer(smol_dir, "chatml")
+    bad = Sample([Message("assistant", "hi")], [Message("assistant", "a"), Message("assistant", "b")], row=8)
+    with pytest.raises(RowError, match="row 8: message 0 has role 'assistant'"):
+        BatchEncoder(template, tokenizer, "dpo", 64).encode([bad], [None], for_eval=False)
 
 
 def test_a_jinja_template_that_rewrites_turns_is_refused_in_batches_too():
@@ -217,8 +235,8 @@ def test_other_tokenizers_are_called_directly():
 
 def _key(tokenizer, template) -> str:
     data = load_config(None, {"model_name_or_path": "x", "dataset": "kubi_sft", "cutoff_len": 64}).data
-    return cache_key(data, tokenizer, template, stage="sft", seed=0, packing=(False, False), attrs=[],
-                     flags=(True, False))
+    return data_key(data, [], stage="sft", seed=0, splits=(True, False), tokenizer=tokenizer_fingerprint(tokenizer),
+                    template=repr(template)).key
 
 
 def test_cache_key_follows_the_tokenizer(smol_dir, tmp_path):

@@ -1,23 +1,23 @@
-"""Tokenisation with label masks: which tokens are learnt, and what truncation keeps."""
+"""Tokenisation with label masks: which tokens are learnt, and what truncation keeps (on the per-sample
+oracle, `oracle_encode`, whose rows the batched encoder must equal)."""
 
 from __future__ import annotations
 
 import random
 
 import pytest
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
-
-from kubetune.data.encode import (
-    IGNORE_INDEX,
+from oracle_encode import (
     encode_kto,
     encode_pairwise,
     encode_pretrain,
     encode_prompt_for_generation,
     encode_supervised,
     has_labels,
-    infer_seqlen,
 )
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from kubetune.data.encode import IGNORE_INDEX, infer_seqlen
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
 

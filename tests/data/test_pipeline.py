@@ -84,6 +84,30 @@ def test_tokenized_path_saves_then_loads(tokenizer, cache_dir: Path, tmp_path: P
     assert loaded.cache_hit and loaded.train["input_ids"] == built.train["input_ids"]
 
 
+def test_tokenized_path_built_from_other_inputs_is_refused_with_the_fix(tokenizer, cache_dir: Path,
+                                                                        tmp_path: Path) -> None:
+    target = tmp_path / "tok"
+    _build(tokenizer, max_samples=12, tokenized_path=str(target))
+    with pytest.raises(DataError, match=r"tokenized_path .*tok holds tokenised data built from other inputs(?s:.*)"
+                                        r"Delete the folder or set overwrite_cache: true"):
+        _build(tokenizer, max_samples=12, cutoff_len=64, tokenized_path=str(target))
+    rebuilt = _build(tokenizer, max_samples=12, cutoff_len=64, tokenized_path=str(target), overwrite_cache=True)
+    assert not rebuilt.cache_hit
+    assert _build(tokenizer, max_samples=12, cutoff_len=64, tokenized_path=str(target)).cache_hit
+
+
+def test_tokenized_path_is_used_whichever_splits_the_caller_asks_for(tokenizer, cache_dir: Path,
+                                                                     tmp_path: Path) -> None:
+    """The pipeline's train step asks for an eval split for do_predict, which its preprocess step may not
+    build: the stored rows are the same tokens, so they are used as they are (as before)."""
+    target = tmp_path / "tok"
+    built = _build(tokenizer, max_samples=12, tokenized_path=str(target))
+    data = _data_args(max_samples=12, tokenized_path=str(target))
+    loaded = tokenized(data, tokenizer, get_template("chatml", tokenizer), stage="sft", seed=7, train=True,
+                       evaluate=True)
+    assert loaded.cache_hit and loaded.key == built.key and loaded.eval is None
+
+
 def test_neat_packing_rows_fill_the_cutoff(tokenizer, cache_dir: Path) -> None:
     packed = _build(tokenizer, max_samples=40, neat_packing=True, cutoff_len=256)
     assert len(packed.train) < 40

@@ -83,7 +83,7 @@ def test_cluster_settings_are_compiled_in(tmp_path: Path) -> None:
     assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == 3
     assert tasks["sft"]["cachingOptions"].get("enableCache", False) is False
     assert tasks["preprocess"]["cachingOptions"]["enableCache"] is True
-    assert len(tasks["preprocess"]["cachingOptions"]["cacheKey"]) == 32
+    assert len(tasks["preprocess"]["cachingOptions"]["cacheKey"]) == 64  # the data pipeline's sha256 key
 
 
 def test_preprocess_cache_key_follows_the_data(tmp_path: Path) -> None:

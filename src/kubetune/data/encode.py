@@ -6,8 +6,10 @@ should be learnt, `IGNORE_INDEX` (-100) when it should not; the model shifts the
 Truncation to `cutoff_len` happens per exchange and keeps what matters: a long prompt is cut
 before a short answer is, and a long answer before a short prompt (`infer_seqlen`).
 
-The `encode_*` functions take one sample; `BatchEncoder` gives the same rows for many samples
-at once, several times faster (what `pipeline.tokenized` uses).
+`BatchEncoder` is the encoder: it renders many samples, tokenises all their texts in one call and
+builds each row with the functions below. A sample it cannot encode is an error naming its row
+(`RowError`). The tests hold a per-sample encoder (one sample, one text at a time) as the oracle
+it must agree with.
 """
 
 from __future__ import annotations
@@ -60,37 +62,6 @@ def infer_seqlen(source_len: int, target_len: int, budget: int) -> tuple[int, in
     return new_source, new_target
 
 
-def encode_supervised(
-    template: Template,
-    tokenizer: PreTrainedTokenizerBase,
-    sample: Sample,
-    cutoff_len: int,
-    train_on_prompt: bool = False,
-    mask_history: bool = False,
-) -> tuple[list[int], list[int]]:
-    """Input ids and labels of an SFT sample: every assistant turn is learnt, prompts are not.
-
-    Args:
-        template: the chat template.
-        tokenizer: the tokenizer (after `template.fix_tokenizer`).
-        sample: an SFT sample (one response).
-        cutoff_len: the most tokens to return.
-        train_on_prompt: learn the prompt tokens too. Default False.
-        mask_history: learn only the last assistant turn. Turns are then filled in from the
-            newest, so truncation drops the oldest history first. Default False.
-
-    Returns:
-        (input_ids, labels), equally long, at most `cutoff_len`. When truncation leaves no
-        response token, every label is `IGNORE_INDEX`: callers drop such rows (`has_labels`).
-
-    Raises:
-        ValueError: the response is missing or empty (the message names the row).
-    """
-    _require_response(sample, count=1)
-    turns = template.encode_turns(tokenizer, sample)
-    return _supervised_ids(template, tokenizer.eos_token_id, turns, cutoff_len, train_on_prompt, mask_history)
-
-
 def _supervised_ids(
     template: Template,
     eos: int,
@@ -99,7 +70,21 @@ def _supervised_ids(
     train_on_prompt: bool,
     mask_history: bool,
 ) -> tuple[list[int], list[int]]:
-    """`encode_supervised`'s truncation and masking of already tokenised exchanges."""
+    """An SFT row from tokenised (prompt, response) exchanges: every assistant turn is learnt, prompts are not.
+
+    Args:
+        template: the chat template (`efficient_eos`: one EOS ends the row).
+        eos: the tokenizer's EOS id.
+        exchanges: (prompt ids, response ids) per exchange.
+        cutoff_len: the most tokens to return.
+        train_on_prompt: learn the prompt tokens too.
+        mask_history: learn only the last assistant turn; turns are then filled in from the newest, so
+            truncation drops the oldest history first.
+
+    Returns:
+        (input_ids, labels), equally long, at most `cutoff_len`. When truncation leaves no response
+        token, every label is `IGNORE_INDEX`.
+    """
     turns = list(enumerate(exchanges))
     last = len(turns) - 1
     if mask_history:
@@ -140,29 +125,9 @@ def _prompt_labels(
     return labels
 
 
-def has_labels(labels: list[int]) -> bool:
-    """Whether any token is learnt (False for rows truncation emptied of response tokens)."""
-    return any(label != IGNORE_INDEX for label in labels)
-
-
-def encode_pretrain(tokenizer: PreTrainedTokenizerBase, text: str, cutoff_len: int, add_eos: bool = True) -> list[int]:
-    """Token ids of a pre-training document; its labels are the ids themselves.
-
-    Args:
-        tokenizer: the tokenizer.
-        text: the document.
-        cutoff_len: the most tokens to return; longer documents are cut (and lose their EOS,
-            since they do not end there).
-        add_eos: end the document with EOS, so packed documents are separated. Default True.
-
-    Returns:
-        BOS (if the tokenizer adds one by default) + text tokens + EOS, at most `cutoff_len`.
-    """
-    return _pretrain_ids(tokenizer, tokenizer.encode(text, add_special_tokens=False), cutoff_len, add_eos)
-
-
 def _pretrain_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int], cutoff_len: int, add_eos: bool) -> list[int]:
-    """`encode_pretrain`'s BOS, EOS and truncation around a document's text tokens."""
+    """A pre-training row: BOS (if the tokenizer adds one by default) + the document's ids + EOS, cut to
+    `cutoff_len` (a cut document loses its EOS, since it does not end there)."""
     if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id, *ids]
     if add_eos:
@@ -170,55 +135,16 @@ def _pretrain_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int], cutoff_len
     return ids[:cutoff_len]
 
 
-def encode_prompt_for_generation(
-    template: Template, tokenizer: PreTrainedTokenizerBase, sample: Sample, cutoff_len: int
-) -> tuple[list[int], str]:
-    """Prompt ids to generate from, and the reference answer, for `do_predict`/evaluation.
-
-    Args:
-        template: the chat template.
-        tokenizer: the tokenizer.
-        sample: a sample; its first response (if any) is the reference.
-        cutoff_len: the most prompt tokens. A longer prompt keeps its *end*: the latest turns
-            and the generation prompt matter most for what comes next.
-
-    Returns:
-        (prompt ids ending with the generation prompt, reference text or "").
-    """
-    ids = template.encode_prompt(tokenizer, sample.prompt, sample.system, sample.tools)
-    return _generation_prompt(ids, sample, cutoff_len)
-
-
 def _generation_prompt(ids: list[int], sample: Sample, cutoff_len: int) -> tuple[list[int], str]:
-    """`encode_prompt_for_generation`'s truncation (keep the end) and reference answer."""
+    """Prompt ids to generate from, cut to their last `cutoff_len` (the latest turns and the generation
+    prompt matter most), and the reference answer (the first response, or "")."""
     reference = sample.response[0].content if sample.response else ""
     return ids[-cutoff_len:], reference
 
 
-def encode_pairwise(
-    template: Template, tokenizer: PreTrainedTokenizerBase, sample: Sample, cutoff_len: int
-) -> dict[str, list[int]]:
-    """Chosen and rejected sequences of a ranking sample (reward model, DPO).
-
-    Both share the prompt (masked); earlier assistant turns are context, not learnt. The
-    prompt and the longer of the two responses share `cutoff_len` as in `infer_seqlen`.
-
-    Args:
-        template: the chat template.
-        tokenizer: the tokenizer.
-        sample: a ranking sample, `response == [chosen, rejected]`.
-        cutoff_len: the most tokens in each sequence.
-
-    Returns:
-        `chosen_input_ids`, `chosen_labels`, `rejected_input_ids`, `rejected_labels`.
-    """
-    _require_response(sample, count=2)
-    finals = [_encode_final(template, tokenizer, sample, response) for response in sample.response[:2]]
-    return _pairwise_ids(finals, cutoff_len)
-
-
 def _pairwise_ids(finals: list[tuple[list[int], list[int]]], cutoff_len: int) -> dict[str, list[int]]:
-    """`encode_pairwise`'s shared truncation of (prompt, chosen) and (prompt, rejected) token pairs."""
+    """Chosen and rejected rows (reward model, DPO) from (prompt, chosen) and (prompt, rejected) ids: both
+    share the (masked) prompt, which shares `cutoff_len` with the longer response as in `infer_seqlen`."""
     (prompt, chosen), (_, rejected) = finals
     source_len, target_len = infer_seqlen(len(prompt), max(len(chosen), len(rejected)), cutoff_len)
     prompt = prompt[:source_len]
@@ -227,31 +153,6 @@ def _pairwise_ids(finals: list[tuple[list[int], list[int]]], cutoff_len: int) ->
         out[f"{key}_input_ids"] = prompt + response
         out[f"{key}_labels"] = [IGNORE_INDEX] * len(prompt) + response
     return out
-
-
-def encode_kto(
-    template: Template,
-    tokenizer: PreTrainedTokenizerBase,
-    sample: Sample,
-    cutoff_len: int,
-    kl_response: Message | None = None,
-) -> dict[str, Any]:
-    """A KTO sample: one response judged desirable or not (`sample.kto_tag`).
-
-    Args:
-        template: the chat template.
-        tokenizer: the tokenizer.
-        sample: a KTO sample with one response and `kto_tag` set.
-        cutoff_len: the most tokens in each sequence.
-        kl_response: a response from *another* sample, for KTO's KL reference term (the
-            caller pairs samples, e.g. by rotating the dataset by one). Default None = no
-            `kl_*` fields.
-
-    Returns:
-        `input_ids`, `labels`, `kto_tag`, and `kl_input_ids`/`kl_labels` with `kl_response`.
-    """
-    finals = [_encode_final(template, tokenizer, sample, response) for response in _kto_responses(sample, kl_response)]
-    return _kto_ids(sample, finals, cutoff_len)
 
 
 def _kto_responses(sample: Sample, kl_response: Message | None) -> list[Message]:
@@ -263,21 +164,14 @@ def _kto_responses(sample: Sample, kl_response: Message | None) -> list[Message]
 
 
 def _kto_ids(sample: Sample, finals: list[tuple[list[int], list[int]]], cutoff_len: int) -> dict[str, Any]:
-    """`encode_kto`'s row from the (prompt, response) token pairs of `_kto_responses`."""
+    """A KTO row (`input_ids`, `labels`, `kto_tag`, and `kl_*` with a KL partner) from the (prompt,
+    response) token pairs of `_kto_responses`."""
     out: dict[str, Any] = {"kto_tag": bool(sample.kto_tag)}
     for prefix, (prompt, target) in zip(("", "kl_"), finals, strict=False):
         source_len, target_len = infer_seqlen(len(prompt), len(target), cutoff_len)
         out[f"{prefix}input_ids"] = prompt[:source_len] + target[:target_len]
         out[f"{prefix}labels"] = [IGNORE_INDEX] * source_len + target[:target_len]
     return out
-
-
-def _encode_final(
-    template: Template, tokenizer: PreTrainedTokenizerBase, sample: Sample, response: Message
-) -> tuple[list[int], list[int]]:
-    """(prompt ids, response ids) of the sample's prompt followed by `response`."""
-    final = template.encode_oneturn(tokenizer, [*sample.prompt, response], sample.system, sample.tools)
-    return _with_final_eos(template, tokenizer.eos_token_id, final)
 
 
 def _with_final_eos(template: Template, eos: int, final: tuple[list[int], list[int]]) -> tuple[list[int], list[int]]:
@@ -296,10 +190,10 @@ a Jinja template renders every prefix of a conversation, so text grows with the 
 class BatchEncoder:
     """Encodes many samples of one stage at once, into exactly the rows of the per-sample functions.
 
-    The per-sample functions (`encode_supervised`, `encode_pairwise`, ...) render and tokenise
-    one sample, one text at a time. This does the same work in three passes over all samples:
-    render every conversation (`Template.render_many`), tokenise every text in one
-    `BatchTokenizer` call, then truncate and mask with the per-sample functions' own code.
+    Three passes over all samples: render every conversation (`Template.render_many`), tokenise
+    every text in one `BatchTokenizer` call, then truncate and mask each row (`_supervised_ids`,
+    `_pairwise_ids`, ...). The rows are those of encoding one sample, one text at a time with
+    `tokenizer.encode` (the tests' oracle).
 
     Args:
         template: the chat template.
@@ -325,8 +219,9 @@ class BatchEncoder:
             for_eval: sft: add `prompt_ids` and `reference` for prediction.
 
         Raises:
-            ValueError: a bad sample or template, as the per-sample functions raise it (though
-                not necessarily for the first bad sample).
+            RowError: a sample that cannot be encoded (no or empty response, roles out of order, bad
+                tools JSON, a chat template that fails on it); the message names its row and dataset.
+            ValueError: the template cannot be used with this tokenizer at all (e.g. no EOS token).
         """
         rows: list[dict[str, Any]] = []
         for start in range(0, len(samples), BATCH_SAMPLES):
@@ -336,19 +231,41 @@ class BatchEncoder:
 
     def _encode_batch(self, samples: list[Sample], partners: list[Message | None], for_eval: bool) -> list[dict]:
         if self.stage == "pt":
-            docs = self.tokenize([sample.response[0].content for sample in samples])
+            docs = self.tokenize([_document(sample) for sample in samples])
             return [{"input_ids": ids, "labels": list(ids)}
                     for ids in (_pretrain_ids(self.tokenizer, d, self.cutoff_len, True) for d in docs)]
-        plans = [self._conversations(sample, partner, for_eval) for sample, partner in zip(samples, partners,
-                                                                                             strict=True)]
-        rendered = self.template.render_many(self.tokenizer, [conv for plan in plans for conv in plan])
+        plans = [self._plan(sample, partner, for_eval) for sample, partner in zip(samples, partners, strict=True)]
+        try:
+            rendered = self.template.render_many(self.tokenizer, [conv for plan in plans for conv in plan])
+        except Exception as err:  # re-raised, naming the row: the batch call cannot say which sample failed
+            raise self._render_error(samples, plans, err) from err
         encoded = iter(self._tokenize_segments(rendered))
         eos = self.tokenizer.eos_token_id  # read once: the tokenizer's attribute lookup is slow
         return [self._row(sample, [next(encoded) for _ in plan], for_eval, eos)
                 for sample, plan in zip(samples, plans, strict=True)]
 
+    def _plan(self, sample: Sample, partner: Message | None, for_eval: bool) -> list[Conversation]:
+        """`_conversations`, with a bad sample's error naming its row."""
+        try:
+            return self._conversations(sample, partner, for_eval)
+        except ValueError as err:
+            raise row_error(sample, err) from err
+
+    def _render_error(self, samples: list[Sample], plans: list[list[Conversation]], err: Exception) -> Exception:
+        """The error of the first sample that does not render alone, naming its row; `err` if each renders alone.
+
+        Only called when a batch failed: rendering one conversation at a time finds the sample to blame.
+        """
+        for sample, plan in zip(samples, plans, strict=True):
+            for conv in plan:
+                try:
+                    self.template.render(self.tokenizer, conv)
+                except Exception as row_err:  # whatever fails this sample alone is its error
+                    return row_error(sample, row_err)
+        return err
+
     def _conversations(self, sample: Sample, partner: Message | None, for_eval: bool) -> list[Conversation]:
-        """What the sample's row is built from, checked as the per-sample function checks it."""
+        """What the sample's row is built from, checked: a response where the stage needs one, roles in order."""
         if self.stage in ("rm", "dpo", "kto"):
             if self.stage == "kto":
                 responses = _kto_responses(sample, partner)
@@ -388,8 +305,34 @@ class BatchEncoder:
 
 
 def _prompt_conversation(sample: Sample) -> Conversation:
-    """The sample's prompt, to continue: what `encode_prompt_for_generation` encodes."""
+    """The sample's prompt, to continue (ends with the generation prompt)."""
     return conversation(sample.prompt, sample.system, sample.tools, ends_with_prompt=True)
+
+
+def _document(sample: Sample) -> str:
+    """A pre-training sample's text (the converter puts it in the response)."""
+    if not sample.response:
+        raise RowError(f"{_where(sample)}: the document has no text; fix or drop this row of the dataset")
+    return sample.response[0].content
+
+
+class RowError(ValueError):
+    """A sample that cannot be encoded; the message starts with its row and dataset (`row 5 of kubi_sft`)."""
+
+
+def row_error(sample: Sample, err: Exception) -> RowError:
+    """`err` as a `RowError` whose message names the sample's row and dataset (once).
+
+    Args:
+        sample: the sample that could not be encoded.
+        err: what went wrong; its message may already name the row, or say `messages:` for a bare list.
+    """
+    if isinstance(err, RowError):
+        return err
+    where = _where(sample)
+    text = str(err).removeprefix("messages: ")
+    detail = text if text.startswith(where) else f"{where}: {text}"
+    return RowError(detail if isinstance(err, ValueError) else f"{detail} ({type(err).__name__})")
 
 
 def _require_response(sample: Sample, count: int) -> None:

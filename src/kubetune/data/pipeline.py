@@ -1,8 +1,8 @@
 """From dataset names to tokenised train/eval splits: read, convert, split, encode, pack, cache.
 
-The cache key is a hash of everything that changes the tokens — data bytes, dataset
-attributes, template, tokenizer, cutoff, masking and packing flags, seed and library version —
-so a second run with the same inputs loads Arrow files instead of re-tokenising, and any
+The cache key (`cache_key.data_key`) is a hash of everything that changes the tokens — data bytes,
+dataset attributes, template, tokenizer, cutoff, masking and packing flags, seed and library
+version — so a second run with the same inputs loads Arrow files instead of re-tokenising, and any
 change to those inputs rebuilds.
 """
 
@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, is_dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,15 +26,9 @@ import pyarrow as pa
 
 import kubetune
 from kubetune.config import DataArguments
+from kubetune.data.cache_key import DataKey, data_key, tokenizer_fingerprint
 from kubetune.data.converters import convert
-from kubetune.data.encode import (
-    BatchEncoder,
-    encode_kto,
-    encode_pairwise,
-    encode_pretrain,
-    encode_prompt_for_generation,
-    encode_supervised,
-)
+from kubetune.data.encode import BatchEncoder
 from kubetune.data.packing import pack_greedy, packing_mode
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
@@ -87,20 +81,19 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         evaluate: build an eval split (from `eval_dataset`, or `val_size` of `dataset`).
     """
     start = time.perf_counter()
-    train_attrs = resolve_datasets(data.dataset, data.dataset_dir, data.data_path) if train or (
-        evaluate and not data.eval_dataset) else []
-    eval_attrs = resolve_datasets(data.eval_dataset, data.dataset_dir) if evaluate and data.eval_dataset else []
+    train_attrs, eval_attrs = stage_datasets(data, train=train, evaluate=evaluate)
     packing, neat = packing_mode(data.packing, data.neat_packing, stage)
 
-    key = cache_key(data, tokenizer, template, stage=stage, seed=seed, packing=(packing, neat),
-                    attrs=train_attrs + eval_attrs, flags=(train, evaluate))
+    keys = data_key(data, train_attrs + eval_attrs, stage=stage, seed=seed, splits=(train, evaluate),
+                    tokenizer=tokenizer_fingerprint(tokenizer), template=repr(template))
+    key = keys.key
     if data.tokenized_path and not data.overwrite_cache and Path(data.tokenized_path, "meta.json").is_file():
         logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
-        return _load(Path(data.tokenized_path), key, start)
+        return _load(Path(data.tokenized_path), start, expected=keys)
     cached = cache_root() / "tokenized" / key
     if not data.overwrite_cache and (cached / "meta.json").is_file():
         logger.info("tokenised data cache hit (%s)", key[:12])
-        return _load(cached, key, start)
+        return _load(cached, start)
 
     train_samples, report = _samples(train_attrs, data, stage, seed)
     eval_samples: list[Sample] = []
@@ -122,11 +115,28 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
                         + (f"\n{report}" if report else ""))
 
     out = Path(data.tokenized_path) if data.tokenized_path else cached
-    _save(out, train_rows, eval_rows, key, report)
-    result = _load(out, key, start)
+    _save(out, train_rows, eval_rows, keys, report)
+    result = _load(out, start)
     result.cache_hit = False
     logger.info("tokenised %d train / %d eval rows in %.1fs", len(train_rows), len(eval_rows), result.seconds)
     return result
+
+
+def stage_datasets(data: DataArguments, *, train: bool, evaluate: bool) -> tuple[list[DatasetAttr], list[DatasetAttr]]:
+    """The datasets a stage reads: (train datasets, eval datasets).
+
+    Args:
+        data: the data arguments.
+        train: the training split is built (from `dataset` and `data_path`).
+        evaluate: an eval split is built: from `eval_dataset`, else from `val_size` of `dataset`.
+
+    Raises:
+        DataError: an unknown dataset, a bad dataset_info.json or a missing file (see `resolve_datasets`).
+    """
+    train_attrs = resolve_datasets(data.dataset, data.dataset_dir, data.data_path) if train or (
+        evaluate and not data.eval_dataset) else []
+    eval_attrs = resolve_datasets(data.eval_dataset, data.dataset_dir) if evaluate and data.eval_dataset else []
+    return train_attrs, eval_attrs
 
 
 def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple[list[Sample], list[Sample]]:
@@ -158,10 +168,11 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
 
 
 class _Encoder:
-    """Encodes samples; picklable so it can run in worker processes."""
+    """Encodes samples with the one production encoder (`BatchEncoder`); picklable so it can run in worker
+    processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
 
     def __init__(self, tokenizer: Any, template: Any, data: DataArguments, stage: str) -> None:
-        self.tokenizer, self.template, self.data, self.stage = tokenizer, template, data, stage
+        self.stage = stage
         self.batch = BatchEncoder(template, tokenizer, stage, data.cutoff_len,
                                   train_on_prompt=data.train_on_prompt, mask_history=data.mask_history)
 
@@ -180,39 +191,8 @@ class _Encoder:
         return self._encode_chunk(items, for_eval)
 
     def _encode_chunk(self, items: list[tuple[Sample, Any]], for_eval: bool) -> list[dict]:
-        samples = [sample for sample, _ in items]
-        try:
-            return self.batch.encode(samples, [partner for _, partner in items], for_eval=for_eval)
-        except Exception as err:
-            # A bad sample: encode one at a time, which raises the error at the first bad row, as it always has.
-            rows = [self._encode_one(sample, partner, for_eval) for sample, partner in items]
-            logger.warning("batched encoding failed (%s: %s) where per-sample encoding succeeded; "
-                           "the per-sample rows are used", type(err).__name__, err)
-            return rows
-
-    def _encode_one(self, sample: Sample, partner: Any, for_eval: bool) -> dict[str, Any]:
-        data, stage = self.data, self.stage
-        if stage == "pt":
-            ids = encode_pretrain(self.tokenizer, sample.response[0].content, data.cutoff_len)
-            return {"input_ids": ids, "labels": list(ids)}
-        if stage in ("rm", "dpo"):
-            return encode_pairwise(self.template, self.tokenizer, sample, data.cutoff_len)
-        if stage == "kto":
-            return encode_kto(self.template, self.tokenizer, sample, data.cutoff_len, kl_response=partner)
-        if stage == "ppo":
-            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
-                                                                 data.cutoff_len)
-            return {"input_ids": prompt_ids, "reference": reference}
-        input_ids, labels = encode_supervised(
-            self.template, self.tokenizer, sample, data.cutoff_len,
-            train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
-        )
-        row: dict[str, Any] = {"input_ids": input_ids, "labels": labels}
-        if for_eval:
-            prompt_ids, reference = encode_prompt_for_generation(self.template, self.tokenizer, sample,
-                                                                 data.cutoff_len)
-            row.update(prompt_ids=prompt_ids, reference=reference)
-        return row
+        return self.batch.encode([sample for sample, _ in items], [partner for _, partner in items],
+                                 for_eval=for_eval)
 
 
 def _chunks(items: list, size: int) -> Iterator[list]:
@@ -220,94 +200,18 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def cache_key(data: DataArguments, tokenizer: Any, template: Any, *, stage: str, seed: int,
-              packing: tuple[bool, bool], attrs: list[DatasetAttr], flags: tuple) -> str:
-    h = hashlib.sha256()
-
-    def add(obj: Any) -> None:
-        h.update(json.dumps(obj, sort_keys=True, default=str).encode())
-        h.update(b"\0")
-
-    add(["kubetune", kubetune.__version__, stage, seed, packing, flags])
-    add(data.model_dump(include={"cutoff_len", "train_on_prompt", "mask_history", "max_samples",
-                                 "val_size", "default_system", "on_bad_rows", "data_path"}))
-    for attr in attrs:
-        add(asdict(attr) if is_dataclass(attr) else vars(attr))
-        for path in _data_files(attr, data.dataset_dir):
-            h.update(_file_digest(path).encode())
-    add(repr(template))
-    add(_tokenizer_fingerprint(tokenizer))
-    return h.hexdigest()
-
-
-def _data_files(attr: DatasetAttr, dataset_dir: str) -> list[Path]:
-    if attr.is_remote:
-        return []  # s3 objects are fingerprinted by the storage layer's ETag manifest when localised
-    path = attr.local_path(dataset_dir)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file())
-    return [path] if path.is_file() else []
-
-
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _tokenizer_fingerprint(tokenizer: Any) -> str:
-    backend = getattr(tokenizer, "backend_tokenizer", None)
-    body = _backend_state(tokenizer, backend) if backend is not None else json.dumps(tokenizer.get_vocab(),
-                                                                                       sort_keys=True)
-    extra = json.dumps([tokenizer.__class__.__name__, tokenizer.special_tokens_map, tokenizer.chat_template,
-                        tokenizer.pad_token_id, tokenizer.eos_token_id], sort_keys=True, default=str)
-    return hashlib.sha256((body + extra).encode()).hexdigest()
-
-
-def _backend_state(tokenizer: Any, backend: Any) -> str:
-    """Everything that decides a fast tokenizer's ids, as text to hash.
-
-    Serialising the whole backend (`to_str`) takes ~25 ms for a 50k vocabulary, a fifth of a cold
-    400-row preprocessing run, and nearly all of it is the vocabulary and merges. When the
-    tokenizer was loaded from a folder with a `tokenizer.json`, those come from that file, so
-    its bytes stand for them (~3 ms to hash). What can change in memory is read from the live
-    object: added tokens, normalizer, pre-tokenizer, post-processor, decoder, model options and
-    vocabulary size. Other tokenizers (built in memory, converted from other files) are
-    serialised whole.
-
-    Args:
-        tokenizer: the Hugging Face tokenizer.
-        backend: its `backend_tokenizer`.
-    """
-    folder = Path(tokenizer.name_or_path) if getattr(tokenizer, "name_or_path", "") else None
-    if folder is None or not (folder / "tokenizer.json").is_file():
-        return backend.to_str()
-    model = backend.model
-    options = {name: getattr(model, name) for name in dir(model)
-               if not name.startswith("_") and not callable(getattr(model, name))}
-    components = [getattr(backend, name) for name in ("normalizer", "pre_tokenizer", "post_processor", "decoder")]
-    return json.dumps([
-        _file_digest(folder / "tokenizer.json"), type(model).__name__, options,
-        backend.get_vocab_size(with_added_tokens=True),
-        [(i, str(token)) for i, token in sorted(backend.get_added_tokens_decoder().items())],
-        [c.__getstate__().decode() if c is not None else None for c in components],
-        [backend.truncation, backend.padding],
-    ], sort_keys=True, default=str)
-
-
-def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], key: str, report: str) -> None:
+def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], keys: DataKey, report: str) -> None:
     # write into a temp folder and rename, so a killed run never leaves a cache entry that looks complete
     tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for split, rows in (("train", train_rows), ("eval", eval_rows)):
         if rows:
-            _to_dataset(rows, fingerprint=hashlib.sha256(f"{key}/{split}".encode()).hexdigest()[:16]).save_to_disk(
-                str(tmp / split))
-    (tmp / "meta.json").write_text(json.dumps({"key": key, "report": report, "version": kubetune.__version__,
-                                               "train_rows": len(train_rows), "eval_rows": len(eval_rows)}))
+            fingerprint = hashlib.sha256(f"{keys.key}/{split}".encode()).hexdigest()[:16]
+            _to_dataset(rows, fingerprint=fingerprint).save_to_disk(str(tmp / split))
+    (tmp / "meta.json").write_text(json.dumps({"key": keys.key, "content": keys.content, "report": report,
+                                               "version": kubetune.__version__, "train_rows": len(train_rows),
+                                               "eval_rows": len(eval_rows)}))
     if out.exists():
         shutil.rmtree(out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -340,8 +244,27 @@ def _to_dataset(rows: list[dict[str, Any]], fingerprint: str) -> datasets.Datase
     return datasets.Dataset(table, fingerprint=fingerprint)
 
 
-def _load(path: Path, key: str, start: float) -> TokenizedData:
+def _load(path: Path, start: float, expected: DataKey | None = None) -> TokenizedData:
+    """The tokenised splits stored in `path`.
+
+    Args:
+        path: a folder `_save` wrote (a cache entry or a `tokenized_path`).
+        start: when the caller started (for `TokenizedData.seconds`).
+        expected: for a `tokenized_path`: the keys of what this config would build; the stored rows must
+            have the same content key. Which splits were built is not compared: the stored ones are used.
+
+    Raises:
+        DataError: `expected` is given and the stored rows were built from other inputs.
+    """
     meta = json.loads((path / "meta.json").read_text())
+    if expected is not None and meta.get("content") != expected.content:
+        raise DataError(
+            f"tokenized_path {path} holds tokenised data built from other inputs than this config's: its content "
+            f"key {str(meta.get('content'))[:12]} (kubetune {meta.get('version', '?')}) is not "
+            f"{expected.content[:12]}, the hash of this config's data files, dataset settings, template, "
+            "tokenizer, cutoff_len, masking and packing flags, seed and kubetune version. Delete the folder "
+            "or set overwrite_cache: true to rebuild it from this config."
+        )
     splits = {s: datasets.load_from_disk(str(path / s)) if (path / s).is_dir() else None for s in ("train", "eval")}
     return TokenizedData(train=splits["train"], eval=splits["eval"], key=meta["key"], cache_hit=True,
                          report=meta.get("report", ""), seconds=time.perf_counter() - start)
