@@ -72,23 +72,32 @@ def pipeline_command(command: str, argv: Sequence[str]) -> int:
         print("\n" + summary(result, cfg))
         return 0 if result.ok else 1
     if command == "compile":
-        from kubetune.launch.local_run import compile_pipeline
-
-        _warn_unreadable_data(command, cfg)
-        print(f"wrote {compile_pipeline(cfg, args.output)}")
+        print(f"wrote {_compile(command, cfg, Path(args.output))}")
         return 0
     return _submit_or_schedule(command, cfg, args)
 
 
-def _warn_unreadable_data(command: str, cfg: PipelineConfig) -> None:
-    """Compiling needs no data files (a cluster reads them), but the preprocess cache key hashes them where it
-    can: say which stages' keys cover their settings only."""
-    from kubetune.validate.pipeline import unreadable_stage_data
+def _compile(command: str, cfg: PipelineConfig, path: Path) -> Path:
+    """Compile `cfg`'s pipeline to `path`, saying what each preprocess step's cache key could not hash here.
 
-    for step, reason in unreadable_stage_data(cfg).items():
-        print(f"kubetune {command}: warning: {step}: its data cannot be read here, so its preprocess cache key "
-              f"covers the settings only (a cached preprocess step is not redone when the data changes) — {reason}",
-              file=sys.stderr)
+    Compiling needs no data files or tokenizer (a cluster reads them); where this machine lacks them, the
+    preprocess cache key names them instead of hashing them (`kubetune.data.stage_key`), and a cached step
+    is then not redone when only their contents change.
+    """
+    import warnings
+
+    from kubetune.data.stage_key import CacheKeyWarning
+    from kubetune.launch.local_run import compile_pipeline
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CacheKeyWarning)
+        package = compile_pipeline(cfg, path)
+    for warning in caught:
+        if issubclass(warning.category, CacheKeyWarning):
+            print(f"kubetune {command}: warning: {warning.message}", file=sys.stderr)
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return package
 
 
 def _promote(args: argparse.Namespace) -> int:
@@ -141,12 +150,10 @@ def _submit_or_schedule(command: str, cfg, args: argparse.Namespace) -> int:  # 
     import tempfile
 
     from kubetune.launch import kfp_backend
-    from kubetune.launch.local_run import compile_pipeline
 
     params = {key: _typed(value) for key, value in (item.split("=", 1) for item in args.param)}
-    _warn_unreadable_data(command, cfg)
     with tempfile.TemporaryDirectory() as tmp:
-        package = compile_pipeline(cfg, Path(tmp) / f"{cfg.name}.yaml")
+        package = _compile(command, cfg, Path(tmp) / f"{cfg.name}.yaml")
         name = f"kubetune-{cfg.pipeline}-{cfg.name}"
         if command == "submit":
             result = kfp_backend.submit(package, host=args.host, pipeline_name=name, experiment=args.experiment,

@@ -45,9 +45,10 @@ def test_compile_needs_no_data_files_and_says_what_the_cache_key_covers(
     out = tmp_path / "out.yaml"
     assert main(["compile", str(path), "-o", str(out)]) == 0, capsys.readouterr().err
     assert out.is_file()
-    warnings = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
-    assert [line.split(": ")[2] for line in warnings] == ["stages.sft", "stages.dpo"]
-    assert all("cache key covers the settings only" in line for line in warnings)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "data cannot be read here" in line]
+    assert [line.split(": ")[2] for line in warnings] == ["preprocess-sft cache key", "preprocess-dpo cache key"]
+    assert all(line.startswith("kubetune compile: warning: ") and "the key covers the data settings only" in line
+               for line in warnings)
 
 
 def test_bad_pipeline_config_lists_every_problem(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

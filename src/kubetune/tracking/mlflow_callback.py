@@ -6,13 +6,15 @@ track without a Trainer, and transformers (with peft) takes seconds to import.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from transformers import TrainerCallback, TrainerControl, TrainerState, TrainingArguments
 
 from kubetune.tracking.metric_values import metric_values
-from kubetune.tracking.stage_run import MLflowTracker
 from kubetune.tracking.throughput import TrainingPace, counts_tokens
+
+if TYPE_CHECKING:  # a type only: stage_run imports this module (lazily) for MLflowTracker.callback
+    from kubetune.tracking.stage_run import MLflowTracker
 
 
 class MLflowMetricsCallback(TrainerCallback):

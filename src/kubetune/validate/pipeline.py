@@ -8,7 +8,6 @@ from collections.abc import Callable
 from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.pipeline import PipelineConfig, step_problems
 from kubetune.config.schema import RunConfig
-from kubetune.data.registry import DataError, resolve_datasets
 from kubetune.validate.preflight import Command, preflight
 
 
@@ -44,27 +43,3 @@ def preflight_pipeline(cfg: PipelineConfig) -> None:
                                 "is not measured by the evaluate step", f"use one of {', '.join(measured)}"))
     if problems:
         raise ConfigError(problems, cfg.source)
-
-
-def unreadable_stage_data(cfg: PipelineConfig) -> dict[str, str]:
-    """The stages whose data cannot be read on this machine, and why: `stages.<stage>` → the reason.
-
-    The preprocess step's KFP cache key hashes a stage's data files where they can be read
-    (`kubetune.pipelines.placement.preprocess_cache_key`); for the stages listed here it covers the
-    settings only. Empty when preprocess caching is off (no key is used).
-
-    Args:
-        cfg: a pipeline config `kubetune.config.pipeline.load_pipeline_config` accepted.
-    """
-    if not cfg.caching.preprocess:
-        return {}
-    unreadable = {}
-    for stage in cfg.stages_to_validate():
-        data = cfg.stage_config(stage, **cfg.pipeline_inputs(stage)).data
-        names = [*(data.dataset or []), *(data.eval_dataset or [])]
-        try:
-            if names or data.data_path:
-                resolve_datasets(names, data.dataset_dir, data.data_path)
-        except DataError as err:
-            unreadable[f"stages.{stage}"] = str(err)
-    return unreadable
