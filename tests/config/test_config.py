@@ -28,7 +28,7 @@ def test_yaml_file_and_both_override_spellings(tmp_path: Path) -> None:
     assert cfg.train.do_train is True
     assert cfg.data.cutoff_len == 128
     assert cfg.data.dataset == ["a", "b"]
-    assert cfg.lora_alpha == 64  # default: 2 × rank
+    assert cfg.method.lora_alpha is None  # unset: the adapter gets 2 × rank (tests/model/test_finetuning_types.py)
     assert cfg.source == str(path)
 
 
@@ -36,7 +36,7 @@ def test_json_config_file_via_config_file_flag(tmp_path: Path) -> None:
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({**BASE, "lora_alpha": 7}))
     cfg = load_config(None, ["--config_file", str(path)])
-    assert cfg.lora_alpha == 7
+    assert cfg.method.lora_alpha == 7
 
 
 def test_aliases_of_simpler_scripts() -> None:

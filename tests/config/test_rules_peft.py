@@ -86,4 +86,4 @@ def test_create_new_adapter_needs_an_unquantised_loaded_adapter() -> None:
 
 def test_every_problem_is_reported_at_once() -> None:
     found = problems(finetuning_type="full", use_dora=True, loraplus_lr_ratio=-1, pissa_convert=True)
-    assert {"use_dora", "loraplus_lr_ratio", "pissa_convert"} <= found.keys()
+    assert found.keys() == {"use_dora", "loraplus_lr_ratio", "pissa_convert"}

@@ -105,3 +105,11 @@ def test_qlora_runs_on_cpu_and_trains_the_adapter(tiny_model_dir: Path) -> None:
     after = _snapshot(model)
     assert losses[-1] < losses[0] - 0.1  # a random tiny model moves slowly through a frozen head
     assert _changed(before, after, lambda n: "lora_B" in n)[0]
+
+
+def test_lora_alpha_defaults_to_twice_the_rank() -> None:
+    from kubetune.config import FinetuningArguments
+    from kubetune.model.adapters import lora_config
+
+    assert lora_config(None, FinetuningArguments(lora_rank=32, lora_target=["q_proj"])).lora_alpha == 64
+    assert lora_config(None, FinetuningArguments(lora_rank=32, lora_alpha=7, lora_target=["q_proj"])).lora_alpha == 7

@@ -98,9 +98,18 @@ def test_bad_rows_are_reported_with_their_numbers(tiny_model_dir: Path, tmp_path
 
 
 def test_pt_stage_packs_plain_text(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    from kubetune.data.setup import stage_data
+
     out = tmp_path / "pt"
-    run_stage(tiny_cfg(tiny_model_dir, out, stage="pt", dataset="kubi_pt", max_steps=3, template="empty"))
+    cfg = tiny_cfg(tiny_model_dir, out, stage="pt", dataset="kubi_pt", max_steps=3, template="empty", cutoff_len=512)
+    result = run_stage(cfg)
     assert len(log_lines(out)) == 3
+    assert result.layout["rows"] == "packed"
+    assert json.loads((out / "run_summary.json").read_text())["layout"]["rows"] == "packed"
+    # the documents share rows of at most cutoff_len tokens: fewer rows than documents
+    rows = stage_data(cfg, "pt").data.train["input_ids"]
+    assert len(rows) < cfg.data.max_samples
+    assert all(len(row) <= cfg.data.cutoff_len for row in rows)
 
 
 def test_neat_packing_trains(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:

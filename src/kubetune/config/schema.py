@@ -326,10 +326,6 @@ class RunConfig:
         """Where `key`'s value came from, for a problem to name: its origin, or "defaults" when not set."""
         return self.origins.get(key, "defaults")
 
-    @property
-    def lora_alpha(self) -> int:
-        return self.method.lora_alpha or 2 * self.method.lora_rank
-
     def to_flat(self) -> dict[str, object]:
         """The flat key → value form a user writes; round-trips through `load_config`."""
         flat: dict[str, object] = {}
