@@ -25,6 +25,7 @@ from typing import Any
 
 from bench import dpo_bench
 from bench.data import ROWS, write_dataset
+from bench.targets import loss_guard, speed_memory_target
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
@@ -45,32 +46,6 @@ REFERENCE = [
     {"tool": "trl", "variant": "packing", "tokens_per_s": 123, "peak_rss_gb": 8.9,
      "label": "TRL packing + padding_free"},
 ]
-LOSS_TOLERANCE = 0.03
-
-
-def loss_guard(kubetune_loss: float, reference_loss: float, tolerance: float = LOSS_TOLERANCE) -> dict[str, Any]:
-    """Whether kubetune's final per-token loss is within `tolerance` (relative) of the reference's.
-
-    Args:
-        kubetune_loss: kubetune's final loss at the reference's settings.
-        reference_loss: plain TRL's final loss.
-        tolerance: the largest relative difference that passes. Default 0.03.
-    """
-    diff = abs(kubetune_loss - reference_loss) / abs(reference_loss)
-    return {"kubetune_loss": kubetune_loss, "reference_loss": reference_loss, "relative_diff": diff,
-            "tolerance": tolerance, "passed": bool(diff <= tolerance)}
-
-
-def speed_memory_target(name: str, ours: dict[str, Any], theirs: dict[str, Any], min_speedup: float,
-                        max_memory_ratio: float, rate: str = "tokens_per_s") -> dict[str, Any]:
-    """A target of the form "≥ min_speedup × their `rate` (tokens_per_s, or DPO's pairs_per_s) at
-    ≤ max_memory_ratio × their peak memory"."""
-    speedup = ours[rate] / theirs[rate]
-    memory = ours["peak_rss_gb"] / theirs["peak_rss_gb"]
-    return {"target": name, "speedup": speedup, "needed_speedup": min_speedup, "memory_ratio": memory,
-            "max_memory_ratio": max_memory_ratio, "met": bool(speedup >= min_speedup and memory <= max_memory_ratio)}
-
-
 def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """One row per tool:variant: medians over rounds (peak memory: the largest)."""
     rows: dict[str, dict[str, Any]] = {}

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from bench.targets import dpo_loss_guard, speed_memory_target
+
 RUNS = ["kubetune:default", "trl:default", "kubetune:equal", "trl:plain", "kubetune:best"]
 QUICK_RUNS = ["kubetune:default", "trl:plain", "kubetune:equal"]
 
@@ -34,10 +36,6 @@ def aggregate(runs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def evaluate(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
-    # imported here: bench.bench imports this module at its top
-    from bench.bench import speed_memory_target
-    from bench.run_dpo import dpo_loss_guard
-
     def target(*args: Any) -> dict[str, Any]:
         return speed_memory_target(*args, rate="pairs_per_s")
 

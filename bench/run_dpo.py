@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -50,7 +49,6 @@ VARIANTS: dict[str, dict[str, dict[str, Any]]] = {
     },
 }
 
-FIRST_LOSS_TOLERANCE = 0.01
 """How far (absolute) a first DPO loss may be from ln 2 in the guard: policy = reference makes it exact."""
 
 
@@ -168,37 +166,6 @@ def run_trl(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any
     preprocess = time.perf_counter() - start  # tokenisation (+ the LoRA wrap, well under a second)
     trainer.train()
     return summarise(meter, {"preprocess_s": preprocess})
-
-
-def dpo_loss_guard(ours: dict[str, Any], theirs: dict[str, Any], tolerance: float | None = None,
-                   first_tolerance: float = FIRST_LOSS_TOLERANCE) -> dict[str, Any]:
-    """Whether two DPO runs at equal settings agree: first losses ≈ ln 2, final losses within `tolerance`.
-
-    At the first step the policy equals the reference (LoRA's B starts at zero), so every pair's
-    margin is 0 and the sigmoid loss is exactly ln 2 in both tools; after that, the same data and
-    settings must give final losses (mean of the last five logged) close to each other.
-
-    Args:
-        ours: kubetune's run result (`first_loss`, `final_loss`), e.g. the `kubetune:equal` JSON line.
-        theirs: the reference run's result, e.g. `trl:plain`.
-        tolerance: the largest relative difference of the final losses that passes. Default None =
-            bench.bench's LOSS_TOLERANCE (0.03).
-        first_tolerance: the largest absolute distance of a first loss from ln 2. Default 0.01.
-
-    Returns:
-        bench.bench.loss_guard's fields for the final losses (`kubetune_loss`, `reference_loss`,
-        `relative_diff`, `tolerance`), plus `kubetune_first_loss`, `reference_first_loss`,
-        `first_loss_target` (ln 2), `first_tolerance`, `first_passed`, `final_passed`, and `passed` (both).
-    """
-    # imported here, not at the top: bench.bench may import this module for the DPO half of its report
-    from bench.bench import LOSS_TOLERANCE, loss_guard
-
-    final = loss_guard(ours["final_loss"], theirs["final_loss"], LOSS_TOLERANCE if tolerance is None else tolerance)
-    firsts = (ours["first_loss"], theirs["first_loss"])
-    first_passed = all(abs(x - math.log(2)) <= first_tolerance for x in firsts)
-    return {**final, "kubetune_first_loss": firsts[0], "reference_first_loss": firsts[1],
-            "first_loss_target": math.log(2), "first_tolerance": first_tolerance, "first_passed": first_passed,
-            "final_passed": final["passed"], "passed": bool(first_passed and final["passed"])}
 
 
 def main(argv: list[str] | None = None) -> None:

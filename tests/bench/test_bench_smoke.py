@@ -12,9 +12,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
-from bench.bench import REFERENCE, evaluate, loss_guard, main, speed_memory_target  # noqa: E402
+from bench.bench import REFERENCE, evaluate, main  # noqa: E402
 from bench.data import make_rows, write_dataset  # noqa: E402
 from bench.run_one import count_real_tokens  # noqa: E402
+from bench.targets import loss_guard, speed_memory_target  # noqa: E402
 
 
 def test_quick_bench_reports_both_tools(tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

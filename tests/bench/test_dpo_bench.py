@@ -15,7 +15,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 
 from bench.dpo_data import DATASET, DATASET_INFO, make_pairs, write_dataset  # noqa: E402
-from bench.run_dpo import dpo_loss_guard  # noqa: E402
+from bench.targets import dpo_loss_guard  # noqa: E402
 
 FIELDS = {"tool", "variant", "settings", "pairs", "runtime_s", "pairs_per_s", "step_time_s", "cpu_s_per_step", "steps",
           "first_loss", "final_loss", "losses", "peak_rss_gb"}
