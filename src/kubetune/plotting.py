@@ -17,9 +17,9 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-logger = logging.getLogger(__name__)
+from kubetune.tracking import TRAINER_LOG
 
-TRAINER_LOG = "trainer_log.jsonl"
+logger = logging.getLogger(__name__)
 
 
 def smoothing_weight(num_points: int) -> float:

@@ -23,7 +23,6 @@ from kubetune.config import RunConfig
 from kubetune.data.cache_key import data_key, tokenizer_fingerprint
 from kubetune.data.pipeline import stage_datasets
 from kubetune.data.registry import DataError, DatasetAttr
-from kubetune.paths import cache_root
 
 
 class CacheKeyWarning(UserWarning):
@@ -88,6 +87,7 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
     """(tokenizer fingerprint, template fingerprint, "") as the preprocess step computes them; or stand-ins
     naming them and why the real ones could not be had here."""
     from kubetune.data.setup import tokenizer_and_template
+    from kubetune.model.embedded import converted_embedded_model
     from kubetune.model.loader import ModelLoadError
 
     model = cfg.model
@@ -97,7 +97,7 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
     if name.startswith("s3://"):
         why = f"the tokenizer is in {name}, which is not fetched at compile time (its weights would come with it)"
     elif _is_embedded(name):
-        converted = _converted_embedded_model()
+        converted = converted_embedded_model()  # converting dequantises the whole model: not at compile time
         if converted is None:
             why = ("the embedded model is not converted on this machine yet (the first run converts it, "
                    "about a minute)")
@@ -121,11 +121,3 @@ def _is_embedded(name: str) -> bool:
     return is_embedded(name) and not Path(name).expanduser().is_dir()
 
 
-def _converted_embedded_model() -> Path | None:
-    """The embedded model's converted folder if this machine has it: converting it (`embedded_model_dir`)
-    dequantises the whole model, a minute of work compile time must not do.
-
-    The folder is `model.embedded.embedded_model_dir`'s target.
-    """
-    target = cache_root() / "models" / "SmolLM2-135M-Instruct"
-    return target if (target / "config.json").is_file() else None

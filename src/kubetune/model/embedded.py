@@ -37,13 +37,23 @@ def is_embedded(name: str) -> bool:
     return name.rstrip("/").lower() in {EMBEDDED_ID.lower(), "smollm2-135m-instruct", "embedded"}
 
 
+def _converted_target() -> Path:
+    return cache_root() / "models" / "SmolLM2-135M-Instruct"
+
+
+def converted_embedded_model() -> Path | None:
+    """The embedded model's converted folder if this machine has it already, else None (converts nothing)."""
+    target = _converted_target()
+    return target if (target / "config.json").is_file() else None
+
+
 def embedded_model_dir() -> Path:
     """A safetensors directory of the embedded model, converting it on first use.
 
     Safe against concurrent callers (parallel tests, several processes on one node):
     one converts under a file lock, the others wait and reuse the result.
     """
-    target = cache_root() / "models" / "SmolLM2-135M-Instruct"
+    target = _converted_target()
     if (target / "config.json").is_file():
         return target
     gguf = embedded_gguf()
