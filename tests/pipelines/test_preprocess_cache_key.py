@@ -112,3 +112,14 @@ def test_what_compile_time_cannot_hash_it_names_with_a_warning(tiny_model_dir: P
     with pytest.warns(CacheKeyWarning, match="embedded model is not converted"):
         _key(_config(Path("HuggingFaceTB/SmolLM2-135M-Instruct")))
     assert not (tmp_path / "empty-cache" / "models").exists()
+
+
+def test_the_preprocess_step_builds_the_eval_split_do_predict_reads() -> None:
+    from kubetune.config import load_config
+    from kubetune.data.stage_key import preprocess_splits
+
+    base = {"model_name_or_path": "m", "stage": "sft", "dataset": "kubi_sft", "eval_dataset": "kubi_sft",
+            "output_dir": "o"}
+    assert preprocess_splits(load_config(None, base)) == (True, False)
+    assert preprocess_splits(load_config(None, {**base, "do_predict": True})) == (True, True)
+    assert preprocess_splits(load_config(None, {**base, "do_eval": True})) == (True, True)

@@ -91,3 +91,18 @@ def test_prompt_order_is_a_seeded_shuffle_per_epoch_resumable_from_the_step_alon
     assert PromptSampler(10, 4, seed=7).batch(3) == sampler.batch(3)  # no state needed to resume at step 3
     assert PromptSampler(10, 4, seed=8).batch(0) != sampler.batch(0)
     assert sampler.steps_per_epoch == 3
+
+
+def test_response_logprobs_are_float32_log_probs_of_the_tempered_distribution() -> None:
+    """bf16 logits are upcast before the temperature divides them: the log-probs are those `generate` samples from."""
+    from types import SimpleNamespace
+
+    from kubetune.rl.rollout import _response_logprobs
+
+    torch.manual_seed(0)
+    logits = (torch.randn(2, 3, 50) * 8).to(torch.bfloat16)
+    batch = SimpleNamespace(response_ids=torch.randint(0, 50, (2, 3)), response_mask=torch.tensor([[1, 1, 0]] * 2))
+    expected = torch.log_softmax(logits.float() / 0.95, dim=-1).gather(2, batch.response_ids[..., None]).squeeze(2)
+    got = _response_logprobs(logits, batch, 0.95)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, torch.where(batch.response_mask.bool(), expected, 0.0), atol=1e-5, rtol=0)

@@ -41,8 +41,8 @@ def tokenizer_and_template(cfg: RunConfig, model_path: str | None = None) -> tup
 
     Args:
         cfg: the validated run config.
-        model_path: a local folder holding the tokenizer; None loads it from `model_name_or_path`
-            without resolving the whole model (the preprocess step needs no weights).
+        model_path: a local folder holding the tokenizer; None resolves `model_name_or_path` first
+            (`load_tokenizer`: an s3:// model is fetched, the embedded GGUF model converted once).
     """
     tokenizer = load_tokenizer(cfg.model, model_path)
     template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)

@@ -44,9 +44,11 @@ def preprocess_splits(cfg: RunConfig) -> tuple[bool, bool]:
     """(train, evaluate): the splits the pipeline's preprocess step builds for a stage.
 
     Args:
-        cfg: the stage's run config; an eval split is built for `do_eval` or evaluation during training.
+        cfg: the stage's run config; an eval split is built for `do_eval`, evaluation during training, or
+            `do_predict` (the training step reads the same held-out rows as the stage alone would).
     """
-    return True, cfg.train.do_eval or cfg.train.eval_strategy != "no"
+    t = cfg.train
+    return True, bool(t.do_eval or t.eval_strategy != "no" or t.do_predict)
 
 
 def preprocess_cache_key(cfg: RunConfig, stage: str) -> PreprocessKey:

@@ -28,14 +28,14 @@ def token_logps(logits: Tensor, targets: Tensor, chunk_rows: int = CHUNK_ROWS) -
     Returns:
         [...] float32 log-probabilities, differentiable with respect to `logits`.
     """
+    if logits.shape[0] == 0:
+        return logits.sum(-1).float()  # nothing to score: an empty result of the right shape that keeps the graph
     if logits.dim() > 2:  # one leading row at a time: a slice of it is a view, its flattening no copy
         return torch.stack([token_logps(row, target, chunk_rows) for row, target in zip(logits, targets, strict=True)])
     parts = []
     for start in range(0, logits.shape[0], chunk_rows):
         chunk = logits[start:start + chunk_rows].float()
         parts.append(chunk.gather(-1, targets[start:start + chunk_rows, None]).squeeze(-1) - chunk.logsumexp(-1))
-    if not parts:
-        return logits.sum(-1).float() * 0.0  # no positions: an empty result that keeps the graph
     return torch.cat(parts)
 
 

@@ -103,8 +103,10 @@ def can_use(model: nn.Module) -> bool:
     config = getattr(inner, "config", None)
     if config is None or config._attn_implementation != "sdpa" or not hasattr(inner, "set_attn_implementation"):
         return False
+    # both of transformers' own tests: the class dispatches attention by name, and may switch it once loaded
     compatible = getattr(type(inner), "is_backend_compatible", None)
-    return bool(compatible and compatible())
+    switchable = getattr(type(inner), "_can_set_attn_implementation", None)
+    return bool(compatible and compatible() and (switchable is None or switchable()))
 
 
 def switch(model: nn.Module) -> None:

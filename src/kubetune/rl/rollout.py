@@ -98,7 +98,7 @@ def sample_responses(lm: Any, prompt_ids: list[list[int]], gen_kwargs: dict[str,
 
 
 def _response_logprobs(logits: torch.Tensor, batch: SequenceBatch, temperature: float) -> torch.Tensor:
-    taken = token_logps(logits / temperature, batch.response_ids)
+    taken = token_logps(logits.float() / temperature, batch.response_ids)  # float32 first, as generate samples
     return torch.where(batch.response_mask.bool(), taken, 0.0)
 
 
