@@ -255,6 +255,17 @@ class TrainArguments(_Group):
 
     _lists = field_validator("report_to", mode="before")(_split_list)
 
+    @property
+    def evaluates(self) -> bool:
+        """Held-out rows are evaluated: `do_eval`, or evaluation during training (`eval_strategy`)."""
+        return bool(self.do_eval or self.eval_strategy != "no")
+
+    @property
+    def needs_eval_split(self) -> bool:
+        """The held-out split is read: to evaluate or to predict. The stage asks for it and the
+        pipeline's preprocess step builds it by this one rule, so their cache keys agree."""
+        return self.evaluates or bool(self.do_predict)
+
 
 class GeneratingArguments(_Group):
     do_sample: bool = Field(True, description="Sample (false = greedy).")

@@ -47,8 +47,7 @@ def preprocess_splits(cfg: RunConfig) -> tuple[bool, bool]:
         cfg: the stage's run config; an eval split is built for `do_eval`, evaluation during training, or
             `do_predict` (the training step reads the same held-out rows as the stage alone would).
     """
-    t = cfg.train
-    return True, bool(t.do_eval or t.eval_strategy != "no" or t.do_predict)
+    return True, cfg.train.needs_eval_split
 
 
 def preprocess_cache_key(cfg: RunConfig, stage: str) -> PreprocessKey:

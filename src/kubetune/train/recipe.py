@@ -22,17 +22,14 @@ class Steps:
         train: train (`do_train`, on unless false).
         eval: evaluate held-out rows (`do_eval`, or an `eval_strategy` other than "no").
         predict: generate (or score) for held-out rows (`do_predict`).
+        needs_eval_split: build the held-out split (`TrainArguments.needs_eval_split`).
     """
 
     out: Path
     train: bool
     eval: bool
     predict: bool
-
-    @property
-    def needs_eval_split(self) -> bool:
-        """Evaluation and prediction both read the held-out split."""
-        return self.eval or self.predict
+    needs_eval_split: bool
 
 
 def start(cfg: RunConfig) -> Steps:
@@ -40,8 +37,8 @@ def start(cfg: RunConfig) -> Steps:
     out = Path(cfg.train.output_dir or "outputs")
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    return Steps(out=out, train=t.do_train is not False, eval=bool(t.do_eval or t.eval_strategy != "no"),
-                 predict=bool(t.do_predict))
+    return Steps(out=out, train=t.do_train is not False, eval=t.evaluates, predict=bool(t.do_predict),
+                 needs_eval_split=t.needs_eval_split)
 
 
 def write_bad_rows(out: Path, data: TokenizedData, files: dict[str, str]) -> None:
