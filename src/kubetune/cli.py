@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -65,7 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in ("train", "eval", "export", "chat", "validate"):
         print(f"kubetune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=logging.INFO, format="[%(levelname)s|%(name)s] %(message)s")
+    # under torchrun every rank runs this: the others log warnings only, so each line appears once
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")
     path = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     overrides = rest[1:] if path else rest
     try:
@@ -73,7 +76,33 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as err:
         print(f"kubetune {command}: {err}", file=sys.stderr)
         return 2
+    if command == "train":
+        launched = _launch_ranks(cfg, rest)
+        if launched is not None:
+            return launched
     return _dispatch(command, cfg)
+
+
+def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
+    """Re-run `kubetune train` under torchrun when asked or given several GPUs; its exit code, or None."""
+    import subprocess
+
+    from kubetune.launch.torchrun import LaunchError, child_environment, torchrun_plan
+
+    try:
+        plan = torchrun_plan()
+    except LaunchError as err:
+        print(f"kubetune train: {err}", file=sys.stderr)
+        return 2
+    if plan is None:
+        return None
+    if cfg.method.stage == "ppo" and plan.world_size > 1:
+        print("kubetune train: the ppo stage runs on one process for now (its rollouts are not sharded over "
+              "ranks yet); unset FORCE_TORCHRUN / NPROC_PER_NODE, or show it one GPU (CUDA_VISIBLE_DEVICES=0)",
+              file=sys.stderr)
+        return 2
+    print(f"kubetune train: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
+    return subprocess.call(plan.command(["train", *args]), env=child_environment(plan))
 
 
 def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig:
@@ -94,8 +123,11 @@ def _dispatch(command: str, cfg: RunConfig) -> int:
         return 0
     if command in ("train", "eval"):
         from kubetune.stages import run_stage
+        from kubetune.train.world import is_main_process
 
         result = run_stage(cfg)
+        if not is_main_process():  # every rank returns; one prints
+            return 0
         print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics, "files": result.files},
                          indent=2))
         return 0

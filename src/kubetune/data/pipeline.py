@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,18 +83,47 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
     """
     start = time.perf_counter()
     train_attrs, eval_attrs = stage_datasets(data, train=train, evaluate=evaluate)
-    packing, neat = packing_mode(data.packing, data.neat_packing, stage)
 
     keys = data_key(data, train_attrs + eval_attrs, stage=stage, seed=seed, splits=(train, evaluate),
                     tokenizer=tokenizer_fingerprint(tokenizer), template=repr(template))
-    key = keys.key
-    if data.tokenized_path and not data.overwrite_cache and Path(data.tokenized_path, "meta.json").is_file():
+    cached = cache_root() / "tokenized" / keys.key
+    out = Path(data.tokenized_path) if data.tokenized_path else cached
+    with _only_one_builder(out):
+        return _build_or_load(data, tokenizer, template, keys, out, stage=stage, seed=seed, train=train,
+                              evaluate=evaluate, train_attrs=train_attrs, eval_attrs=eval_attrs, start=start)
+
+
+@contextmanager
+def _only_one_builder(out: Path) -> Iterator[None]:
+    """Hold `<out>.lock` while building or loading `out`: the ranks of a torchrun job (and concurrent runs
+    sharing the cache) tokenise once; whoever comes second waits, then loads what the first wrote."""
+    from filelock import FileLock, Timeout
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(out.with_name(f".{out.name}.lock")))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        logger.info("waiting for another process to tokenise %s", out)
+        lock.acquire()
+    try:
+        yield
+    finally:
+        lock.release()
+
+
+def _build_or_load(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, out: Path, *, stage: str,
+                   seed: int, train: bool, evaluate: bool, train_attrs: list[DatasetAttr],
+                   eval_attrs: list[DatasetAttr], start: float) -> TokenizedData:
+    packing, neat = packing_mode(data.packing, data.neat_packing, stage)
+    # overwrite_cache rebuilds once: a rank other than its node's first loads what that one just rebuilt
+    overwrite = data.overwrite_cache and int(os.environ.get("LOCAL_RANK", "0")) == 0
+    if data.tokenized_path and not overwrite and (out / "meta.json").is_file():
         logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
-        return _load(Path(data.tokenized_path), start, expected=keys)
-    cached = cache_root() / "tokenized" / key
-    if not data.overwrite_cache and (cached / "meta.json").is_file():
-        logger.info("tokenised data cache hit (%s)", key[:12])
-        return _load(cached, start)
+        return _load(out, start, expected=keys)
+    if not data.tokenized_path and not overwrite and (out / "meta.json").is_file():
+        logger.info("tokenised data cache hit (%s)", keys.key[:12])
+        return _load(out, start)
 
     train_samples, report = _samples(train_attrs, data, stage, seed)
     eval_samples: list[Sample] = []
@@ -114,7 +144,6 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
                         + (f"\n{report}" if report else ""))
 
-    out = Path(data.tokenized_path) if data.tokenized_path else cached
     _save(out, train_rows, eval_rows, keys, report)
     result = _load(out, start)
     result.cache_hit = False

@@ -19,6 +19,7 @@ from torch import nn
 
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.losses.logps import CHUNK_ROWS, mean_response_logits, sequence_logps, token_logps
+from kubetune.model.wrapper_forward import forward_through_wrapper
 
 # Config attributes that make a model's logits more than `lm_head(hidden)`.
 _LOGIT_TRANSFORMS = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_router_logits")
@@ -100,7 +101,16 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
         return None
     if type(head) is not nn.Linear:  # a LoRA- or quantisation-wrapped head computes more than weight @ x
         return None
+    if _is_sharded(head.weight):  # read outside the module's forward, a sharded weight is only this rank's slice
+        return None
     return backbone, head
+
+
+def _is_sharded(weight: torch.Tensor) -> bool:
+    """A parameter DeepSpeed ZeRO-3 partitions (`ds_id`) or FSDP2 shards (a DTensor)."""
+    from torch.distributed.tensor import DTensor
+
+    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
 
 
 def causal_lm_loss_sum(backbone: nn.Module, head: nn.Linear, inputs: dict[str, torch.Tensor]) -> tuple[
@@ -208,9 +218,9 @@ def scored_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torc
     """
     from accelerate.utils import extract_model_from_parallel
 
-    fused = sequence_logps_fused(extract_model_from_parallel(model), batch)
-    if fused is not None:
-        return fused
+    inner = extract_model_from_parallel(model)
+    if causal_lm_parts(inner) is not None:
+        return forward_through_wrapper(model, lambda: sequence_logps_fused(inner, batch))
     if "sequence_index" in batch:
         raise ValueError("packed pairs need the fused log-probs path; this model computes more than head(hidden)")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits

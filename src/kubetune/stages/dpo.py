@@ -88,7 +88,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         metrics.update(recipe.evaluate(trainer, s.data.eval))
 
     # --- predict: generate for held-out prompts, scored against the chosen response ---
-    if steps.predict and s.data.eval is not None:
+    if steps.generates and s.data.eval is not None:
         rows = list(zip(s.data.eval["chosen_input_ids"], s.data.eval["chosen_labels"], strict=True))
         predict_metrics = predict_preferred(trainer.model, s.tokenizer, rows, cfg.generation,
                                             batch_size=cfg.train.per_device_eval_batch_size,
@@ -98,7 +98,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         metrics.update(predict_metrics)
         files["predictions"] = str(out / "generated_predictions.jsonl")
 
-    return finish(out, metrics, files, layout.as_dict())
+    return finish(out, metrics, files, layout.as_dict(), steps.world)
 
 
 @dataclass

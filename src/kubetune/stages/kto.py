@@ -87,7 +87,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         metrics.update(recipe.evaluate(trainer, s.data.eval))
 
     # --- predict: generate for the prompts of held-out desirable rows ---
-    if steps.predict and s.data.eval is not None:
+    if steps.generates and s.data.eval is not None:
         ev = s.data.eval
         rows = [(ids, labels) for ids, labels, tag in zip(ev["input_ids"], ev["labels"], ev["kto_tag"], strict=True)
                 if tag]
@@ -102,7 +102,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         else:
             logger.warning("do_predict: no desirable held-out rows to compare generations with")
 
-    return finish(out, metrics, files, layout.as_dict())
+    return finish(out, metrics, files, layout.as_dict(), steps.world)
 
 
 def check_class_balance(tags: list[bool], desirable_weight: float, undesirable_weight: float) -> float:

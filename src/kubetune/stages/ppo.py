@@ -132,7 +132,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
                             for k, v in generation_metrics(scored.responses, references).items()})
         logger.info("eval_reward_mean = %.4f over %d prompts", scored.mean, len(prompts))
 
-    return finish(out, metrics, files, layout.as_dict())
+    return finish(out, metrics, files, layout.as_dict(), steps.world)
 
 
 def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any | None, reward: RewardSource,

@@ -103,13 +103,15 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- predict: each held-out pair's two scores ---
     if steps.predict and data.eval is not None:
-        prediction = trainer.predict(data.eval, metric_key_prefix="predict")
-        path = write_pair_scores(data.eval, prediction.predictions, tokenizer, out / "generated_predictions.jsonl")
+        prediction = trainer.predict(data.eval, metric_key_prefix="predict")  # every rank scores a share
+        path = out / "generated_predictions.jsonl"
+        if steps.world.is_main:  # the scores of all ranks, gathered
+            write_pair_scores(data.eval, prediction.predictions, tokenizer, path)
         trainer.save_metrics("predict", prediction.metrics)
         metrics.update(prediction.metrics)
         files["predictions"] = str(path)
 
-    return finish(out, metrics, files, layout.as_dict())
+    return finish(out, metrics, files, layout.as_dict(), steps.world)
 
 
 def build_reward_model(cfg: RunConfig, model_path: str) -> ModelWithValueHead:

@@ -19,6 +19,7 @@ from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.model.policy import load_policy
+from kubetune.model.wrapper_forward import forward_through_wrapper
 from kubetune.tracking import JsonlLogCallback
 from kubetune.train import recipe
 from kubetune.train.arguments import training_arguments
@@ -47,7 +48,7 @@ class SupervisedTrainer(Trainer):
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         with self.accelerator.autocast():  # bf16/fp16 autocast wraps the model's forward, which this bypasses
-            loss_sum, learnt = causal_lm_loss_sum(*parts, inputs)
+            loss_sum, learnt = forward_through_wrapper(model, lambda: causal_lm_loss_sum(*parts, inputs))
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return loss_sum / max(learnt, 1)  # a per-batch mean: the Trainer divides by accumulation steps
         loss = loss_sum / num_items_in_batch
@@ -106,7 +107,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
                                        derived=lambda m: {"eval_perplexity": perplexity(m["eval_loss"])}))
 
     # --- predict ---
-    if steps.predict and data.eval is not None:
+    if steps.generates and data.eval is not None:
         predict_metrics = predict(trainer.model, tokenizer, data.eval, cfg.generation,
                                   stop_token_ids=template.stop_token_ids(tokenizer),
                                   batch_size=cfg.train.per_device_eval_batch_size,
@@ -115,4 +116,4 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         metrics.update(predict_metrics)
         files["predictions"] = str(out / "generated_predictions.jsonl")
 
-    return finish(out, metrics, files, layout.as_dict())
+    return finish(out, metrics, files, layout.as_dict(), steps.world)

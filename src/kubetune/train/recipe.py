@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,6 +12,9 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
+from kubetune.train.world import World, current_world
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -23,6 +27,7 @@ class Steps:
         eval: evaluate held-out rows (`do_eval`, or an `eval_strategy` other than "no").
         predict: generate (or score) for held-out rows (`do_predict`).
         needs_eval_split: build the held-out split (`TrainArguments.needs_eval_split`).
+        world: the processes running the stage (`kubetune.train.world`).
     """
 
     out: Path
@@ -30,20 +35,32 @@ class Steps:
     eval: bool
     predict: bool
     needs_eval_split: bool
+    world: World = World()
+
+    @property
+    def generates(self) -> bool:
+        """Generate predictions here: `predict`, on the main process only (one file, written once).
+
+        Generation is not sharded over ranks; the others skip it rather than each generating all rows.
+        """
+        return self.predict and self.world.is_main
 
 
 def start(cfg: RunConfig) -> Steps:
-    """Create the output directory and decide which steps run (`Steps`)."""
+    """Create the output directory, decide which steps run (`Steps`), and log the world that runs them."""
     out = Path(cfg.train.output_dir or "outputs")
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
+    world = current_world()
+    if world.is_main:
+        logger.info("%s: %s", cfg.method.stage, world.describe())
     return Steps(out=out, train=t.do_train is not False, eval=t.evaluates, predict=bool(t.do_predict),
-                 needs_eval_split=t.needs_eval_split)
+                 needs_eval_split=t.needs_eval_split, world=world)
 
 
 def write_bad_rows(out: Path, data: TokenizedData, files: dict[str, str]) -> None:
     """Write the dropped rows' report (row numbers and reasons) next to the outputs, if any were dropped."""
-    if data.report:
+    if data.report and current_world().is_main:
         (out / "bad_rows.txt").write_text(data.report + "\n")
         files["bad_rows"] = str(out / "bad_rows.txt")
 
@@ -64,8 +81,9 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
         (metrics prefixed `train_`, files written by name).
     """
     result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
-    trainer.save_model(str(out))
-    if tokenizer is not None:
+    trainer.save_model(str(out))  # the Trainer saves on the main process only
+    main = trainer.is_world_process_zero()
+    if tokenizer is not None and main:
         tokenizer.save_pretrained(str(out))
     trainer.save_state()
     train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit), "preprocess_seconds": data.seconds}
@@ -73,7 +91,7 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
     trainer.save_metrics("train", train_metrics)
     metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in train_metrics.items()}
     files = {"model": str(out)}
-    if cfg.train.plot_loss:
+    if cfg.train.plot_loss and main:
         for path in plot_loss(trainer.state.log_history, out, keys=plotted):
             files[path.stem] = str(path)
     return metrics, files

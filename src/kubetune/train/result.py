@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kubetune.train.world import World, current_world
+
 SUMMARY_FILE = "run_summary.json"
 
 
@@ -27,17 +29,22 @@ class StageResult:
 
 
 def finish(out: Path, metrics: dict[str, float], files: dict[str, str],
-           layout: dict[str, Any] | None = None) -> StageResult:
-    """Write `<out>/run_summary.json` (metrics, files, layout) and return the StageResult.
+           layout: dict[str, Any] | None = None, world: World | None = None) -> StageResult:
+    """Write `<out>/run_summary.json` (metrics, files, layout, distributed) and return the StageResult.
+
+    Only the main process writes it; every rank returns the StageResult.
 
     Args:
         out: the stage's output directory.
         metrics: everything the stage measured.
         files: named paths it wrote.
         layout: `Layout.as_dict()` of the stage's batches. Default None = not recorded.
+        world: the processes that ran the stage (`Steps.world`). Default None = this process's.
     """
-    summary: dict[str, Any] = {"metrics": metrics, "files": files}
+    world = world or current_world()
+    summary: dict[str, Any] = {"metrics": metrics, "files": files, "distributed": world.as_dict()}
     if layout:
         summary["layout"] = layout
-    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
+    if world.is_main:
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return StageResult(output_dir=out, metrics=metrics, files=files, layout=dict(layout or {}))

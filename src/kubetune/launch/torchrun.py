@@ -1,0 +1,122 @@
+"""`kubetune train` on several processes: LLaMA-Factory's launch convention, handed to torchrun.
+
+`llamafactory-cli train` re-runs itself under torchrun when `FORCE_TORCHRUN` is set or more
+than one GPU is visible, sized by `NNODES`, `NODE_RANK`, `NPROC_PER_NODE`, `MASTER_ADDR` and
+`MASTER_PORT`. `kubetune train` does the same, and reads Kubeflow Trainer's `PET_*` names of
+those variables too. A process torchrun (or any launcher) started already has `RANK` and
+`WORLD_SIZE`: it runs as that rank, launching nothing.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+
+class LaunchError(ValueError):
+    """A launch variable that cannot be used (named, with what was expected)."""
+
+
+@dataclass(frozen=True)
+class TorchrunPlan:
+    """Attributes:
+    nnodes: nodes in the job (`NNODES`).
+    node_rank: this node's index (`NODE_RANK`).
+    nproc_per_node: processes on this node (`NPROC_PER_NODE`; default: the visible GPUs, else 1).
+    master_addr: where rank 0 listens (`MASTER_ADDR`, default 127.0.0.1).
+    master_port: its port (`MASTER_PORT`; default a free one on one node, 29500 across nodes).
+    """
+
+    nnodes: int
+    node_rank: int
+    nproc_per_node: int
+    master_addr: str
+    master_port: int
+
+    @property
+    def world_size(self) -> int:
+        return self.nnodes * self.nproc_per_node
+
+    def command(self, kubetune_args: Sequence[str]) -> list[str]:
+        """The torchrun command line that runs `kubetune <kubetune_args>` on every rank of this node."""
+        return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}",
+                f"--node_rank={self.node_rank}", f"--nproc_per_node={self.nproc_per_node}",
+                f"--master_addr={self.master_addr}", f"--master_port={self.master_port}",
+                "-m", "kubetune.cli", *kubetune_args]
+
+    def describe(self) -> str:
+        return (f"{self.nproc_per_node} process{'es' if self.nproc_per_node != 1 else ''} × {self.nnodes} "
+                f"node{'s' if self.nnodes != 1 else ''} (this is node {self.node_rank}; "
+                f"master {self.master_addr}:{self.master_port})")
+
+
+def torchrun_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = None) -> TorchrunPlan | None:
+    """How to re-run `kubetune train` under torchrun, or None to run in this process.
+
+    Args:
+        env: the environment (default `os.environ`).
+        gpu_count: visible CUDA devices (default: asked from torch).
+
+    Raises:
+        LaunchError: a variable that is not a positive integer, or a node rank outside the nodes.
+    """
+    env = os.environ if env is None else env
+    if "RANK" in env and "WORLD_SIZE" in env:
+        return None  # a rank already: the launcher that started this process did the launching
+    if gpu_count is None:
+        import torch
+
+        gpu_count = torch.cuda.device_count()
+    force = env.get("FORCE_TORCHRUN", "").strip().lower() in ("1", "true", "yes", "y")
+    nnodes = _number(env, "NNODES", 1)
+    if not (force or gpu_count > 1 or nnodes > 1):
+        return None
+    node_rank = _number(env, "NODE_RANK", 0, minimum=0)
+    if node_rank >= nnodes:
+        raise LaunchError(f"NODE_RANK={node_rank} but NNODES={nnodes}: node ranks run from 0 to {nnodes - 1}")
+    default_port = _free_port() if nnodes == 1 else 29500  # across nodes every node must name the same port
+    return TorchrunPlan(nnodes=nnodes, node_rank=node_rank,
+                        nproc_per_node=_number(env, "NPROC_PER_NODE", max(gpu_count, 1)),
+                        master_addr=_value(env, "MASTER_ADDR") or "127.0.0.1",
+                        master_port=_number(env, "MASTER_PORT", default_port))
+
+
+def child_environment(plan: TorchrunPlan, env: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of the torchrun process: threads split between a CPU node's ranks.
+
+    torchrun sets `OMP_NUM_THREADS=1` when it is unset, which on a CPU-only node leaves all but one
+    core per rank idle; an explicit `OMP_NUM_THREADS` is kept.
+    """
+    child = dict(os.environ if env is None else env)
+    child.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
+    return child
+
+
+def _value(env: Mapping[str, str], name: str) -> str | None:
+    # Kubeflow Trainer's torch runtime sets PET_<name> (torchrun's own environment prefix)
+    for key in (name, f"PET_{name}"):
+        if env.get(key, "").strip():
+            return env[key].strip()
+    return None
+
+
+def _number(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -> int:
+    raw = _value(env, name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise LaunchError(f"{name}={raw!r}: expected an integer ≥ {minimum}")
+    return value
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])

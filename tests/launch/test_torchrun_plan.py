@@ -1,0 +1,80 @@
+"""When `kubetune train` re-runs itself under torchrun, and with which arguments (no processes started)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from kubetune.launch.torchrun import LaunchError, TorchrunPlan, child_environment, torchrun_plan
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_one_process_without_a_request_or_several_gpus() -> None:
+    assert torchrun_plan({}, gpu_count=0) is None
+    assert torchrun_plan({}, gpu_count=1) is None
+    assert torchrun_plan({"NPROC_PER_NODE": "4"}, gpu_count=1) is None  # as llamafactory-cli: FORCE_TORCHRUN asks
+
+
+def test_force_torchrun_with_llama_factory_variables() -> None:
+    plan = torchrun_plan({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2", "MASTER_PORT": "29555"}, gpu_count=0)
+    assert plan == TorchrunPlan(nnodes=1, node_rank=0, nproc_per_node=2, master_addr="127.0.0.1", master_port=29555)
+    assert plan.command(["train", "cfg.yaml", "lr=1"]) == [
+        sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--node_rank=0", "--nproc_per_node=2",
+        "--master_addr=127.0.0.1", "--master_port=29555", "-m", "kubetune.cli", "train", "cfg.yaml", "lr=1"]
+
+
+def test_several_visible_gpus_launch_one_process_each() -> None:
+    plan = torchrun_plan({}, gpu_count=4)
+    assert plan is not None and plan.nproc_per_node == 4 and plan.world_size == 4
+    assert 0 < plan.master_port < 65536
+
+
+def test_a_rank_already_launched_runs_as_itself() -> None:
+    assert torchrun_plan({"FORCE_TORCHRUN": "1", "RANK": "1", "WORLD_SIZE": "2"}, gpu_count=4) is None
+
+
+def test_kubeflow_trainer_pet_variables() -> None:
+    env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "8", "PET_MASTER_ADDR": "job-node-0-0.job",
+           "PET_MASTER_PORT": "29400"}
+    plan = torchrun_plan(env, gpu_count=8)
+    assert plan == TorchrunPlan(nnodes=2, node_rank=1, nproc_per_node=8, master_addr="job-node-0-0.job",
+                                master_port=29400)
+    assert plan.world_size == 16
+
+
+def test_many_nodes_agree_on_a_fixed_default_port() -> None:
+    plan = torchrun_plan({"NNODES": "2", "NODE_RANK": "0", "MASTER_ADDR": "10.0.0.1"}, gpu_count=1)
+    assert plan is not None and plan.master_port == 29500
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "two"}, "NPROC_PER_NODE='two': expected an integer ≥ 1"),
+    ({"FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "0"}, "NPROC_PER_NODE='0'"),
+    ({"NNODES": "2", "NODE_RANK": "2"}, "NODE_RANK=2 but NNODES=2: node ranks run from 0 to 1"),
+    ({"NNODES": "2", "NODE_RANK": "-1"}, "NODE_RANK='-1': expected an integer ≥ 0"),
+])
+def test_bad_launch_variables_are_named(env: dict, message: str) -> None:
+    with pytest.raises(LaunchError, match=message.replace("(", r"\(")):
+        torchrun_plan(env, gpu_count=0)
+
+
+def test_cpu_ranks_share_the_cores_unless_told() -> None:
+    plan = TorchrunPlan(nnodes=1, node_rank=0, nproc_per_node=2, master_addr="127.0.0.1", master_port=1)
+    assert int(child_environment(plan, {})["OMP_NUM_THREADS"]) >= 1
+    assert child_environment(plan, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
+
+
+def test_ppo_refuses_several_ranks_before_launching(monkeypatch: pytest.MonkeyPatch,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune import cli
+    from kubetune.config import load_config
+
+    monkeypatch.setenv("FORCE_TORCHRUN", "1")
+    monkeypatch.setenv("NPROC_PER_NODE", "2")
+    monkeypatch.setattr("subprocess.call", lambda *a, **k: pytest.fail("launched torchrun for ppo"))
+    cfg = load_config(str(REPO / "examples" / "ppo_lora.yaml"))
+    assert cli._launch_ranks(cfg, ["ppo_lora.yaml"]) == 2
+    assert "the ppo stage runs on one process for now" in capsys.readouterr().err

@@ -1,0 +1,137 @@
+"""`kubetune train` on two CPU ranks (real torchrun, gloo): the same training as one rank with twice the batch.
+
+Each test launches `FORCE_TORCHRUN=1 NPROC_PER_NODE=2 kubetune train cfg.yaml`, LLaMA-Factory's
+convention, in a subprocess, and compares it with the stage run in this process on one rank with
+the per-rank batch doubled: the same samples per step, so the same global loss, the same gradient
+(grad_norm) and the same weights, up to float32 reduction order. Plain SGD would be stricter about
+a loss scaled by the rank count; grad_norm is compared instead, which sees any scale or any
+rank training on its own gradient (the fused loss once bypassed DDP's forward and did exactly that).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+from stage_helpers import log_lines
+
+from kubetune.config import load_config
+from kubetune.stages import run_stage
+
+REPO = Path(__file__).resolve().parents[2]
+LAUNCH_TIMEOUT = 420  # seconds: two ranks import torch and transformers on two cores
+
+STAGES = {
+    "sft": {"dataset": "kubi_sft", "max_samples": 16, "max_steps": 4},
+    "dpo": {"dataset": "kubi_pref", "max_samples": 8, "max_steps": 2},
+    "rm": {"dataset": "kubi_pref", "max_samples": 16, "max_steps": 3},
+    "kto": {"dataset": "kubi_kto", "max_samples": 16, "max_steps": 3},
+}
+
+
+def stage_keys(model_dir: Path, out: Path, stage: str, **keys) -> dict:
+    return {
+        "model_name_or_path": str(model_dir), "stage": stage, "finetuning_type": "lora", "lora_rank": 4,
+        "dataset_dir": str(REPO / "data"), "template": "chatml", "cutoff_len": 64, "output_dir": str(out),
+        "per_device_train_batch_size": 2, "learning_rate": 3e-2, "logging_steps": 1, "save_strategy": "no",
+        "report_to": "none", "disable_tqdm": True, "gradient_checkpointing": False, "bf16": False,
+        "ddp_timeout": 120, **STAGES[stage], **keys,
+    }
+
+
+def launch(keys: dict, tmp_path: Path, *, nproc: int = 2, script: Path | None = None) -> subprocess.CompletedProcess:
+    """`kubetune train cfg.yaml` under FORCE_TORCHRUN=1 (or torchrun of `script`), in a subprocess."""
+    config = tmp_path / f"{Path(keys['output_dir']).name}.yaml"
+    config.write_text(yaml.safe_dump(keys))
+    env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(nproc)}
+    if script is None:
+        command = [sys.executable, "-m", "kubetune.cli", "train", str(config)]
+    else:
+        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", str(script),
+                   str(config)]
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
+
+
+def assert_same_training(one: Path, two: Path, files: tuple[str, ...] = ("adapter_model.safetensors",)) -> None:
+    a, b = log_lines(one), log_lines(two)
+    assert [line["current_steps"] for line in b] == [line["current_steps"] for line in a]  # each step logged once
+    for x, y in zip(a, b, strict=True):
+        assert y["loss"] == pytest.approx(x["loss"], rel=0.03), (x, y)
+        assert y["grad_norm"] == pytest.approx(x["grad_norm"], rel=0.03), (x, y)
+    for name in files:
+        wa, wb = load_file(one / name), load_file(two / name)
+        assert wa.keys() == wb.keys()
+        # what training moves: LoRA's B matrices (zero at the start), the value head's weight (its bias is not trained)
+        moved = [k for k in wa if "lora_B" in k or k == "summary.weight"]
+        assert moved
+        for key in moved:
+            assert float(wa[key].norm()) > 0, f"{key} never trained"
+            assert float((wa[key] - wb[key]).norm() / wa[key].norm()) < 0.05, key
+
+
+@pytest.mark.parametrize("stage", sorted(STAGES))
+def test_two_ranks_train_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path, tmp_path: Path,
+                                                              cache_dir: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4)))
+    done = launch(stage_keys(tiny_model_dir, two, stage), tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    assert "launching torchrun: 2 processes × 1 node" in done.stderr
+    assert f"{stage}: world size 2 (2 ranks × 1 node), strategy ddp" in done.stderr
+    assert done.stdout.count('"output_dir"') == 1, done.stdout  # the result is printed by rank 0 only
+    summary = json.loads((two / "run_summary.json").read_text())
+    assert summary["distributed"] == {"world_size": 2, "nodes": 1, "ranks_per_node": 2, "strategy": "ddp"}
+    files = ("adapter_model.safetensors", "value_head.safetensors") if stage == "rm" else ("adapter_model.safetensors",)
+    assert_same_training(one, two, files)
+    if stage == "sft":  # and like one rank accumulating two batches of the per-rank size
+        accumulated = tmp_path / "accumulated"
+        run_stage(load_config(None, stage_keys(tiny_model_dir, accumulated, stage, gradient_accumulation_steps=2)))
+        assert_same_training(accumulated, two)
+
+
+DIE_ON_RANK_1 = """
+import os, sys
+from transformers import TrainerCallback
+from kubetune.config import load_config
+from kubetune.stages import run_stage
+
+class DieOnRank1(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3 and os.environ["RANK"] == "1":
+            os._exit(17)  # a pre-empted pod: no clean-up, no goodbye to the other rank
+
+run_stage(load_config(sys.argv[1]), callbacks=[DieOnRank1()])
+"""
+
+
+def test_a_killed_rank_fails_the_job_and_the_restart_resumes_on_two_ranks(tiny_model_dir: Path, tmp_path: Path,
+                                                                         cache_dir: Path) -> None:
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    keys = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2}
+    # the uninterrupted reference runs on two ranks as well: one rank with twice the batch sums in another
+    # order, and Adam turns those last-bit differences of near-zero gradients into visible ones
+    done = launch(stage_keys(tiny_model_dir, straight, "sft", **keys), tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+    script = tmp_path / "die_on_rank_1.py"
+    script.write_text(DIE_ON_RANK_1)
+    killed = launch(stage_keys(tiny_model_dir, resumed, "sft", **keys), tmp_path, script=script)
+    assert killed.returncode != 0  # torchrun stops rank 0 (waiting in an all-reduce) instead of hanging
+    assert "exitcode  : 17" in killed.stderr, killed.stderr[-3000:]
+    assert (resumed / "checkpoint-2").is_dir() and not (resumed / "adapter_model.safetensors").exists()
+
+    again = launch(stage_keys(tiny_model_dir, resumed, "sft", **keys), tmp_path)  # the same command, restarted
+    assert again.returncode == 0, again.stderr[-4000:]
+    assert "resuming from" in again.stderr
+    a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
+    assert [line["current_steps"] for line in log_lines(resumed)] == [1, 2, 3, 4]
