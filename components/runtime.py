@@ -164,16 +164,21 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
             extra["adapter_name_or_path"] = base_adapter
         if reward_model:
             extra["reward_model"] = reward_model
-        run_cfg = cfg.stage_config(stage, **extra)
-        from kubetune.launch.progress import ProgressCallback
-        from kubetune.stages import run_stage
-        from kubetune.tracking.pipeline_tracking import stage_tracking
+        cfg.stage_config(stage, **extra)  # a bad key fails here, in the step's own process, before any launch
+        from kubetune.components.train_ranks import run_on_ranks, train_here
+        from kubetune.launch.torchrun import torchrun_plan
 
-        with stage_tracking(cfg, run_cfg, parent_run_id, stage) as tracking:
-            result = run_stage(run_cfg, callbacks=[*tracking.callbacks, ProgressCallback(stage)])
-            tracking.log_result(result.metrics, result.files)
+        plan = torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
+        if plan is not None and stage == "ppo":
+            logger.warning("ppo: runs on one process for now (its rollouts are not sharded over ranks yet); "
+                           "the step's other %d GPU(s) stay idle", plan.nproc_per_node - 1)
+            plan = None
+        if plan is None:
+            metrics = train_here(config, stage, extra, parent_run_id)
+        else:
+            metrics = run_on_ranks(plan, config, stage, extra, parent_run_id, work)
         _copy_outputs(work, Path(model_path))
-        record["metrics"] = {k: v for k, v in result.metrics.items() if isinstance(v, int | float)}
+        record["metrics"] = {k: v for k, v in metrics.items() if isinstance(v, int | float)}
         return record["metrics"]
 
 

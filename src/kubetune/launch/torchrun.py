@@ -40,12 +40,12 @@ class TorchrunPlan:
     def world_size(self) -> int:
         return self.nnodes * self.nproc_per_node
 
-    def command(self, kubetune_args: Sequence[str]) -> list[str]:
-        """The torchrun command line that runs `kubetune <kubetune_args>` on every rank of this node."""
+    def command(self, args: Sequence[str], module: str = "kubetune.cli") -> list[str]:
+        """The torchrun command line that runs `python -m <module> <args>` on every rank of this node."""
         return [sys.executable, "-m", "torch.distributed.run", f"--nnodes={self.nnodes}",
                 f"--node_rank={self.node_rank}", f"--nproc_per_node={self.nproc_per_node}",
                 f"--master_addr={self.master_addr}", f"--master_port={self.master_port}",
-                "-m", "kubetune.cli", *kubetune_args]
+                "-m", module, *args]
 
     def describe(self) -> str:
         return (f"{self.nproc_per_node} process{'es' if self.nproc_per_node != 1 else ''} × {self.nnodes} "

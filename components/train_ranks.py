@@ -1,0 +1,79 @@
+"""A training step on every GPU of its pod: the step's process re-runs the stage under torchrun.
+
+A step given `gpus: 4` sees four GPUs; as `kubetune train` does, it then launches one rank per
+GPU (`kubetune.launch.torchrun`). Each rank runs `train_here`, the same code a one-GPU step runs
+in its own process: the Trainer shards the batches, rank 0 alone logs to MLflow and writes the
+outputs, and the step's process reads the result back from the stage's run_summary.json.
+
+Run as `python -m kubetune.components.train_ranks <spec.json>` (by `run_on_ranks`, never by hand).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubetune.launch.torchrun import TorchrunPlan, child_environment
+
+
+def train_here(config: str, stage: str, extra: dict[str, Any], parent_run_id: str) -> dict[str, Any]:
+    """Run one stage in this process (one rank, or the whole step on one device); its metrics.
+
+    Args:
+        config: the pipeline config as YAML text.
+        stage: sft, rm, dpo, kto, ppo or pt.
+        extra: the stage's keys set by the step (output_dir, tokenized_path, adapters, overrides).
+        parent_run_id: the pipeline's MLflow run ("" = tracking off).
+    """
+    from kubetune.config.pipeline import load_pipeline_config
+    from kubetune.launch.progress import ProgressCallback
+    from kubetune.stages import run_stage
+    from kubetune.tracking.pipeline_tracking import stage_tracking
+
+    cfg = load_pipeline_config(text=config)
+    run_cfg = cfg.stage_config(stage, **extra)
+    with stage_tracking(cfg, run_cfg, parent_run_id, stage) as tracking:
+        result = run_stage(run_cfg, callbacks=[*tracking.callbacks, ProgressCallback(stage)])
+        tracking.log_result(result.metrics, result.files)
+    return result.metrics
+
+
+def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, Any], parent_run_id: str,
+                 work: Path) -> dict[str, Any]:
+    """Run `train_here` on every rank of `plan`; the metrics rank 0 wrote to `<work>/run_summary.json`.
+
+    Raises:
+        RuntimeError: a rank failed (torchrun stops the others); its log is in the step's log above.
+    """
+    from kubetune.train.result import SUMMARY_FILE
+
+    # beside the work directory, not in it: the work directory's files become the step's output artifact
+    spec = work.parent / f".{work.name}.rank_spec.json"
+    spec.write_text(json.dumps({"config": config, "stage": stage, "extra": extra, "parent_run_id": parent_run_id}))
+    summary = work / SUMMARY_FILE
+    summary.unlink(missing_ok=True)  # a retried step's old summary must not pass for this run's
+    print(f"kubetune {stage}: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
+    code = subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
+                           env=child_environment(plan))
+    if code != 0:
+        raise RuntimeError(f"the {stage} step's torchrun ({plan.describe()}) exited with code {code}; "
+                           "the failing rank's traceback is in the log above")
+    return json.loads(summary.read_text())["metrics"]
+
+
+def main(argv: list[str]) -> int:
+    import logging
+    import os
+
+    level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+    logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")
+    spec = json.loads(Path(argv[0]).read_text())
+    train_here(spec["config"], spec["stage"], spec["extra"], spec["parent_run_id"])
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
