@@ -10,7 +10,15 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from kubetune.config import rules_dpo, rules_kto, rules_optim, rules_peft, rules_ppo, rules_rm
+from kubetune.config import (
+    rules_distributed,
+    rules_dpo,
+    rules_kto,
+    rules_optim,
+    rules_peft,
+    rules_ppo,
+    rules_rm,
+)
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
 
@@ -22,7 +30,6 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "use_unsloth": "Unsloth kernels",
     "streaming": "dataset streaming",
     "tool_format": "tool-call formats",
-    "deepspeed": "DeepSpeed launch",
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
 }
@@ -135,9 +142,9 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, rules_peft.check, rules_optim.check, quantization_needs_lora,
-    history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping, precision,
-    warmup,
+    not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
+    quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping,
+    precision, warmup,
 ]
 
 

@@ -11,7 +11,7 @@ Every field's `description` is its documentation (`kubetune keys` prints them).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -238,7 +238,15 @@ class TrainArguments(_Group):
     seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
     data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")
     ddp_timeout: int = Field(1800, gt=0, description="Distributed timeout in seconds.")
-    deepspeed: str | None = Field(None, description="DeepSpeed config file.")
+    deepspeed: str | dict[str, Any] | None = Field(None, description=(
+        "DeepSpeed config: a JSON file (examples/deepspeed/ds_z{0,2,3}[_offload]_config.json) or the same as a "
+        "mapping. \"auto\" values are filled in from this config by transformers. Not with fsdp."))
+    fsdp: bool | str | list[str] | None = Field(None, description=(
+        "PyTorch FSDP, in transformers' words: true, or options such as `full_shard auto_wrap`, `shard_grad_op`, "
+        "`offload`. Needs CUDA GPUs and a multi-process launch (torchrun); not with deepspeed."))
+    fsdp_config: str | dict[str, Any] | None = Field(None, description=(
+        "FSDP settings (used only with fsdp): a JSON file or a mapping in transformers' names, e.g. "
+        "{version: 2, transformer_layer_cls_to_wrap: [LlamaDecoderLayer]}; version 2 (FSDP2) is the default."))
     logging_steps: int = Field(10, gt=0, description="Log every n steps.")
     save_strategy: Literal["no", "steps", "epoch"] = Field("steps", description="When to checkpoint.")
     save_steps: int = Field(500, gt=0, description="Checkpoint every n steps.")
@@ -259,6 +267,18 @@ class TrainArguments(_Group):
     def evaluates(self) -> bool:
         """Held-out rows are evaluated: `do_eval`, or evaluation during training (`eval_strategy`)."""
         return bool(self.do_eval or self.eval_strategy != "no")
+
+    @property
+    def fsdp_options(self) -> list[str]:
+        """The FSDP options asked for, as transformers splits them ("full_shard auto_wrap" → two); [] when off.
+
+        `fsdp: true` is transformers 5's own spelling of "on, settings in fsdp_config": ["full_shard"], its default.
+        """
+        if self.fsdp is True:
+            return ["full_shard"]
+        if not self.fsdp:
+            return []
+        return self.fsdp.split() if isinstance(self.fsdp, str) else list(self.fsdp)
 
     @property
     def needs_eval_split(self) -> bool:

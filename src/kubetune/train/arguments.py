@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import TrainingArguments
 from transformers.trainer_utils import get_last_checkpoint
 
-from kubetune.config import RunConfig
+from kubetune.config import ConfigError, Problem, RunConfig
 from kubetune.data.packing import packing_mode
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,33 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         include_num_input_tokens_seen="non_padding",
         use_cpu=not torch.cuda.is_available(),
         dataloader_pin_memory=torch.cuda.is_available(),
+        **sharding_arguments(cfg),
     )
+
+
+def sharding_arguments(cfg: RunConfig) -> dict[str, Any]:
+    """TrainingArguments' `deepspeed`, `fsdp` and `fsdp_config`, passed as the user wrote them.
+
+    transformers resolves a DeepSpeed config's "auto" values from the other TrainingArguments
+    (`HfTrainerDeepSpeedConfig.trainer_config_process`: micro-batch, accumulation, clipping,
+    fp16/bf16; optimiser and scheduler once the Trainer has the model), so we pass the file or
+    mapping on rather than fill them in ourselves. DeepSpeed's CPU accelerator (picked by itself
+    when there is no GPU) and the gloo backend run it under torchrun without any setting of ours.
+
+    Raises:
+        ConfigError: FSDP asked for without a CUDA GPU. Accelerate runs FSDP on GPUs only: on CPU
+            ranks it would silently train plain DDP (each rank a whole model), or refuse with "Using
+            fsdp only works in distributed training", so say it before any work.
+    """
+    t = cfg.train
+    if not t.fsdp_options:
+        return {"deepspeed": t.deepspeed}
+    if not torch.cuda.is_available():
+        raise ConfigError([Problem("fsdp", t.fsdp, cfg.origin("fsdp"),
+                                   "FSDP runs on CUDA GPUs only, and this machine has none",
+                                   "run it on GPUs, or use deepspeed (its ZeRO-3 shards on CPU ranks too)")],
+                          cfg.source)
+    return {"deepspeed": t.deepspeed, "fsdp": t.fsdp, "fsdp_config": t.fsdp_config}
 
 
 def groups_by_length(cfg: RunConfig) -> bool:

@@ -10,12 +10,12 @@ from collections.abc import Callable
 
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
-from kubetune.validate import datasets, machine, models
+from kubetune.validate import datasets, distributed, machine, models
 
 Rule = Callable[[RunConfig], list[Problem]]
 
-# Every stage, every command: what the machine must have.
-EVERY_STAGE: tuple[Rule, ...] = (machine.kernels_installed,)
+# Every stage, every command: what the machine must have, and the files that say how training is spread.
+EVERY_STAGE: tuple[Rule, ...] = (machine.kernels_installed, distributed.deepspeed_config, distributed.fsdp_config_file)
 
 STAGE_RULES: dict[str, tuple[Rule, ...]] = {
     "pt": (),
