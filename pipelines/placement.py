@@ -18,18 +18,34 @@ MLFLOW_ENV = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
 
 
 def auto_gpus(cfg: PipelineConfig, step: str, gpu_memory_gib: float) -> int:
-    """`gpus: auto`: the fewest GPUs that fit a training step by `kubetune estimate`; other steps get one."""
+    """`gpus: auto`: the fewest GPUs that fit a training step by `kubetune estimate`; other steps get one.
+
+    More than one only where the step shards the model (DeepSpeed ZeRO, FSDP): under DDP every GPU
+    holds the whole model, so a second GPU adds speed but never room.
+    """
     if step not in cfg.stages_to_validate():
         return 1  # evaluate/export run a model forward only: one GPU of a pool sized for training fits it
-    from kubetune.estimate import gpus_that_fit
+    from kubetune.estimate import gpus_that_fit, sharding_stage
 
-    gpus = gpus_that_fit(cfg.stage_config(step, **cfg.pipeline_inputs(step)), gpu_memory_gib)
-    if gpus is None:
-        raise ConfigError([Problem(f"resources.{step}.gpus", "auto", cfg.source or "pipeline config",
-                                   f"the {step} step does not fit on 8 GPUs of {gpu_memory_gib:g} GiB by the estimate",
-                                   "use QLoRA, a smaller cutoff_len or batch, larger GPUs (gpu_memory_gib), or set "
-                                   "gpus explicitly; `kubetune estimate` shows the breakdown")], cfg.source)
-    return gpus
+    run_cfg = cfg.stage_config(step, **cfg.pipeline_inputs(step))
+    sharding = sharding_stage(run_cfg)
+    gpus = gpus_that_fit(run_cfg, gpu_memory_gib, zero_stage=sharding)
+    if gpus is not None:
+        return gpus
+    where = f"resources.{step}.gpus"
+    if not sharding:
+        sharded = gpus_that_fit(run_cfg, gpu_memory_gib, zero_stage=3)
+        hint = (f"set deepspeed: examples/deepspeed/ds_z3_config.json under stages.{step} (ZeRO-3 fits it on "
+                f"{sharded} GPUs by the estimate)" if sharded else "use QLoRA or a smaller cutoff_len or batch")
+        raise ConfigError([Problem(where, "auto", cfg.source or "pipeline config",
+                                   f"the {step} step does not fit one GPU of {gpu_memory_gib:g} GiB by the estimate, "
+                                   "and without DeepSpeed ZeRO or FSDP every GPU holds the whole model",
+                                   f"{hint}, or set gpus explicitly; `kubetune estimate` shows the breakdown")],
+                          cfg.source)
+    raise ConfigError([Problem(where, "auto", cfg.source or "pipeline config",
+                               f"the {step} step does not fit on 8 GPUs of {gpu_memory_gib:g} GiB by the estimate",
+                               "use QLoRA, a smaller cutoff_len or batch, larger GPUs (gpu_memory_gib), or set "
+                               "gpus explicitly; `kubetune estimate` shows the breakdown")], cfg.source)
 
 
 def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: object, mlflow_secret: object,

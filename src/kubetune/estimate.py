@@ -220,17 +220,36 @@ def recommend(est_fn: Any, headroom: float = 0.9) -> list[dict[str, Any]]:
     return rows
 
 
-def gpus_that_fit(cfg: Any, gpu_memory_gib: float, headroom: float = 0.9) -> int | None:
-    """The fewest GPUs of `gpu_memory_gib` each that fit a stage (one, else 2/4/8 with ZeRO-3), or None.
+def sharding_stage(cfg: Any) -> int | None:
+    """How the config spreads a model over its GPUs, as a ZeRO stage: its DeepSpeed config's stage, 3 for
+    FSDP (fully sharded), or None without either (DDP: every GPU holds the whole model)."""
+    from kubetune.train.strategy import zero_stage
+
+    if cfg.train.fsdp_options:
+        return 2 if "shard_grad_op" in cfg.train.fsdp_options else 3
+    return zero_stage(cfg)
+
+
+def gpus_that_fit(cfg: Any, gpu_memory_gib: float, headroom: float = 0.9, zero_stage: int | None = None) -> int | None:
+    """The fewest GPUs of `gpu_memory_gib` each that fit a stage (one, else 2/4/8 sharded by ZeRO), or None.
 
     This is the estimate of the trained model (weights, gradients, optimizer, activations); a ppo
     stage's reward model is not counted, so leave headroom or set `gpus` by hand there.
+
+    Args:
+        cfg: the stage's RunConfig.
+        gpu_memory_gib: memory of one GPU.
+        headroom: use at most this share of it.
+        zero_stage: how the run shards over several GPUs (`sharding_stage`); None or 0 = not at all, so
+            only one GPU can fit: more DDP ranks each hold the same whole model.
     """
     _, at = estimate_config(cfg)
     budget = gpu_memory_gib * GIB * headroom
     if at(0, 1).total <= budget:
         return 1
-    return next((n for n in (2, 4, 8) if at(3, n).total <= budget), None)
+    if not zero_stage:
+        return None
+    return next((n for n in (2, 4, 8) if at(zero_stage, n).total <= budget), None)
 
 
 def estimate_config(cfg: Any, *, zero_stage: int = 0, num_gpus: int = 1, cuda_context: float = CUDA_CONTEXT,
@@ -297,7 +316,10 @@ def estimate_command(argv: list[str]) -> int:
     except ConfigError as err:
         print(f"kubetune estimate: {err}", flush=True)
         return 2
-    est, at = estimate_config(cfg, zero_stage=zero or 0, num_gpus=num or 1)
+    # the run's own sharding and rank count unless the flags ask about another
+    zero = sharding_stage(cfg) or 0 if zero is None else zero
+    num = num or _launched_ranks()
+    est, at = estimate_config(cfg, zero_stage=zero, num_gpus=num)
     rows = recommend(at)
     if as_json:
         print(json.dumps({**asdict(est), "total": est.total,
@@ -310,6 +332,17 @@ def estimate_command(argv: list[str]) -> int:
                                 f"checkpointing {'on' if cfg.train.gradient_checkpointing else 'off'}"))
     return 0
 
+
+
+def _launched_ranks() -> int:
+    """The ranks `kubetune train` would launch here (NNODES × NPROC_PER_NODE, as set), else 1."""
+    from kubetune.launch.torchrun import torchrun_plan
+
+    try:
+        plan = torchrun_plan(gpu_count=0)
+    except ValueError:
+        return 1
+    return plan.world_size if plan is not None else 1
 
 
 def _mixed_precision(t: TrainArguments) -> bool:

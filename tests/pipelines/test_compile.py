@@ -135,10 +135,15 @@ def test_gpus_auto_asks_for_what_the_estimate_says_fits(tmp_path: Path) -> None:
     assert _gpu_count(lora, "sft") == 1  # 7B LoRA on 16-bit weights ≈ 16 GB
     assert _gpu_count(lora, "evaluate") == 1
     assert _gpu_count(compiled("lora", 24), "sft") == 1  # default bf16 (auto on GPUs): a 16-bit LoRA base
-    assert _gpu_count(compiled("lora", 24, bf16=False), "sft") == 2  # float32 base weights alone are 25 GiB
-    assert _gpu_count(compiled("full", 80), "sft") in (2, 4)  # full AMP ≈ 120 GB: ZeRO-3 across cards
+    zero3 = str(REPO / "examples" / "deepspeed" / "ds_z3_config.json")
+    # float32 base weights alone are 25 GiB: more than one GPU helps only where the model is sharded
+    with pytest.raises(ConfigError, match=r"resources.sft.gpus = 'auto'.*does not fit one GPU of 24 GiB.*"
+                                          r"every GPU holds the whole model.*ds_z3_config.json.*on 2 GPUs"):
+        compiled("lora", 24, bf16=False)
+    assert _gpu_count(compiled("lora", 24, bf16=False, deepspeed=zero3), "sft") == 2
+    assert _gpu_count(compiled("full", 80, deepspeed=zero3), "sft") in (2, 4)  # full AMP ≈ 120 GB: ZeRO-3
     with pytest.raises(ConfigError, match=r"resources.sft.gpus = 'auto'.*does not fit on 8 GPUs of 1 GiB"):
-        compiled("full", 1)
+        compiled("full", 1, deepspeed=zero3)
 
 
 def test_finalize_runs_after_every_step_whatever_their_outcome(tmp_path: Path) -> None:

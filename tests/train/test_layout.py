@@ -68,3 +68,14 @@ def test_dpo_pairs_switch_policy_and_reference_together() -> None:
     mixed = {"policy": tiny_llama(), "reference": tiny_llama("eager")}
     plan = layout.plan_pairs(cfg(stage="dpo", dataset="kubi_pref", cutoff_len=48), mixed)
     assert (plan.rows, plan.attention) == ("packed-pairs", {"policy": "sdpa", "reference": "eager"})
+
+
+def test_dpo_pairs_stay_padded_where_zero3_shards_the_head() -> None:
+    """Planned before DeepSpeed wraps the models: the plan reads the config, as the models look whole yet."""
+    models = {"policy": tiny_llama(), "reference": tiny_llama()}
+    zero3 = {"zero_optimization": {"stage": 3}, "train_micro_batch_size_per_gpu": "auto"}
+    plan = layout.plan_pairs(cfg(stage="dpo", dataset="kubi_pref", cutoff_len=48, deepspeed=zero3), models)
+    assert (plan.rows, plan.pack_to) == ("padded", None)
+    assert "deepspeed zero-3 shards the parameters" in plan.reason
+    zero2 = {"zero_optimization": {"stage": 2}}
+    assert layout.plan_pairs(cfg(stage="dpo", dataset="kubi_pref", cutoff_len=48, deepspeed=zero2), models).pack_to

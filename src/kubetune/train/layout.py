@@ -32,6 +32,7 @@ from kubetune.config import RunConfig
 from kubetune.data.packing import packing_mode
 from kubetune.losses.causal_lm import causal_lm_parts
 from kubetune.model import packed_attention
+from kubetune.train.strategy import params_are_sharded, strategy_name
 
 logger = logging.getLogger(__name__)
 
@@ -123,6 +124,9 @@ def plan_pairs(cfg: RunConfig, models: dict[str, nn.Module]) -> Layout:
     kernels = {role: kernel(m) for role, m in models.items()}
     if cfg.data.packing is False:
         return Layout("padded", kernels, "packing: false")
+    if params_are_sharded(cfg):  # planned before DeepSpeed/FSDP wrap the models, so causal_lm_parts cannot see it
+        return Layout("padded", kernels, f"{strategy_name(cfg)} shards the parameters: the fused log-probs, which "
+                      "packed pairs need, read the output head outside the forward")
     if any(causal_lm_parts(m) is None for m in models.values()):
         return Layout("padded", kernels, "a model's logits are more than head(hidden) (soft-capping, logit scales, "
                       "a wrapped head): packed pairs need the fused log-probs path")

@@ -12,6 +12,7 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
+from kubetune.train.strategy import strategy_name
 from kubetune.train.world import World, current_world
 
 logger = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ def start(cfg: RunConfig) -> Steps:
     out = Path(cfg.train.output_dir or "outputs")
     out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
-    world = current_world()
+    world = current_world(strategy_name(cfg))
     if world.is_main:
         logger.info("%s: %s", cfg.method.stage, world.describe())
     return Steps(out=out, train=t.do_train is not False, eval=t.evaluates, predict=bool(t.do_predict),

@@ -16,14 +16,14 @@ class World:
     size: processes in the job (`WORLD_SIZE`, 1 without a launcher).
     rank: this process's global rank (`RANK`).
     local_size: processes on this node (`LOCAL_WORLD_SIZE`).
-    strategy: how the model and its optimizer state are spread over them: "single process", "ddp",
+    strategy: how the model and its optimizer state are spread over them: "single", "ddp",
         "deepspeed zero-2", "fsdp", ... (`kubetune.train.strategy.strategy_name`).
     """
 
     size: int = 1
     rank: int = 0
     local_size: int = 1
-    strategy: str = "single process"
+    strategy: str = "single"
 
     @property
     def nodes(self) -> int:
@@ -51,7 +51,7 @@ def current_world(strategy: str | None = None) -> World:
     size = int(os.environ.get("WORLD_SIZE", "1"))
     local = int(os.environ.get("LOCAL_WORLD_SIZE", str(size)))
     return World(size=size, rank=int(os.environ.get("RANK", "0")), local_size=local,
-                 strategy=strategy or ("ddp" if size > 1 else "single process"))
+                 strategy=strategy or ("ddp" if size > 1 else "single"))
 
 
 def is_main_process() -> bool:
