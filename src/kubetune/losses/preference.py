@@ -130,12 +130,18 @@ def pairwise_loss(loss_type: str, chosen_logps: Tensor, rejected_logps: Tensor,
 def kto_kl_estimate(policy_kl_logps: Tensor, ref_kl_logps: Tensor) -> Tensor:
     """KTO's reference point z: the batch mean of log π/π_ref on mismatched (prompt, response) pairs.
 
-    Clamped at 0 (a KL divergence is never negative) and detached: KTO treats it as a constant.
+    Clamped at 0 (a KL divergence is never negative) and detached: KTO treats it as a constant. Under
+    torch.distributed the batch is every rank's rows (one all-reduce), so two ranks of b rows compute
+    the z of one rank with 2b, as TRL gathers it too.
 
     Args:
         policy_kl_logps, ref_kl_logps: summed log-probs of the KL partner rows, shape [B].
     """
-    return (policy_kl_logps - ref_kl_logps).mean().clamp(min=0).detach()
+    gap = (policy_kl_logps - ref_kl_logps).detach().float()
+    total = torch.stack([gap.sum(), gap.new_tensor(float(gap.numel()))])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(total)
+    return (total[0] / total[1].clamp(min=1)).clamp(min=0).to(policy_kl_logps.dtype)
 
 
 def kto_loss(policy_logps: Tensor, ref_logps: Tensor, desirable: Tensor, kl: Tensor | float, *, beta: float,

@@ -142,19 +142,16 @@ class PairwiseObjective:
         if self.ftx > 0:
             loss = loss + self.ftx * sft_loss
 
-        def total(values: Tensor) -> tuple[float, int]:
-            return float(values.detach().sum()), n
-
         stats: Stats = {
-            "rewards/chosen": total(chosen_rewards),
-            "rewards/rejected": total(rejected_rewards),
-            "rewards/accuracies": total((chosen_rewards > rejected_rewards).float()),
-            "rewards/margins": total(chosen_rewards - rejected_rewards),
-            "logps/chosen": total(scores[:n]),
-            "logps/rejected": total(scores[n:]),
-            "logits/chosen": total(mean_logits[:n]),
-            "logits/rejected": total(mean_logits[n:]),
+            "rewards/chosen": chosen_rewards,
+            "rewards/rejected": rejected_rewards,
+            "rewards/accuracies": (chosen_rewards > rejected_rewards).float(),
+            "rewards/margins": chosen_rewards - rejected_rewards,
+            "logps/chosen": scores[:n],
+            "logps/rejected": scores[n:],
+            "logits/chosen": mean_logits[:n],
+            "logits/rejected": mean_logits[n:],
         }
         if self.ftx > 0 or self.loss_type == "orpo":
-            stats["sft_loss"] = (float(sft_loss.detach()) * n, n)
+            stats["sft_loss"] = -(logps[:n] / lengths[:n])
         return ObjectiveResult(loss, stats)

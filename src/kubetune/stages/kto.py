@@ -162,16 +162,16 @@ class KTOObjective:
         if self.ftx > 0:
             loss = loss + self.ftx * sft_loss
 
-        def by_class(values: Tensor, keep: Tensor) -> tuple[float, int]:
-            return float(values.detach()[keep].sum()), int(keep.sum())
+        def only(values: Tensor, keep: Tensor) -> Tensor:  # NaN: the row is of the other class
+            return torch.where(keep, values.detach().float(), float("nan"))
 
         stats: Stats = {
-            "rewards/chosen": by_class(rewards, desirable),
-            "rewards/rejected": by_class(rewards, ~desirable),
-            "logps/chosen": by_class(logps, desirable),
-            "logps/rejected": by_class(logps, ~desirable),
-            "kl": (float(kl), 1),
+            "rewards/chosen": only(rewards, desirable),
+            "rewards/rejected": only(rewards, ~desirable),
+            "logps/chosen": only(logps, desirable),
+            "logps/rejected": only(logps, ~desirable),
+            "kl": kl.expand(n),  # the batch's (all ranks') estimate, once per row: logged as the mean over batches
         }
         if self.ftx > 0:
-            stats["sft_loss"] = (float(sft_loss.detach()) * n_d, n_d)
+            stats["sft_loss"] = only(nll, desirable)
         return ObjectiveResult(loss, stats)

@@ -162,8 +162,7 @@ class RewardObjective:
     def __call__(self, model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> ObjectiveResult:
         chosen, rejected = pair_scores(model, batch)
         gap = (chosen - rejected).detach()
-        n = gap.numel()
-        stats: Stats = {"accuracy": (float((gap > 0).sum()), n), "margin": (float(gap.sum()), n)}
+        stats: Stats = {"accuracy": (gap > 0).float(), "margin": gap}
         return ObjectiveResult(bradley_terry_loss(chosen, rejected), stats,
                                scores=torch.stack([chosen, rejected], dim=1).detach())
 

@@ -25,7 +25,6 @@ head), so every preference-like stage logs, evaluates and checkpoints alike.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
@@ -37,8 +36,9 @@ from transformers import Trainer, TrainingArguments
 from kubetune.data.pipeline import TokenizedData
 from kubetune.tracking import JsonlLogCallback
 
-Stats = dict[str, tuple[float, int]]
-"""Metric name → (sum over the examples of a batch, number of examples); averaged when logged."""
+Stats = dict[str, Tensor]
+"""Metric name → one value per example of the batch ([n], NaN where an example does not count, e.g. the
+other class of a KTO batch); averaged over the counted examples of every rank when logged."""
 
 
 class ObjectiveResult(NamedTuple):
@@ -46,7 +46,7 @@ class ObjectiveResult(NamedTuple):
 
     Attributes:
         loss: the scalar to minimise (a mean over the batch).
-        stats: sums to log (`Stats`), e.g. `rewards/accuracies`.
+        stats: per-example values to log (`Stats`), e.g. `rewards/accuracies`.
         scores: per-example scores `predict` returns (the reward model's [B, 2] chosen/rejected
             rewards); None when the objective has none. Default None.
     """
@@ -91,18 +91,31 @@ class PreferenceTrainer(Trainer):
         self.objective = objective
         self.saver = saver
         self.model_accepts_loss_kwargs = False  # no token count to compute or pass: the model computes no loss
-        self._stats: dict[str, dict[str, list[float]]] = {"train": defaultdict(lambda: [0.0, 0.0]),
-                                                          "eval": defaultdict(lambda: [0.0, 0.0])}
+        # mode → metric → [sum, count] on the device: summed without a host sync per step, reduced when logged
+        self._stats: dict[str, dict[str, Tensor]] = {"train": {}, "eval": {}}
 
     def compute_loss(self, model: nn.Module, inputs: dict[str, Tensor], return_outputs: bool = False,
                      num_items_in_batch: Any = None) -> Tensor | tuple[Tensor, None]:
         with self.accelerator.autocast():  # the fused log-probs bypass the model's (autocast-wrapped) forward
             result = self.objective(model, inputs)
         bucket = self._stats["train" if model.training else "eval"]
-        for key, (total, count) in result.stats.items():
-            bucket[key][0] += total
-            bucket[key][1] += count
+        for key, values in result.stats.items():
+            values = values.detach().float()[: self._counted(len(values), training=model.training)]
+            counted = ~torch.isnan(values)
+            total = torch.stack([torch.where(counted, values, 0.0).sum(), counted.sum().float()])
+            bucket[key] = bucket[key] + total if key in bucket else total
         return (result.loss, result.scores) if return_outputs else result.loss
+
+    def _counted(self, n: int, *, training: bool) -> int:
+        """How many of this rank's `n` examples count: all, but in the last batch of a distributed evaluation.
+
+        There accelerate tops up every rank's share to a whole batch with repeats of the first examples;
+        the last global batch holds `remainder` real ones, in rank order (what `gather_for_metrics` keeps).
+        """
+        state = self.accelerator.gradient_state
+        if training or not state.end_of_dataloader or state.remainder <= 0:
+            return n
+        return max(0, min(n, state.remainder - self.accelerator.process_index * n))
 
     def prediction_step(self, model: nn.Module, inputs: dict[str, Any], prediction_loss_only: bool,
                         ignore_keys: list[str] | None = None) -> tuple[Tensor, Tensor | None, Tensor | None]:
@@ -130,7 +143,7 @@ class PreferenceTrainer(Trainer):
         if not bucket:
             return {}
         keys = sorted(bucket)
-        totals = torch.tensor([bucket[k] for k in keys], dtype=torch.float32, device=self.args.device)
+        totals = torch.stack([bucket[k].to(self.args.device) for k in keys])
         totals = self.accelerator.reduce(totals, reduction="sum")  # every rank logs at the same steps
         bucket.clear()
         return {k: round(total / count, 6) for k, (total, count) in zip(keys, totals.tolist(), strict=True)
