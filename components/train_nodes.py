@@ -73,7 +73,8 @@ def run_on_nodes(cfg: PipelineConfig, config: str, stage: str, extra: dict[str, 
                                 "parent_run_id": parent_run_id}))
     job = node_job(cfg, stage, str(spec), run_id=run_id, namespace=namespace or own_namespace())
     if api_client is None:
-        from kubernetes import client, config as kube_config
+        from kubernetes import client
+        from kubernetes import config as kube_config
 
         kube_config.load_incluster_config()
         api_client = client.ApiClient()
