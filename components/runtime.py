@@ -168,12 +168,21 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         from kubetune.components.train_ranks import run_on_ranks, train_here
         from kubetune.launch.torchrun import torchrun_plan
 
-        plan = torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
+        nodes = cfg.resources_for(stage).nodes
+        on_nodes = nodes > 1 and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))  # a pod: it launches a Trainer job
+        if nodes > 1 and not on_nodes:
+            logger.warning("%s: resources.%s.nodes: %d launches a Kubeflow Trainer job on a cluster; outside one "
+                           "(kubetune run) the stage trains here", stage, stage, nodes)
+        plan = None if on_nodes else torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
         if plan is not None and stage == "ppo":
             logger.warning("ppo: runs on one process for now (its rollouts are not sharded over ranks yet); "
                            "the step's other %d GPU(s) stay idle", plan.nproc_per_node - 1)
             plan = None
-        if plan is None:
+        if on_nodes:
+            from kubetune.components.train_nodes import run_on_nodes
+
+            metrics = run_on_nodes(cfg, config, stage, extra, parent_run_id, work, run_id)
+        elif plan is None:
             metrics = train_here(config, stage, extra, parent_run_id)
         else:
             metrics = run_on_ranks(plan, config, stage, extra, parent_run_id, work)

@@ -5,7 +5,10 @@ GPU (`kubetune.launch.torchrun`). Each rank runs `train_here`, the same code a o
 in its own process: the Trainer shards the batches, rank 0 alone logs to MLflow and writes the
 outputs, and the step's process reads the result back from the stage's run_summary.json.
 
-Run as `python -m kubetune.components.train_ranks <spec.json>` (by `run_on_ranks`, never by hand).
+Run as `python -m kubetune.components.train_ranks <spec.json>` (by `run_on_ranks`, never by hand). On each node
+of a multi-node job (`kubetune.components.train_nodes`) it runs as `... train_ranks --node <spec.json>`: the node
+starts its own ranks under torchrun, sized by what Kubeflow Trainer or the Training Operator set
+(`kubetune.launch.torchrun.node_plan`), and each rank runs as above.
 """
 
 from __future__ import annotations
@@ -64,9 +67,23 @@ def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, A
     return json.loads(summary.read_text())["metrics"]
 
 
+def run_node(spec: Path) -> int:
+    """One node of a multi-node job: torchrun over this node's GPUs, every rank running `main([spec])`."""
+    from kubetune.launch.torchrun import node_plan
+
+    plan = node_plan()
+    print(f"kubetune: node {plan.node_rank} of {plan.nnodes}: launching torchrun: {plan.describe()}",
+          file=sys.stderr, flush=True)
+    return subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
+                           env=child_environment(plan))
+
+
 def main(argv: list[str]) -> int:
     import logging
     import os
+
+    if argv and argv[0] == "--node":
+        return run_node(Path(argv[1]))
 
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")

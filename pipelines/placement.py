@@ -10,11 +10,15 @@ from kfp import kubernetes
 from kfp.dsl import PipelineTask
 
 from kubetune.config.errors import ConfigError, Problem
-from kubetune.config.pipeline import PipelineConfig
+from kubetune.config.pipeline import PipelineConfig, Resources
+from kubetune.launch import node_job
 
-S3_ENV = {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"}
-MLFLOW_ENV = {"MLFLOW_TRACKING_USERNAME": "MLFLOW_TRACKING_USERNAME",
-              "MLFLOW_TRACKING_PASSWORD": "MLFLOW_TRACKING_PASSWORD"}
+# secret key -> env name; the same keys a multi-node job's pods read (kubetune.launch.node_job)
+S3_ENV = {key: key for key in node_job.S3_ENV}
+MLFLOW_ENV = {key: key for key in node_job.MLFLOW_ENV}
+# a launcher step's pod (nodes > 1): it copies files and polls the API; the training runs in the job's pods
+LAUNCHER_CPU = "1"
+LAUNCHER_MEMORY = "2Gi"
 
 
 def auto_gpus(cfg: PipelineConfig, step: str, gpu_memory_gib: float) -> int:
@@ -64,20 +68,10 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
             minutes of backoff).
     """
     res = cfg.resources_for(step)
-    gpus = auto_gpus(cfg, step, res.gpu_memory_gib) if res.gpus == "auto" else res.gpus
-    if gpus:
-        task.set_accelerator_type(res.gpu_type or "nvidia.com/gpu")
-        task.set_accelerator_limit(gpus)
-    if res.cpu:
-        task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
-    if res.memory:
-        task.set_memory_request(res.memory).set_memory_limit(res.memory)
-    for key, value in sorted(res.node_selector.items()):
-        kubernetes.add_node_selector(task, label_key=key, label_value=value)
-    for toleration in res.tolerations:
-        kubernetes.add_toleration(task, key=toleration.get("key"), operator=toleration.get("operator"),
-                                  value=toleration.get("value"), effect=toleration.get("effect"),
-                                  toleration_seconds=toleration.get("toleration_seconds"))
+    if training and res.nodes > 1 and not local:
+        launcher(task, res)
+    else:
+        pod(task, cfg, step, res)
     # optional: a cluster that reaches S3 through an IAM role or an unauthenticated MLflow has no such secret
     kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_ENV, optional=True)
     kubernetes.use_secret_as_env(task, secret_name=mlflow_secret, secret_key_to_env=MLFLOW_ENV, optional=True)
@@ -95,6 +89,40 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
                            backoff_max_duration=r.backoff_max_duration)
         task.set_caching_options(enable_caching=cfg.caching.training)
     return task
+
+
+def pod(task: PipelineTask, cfg: PipelineConfig, step: str, res: Resources) -> None:
+    """The step's own pod: its GPUs, CPU, memory, GPU pool (node selector) and tolerations."""
+    gpus = auto_gpus(cfg, step, res.gpu_memory_gib) if res.gpus == "auto" else res.gpus
+    if gpus:
+        task.set_accelerator_type(res.gpu_type or "nvidia.com/gpu")
+        task.set_accelerator_limit(gpus)
+    if res.cpu:
+        task.set_cpu_request(res.cpu).set_cpu_limit(res.cpu)
+    if res.memory:
+        task.set_memory_request(res.memory).set_memory_limit(res.memory)
+    for key, value in sorted(res.node_selector.items()):
+        kubernetes.add_node_selector(task, label_key=key, label_value=value)
+    for toleration in res.tolerations:
+        kubernetes.add_toleration(task, key=toleration.get("key"), operator=toleration.get("operator"),
+                                  value=toleration.get("value"), effect=toleration.get("effect"),
+                                  toleration_seconds=toleration.get("toleration_seconds"))
+
+
+def launcher(task: PipelineTask, res: Resources) -> None:
+    """A step on several nodes: its pod only launches the Trainer job and waits, so it asks for CPU alone.
+
+    The GPUs, CPU, memory, node selector and tolerations are each node's: the step reads them from the config
+    (its `config` parameter) and puts them on the job (`kubetune.launch.node_job`), not on this pod. KFP's
+    TaskConfig passthrough could carry them instead, but it is declared per component (every stage's one
+    component would lose its own GPUs when nodes is 1), and a KFP backend older than the passthrough would apply
+    the GPUs to this pod too. The pod runs as the run's service account (KFP has no per-step one), which the
+    chart's `rbac.trainerJobs` Role lets create and follow the job.
+    """
+    task.set_cpu_request(LAUNCHER_CPU).set_cpu_limit(LAUNCHER_CPU)
+    task.set_memory_request(LAUNCHER_MEMORY).set_memory_limit(LAUNCHER_MEMORY)
+    kubernetes.add_pod_label(task, label_key="kubetune.io/launches", label_value=res.trainer)
+    kubernetes.add_pod_label(task, label_key="kubetune.io/nodes", label_value=str(res.nodes))
 
 
 def preprocess_cache_key(cfg: PipelineConfig, stage: str) -> str:

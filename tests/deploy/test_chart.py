@@ -260,15 +260,37 @@ def test_steps_may_read_their_two_secrets_and_nothing_more_by_default(render) ->
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "pipeline-runner", "namespace": NAMESPACE}]
 
 
-def test_trainer_jobs_flag_grants_trainjobs_only(render) -> None:
+def test_trainer_jobs_flag_grants_trainjobs_and_node_zeros_log_only(render) -> None:
     rules = find(render(*VALUES["prod"]), "Role", "-steps")["rules"]
     assert rules[0]["resourceNames"] == ["kubetune-s3", "mlflow-credentials"]
-    trainer = [r for r in rules if r["apiGroups"] == ["trainer.kubeflow.org"]]
-    assert trainer == [{"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
-                        "verbs": ["create", "get", "list", "watch", "delete"]}]
+    assert rules[1:] == [
+        {"apiGroups": ["trainer.kubeflow.org"], "resources": ["trainjobs"],
+         "verbs": ["create", "get", "list", "watch", "delete"]},
+        {"apiGroups": [""], "resources": ["pods"], "verbs": ["list"]},  # to find node 0's pod by its labels
+        {"apiGroups": [""], "resources": ["pods/log"], "verbs": ["get"]},
+    ]
     for rule in rules:
         assert "*" not in rule["apiGroups"] + rule["resources"] + rule["verbs"]
-    assert len(rules) == 2
+
+
+def test_pytorchjob_clusters_get_the_training_operators_kind(render) -> None:
+    rules = find(render("--set", "rbac.trainerJobs=true", "--set", "rbac.trainerJobKinds={pytorchjob}"),
+                 "Role", "-steps")["rules"]
+    kinds = [(r["apiGroups"], r["resources"]) for r in rules]
+    assert (["kubeflow.org"], ["pytorchjobs"]) in kinds and (["trainer.kubeflow.org"], ["trainjobs"]) not in kinds
+    assert next(r for r in rules if r["resources"] == ["pytorchjobs"])["verbs"] == [
+        "create", "get", "list", "watch", "delete"]
+
+
+def test_a_two_node_pool_in_values_reaches_the_pipeline_config(render) -> None:
+    """The chart README's 2 × 8 GPU example: values spelling in, kubetune's keys out, accepted by its validation."""
+    args = ("--set", "resources.sft.nodes=2", "--set", "resources.sft.gpus=8", "--set",
+            "resources.sft.queueName=a100-queue", "--set", "resources.sft.jobTimeoutSeconds=86400",
+            "--set", "resources.sft.keepJob=true", "--set", "modelCache.pvc=kubetune-cache")
+    cfg = load_pipeline_config(text=pipeline_config_text(render(*VALUES["prod"], *args)))
+    sft = cfg.resources_for("sft")
+    assert (sft.nodes, sft.gpus, sft.queue_name, sft.job_timeout_s, sft.keep_job) == (2, 8, "a100-queue", 86400, True)
+    assert (sft.trainer, sft.runtime) == ("trainjob", "torch-distributed")
 
 
 # --- the pipeline config and the registration Job ----------------------------------------------------------------
@@ -385,6 +407,9 @@ def test_disabled_schedule_and_external_mlflow(render) -> None:
     (("--set", "resources.sft.gpus=-1"), "/resources/sft/gpus"),
     (("--set", "resources.sft.tolerations[0].operator=Maybe"), "/resources/sft/tolerations/0/operator"),
     (("--set", "resources.sft.memory=lots"), "/resources/sft/memory"),
+    (("--set", "resources.sft.nodes=0"), "/resources/sft/nodes"),
+    (("--set", "resources.sft.trainer=mpijob"), "/resources/sft/trainer"),
+    (("--set", "rbac.trainerJobKinds={mpijob}"), "/rbac/trainerJobKinds/0"),
     (("--set", "mlflow.backendStore.type=mysql"), "/mlflow/backendStore/type"),
     (("--set", "mlflow.backendStore.type=postgresql"), "/mlflow/backendStore/existingSecret"),
     (("--set", "mlflow.replicas=2"), "/mlflow/replicas"),  # sqlite: one writer

@@ -78,3 +78,26 @@ def test_ppo_refuses_several_ranks_before_launching(monkeypatch: pytest.MonkeyPa
     cfg = load_config(str(REPO / "examples" / "ppo_lora.yaml"))
     assert cli._launch_ranks(cfg, ["ppo_lora.yaml"]) == 2
     assert "the ppo stage runs on one process for now" in capsys.readouterr().err
+
+
+def test_a_trainjob_node_reads_the_torch_runtimes_pet_variables() -> None:
+    from kubetune.launch.torchrun import node_plan
+
+    env = {"PET_NNODES": "2", "PET_NODE_RANK": "1", "PET_NPROC_PER_NODE": "8",
+           "PET_MASTER_ADDR": "kt-sft-abc-node-0-0.kt-sft-abc", "PET_MASTER_PORT": "29400"}
+    plan = node_plan(env, gpu_count=8)
+    assert (plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.world_size) == (2, 1, 8, 16)
+    assert (plan.master_addr, plan.master_port) == ("kt-sft-abc-node-0-0.kt-sft-abc", 29400)
+    assert node_plan({**env, "PET_NPROC_PER_NODE": "auto"}, gpu_count=4).nproc_per_node == 4  # torchrun's word
+
+
+def test_a_pytorchjob_pod_counts_pods_in_world_size_and_rank() -> None:
+    """The Training Operator's WORLD_SIZE/RANK count pods: on a node they are the node count and rank, not a
+    rank of its own — so the node launches its ranks instead of running as one."""
+    from kubetune.launch.torchrun import node_plan, torchrun_plan
+
+    env = {"WORLD_SIZE": "3", "RANK": "2", "MASTER_ADDR": "kt-sft-abc-master-0", "MASTER_PORT": "23456",
+           "NPROC_PER_NODE": "8"}
+    assert torchrun_plan(env, gpu_count=8) is None  # what a rank sees: so the node must ask node_plan
+    plan = node_plan(env, gpu_count=8)
+    assert (plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.master_port) == (3, 2, 8, 23456)

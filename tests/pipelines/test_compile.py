@@ -178,3 +178,28 @@ def test_model_cache_pvc_is_a_cluster_setting_only(tmp_path: Path) -> None:
     assert set(_steps(local)) == set(_steps(cluster))  # one DAG: the same steps and edges
     assert {k: v.get("dependentTasks") for k, v in _steps(local).items()} == \
         {k: v.get("dependentTasks") for k, v in _steps(cluster).items()}
+
+
+def test_a_step_on_several_nodes_is_a_cpu_launcher_that_forwards_its_resources(tmp_path: Path) -> None:
+    """`nodes: 2`: the sft step's own pod asks for no GPU and no GPU pool; what each node gets travels in the
+    config parameter the step reads (and puts on the TrainJob), and the pod's labels say what it launches."""
+    resources = {"sft": {"nodes": 2, "gpus": 8, "cpu": "32", "memory": "256Gi", "queue_name": "gpu-a100",
+                         "node_selector": {"kubetune.io/pool": "a100"},
+                         "tolerations": [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]}}
+    spec, platform = _docs(compile_pipeline(_config("sft", resources=resources), tmp_path / "sft.yaml"))
+    sft_exec = next(v for k, v in spec["deploymentSpec"]["executors"].items() if k.endswith("-sft"))
+    pod = sft_exec["container"]["resources"]
+    assert "accelerator" not in pod
+    assert (pod["resourceCpuRequest"], pod["resourceMemoryLimit"]) == ("1", "2Gi")
+    assert sft_exec["container"]["image"].startswith("ghcr.io/kubetune/kubetune-trainer:")  # the launcher's code
+    sft_k8s = next(v for k, v in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
+                   if k.endswith("-sft"))
+    assert "nodeSelector" not in sft_k8s and "tolerations" not in sft_k8s
+    assert sft_k8s["podMetadata"]["labels"] == {"kubetune.io/launches": "trainjob", "kubetune.io/nodes": "2"}
+    assert sft_k8s["pvcMount"][0]["mountPath"] == "/cache/kubetune"  # the work directory, shared with the nodes
+    forwarded = yaml.safe_load(spec["root"]["inputDefinitions"]["parameters"]["config"]["defaultValue"])
+    node = forwarded["resources"]["sft"]
+    assert (node["nodes"], node["gpus"], node["cpu"], node["memory"]) == (2, 8, "32", "256Gi")
+    assert (node["trainer"], node["runtime"], node["queue_name"]) == ("trainjob", "torch-distributed", "gpu-a100")
+    assert node["node_selector"] == {"kubetune.io/pool": "a100"} and len(node["tolerations"]) == 1
+    assert _steps(spec)["sft"]["retryPolicy"]["maxRetryCount"] == 3  # a retried launcher finds its job again

@@ -182,6 +182,12 @@ config refuses unknown keys only when the Job runs, hence the schema's closed st
 {{- $tolerations = append $tolerations $copy -}}
 {{- end -}}
 {{- if $tolerations }}{{ $_ := set $stage "tolerations" $tolerations }}{{ end -}}
+{{- if hasKey $r "nodes" }}{{ $_ := set $stage "nodes" $r.nodes }}{{ end -}}
+{{- if $r.trainer }}{{ $_ := set $stage "trainer" $r.trainer }}{{ end -}}
+{{- if $r.runtime }}{{ $_ := set $stage "runtime" $r.runtime }}{{ end -}}
+{{- if $r.queueName }}{{ $_ := set $stage "queue_name" $r.queueName }}{{ end -}}
+{{- if hasKey $r "keepJob" }}{{ $_ := set $stage "keep_job" $r.keepJob }}{{ end -}}
+{{- if $r.jobTimeoutSeconds }}{{ $_ := set $stage "job_timeout_s" $r.jobTimeoutSeconds }}{{ end -}}
 {{- $_ := set $out $step $stage -}}
 {{- end -}}
 {{- toYaml $out -}}

@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import kubetune
 from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.loader import read_config_file, validate_raw
+from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
 
 Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
@@ -49,6 +50,15 @@ class Resources(_Section):
     memory: str | None = Field(None, description="Memory request/limit, e.g. '32Gi'.")
     node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod must match.")
     tolerations: list[dict[str, Any]] = Field(default_factory=list, description="Taints the pod tolerates.")
+    # many nodes: the step becomes a launcher that runs the stage as a Kubeflow Trainer job (kubetune.launch.node_job)
+    nodes: int = Field(1, ge=1, description="Nodes a training stage runs on, `gpus` each (>1: a Kubeflow Trainer job).")
+    trainer: Literal["trainjob", "pytorchjob"] = Field(
+        "trainjob", description="nodes > 1: a Trainer v2 TrainJob, or a Training Operator v1 PyTorchJob.")
+    runtime: str = Field("torch-distributed", min_length=1,
+                         description="nodes > 1, trainjob: the ClusterTrainingRuntime the TrainJob references.")
+    queue_name: str | None = Field(None, description="nodes > 1: the Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
+    keep_job: bool = Field(False, description="nodes > 1: keep the finished job (and its pods' logs) for inspection.")
+    job_timeout_s: int = Field(7 * 24 * 3600, gt=0, description="nodes > 1: how long the step waits for the job.")
 
 
 class Promotion(_Section):
@@ -306,6 +316,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     # every step is built from the shared keys too: list their other problems in the same report, and an
     # unknown shared key once (above, with the pipeline's own section names among the guesses)
+    problems += node_problems(cfg.resources, TRAINING_STEPS, cfg.model_cache.pvc, source or "pipeline config")
     unknown = {p.key for p in problems}
     problems += [p for p in step_problems(cfg.step_configs())
                  if not (p.message == "unknown key" and p.key.rpartition(": ")[2] in unknown)]

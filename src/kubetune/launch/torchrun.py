@@ -79,9 +79,32 @@ def torchrun_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = 
         raise LaunchError(f"NODE_RANK={node_rank} but NNODES={nnodes}: node ranks run from 0 to {nnodes - 1}")
     default_port = _free_port() if nnodes == 1 else 29500  # across nodes every node must name the same port
     return TorchrunPlan(nnodes=nnodes, node_rank=node_rank,
-                        nproc_per_node=_number(env, "NPROC_PER_NODE", max(gpu_count, 1)),
+                        nproc_per_node=_nproc(env, gpu_count),
                         master_addr=_value(env, "MASTER_ADDR") or "127.0.0.1",
                         master_port=_number(env, "MASTER_PORT", default_port))
+
+
+def node_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = None) -> TorchrunPlan:
+    """This pod's part of a job Kubeflow started on several nodes: torchrun over this node's GPUs.
+
+    Kubeflow Trainer's torch runtime gives each node `PET_NNODES`, `PET_NODE_RANK`, `PET_NPROC_PER_NODE`,
+    `PET_MASTER_ADDR` and `PET_MASTER_PORT`. A Training Operator v1 PyTorchJob gives `MASTER_ADDR`,
+    `MASTER_PORT`, and `WORLD_SIZE` / `RANK` counting pods, not processes: read here as the node count and
+    this node's rank. Either way this process is a node, not a rank: torchrun starts the ranks.
+
+    Args:
+        env: the environment (default `os.environ`).
+        gpu_count: visible CUDA devices (default: asked from torch).
+    """
+    node_env = dict(os.environ if env is None else env)
+    if _value(node_env, "NNODES") is None and "WORLD_SIZE" in node_env and "RANK" in node_env:
+        node_env["NNODES"], node_env["NODE_RANK"] = node_env["WORLD_SIZE"], node_env["RANK"]
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        node_env.pop(name, None)
+    node_env["FORCE_TORCHRUN"] = "1"
+    plan = torchrun_plan(node_env, gpu_count)
+    assert plan is not None  # FORCE_TORCHRUN
+    return plan
 
 
 def child_environment(plan: TorchrunPlan, env: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -114,6 +137,16 @@ def _number(env: Mapping[str, str], name: str, default: int, minimum: int = 1) -
     if value < minimum:
         raise LaunchError(f"{name}={raw!r}: expected an integer ≥ {minimum}")
     return value
+
+
+def _nproc(env: Mapping[str, str], gpu_count: int) -> int:
+    # torchrun's own words, which Kubeflow Trainer passes through as PET_NPROC_PER_NODE: auto/gpu, cpu
+    raw = (_value(env, "NPROC_PER_NODE") or "").lower()
+    if raw in ("auto", "gpu"):
+        return max(gpu_count, 1) if raw == "gpu" or gpu_count else os.cpu_count() or 1
+    if raw == "cpu":
+        return os.cpu_count() or 1
+    return _number(env, "NPROC_PER_NODE", max(gpu_count, 1))
 
 
 def _free_port() -> int:
