@@ -79,14 +79,9 @@ def assert_same_training(one: Path, two: Path, files: tuple[str, ...] = ("adapte
             assert float((wa[key] - wb[key]).norm() / wa[key].norm()) < 0.05, key
 
 
-@pytest.mark.parametrize("stage", sorted(STAGES))
-def test_two_ranks_train_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path, tmp_path: Path,
-                                                              cache_dir: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4)))
-    done = launch(stage_keys(tiny_model_dir, two, stage), tmp_path)
+def check_two_rank_run(stage: str, one: Path, two: Path, done: subprocess.CompletedProcess) -> dict:
+    """What every 2-rank run must show, against the 1-rank run `one`; run_summary.json of `two`."""
     assert done.returncode == 0, done.stderr[-4000:]
-
     assert "launching torchrun: 2 processes × 1 node" in done.stderr
     assert f"{stage}: world size 2 (2 ranks × 1 node), strategy ddp" in done.stderr
     assert done.stdout.count('"output_dir"') == 1, done.stdout  # the result is printed by rank 0 only
@@ -94,17 +89,21 @@ def test_two_ranks_train_like_one_rank_with_twice_the_batch(stage: str, tiny_mod
     assert summary["distributed"] == {"world_size": 2, "nodes": 1, "ranks_per_node": 2, "strategy": "ddp"}
     files = ("adapter_model.safetensors", "value_head.safetensors") if stage == "rm" else ("adapter_model.safetensors",)
     assert_same_training(one, two, files)
-    if stage != "sft":  # the held-out metrics of all ranks' rows, each row once
-        expected = json.loads((one / "run_summary.json").read_text())["metrics"]
-        measured = summary["metrics"]
-        evaluated = sorted(k for k in expected if k.startswith("eval_") and not k.endswith(("_runtime", "per_second")))
-        assert len(evaluated) >= 3 and sorted(k for k in measured if k in evaluated) == evaluated
-        for key in evaluated:
-            assert measured[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key
-    if stage == "sft":  # and like one rank accumulating two batches of the per-rank size
-        accumulated = tmp_path / "accumulated"
-        run_stage(load_config(None, stage_keys(tiny_model_dir, accumulated, stage, gradient_accumulation_steps=2)))
-        assert_same_training(accumulated, two)
+    return summary
+
+
+@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
+def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
+                                                                         tmp_path: Path, cache_dir: Path) -> None:
+    one, two = tmp_path / "one", tmp_path / "two"
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4)))
+    summary = check_two_rank_run(stage, one, two, launch(stage_keys(tiny_model_dir, two, stage), tmp_path))
+    # the held-out metrics are of all ranks' rows, each row once
+    expected, measured = json.loads((one / "run_summary.json").read_text())["metrics"], summary["metrics"]
+    evaluated = sorted(k for k in expected if k.startswith("eval_") and not k.endswith(("_runtime", "per_second")))
+    assert len(evaluated) >= 3 and sorted(k for k in measured if k in evaluated) == evaluated
+    for key in evaluated:
+        assert measured[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key
 
 
 DIE_ON_RANK_1 = """
@@ -122,26 +121,31 @@ run_stage(load_config(sys.argv[1]), callbacks=[DieOnRank1()])
 """
 
 
-def test_a_killed_rank_fails_the_job_and_the_restart_resumes_on_two_ranks(tiny_model_dir: Path, tmp_path: Path,
-                                                                         cache_dir: Path) -> None:
-    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    keys = {"max_steps": 4, "save_strategy": "steps", "save_steps": 2}
-    # the uninterrupted reference runs on two ranks as well: one rank with twice the batch sums in another
-    # order, and Adam turns those last-bit differences of near-zero gradients into visible ones
-    done = launch(stage_keys(tiny_model_dir, straight, "sft", **keys), tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
+def test_sft_on_two_ranks_equals_twice_the_batch_and_accumulation_and_resumes_after_a_killed_rank(
+        tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """One 2-rank run serves three comparisons (each launch costs two ranks' imports on two cores)."""
+    keys = {"save_strategy": "steps", "save_steps": 2}  # checkpoints change no number of the run
+    one, accumulated, two, resumed = (tmp_path / name for name in ("one", "accumulated", "two", "resumed"))
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, "sft", per_device_train_batch_size=4)))
+    check_two_rank_run("sft", one, two, launch(stage_keys(tiny_model_dir, two, "sft", **keys), tmp_path))
+    # like one rank accumulating two batches of the per-rank size
+    run_stage(load_config(None, stage_keys(tiny_model_dir, accumulated, "sft", gradient_accumulation_steps=2)))
+    assert_same_training(accumulated, two)
 
+    # rank 1 dies after step 3: torchrun stops rank 0 (waiting in an all-reduce) instead of hanging
     script = tmp_path / "die_on_rank_1.py"
     script.write_text(DIE_ON_RANK_1)
     killed = launch(stage_keys(tiny_model_dir, resumed, "sft", **keys), tmp_path, script=script)
-    assert killed.returncode != 0  # torchrun stops rank 0 (waiting in an all-reduce) instead of hanging
+    assert killed.returncode != 0
     assert "exitcode  : 17" in killed.stderr, killed.stderr[-3000:]
     assert (resumed / "checkpoint-2").is_dir() and not (resumed / "adapter_model.safetensors").exists()
-
-    again = launch(stage_keys(tiny_model_dir, resumed, "sft", **keys), tmp_path)  # the same command, restarted
+    # the same command, restarted, resumes on two ranks to the uninterrupted 2-rank run's weights (not to the
+    # 1-rank run's: it sums in another order, and Adam turns last-bit differences of near-zero gradients into
+    # visible ones)
+    again = launch(stage_keys(tiny_model_dir, resumed, "sft", **keys), tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resuming from" in again.stderr
-    a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    a, b = load_file(two / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     assert [line["current_steps"] for line in log_lines(resumed)] == [1, 2, 3, 4]
