@@ -63,7 +63,7 @@ def launch(keys: dict, tmp_path: Path, *, nproc: int = 2, script: Path | None = 
 
 
 def assert_same_training(one: Path, two: Path, files: tuple[str, ...] = ("adapter_model.safetensors",)) -> None:
-    a, b = log_lines(one), log_lines(two)
+    a, b = ([line for line in log_lines(out) if "loss" in line] for out in (one, two))  # the training steps
     assert [line["current_steps"] for line in b] == [line["current_steps"] for line in a]  # each step logged once
     for x, y in zip(a, b, strict=True):
         assert y["loss"] == pytest.approx(x["loss"], rel=0.03), (x, y)
@@ -96,12 +96,16 @@ def check_two_rank_run(stage: str, one: Path, two: Path, done: subprocess.Comple
 def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
                                                                          tmp_path: Path, cache_dir: Path) -> None:
     one, two = tmp_path / "one", tmp_path / "two"
-    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4)))
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4,
+                                           per_device_eval_batch_size=4)))
     summary = check_two_rank_run(stage, one, two, launch(stage_keys(tiny_model_dir, two, stage), tmp_path))
-    # the held-out metrics are of all ranks' rows, each row once
+    # our held-out metrics are of all ranks' rows, each row once. Not compared: the Trainer's own eval_loss (a
+    # rank's last-batch mean includes the rows accelerate repeated: the Trainer drops the repeated values, not
+    # their share of the mean) and kto's kl (an estimate per batch, over the repeats too)
     expected, measured = json.loads((one / "run_summary.json").read_text())["metrics"], summary["metrics"]
-    evaluated = sorted(k for k in expected if k.startswith("eval_") and not k.endswith(("_runtime", "per_second")))
-    assert len(evaluated) >= 3 and sorted(k for k in measured if k in evaluated) == evaluated
+    evaluated = sorted(k for k in expected if k.startswith("eval_") and k not in ("eval_loss", "eval_kl")
+                       and not k.endswith(("_runtime", "per_second")))
+    assert len(evaluated) >= 2 and sorted(k for k in measured if k in evaluated) == evaluated
     for key in evaluated:
         assert measured[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key
 
