@@ -169,10 +169,12 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         from kubetune.launch.torchrun import torchrun_plan
 
         nodes = cfg.resources_for(stage).nodes
-        on_nodes = nodes > 1 and bool(os.environ.get("KUBERNETES_SERVICE_HOST"))  # a pod: it launches a Trainer job
+        from kubetune.launch.node_job import NODES_LAUNCHER_ENV
+
+        on_nodes = nodes > 1 and os.environ.get(NODES_LAUNCHER_ENV) == "1"  # the compiled step launches the job
         if nodes > 1 and not on_nodes:
-            logger.warning("%s: resources.%s.nodes: %d launches a Kubeflow Trainer job on a cluster; outside one "
-                           "(kubetune run) the stage trains here", stage, stage, nodes)
+            logger.warning("%s: resources.%s.nodes: %d launches a Kubeflow Trainer job from a compiled pipeline; "
+                           "run here (kubetune run), the stage trains in this step", stage, stage, nodes)
         plan = None if on_nodes else torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
         if plan is not None and stage == "ppo":
             logger.warning("ppo: runs on one process for now (its rollouts are not sharded over ranks yet); "

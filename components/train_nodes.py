@@ -84,6 +84,7 @@ def run_on_nodes(cfg: PipelineConfig, config: str, stage: str, extra: dict[str, 
     if found is None or outcome(found, runner.kind)[0] == "failed":
         summary.unlink(missing_ok=True)  # a new job: an earlier run's summary must not pass for its own
     runner.run()
+    spec.unlink(missing_ok=True)  # done: it holds the whole config (a failed job keeps it for the step's retry)
     if not summary.is_file():
         raise RuntimeError(f"the {stage} job {job.name} completed but rank 0 wrote no {summary}: is "
                            f"{cfg.model_cache.pvc} mounted at {job.mount_path} on every node (ReadWriteMany)?")

@@ -59,8 +59,11 @@ def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, A
     summary = work / SUMMARY_FILE
     summary.unlink(missing_ok=True)  # a retried step's old summary must not pass for this run's
     print(f"kubetune {stage}: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
-    code = subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
-                           env=child_environment(plan))
+    try:
+        code = subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
+                               env=child_environment(plan))
+    finally:
+        spec.unlink(missing_ok=True)  # it holds the whole config, tokens included: not left on the volume
     if code != 0:
         raise RuntimeError(f"the {stage} step's torchrun ({plan.describe()}) exited with code {code}; "
                            "the failing rank's traceback is in the log above")

@@ -121,6 +121,7 @@ def launcher(task: PipelineTask, res: Resources) -> None:
     """
     task.set_cpu_request(LAUNCHER_CPU).set_cpu_limit(LAUNCHER_CPU)
     task.set_memory_request(LAUNCHER_MEMORY).set_memory_limit(LAUNCHER_MEMORY)
+    task.set_env_variable(node_job.NODES_LAUNCHER_ENV, "1")  # only the compiled step launches a job
     kubernetes.add_pod_label(task, label_key="kubetune.io/launches", label_value=res.trainer)
     kubernetes.add_pod_label(task, label_key="kubetune.io/nodes", label_value=str(res.nodes))
 

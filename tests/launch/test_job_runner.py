@@ -120,8 +120,10 @@ def test_the_launcher_shares_its_inputs_and_returns_rank_zeros_metrics(tmp_path:
     dataset.mkdir(parents=True)
     (dataset / "train.arrow").write_text("rows")
 
+    seen: dict = {}
+
     def nodes_run(obj: dict) -> list[str]:
-        spec = json.loads(Path(obj["spec"]["trainer"]["command"][-1]).read_text())
+        spec = seen["spec"] = json.loads(Path(obj["spec"]["trainer"]["command"][-1]).read_text())
         assert Path(spec["extra"]["tokenized_path"], "train.arrow").read_text() == "rows"  # on the volume
         (work / "run_summary.json").write_text(json.dumps({"metrics": {"train_loss": 1.25}}))
         (work / "adapter_model.safetensors").write_text("weights")
@@ -133,6 +135,7 @@ def test_the_launcher_shares_its_inputs_and_returns_rank_zeros_metrics(tmp_path:
         assert kube.invalid == []
         assert list(kube.jobs) == [job_name("run-1", "sft")]
     assert metrics == {"train_loss": 1.25}
-    spec = json.loads((work.parent / ".sft.rank_spec.json").read_text())
+    assert not (work.parent / ".sft.rank_spec.json").exists()  # the whole config: not left on the volume
+    spec = seen["spec"]
     assert spec["extra"]["output_dir"] == str(work)
     assert Path(spec["extra"]["tokenized_path"]).is_relative_to(work.parent)

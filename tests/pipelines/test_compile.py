@@ -192,6 +192,8 @@ def test_a_step_on_several_nodes_is_a_cpu_launcher_that_forwards_its_resources(t
     assert "accelerator" not in pod
     assert (pod["resourceCpuRequest"], pod["resourceMemoryLimit"]) == ("1", "2Gi")
     assert sft_exec["container"]["image"].startswith("ghcr.io/kubetune/kubetune-trainer:")  # the launcher's code
+    env = {e["name"]: e.get("value") for e in sft_exec["container"].get("env", [])}
+    assert env.get("KUBETUNE_LAUNCHES_NODE_JOB") == "1"  # only this compiled step launches a job (not kfp.local)
     sft_k8s = next(v for k, v in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].items()
                    if k.endswith("-sft"))
     assert "nodeSelector" not in sft_k8s and "tolerations" not in sft_k8s

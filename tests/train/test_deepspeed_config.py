@@ -222,3 +222,29 @@ def test_keys_lists_the_new_keys_with_descriptions(capsys: pytest.CaptureFixture
     assert "DeepSpeed config: a JSON file" in lines["deepspeed"]
     assert "PyTorch FSDP" in lines["fsdp"]
     assert "FSDP settings" in lines["fsdp_config"]
+
+
+@pytest.mark.parametrize(("keys", "message"), [
+    ({"stage": "rm", "dataset": "kubi_pref"}, "value head is saved from the unsharded model"),
+    ({"stage": "dpo", "dataset": "kubi_pref", "finetuning_type": "full"}, "a frozen copy for full"),
+    ({"stage": "kto", "dataset": "kubi_kto", "ref_model": "m"}, "the separate reference model (ref_model)"),
+    ({"stage": "sft", "dataset": "kubi_sft", "do_predict": True, "eval_dataset": "kubi_sft_eval"},
+     "generation runs on rank 0 alone"),
+])
+def test_what_sharded_parameters_cannot_run_yet_is_refused_up_front(keys: dict, message: str) -> None:
+    from kubetune.validate.distributed import sharded_parameters_limits
+
+    zero3 = {"zero_optimization": {"stage": 3}}
+    base = {"model_name_or_path": "m", "dataset_dir": str(REPO / "data"), "output_dir": "o", "deepspeed": zero3}
+    problems = sharded_parameters_limits(load_config(None, {**base, **keys}))
+    assert [p.message for p in problems if message in p.message], problems
+    # ZeRO-2 keeps every parameter whole: all of it runs
+    zero2 = {"zero_optimization": {"stage": 2}}
+    assert sharded_parameters_limits(load_config(None, {**base, **keys, "deepspeed": zero2})) == []
+
+
+def test_ppo_refuses_deepspeed_it_would_ignore() -> None:
+    from kubetune.validate.distributed import sharded_parameters_limits
+
+    cfg = load_config(str(REPO / "examples" / "ppo_lora.yaml"), ['deepspeed={"zero_optimization": {"stage": 2}}'])
+    assert "runs its own loop on one process" in sharded_parameters_limits(cfg)[0].message

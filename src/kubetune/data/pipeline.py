@@ -88,15 +88,55 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
                     tokenizer=tokenizer_fingerprint(tokenizer), template=repr(template))
     cached = cache_root() / "tokenized" / keys.key
     out = Path(data.tokenized_path) if data.tokenized_path else cached
+    if data.overwrite_cache and not _rebuilds(data):
+        # another rank of this job rebuilds it: load what that one writes, not the entry it replaces
+        _wait_for_this_run(out)
+        return _load_existing(data, out, keys, start)
+    if not data.overwrite_cache and (out / "meta.json").is_file():
+        return _load_existing(data, out, keys, start)  # a finished entry is only read: no lock, read-only is fine
     with _only_one_builder(out):
-        return _build_or_load(data, tokenizer, template, keys, out, stage=stage, seed=seed, train=train,
-                              evaluate=evaluate, train_attrs=train_attrs, eval_attrs=eval_attrs, start=start)
+        if not data.overwrite_cache and (out / "meta.json").is_file():  # built while this process waited
+            return _load_existing(data, out, keys, start)
+        return _build(data, tokenizer, template, keys, out, stage=stage, seed=seed, train=train, evaluate=evaluate,
+                      train_attrs=train_attrs, eval_attrs=eval_attrs, start=start)
+
+
+def _rebuilds(data: DataArguments) -> bool:
+    """Under `overwrite_cache`, whether this process rebuilds: the job's rank 0 for a `tokenized_path` (a path
+    the nodes may share), each node's first rank for the node's own cache; every process without a launcher."""
+    rank = os.environ.get("RANK" if data.tokenized_path else "LOCAL_RANK", "0")
+    return int(rank) == 0
+
+
+def _this_run() -> str:
+    """The launch this process belongs to (torchrun's run id, the same on every rank), or "" without one."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
+def _wait_for_this_run(out: Path, poll_s: float = 1.0) -> None:
+    meta = out / "meta.json"
+    logger.info("waiting for the rank that rebuilds %s (overwrite_cache)", out)
+    while True:
+        try:
+            if json.loads(meta.read_text()).get("run") == _this_run():
+                return
+        except (OSError, ValueError):  # not there yet, or being replaced
+            pass
+        time.sleep(poll_s)
+
+
+def _load_existing(data: DataArguments, out: Path, keys: DataKey, start: float) -> TokenizedData:
+    if data.tokenized_path:
+        logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
+        return _load(out, start, expected=keys)
+    logger.info("tokenised data cache hit (%s)", keys.key[:12])
+    return _load(out, start)
 
 
 @contextmanager
 def _only_one_builder(out: Path) -> Iterator[None]:
-    """Hold `<out>.lock` while building or loading `out`: the ranks of a torchrun job (and concurrent runs
-    sharing the cache) tokenise once; whoever comes second waits, then loads what the first wrote."""
+    """Hold `<out>.lock` while building `out`: the ranks of a torchrun job (and concurrent runs sharing the
+    cache) tokenise once; whoever comes second waits, then loads what the first wrote."""
     from filelock import FileLock, Timeout
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -112,19 +152,10 @@ def _only_one_builder(out: Path) -> Iterator[None]:
         lock.release()
 
 
-def _build_or_load(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, out: Path, *, stage: str,
-                   seed: int, train: bool, evaluate: bool, train_attrs: list[DatasetAttr],
-                   eval_attrs: list[DatasetAttr], start: float) -> TokenizedData:
+def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, out: Path, *, stage: str,
+           seed: int, train: bool, evaluate: bool, train_attrs: list[DatasetAttr],
+           eval_attrs: list[DatasetAttr], start: float) -> TokenizedData:
     packing, neat = packing_mode(data.packing, data.neat_packing, stage)
-    # overwrite_cache rebuilds once: a rank other than its node's first loads what that one just rebuilt
-    overwrite = data.overwrite_cache and int(os.environ.get("LOCAL_RANK", "0")) == 0
-    if data.tokenized_path and not overwrite and (out / "meta.json").is_file():
-        logger.info("loading tokenised data from tokenized_path %s", data.tokenized_path)
-        return _load(out, start, expected=keys)
-    if not data.tokenized_path and not overwrite and (out / "meta.json").is_file():
-        logger.info("tokenised data cache hit (%s)", keys.key[:12])
-        return _load(out, start)
-
     train_samples, report = _samples(train_attrs, data, stage, seed)
     eval_samples: list[Sample] = []
     if eval_attrs:
@@ -239,6 +270,7 @@ def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], keys: DataKe
             fingerprint = hashlib.sha256(f"{keys.key}/{split}".encode()).hexdigest()[:16]
             _to_dataset(rows, fingerprint=fingerprint).save_to_disk(str(tmp / split))
     (tmp / "meta.json").write_text(json.dumps({"key": keys.key, "content": keys.content, "report": report,
+                                               "run": _this_run(),
                                                "version": kubetune.__version__, "train_rows": len(train_rows),
                                                "eval_rows": len(eval_rows)}))
     if out.exists():

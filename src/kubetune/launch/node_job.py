@@ -25,6 +25,10 @@ MLFLOW_ENV = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 NAME_LIMIT = 40
 WORKSPACE_VOLUME = "kubetune-workspace"
 
+# Set by the compiled pipeline on a `nodes > 1` training step (`pipelines.placement.launcher`): that step's pod
+# launches the job. Any other run of the step (kfp.local, even from a pod inside the cluster) trains in place.
+NODES_LAUNCHER_ENV = "KUBETUNE_LAUNCHES_NODE_JOB"
+
 
 @dataclass(frozen=True)
 class NodeJob:

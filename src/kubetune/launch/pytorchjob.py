@@ -43,9 +43,12 @@ def pod_template(job: NodeJob) -> dict[str, Any]:
 
 def pytorchjob_manifest(job: NodeJob) -> dict[str, Any]:
     """The PyTorchJob for `job`, as the JSON the Kubernetes API takes."""
-    replicas = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": pod_template(job)}}
+    # Never: a pod restarted alone cannot rejoin the others' static rendezvous, and a deterministic failure would
+    # restart until the timeout; the failed job is kept for kubectl and the step's retry starts it afresh
+    # (resuming from the checkpoints on the shared volume)
+    replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": pod_template(job)}}
     if job.nodes > 1:
-        replicas["Worker"] = {"replicas": job.nodes - 1, "restartPolicy": "OnFailure", "template": pod_template(job)}
+        replicas["Worker"] = {"replicas": job.nodes - 1, "restartPolicy": "Never", "template": pod_template(job)}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
             "metadata": {"name": job.name, "namespace": job.namespace, "labels": dict(job.labels)},
             # pods stay after the job ends (their logs with them) until the job is deleted

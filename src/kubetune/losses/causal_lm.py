@@ -107,10 +107,11 @@ def causal_lm_parts(model: nn.Module) -> tuple[nn.Module, nn.Linear] | None:
 
 
 def _is_sharded(weight: torch.Tensor) -> bool:
-    """A parameter DeepSpeed ZeRO-3 partitions (`ds_id`) or FSDP2 shards (a DTensor)."""
+    """A parameter DeepSpeed ZeRO-3 partitions (`ds_id`), FSDP2 shards (a DTensor) or FSDP1 flattens into its
+    shard (`_fsdp_flattened`)."""
     from torch.distributed.tensor import DTensor
 
-    return hasattr(weight, "ds_id") or isinstance(weight, DTensor)
+    return hasattr(weight, "ds_id") or isinstance(weight, DTensor) or bool(getattr(weight, "_fsdp_flattened", False))
 
 
 def causal_lm_loss_sum(backbone: nn.Module, head: nn.Linear, inputs: dict[str, torch.Tensor]) -> tuple[

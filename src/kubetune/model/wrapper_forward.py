@@ -31,12 +31,17 @@ def forward_through_wrapper(model: nn.Module, compute: Callable[[], T]) -> T:
     if wrapped is None:
         return compute()
     # An instance attribute shadows the class's forward for this one call; the wrapper calls
-    # `self.module(...)`, which runs the module's hooks and then this.
+    # `self.module(...)`, which runs the module's hooks and then this. Accelerate may have put its own
+    # instance forward there already (its mixed-precision autocast wrapper): it comes back afterwards.
+    previous = wrapped.__dict__.get("forward")
     wrapped.forward = lambda *args, **kwargs: compute()
     try:
         return model()
     finally:
-        del wrapped.forward
+        if previous is None:
+            del wrapped.forward
+        else:
+            wrapped.forward = previous
 
 
 def _wrapped_module(model: nn.Module) -> nn.Module | None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubetune.config.errors import Problem
 from kubetune.config.rules_distributed import fsdp_version_fits
+from kubetune.config.rules_dpo import REFERENCE_LOSSES
 from kubetune.config.schema import RunConfig
 
 ZERO_STAGES = (0, 1, 2, 3)
@@ -103,3 +104,43 @@ def fsdp_config_file(cfg: RunConfig) -> list[Problem]:
         return [problem]
     assert settings is not None
     return fsdp_version_fits(cfg, settings, path)
+
+
+def sharded_parameters_limits(cfg: RunConfig) -> list[Problem]:
+    """What does not run yet where ZeRO-3 or FSDP shard the parameters (or where a stage has no Trainer to shard).
+
+    Refused before any work rather than failing (or hanging) ranks in: each names the setting that works.
+    """
+    from kubetune.train.strategy import params_are_sharded, strategy_name
+
+    if not (cfg.train.deepspeed or cfg.train.fsdp_options):
+        return []
+    key = "deepspeed" if cfg.train.deepspeed else "fsdp"
+    where, value = cfg.origin(key), cfg.to_flat()[key]
+    stage, m = cfg.method.stage, cfg.method
+    if stage == "ppo":
+        return [Problem(key, value, where, "the ppo stage runs its own loop on one process; DeepSpeed and FSDP "
+                        "do not apply to it", f"remove {key} for ppo")]
+    try:
+        sharded, name = params_are_sharded(cfg), strategy_name(cfg)
+    except (OSError, ValueError):  # an unreadable file: deepspeed_config / fsdp_config_file name the problem
+        return []
+    if not sharded:
+        return []
+    problems = []
+    if stage == "rm":
+        problems.append(Problem(key, value, where, f"{name} shards the parameters, and the reward model's value "
+                                "head is saved from the unsharded model (it would save empty shards)",
+                                "use ZeRO-2 (examples/deepspeed/ds_z2_config.json) or plain DDP for rm"))
+    separate = bool(m.ref_model) or m.finetuning_type != "lora"
+    if separate and (stage == "kto" or (stage == "dpo" and m.pref_loss in REFERENCE_LOSSES)):
+        problems.append(Problem(key, value, where, f"{name} shards the policy, but the separate reference model "
+                                f"({'ref_model' if m.ref_model else 'a frozen copy for ' + m.finetuning_type}) is "
+                                "loaded beside it unsharded and never gathered",
+                                "use LoRA (the reference is the policy with its adapter off), ZeRO-2, or a "
+                                "reference-free pref_loss (orpo, simpo)"))
+    if cfg.train.do_predict and stage in ("sft", "pt", "dpo", "kto"):
+        problems.append(Problem("do_predict", True, cfg.origin("do_predict"), f"generation runs on rank 0 alone, "
+                                f"and {name} needs every rank for each forward of a sharded model",
+                                f"predict in a separate `kubetune eval` without {key}, or use ZeRO-2"))
+    return problems
