@@ -64,13 +64,12 @@ def run_on_nodes(cfg: PipelineConfig, config: str, stage: str, extra: dict[str, 
     Raises:
         JobFailed, JobTimeout: from `kubetune.launch.job_runner`, naming the job and how to inspect it.
     """
+    from kubetune.components.train_ranks import write_rank_spec
     from kubetune.launch.job_runner import JobRunner, outcome, own_namespace
     from kubetune.launch.node_job import node_job
     from kubetune.train.result import SUMMARY_FILE
 
-    spec = work.parent / f".{work.name}.rank_spec.json"
-    spec.write_text(json.dumps({"config": config, "stage": stage, "extra": share_inputs(extra, work),
-                                "parent_run_id": parent_run_id}))
+    spec = write_rank_spec(work, config, stage, share_inputs(extra, work), parent_run_id)
     job = node_job(cfg, stage, str(spec), run_id=run_id, namespace=namespace or own_namespace())
     if api_client is None:
         from kubernetes import client

@@ -44,6 +44,16 @@ def train_here(config: str, stage: str, extra: dict[str, Any], parent_run_id: st
     return result.metrics
 
 
+def write_rank_spec(work: Path, config: str, stage: str, extra: dict[str, Any], parent_run_id: str) -> Path:
+    """The file every rank reads `train_here`'s arguments from (`main`); its path.
+
+    Beside the work directory, not in it: the work directory's files become the step's output artifact.
+    """
+    spec = work.parent / f".{work.name}.rank_spec.json"
+    spec.write_text(json.dumps({"config": config, "stage": stage, "extra": extra, "parent_run_id": parent_run_id}))
+    return spec
+
+
 def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, Any], parent_run_id: str,
                  work: Path) -> dict[str, Any]:
     """Run `train_here` on every rank of `plan`; the metrics rank 0 wrote to `<work>/run_summary.json`.
@@ -53,9 +63,7 @@ def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, A
     """
     from kubetune.train.result import SUMMARY_FILE
 
-    # beside the work directory, not in it: the work directory's files become the step's output artifact
-    spec = work.parent / f".{work.name}.rank_spec.json"
-    spec.write_text(json.dumps({"config": config, "stage": stage, "extra": extra, "parent_run_id": parent_run_id}))
+    spec = write_rank_spec(work, config, stage, extra, parent_run_id)
     summary = work / SUMMARY_FILE
     summary.unlink(missing_ok=True)  # a retried step's old summary must not pass for this run's
     print(f"kubetune {stage}: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)

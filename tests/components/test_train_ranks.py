@@ -15,20 +15,26 @@ from kubetune.config.pipeline import load_pipeline_config
 REPO = Path(__file__).resolve().parents[2]
 
 
+def tiny_sft_pipeline(model_dir: Path, max_steps: int, **sections: object) -> str:
+    """The pipeline config parameter of a few sft steps on the tiny model (plus `sections`, e.g. mlflow)."""
+    data = {
+        "name": "tiny", "model_name_or_path": str(model_dir), "lora_rank": 4, "template": "chatml",
+        "dataset_dir": str(REPO / "data"), "cutoff_len": 48, "max_samples": 16, "disable_tqdm": True,
+        "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": 3e-2, "max_steps": max_steps,
+                           "save_strategy": "no", "logging_steps": 1, "per_device_train_batch_size": 2,
+                           "bf16": False}},
+        "evaluation": {"eval_dataset": "kubi_sft_eval"}, **sections,
+    }
+    return load_pipeline_config(text=yaml.safe_dump(data)).to_param()
+
+
 def test_a_training_step_runs_one_rank_per_device_and_tracks_once(tiny_model_dir: Path, tmp_path: Path,
                                                                    cache_dir: Path, mlflow_server: str,
                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     from mlflow import MlflowClient
 
-    data = {
-        "name": "tiny", "model_name_or_path": str(tiny_model_dir), "lora_rank": 4, "template": "chatml",
-        "dataset_dir": str(REPO / "data"), "cutoff_len": 48, "max_samples": 16, "disable_tqdm": True,
-        "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": 3e-2, "max_steps": 3, "save_strategy": "no",
-                           "logging_steps": 1, "per_device_train_batch_size": 2, "bf16": False}},
-        "evaluation": {"eval_dataset": "kubi_sft_eval"},
-        "mlflow": {"tracking_uri": mlflow_server, "experiment": "kubetune-ranks"},
-    }
-    config = load_pipeline_config(text=yaml.safe_dump(data)).to_param()
+    config = tiny_sft_pipeline(tiny_model_dir, max_steps=3,
+                               mlflow={"tracking_uri": mlflow_server, "experiment": "kubetune-ranks"})
     dataset, adapter = tmp_path / "dataset", tmp_path / "adapter"
     runtime.preprocess(config, "sft", str(dataset))
     client = MlflowClient(mlflow_server)
@@ -59,14 +65,7 @@ def test_two_nodes_as_kubeflow_trainer_starts_them_train_one_model(tiny_model_di
     import subprocess
     import sys
 
-    data = {
-        "name": "tiny", "model_name_or_path": str(tiny_model_dir), "lora_rank": 4, "template": "chatml",
-        "dataset_dir": str(REPO / "data"), "cutoff_len": 48, "max_samples": 16, "disable_tqdm": True,
-        "stages": {"sft": {"dataset": "kubi_sft", "learning_rate": 3e-2, "max_steps": 2, "save_strategy": "no",
-                           "logging_steps": 1, "per_device_train_batch_size": 2, "bf16": False}},
-        "evaluation": {"eval_dataset": "kubi_sft_eval"},
-    }
-    config = load_pipeline_config(text=yaml.safe_dump(data)).to_param()
+    config = tiny_sft_pipeline(tiny_model_dir, max_steps=2)
     dataset, work = tmp_path / "dataset", tmp_path / "volume" / "sft"
     runtime.preprocess(config, "sft", str(dataset))
     work.mkdir(parents=True)
