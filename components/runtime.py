@@ -176,10 +176,6 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
             logger.warning("%s: resources.%s.nodes: %d launches a Kubeflow Trainer job from a compiled pipeline; "
                            "run here (kubetune run), the stage trains in this step", stage, stage, nodes)
         plan = None if on_nodes else torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
-        if plan is not None and stage == "ppo":
-            logger.warning("ppo: runs on one process for now (its rollouts are not sharded over ranks yet); "
-                           "the step's other %d GPU(s) stay idle", plan.nproc_per_node - 1)
-            plan = None
         if on_nodes:
             from kubetune.components.train_nodes import run_on_nodes
 

@@ -96,11 +96,6 @@ def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
         return 2
     if plan is None:
         return None
-    if cfg.method.stage == "ppo" and plan.world_size > 1:
-        print("kubetune train: the ppo stage runs on one process for now (its rollouts are not sharded over "
-              "ranks yet); unset FORCE_TORCHRUN / NPROC_PER_NODE, or show it one GPU (CUDA_VISIBLE_DEVICES=0)",
-              file=sys.stderr)
-        return 2
     print(f"kubetune train: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
     return subprocess.call(plan.command(["train", *args]), env=child_environment(plan))
 

@@ -110,7 +110,6 @@ def test_the_job_name_is_stable_per_run_and_stage_and_a_dns_label() -> None:
 @pytest.mark.parametrize(("resources", "key", "words"), [
     ({"evaluate": {"nodes": 2}}, "resources.evaluate.nodes", "not a training step"),
     ({"default": {"nodes": 2}}, "resources.default.nodes", "every step"),
-    ({"ppo": {"nodes": 2, "gpus": 8}}, "resources.ppo.nodes", "one process"),
     ({"sft": {"nodes": 2, "gpus": "auto"}}, "resources.sft.gpus", "per node"),
     ({"sft": {"nodes": 0}}, "resources.sft.nodes", "greater than or equal to 1"),
     ({"sft": {"nodes": 2, "trainer": "mpijob"}}, "resources.sft.trainer", "trainjob"),

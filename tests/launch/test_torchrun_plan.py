@@ -67,19 +67,6 @@ def test_cpu_ranks_share_the_cores_unless_told() -> None:
     assert child_environment(plan, {"OMP_NUM_THREADS": "7"})["OMP_NUM_THREADS"] == "7"
 
 
-def test_ppo_refuses_several_ranks_before_launching(monkeypatch: pytest.MonkeyPatch,
-                                                    capsys: pytest.CaptureFixture[str]) -> None:
-    from kubetune import cli
-    from kubetune.config import load_config
-
-    monkeypatch.setenv("FORCE_TORCHRUN", "1")
-    monkeypatch.setenv("NPROC_PER_NODE", "2")
-    monkeypatch.setattr("subprocess.call", lambda *a, **k: pytest.fail("launched torchrun for ppo"))
-    cfg = load_config(str(REPO / "examples" / "ppo_lora.yaml"))
-    assert cli._launch_ranks(cfg, ["ppo_lora.yaml"]) == 2
-    assert "the ppo stage runs on one process for now" in capsys.readouterr().err
-
-
 def test_a_trainjob_node_reads_the_torch_runtimes_pet_variables() -> None:
     from kubetune.launch.torchrun import node_plan
 

@@ -35,13 +35,10 @@ def node_problems(resources: Mapping[str, Any], training_steps: tuple[str, ...],
         elif step not in training_steps:
             problems.append(Problem(key, res.nodes, origin, f"{step} is not a training step; only "
                                     f"{', '.join(training_steps)} run on several nodes", "remove it (or set 1)"))
-        elif step == "ppo":
-            problems.append(Problem(key, res.nodes, origin, "ppo runs on one process (its rollouts are not sharded "
-                                    "over ranks yet)", "remove it; ppo uses one GPU of one node"))
         elif res.gpus == "auto":
             problems.append(Problem(f"resources.{step}.gpus", "auto", origin, f"with nodes: {res.nodes} the GPUs "
                                     "are per node and must be given", "set gpus to each node's GPU count, e.g. 8"))
-    if many and not model_cache_pvc and any(step in training_steps and step != "ppo" for step in many):
+    if many and not model_cache_pvc and any(step in training_steps for step in many):
         first = next(iter(many))
         problems.append(Problem("model_cache.pvc", None, origin, f"resources.{first}.nodes: {many[first].nodes} "
                                 "needs a volume every node mounts (the stage's work directory: data, checkpoints, "

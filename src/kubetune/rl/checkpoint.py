@@ -2,9 +2,11 @@
 
 `checkpoint-N/` holds the policy as it would be released (the LoRA adapter, or the full model)
 plus `value_head.safetensors`, and the training state: `optimizer.pt`, `scheduler.pt`,
-`rng_state.pth` (Python, NumPy, torch and CUDA generators) and `ppo_state.json` (step, KL
-controller, score normaliser). A checkpoint is written to a hidden folder and renamed into
-place, so a run killed mid-save never leaves a half-written `checkpoint-N` behind to resume from.
+`rng_state.pth` (Python, NumPy, torch and CUDA generators; `rng_state_<rank>.pth`, one per rank,
+when several ranks train) and `ppo_state.json` (step, KL controller, score normaliser). A
+checkpoint is written to a hidden folder and renamed into place, so a run killed mid-save never
+leaves a half-written `checkpoint-N` behind to resume from. Under data parallelism rank 0 writes
+the weights and the optimizer (the same on every rank), and each rank its own generators.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from safetensors.torch import load_file
 
 from kubetune.model.value_head import VALUE_HEAD_FILE, load_value_head, save_value_head
+from kubetune.rl.ranks import Ranks
 
 logger = logging.getLogger(__name__)
 
@@ -92,38 +95,53 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def rng_file(ranks: Ranks) -> str:
+    """This rank's generator file: `rng_state.pth` for one process, `rng_state_<rank>.pth` for several."""
+    return RNG_FILE if ranks.size == 1 else f"rng_state_{ranks.rank}.pth"
+
+
 def save_checkpoint(output_dir: Path, step: int, policy: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     state: dict[str, Any], *, save_total_limit: int | None = None,
-                    save_only_model: bool = False) -> Path:
-    """Write `output_dir/checkpoint-<step>` atomically and prune old checkpoints.
+                    save_only_model: bool = False, ranks: Ranks | None = None) -> Path:
+    """Write `output_dir/checkpoint-<step>` atomically and prune old checkpoints (every rank calls it).
 
     Args:
         output_dir: the run's output folder.
         step: the PPO update just finished.
-        policy: the `ModelWithValueHead`.
+        policy: the `ModelWithValueHead` (not its DDP wrapper).
         optimizer, scheduler: their states are saved for resuming.
         state: JSON-able training state (step, KL controller, score normaliser, ...).
         save_total_limit: keep at most this many checkpoints (oldest removed first; None = all).
         save_only_model: skip optimizer, scheduler and RNG state (smaller; the run cannot resume exactly).
+        ranks: the data-parallel ranks (default: this process alone).
     """
+    ranks = ranks or Ranks()
     final = output_dir / f"checkpoint-{step}"
     tmp = output_dir / f".checkpoint-{step}.tmp{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    save_policy(policy, tmp)
-    (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+    if ranks.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        save_policy(policy, tmp)
+        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2) + "\n")
+        if not save_only_model:
+            torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
+            torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
+    tmp = ranks.broadcast(tmp)  # rank 0's folder (its pid in the name)
     if not save_only_model:
-        torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
-        torch.save(scheduler.state_dict(), tmp / SCHEDULER_FILE)
-        torch.save(rng_state(), tmp / RNG_FILE)
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    prune_checkpoints(output_dir, save_total_limit)
+        tmp.mkdir(parents=True, exist_ok=True)
+        torch.save(rng_state(), tmp / rng_file(ranks))
+    ranks.barrier()  # every rank's generators are in before the folder is renamed into place
+    if ranks.is_main:
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        prune_checkpoints(output_dir, save_total_limit)
+    ranks.barrier()
     return final
 
 
 def load_checkpoint(directory: str | Path, policy: Any, optimizer: torch.optim.Optimizer,
-                    scheduler: Any) -> dict[str, Any]:
+                    scheduler: Any, ranks: Ranks | None = None) -> dict[str, Any]:
     """Restore the policy, optimizer, scheduler and RNG state from a checkpoint; return its training state."""
+    ranks = ranks or Ranks()
     directory = Path(directory)
     if not (directory / STATE_FILE).is_file():
         raise FileNotFoundError(f"{directory} is not a ppo checkpoint (no {STATE_FILE}): point "
@@ -132,7 +150,12 @@ def load_checkpoint(directory: str | Path, policy: Any, optimizer: torch.optim.O
     if (directory / OPTIMIZER_FILE).is_file():
         optimizer.load_state_dict(torch.load(directory / OPTIMIZER_FILE, weights_only=True))
         scheduler.load_state_dict(torch.load(directory / SCHEDULER_FILE, weights_only=True))
-        set_rng_state(torch.load(directory / RNG_FILE, weights_only=True))
+        generators = directory / rng_file(ranks)
+        if generators.is_file():
+            set_rng_state(torch.load(generators, weights_only=True))
+        else:
+            logger.warning("%s has no %s (written by another number of ranks): the random generators start "
+                           "afresh, so sampling differs from the uninterrupted run", directory, generators.name)
     else:
         logger.warning("%s has no optimizer state (save_only_model): resuming with a fresh optimizer", directory)
     return json.loads((directory / STATE_FILE).read_text())

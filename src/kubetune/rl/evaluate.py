@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from kubetune.config import GeneratingArguments
 from kubetune.evaluate.generate import generation_kwargs
+from kubetune.rl.ranks import Ranks
 from kubetune.rl.rewards import RewardSource
 from kubetune.rl.rollout import sample_responses
 
@@ -66,6 +67,26 @@ def score_generations(policy: Any, tokenizer: Any, prompts: list[list[int]], rew
         texts.extend(tokenizer.batch_decode(responses, skip_special_tokens=gen.skip_special_tokens))
     return ScoredGenerations([t.strip() for t in texts], torch.cat(rewards) if rewards else torch.zeros(0),
                              torch.tensor(lengths, dtype=torch.float32))
+
+
+def score_generations_on_ranks(ranks: Ranks, policy: Any, tokenizer: Any, prompts: list[list[int]],
+                               reward: RewardSource, gen: GeneratingArguments, *,
+                               references: list[str] | None = None, **kwargs: Any) -> ScoredGenerations:
+    """`score_generations` with the prompts dealt out over the data-parallel ranks (prompt i to rank i mod N).
+
+    Every rank calls it and every rank gets all the results, in prompt order. `kwargs` as in
+    `score_generations`.
+    """
+    if ranks.size == 1:
+        return score_generations(policy, tokenizer, prompts, reward, gen, references=references, **kwargs)
+    mine = list(range(ranks.rank, len(prompts), ranks.size))
+    references = references if references is not None else [""] * len(prompts)
+    scored = score_generations(policy, tokenizer, [prompts[i] for i in mine], reward, gen,
+                               references=[references[i] for i in mine], **kwargs)
+    rows = sorted(ranks.gather_lists(list(zip(mine, scored.responses, scored.rewards.tolist(),
+                                              scored.lengths.tolist(), strict=True))))
+    return ScoredGenerations([row[1] for row in rows], torch.tensor([row[2] for row in rows], dtype=torch.float32),
+                             torch.tensor([row[3] for row in rows], dtype=torch.float32))
 
 
 def mean_reward(policy: Any, tokenizer: Any, prompts: list[list[int]], reward: RewardSource,

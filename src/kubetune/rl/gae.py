@@ -11,43 +11,57 @@ per-token KL penalty with the score added on the last token).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
+SumOver = Callable[[torch.Tensor], torch.Tensor]
 
-def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None) -> torch.Tensor:
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor, dim: int | None = None,
+                sum_over: SumOver | None = None) -> torch.Tensor:
     """Mean of `values` where `mask` is 1 (over everything, or along `dim`); 0 where nothing is unmasked.
 
     Args:
         values: any shape.
         mask: same shape, 0/1 (bool or float).
         dim: reduce along this dimension only (default None: over all elements).
+        sum_over: sums a tensor over the data-parallel ranks (`Ranks.sum`), making the mean one over
+            every rank's values; None = this process's values only. Only with `dim=None`.
     """
     # where, not multiply: a NaN at a padded position must not turn the sum into NaN
     kept = torch.where(mask.bool(), values, 0.0)
     weights = mask.to(values.dtype)
     if dim is None:
-        return kept.sum() / weights.sum().clamp(min=1.0)
+        total = torch.stack([kept.sum(), weights.sum()])
+        if sum_over is not None:
+            total = sum_over(total)
+        return total[0] / total[1].clamp(min=1.0)
     return kept.sum(dim) / weights.sum(dim).clamp(min=1.0)
 
 
-def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True) -> torch.Tensor:
+def masked_var(values: torch.Tensor, mask: torch.Tensor, unbiased: bool = True,
+               sum_over: SumOver | None = None) -> torch.Tensor:
     """Variance of the unmasked values (Bessel-corrected by default; 0 for fewer than two values).
 
     Args:
         values: any shape.
         mask: same shape, 0/1.
         unbiased: divide by n - 1 instead of n (default True).
+        sum_over: as in `masked_mean`: the variance of every rank's values.
     """
-    mean = masked_mean(values, mask)
-    var = masked_mean((values - mean) ** 2, mask)
+    mean = masked_mean(values, mask, sum_over=sum_over)
+    var = masked_mean((values - mean) ** 2, mask, sum_over=sum_over)
     count = mask.to(values.dtype).sum()
+    if sum_over is not None:
+        count = sum_over(count)
     if count < 2:
         return torch.zeros_like(var)
     return var * count / (count - 1) if unbiased else var
 
 
 def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = True,
-                  eps: float = 1e-8) -> torch.Tensor:
+                  eps: float = 1e-8, sum_over: SumOver | None = None) -> torch.Tensor:
     """Scale the unmasked values to unit variance (and zero mean when `shift_mean`); padding stays 0.
 
     Fewer than two unmasked values have no variance: they are returned unchanged (with the mean
@@ -59,13 +73,17 @@ def masked_whiten(values: torch.Tensor, mask: torch.Tensor, shift_mean: bool = T
         shift_mean: subtract the mean (default True). Rewards are whitened without the shift, so
             their sign (better or worse than nothing) survives; advantages with it.
         eps: added to the variance before the square root (default 1e-8).
+        sum_over: as in `masked_mean`: whiten with the mean and variance of every rank's values, so
+            N ranks scale their rows as one process holding all of them would.
     """
-    mean = masked_mean(values, mask)
+    mean = masked_mean(values, mask, sum_over=sum_over)
     count = mask.to(values.dtype).sum()
+    if sum_over is not None:
+        count = sum_over(count)
     if count < 2:
         whitened = values - mean if shift_mean else values
     else:
-        whitened = (values - mean) * torch.rsqrt(masked_var(values, mask) + eps)
+        whitened = (values - mean) * torch.rsqrt(masked_var(values, mask, sum_over=sum_over) + eps)
         if not shift_mean:
             whitened = whitened + mean
     return torch.where(mask.bool(), whitened, 0.0)
