@@ -293,6 +293,16 @@ def test_a_two_node_pool_in_values_reaches_the_pipeline_config(render) -> None:
     assert (sft.trainer, sft.runtime) == ("trainjob", "torch-distributed")
 
 
+def test_a_gang_scheduled_pool_in_values_reaches_the_pipeline_config(render) -> None:
+    """The chart README's Volcano variant: podGroupPolicy and volcanoQueue become kubetune's snake_case keys."""
+    args = ("--set", "resources.sft.nodes=2", "--set", "resources.sft.gpus=8", "--set",
+            "resources.sft.podGroupPolicy=volcano", "--set", "resources.sft.volcanoQueue=research", "--set",
+            "resources.sft.runtime=torch-distributed-volcano", "--set", "modelCache.pvc=kubetune-cache")
+    sft = load_pipeline_config(text=pipeline_config_text(render(*VALUES["prod"], *args))).resources_for("sft")
+    assert (sft.pod_group_policy, sft.volcano_queue, sft.runtime) == ("volcano", "research",
+                                                                      "torch-distributed-volcano")
+
+
 # --- the pipeline config and the registration Job ----------------------------------------------------------------
 
 
@@ -409,6 +419,7 @@ def test_disabled_schedule_and_external_mlflow(render) -> None:
     (("--set", "resources.sft.memory=lots"), "/resources/sft/memory"),
     (("--set", "resources.sft.nodes=0"), "/resources/sft/nodes"),
     (("--set", "resources.sft.trainer=mpijob"), "/resources/sft/trainer"),
+    (("--set", "resources.sft.podGroupPolicy=kueue"), "/resources/sft/podGroupPolicy"),
     (("--set", "rbac.trainerJobKinds={mpijob}"), "/rbac/trainerJobKinds/0"),
     (("--set", "mlflow.backendStore.type=mysql"), "/mlflow/backendStore/type"),
     (("--set", "mlflow.backendStore.type=postgresql"), "/mlflow/backendStore/existingSecret"),

@@ -3,7 +3,9 @@
 The TrainJob goes through the kubeflow SDK's own generated models (`kubeflow_trainer_api`): `from_dict` keeps only
 fields the Trainer API has and `StrictInt`/`StrictStr` refuse wrong types, so a round trip that returns the same
 dict proves every field we send exists with the right type. The PyTorchJob's pod template goes through the
-kubernetes client's `V1PodTemplateSpec` the same way.
+kubernetes client's `V1PodTemplateSpec` the same way. Its `runPolicy.schedulingPolicy` has no Python model here
+(the v1 SDK is a separate, retired package): the assertions spell the Training Operator's field names
+(`minAvailable`, `queue`).
 """
 
 from __future__ import annotations
@@ -97,6 +99,58 @@ def test_the_pytorchjob_has_a_master_and_workers_with_the_same_valid_pod() -> No
     assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "a100-queue"
 
 
+def test_a_volcano_gang_trainjob_names_its_runtime_and_queue_as_the_trainer_api_reads_them() -> None:
+    """Trainer's Volcano plugin reads the queue from the JobSet template's annotations, which a runtime patch sets;
+    the gang itself is the runtime's podGroupPolicy (see test_the_example_runtimes_...)."""
+    from kubeflow_trainer_api import models
+
+    job = node_job(_config(pod_group_policy="volcano", volcano_queue="research", runtime="torch-distributed-volcano"),
+                   "sft", "/spec.json", run_id="run-1", namespace="team-a")
+    manifest = trainjob_manifest(job)
+    assert models.TrainerV1alpha1TrainJob.from_dict(manifest).to_dict() == manifest
+    assert manifest["spec"]["runtimeRef"]["name"] == "torch-distributed-volcano"
+    (patch,) = manifest["spec"]["runtimePatches"]
+    template = patch["trainingRuntimeSpec"]["template"]
+    assert template["metadata"] == {"annotations": {"scheduling.volcano.sh/queue-name": "research"}}
+    assert template["spec"]["replicatedJobs"][0]["template"]["spec"]["template"]["spec"]["nodeSelector"] == {
+        "kubetune.io/pool": "a100-8x"}  # the pod patch is still there beside it
+    assert manifest["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "a100-queue"  # Kueue and Volcano: both
+
+    plain = trainjob_manifest(node_job(_config(), "sft", "/spec.json", run_id="run-1", namespace="team-a"))
+    assert "metadata" not in plain["spec"]["runtimePatches"][0]["trainingRuntimeSpec"]["template"]
+
+
+@pytest.mark.parametrize("policy", ["volcano", "coscheduling"])
+def test_the_example_runtimes_gang_schedule_with_their_policy_and_scheduler(policy: str) -> None:
+    from kubeflow_trainer_api import models
+
+    runtime = yaml.safe_load((REPO / "examples" / "trainer" / f"torch-distributed-{policy}.yaml").read_text())
+    assert models.TrainerV1alpha1ClusterTrainingRuntime.from_dict(runtime).to_dict() == runtime
+    assert runtime["metadata"]["name"] == f"torch-distributed-{policy}"
+    assert policy in runtime["spec"]["podGroupPolicy"]
+    (node,) = runtime["spec"]["template"]["spec"]["replicatedJobs"]
+    assert node["name"] == "node"  # the replicated job kubetune's runtime patch and node-0 selector name
+    assert node["template"]["metadata"]["labels"]["trainer.kubeflow.org/trainjob-ancestor-step"] == "trainer"
+    pod = node["template"]["spec"]["template"]["spec"]
+    assert pod["schedulerName"] == {"volcano": "volcano", "coscheduling": "scheduler-plugins-scheduler"}[policy]
+    assert [c["name"] for c in pod["containers"]] == ["node"]
+    # and a config naming it is accepted
+    node_job(_config(pod_group_policy=policy, runtime=f"torch-distributed-{policy}"), "sft", "/s", run_id="r",
+             namespace="ns")
+
+
+def test_a_gang_pytorchjob_asks_the_operator_for_every_node_at_once() -> None:
+    job = node_job(_config(nodes=4, trainer="pytorchjob", pod_group_policy="volcano", volcano_queue="research"),
+                   "sft", "/spec.json", run_id="r", namespace="ns")
+    assert pytorchjob_manifest(job)["spec"]["runPolicy"] == {
+        "cleanPodPolicy": "None", "schedulingPolicy": {"minAvailable": 4, "queue": "research"}}
+    cosched = node_job(_config(trainer="pytorchjob", pod_group_policy="coscheduling"), "sft", "/s", run_id="r",
+                       namespace="ns")
+    assert pytorchjob_manifest(cosched)["spec"]["runPolicy"]["schedulingPolicy"] == {"minAvailable": 2}
+    plain = node_job(_config(trainer="pytorchjob"), "sft", "/s", run_id="r", namespace="ns")
+    assert "schedulingPolicy" not in pytorchjob_manifest(plain)["spec"]["runPolicy"]
+
+
 def test_the_job_name_is_stable_per_run_and_stage_and_a_dns_label() -> None:
     import re
 
@@ -113,6 +167,18 @@ def test_the_job_name_is_stable_per_run_and_stage_and_a_dns_label() -> None:
     ({"sft": {"nodes": 2, "gpus": "auto"}}, "resources.sft.gpus", "per node"),
     ({"sft": {"nodes": 0}}, "resources.sft.nodes", "greater than or equal to 1"),
     ({"sft": {"nodes": 2, "trainer": "mpijob"}}, "resources.sft.trainer", "trainjob"),
+    ({"sft": {"nodes": 2, "gpus": 8, "pod_group_policy": "kueue"}}, "resources.sft.pod_group_policy",
+     "'volcano' or 'coscheduling'"),
+    ({"sft": {"nodes": 2, "gpus": 8, "pod_group_policy": "volcano"}}, "resources.sft.runtime",
+     "torch-distributed has none — name a ClusterTrainingRuntime with podGroupPolicy.volcano, e.g. `kubectl apply "
+     "-f examples/trainer/torch-distributed-volcano.yaml` and set runtime: torch-distributed-volcano"),
+    ({"sft": {"gpus": 8, "pod_group_policy": "coscheduling", "runtime": "x"}}, "resources.sft.pod_group_policy",
+     "this step runs in one pod (nodes: 1)"),
+    ({"default": {"pod_group_policy": "volcano"}}, "resources.default.pod_group_policy", "set it under resources"),
+    ({"sft": {"nodes": 2, "gpus": 8, "pod_group_policy": "coscheduling", "runtime": "gang",
+              "volcano_queue": "q"}}, "resources.sft.volcano_queue", "needs pod_group_policy: volcano (it is "
+                                                                    "coscheduling)"),
+    ({"sft": {"nodes": 2, "gpus": 8, "volcano_queue": ""}}, "resources.sft.volcano_queue", "at least 1 character"),
 ])
 def test_nodes_where_they_cannot_run_are_refused_naming_the_key(resources, key, words) -> None:
     data = yaml.safe_load((REPO / "examples/pipeline_sft.yaml").read_text())

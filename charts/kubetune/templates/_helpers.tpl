@@ -163,7 +163,8 @@ form of it, with and without a port. /health is exempt, so probes work whatever 
 
 {{/*
 values.resources in the pipeline config's vocabulary: Helm's camelCase keys (gpuType, nodeSelector,
-tolerationSeconds) become kubetune's snake_case ones (gpu_type, node_selector, toleration_seconds). The
+tolerationSeconds, podGroupPolicy) become kubetune's snake_case ones (gpu_type, node_selector, toleration_seconds,
+pod_group_policy). The
 config refuses unknown keys only when the Job runs, hence the schema's closed stage objects.
 */}}
 {{- define "kubetune.stageResources" -}}
@@ -188,6 +189,8 @@ config refuses unknown keys only when the Job runs, hence the schema's closed st
 {{- if $r.queueName }}{{ $_ := set $stage "queue_name" $r.queueName }}{{ end -}}
 {{- if hasKey $r "keepJob" }}{{ $_ := set $stage "keep_job" $r.keepJob }}{{ end -}}
 {{- if $r.jobTimeoutSeconds }}{{ $_ := set $stage "job_timeout_s" $r.jobTimeoutSeconds }}{{ end -}}
+{{- if $r.podGroupPolicy }}{{ $_ := set $stage "pod_group_policy" $r.podGroupPolicy }}{{ end -}}
+{{- if $r.volcanoQueue }}{{ $_ := set $stage "volcano_queue" $r.volcanoQueue }}{{ end -}}
 {{- $_ := set $out $step $stage -}}
 {{- end -}}
 {{- toYaml $out -}}

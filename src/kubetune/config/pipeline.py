@@ -59,6 +59,13 @@ class Resources(_Section):
     queue_name: str | None = Field(None, description="nodes > 1: the Kueue LocalQueue (kueue.x-k8s.io/queue-name).")
     keep_job: bool = Field(False, description="nodes > 1: keep the finished job (and its pods' logs) for inspection.")
     job_timeout_s: int = Field(7 * 24 * 3600, gt=0, description="nodes > 1: how long the step waits for the job.")
+    # gang scheduling in Kubeflow Trainer's words (a runtime's `podGroupPolicy`): all nodes start together or none
+    pod_group_policy: Literal["volcano", "coscheduling"] | None = Field(
+        None, description="nodes > 1: gang-schedule the job's pods with Volcano or the scheduler-plugins' "
+                          "coscheduling (trainjob: the runtime's podGroupPolicy; pytorchjob: runPolicy."
+                          "schedulingPolicy).")
+    volcano_queue: str | None = Field(None, min_length=1, description="pod_group_policy volcano: the Volcano queue "
+                                                                      "(scheduling.volcano.sh/queue-name).")
 
 
 class Promotion(_Section):

@@ -5,6 +5,10 @@ A step with `resources.<stage>.nodes > 1` does not train in its own pod: it desc
 GPU under torchrun), and hands it to Kubeflow Trainer as a `TrainJob` (`kubetune.launch.trainjob`) or to the
 Training Operator as a `PyTorchJob` (`kubetune.launch.pytorchjob`); `kubetune.launch.job_runner` runs it.
 
+Gang scheduling (`resources.<stage>.pod_group_policy`, Kubeflow Trainer's name for it) starts every node's pod
+together or none: Kueue's queue label admits the job's GPUs as a whole, Volcano or the scheduler-plugins'
+coscheduling place its pods as one pod group.
+
 Every node mounts the model-cache PVC where the launcher's pod mounts it, so the stage's work directory — its
 data, checkpoints and the trained model — is the same path everywhere, and a restarted job resumes from it.
 """
@@ -51,6 +55,9 @@ class NodeJob:
         runtime: the ClusterTrainingRuntime a TrainJob references.
         labels: labels of the job (the Kueue queue, kubetune's run and stage).
         timeout_s: how long the launcher waits; keep: keep the job when it has finished.
+        pod_group_policy: gang scheduling, volcano or coscheduling (None: none); a TrainJob's comes from its
+            runtime, a PyTorchJob asks the operator for it (`runPolicy.schedulingPolicy`).
+        volcano_queue: the Volcano queue of the job's pod group (None: Volcano's default queue).
     """
 
     name: str
@@ -72,6 +79,8 @@ class NodeJob:
     labels: dict[str, str] = field(default_factory=dict)
     timeout_s: int = 7 * 24 * 3600
     keep: bool = False
+    pod_group_policy: Literal["volcano", "coscheduling"] | None = None
+    volcano_queue: str | None = None
 
     def resources(self) -> dict[str, dict[str, str]]:
         """Each node's requests and limits (GPUs as a limit: Kubernetes sets the request to match)."""
@@ -147,4 +156,5 @@ def node_job(cfg: PipelineConfig, stage: str, spec_path: str, *, run_id: str, na
                    nodes=res.nodes, gpus=int(res.gpus or 0), gpu_type=res.gpu_type or "nvidia.com/gpu",
                    cpu=res.cpu, memory=res.memory, node_selector=dict(res.node_selector), tolerations=tolerations,
                    env=node_env(cfg), pvc=cfg.model_cache.pvc or "", mount_path=cfg.model_cache.mount_path,
-                   runtime=res.runtime, labels=labels, timeout_s=res.job_timeout_s, keep=res.keep_job)
+                   runtime=res.runtime, labels=labels, timeout_s=res.job_timeout_s, keep=res.keep_job,
+                   pod_group_policy=res.pod_group_policy, volcano_queue=res.volcano_queue)

@@ -6,6 +6,10 @@ gives every pod `MASTER_ADDR`, `MASTER_PORT`, and `WORLD_SIZE` / `RANK` counting
 `kubetune.components.train_ranks --node` reads those as the node count and this node's rank, and starts
 `NPROC_PER_NODE` ranks under torchrun itself.
 
+Gang scheduling is the operator's (started with `--gang-scheduler-name=volcano` or `scheduler-plugins`): it makes
+the job's PodGroup and sets the pods' scheduler. With `pod_group_policy` the job asks for all its pods at once
+(`runPolicy.schedulingPolicy.minAvailable`: every node) and, with `volcano_queue`, names the Volcano queue.
+
 The pod template is plain Kubernetes (`V1PodTemplateSpec`); the tests check it against the kubernetes client's
 models. The PyTorchJob wrapper has no Python models installed here (the v1 SDK is a separate, retired package).
 """
@@ -49,7 +53,11 @@ def pytorchjob_manifest(job: NodeJob) -> dict[str, Any]:
     replicas = {"Master": {"replicas": 1, "restartPolicy": "Never", "template": pod_template(job)}}
     if job.nodes > 1:
         replicas["Worker"] = {"replicas": job.nodes - 1, "restartPolicy": "Never", "template": pod_template(job)}
+    # pods stay after the job ends (their logs with them) until the job is deleted
+    run_policy: dict[str, Any] = {"cleanPodPolicy": "None"}
+    if job.pod_group_policy:
+        run_policy["schedulingPolicy"] = {"minAvailable": job.nodes,
+                                          **({"queue": job.volcano_queue} if job.volcano_queue else {})}
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": KIND,
             "metadata": {"name": job.name, "namespace": job.namespace, "labels": dict(job.labels)},
-            # pods stay after the job ends (their logs with them) until the job is deleted
-            "spec": {"runPolicy": {"cleanPodPolicy": "None"}, "pytorchReplicaSpecs": replicas}}
+            "spec": {"runPolicy": run_policy, "pytorchReplicaSpecs": replicas}}

@@ -11,7 +11,14 @@ What goes where in the TrainJob:
   `kubetune.components.train_ranks --node` reads.
 - `spec.runtimePatches`: what a TrainJob may change of its runtime's pods — node selector, tolerations, the shared
   volume and its mount in the `node` container — as one patch owned by kubetune (`manager`).
+  With `volcano_queue`, the same patch sets the JobSet's `scheduling.volcano.sh/queue-name` annotation, which
+  Trainer's Volcano plugin copies into the job's PodGroup.
 - `metadata.labels`: the Kueue queue (`kueue.x-k8s.io/queue-name`), kubetune's run and stage.
+
+Gang scheduling itself is not the TrainJob's to set: `podGroupPolicy` (volcano, coscheduling) is a field of the
+runtime, and a TrainJob's patches reach only its template (labels, annotations, a few pod fields, no
+`schedulerName`). So `pod_group_policy` needs a runtime that has it (`kubetune.config.nodes` refuses the stock
+`torch-distributed`); `examples/trainer/` holds one for each policy.
 
 `runtimePatches` is the API of the Trainer release these models describe (kubeflow-trainer-api 2.3); older
 controllers (2.0/2.1: podSpecOverrides, podTemplateOverrides) do not know it.
@@ -29,6 +36,7 @@ PLURAL = "trainjobs"
 KIND = "TrainJob"
 NODE = "node"  # the replicated job and container of a torch runtime that run the trainer
 MANAGER = "kubetune.io/launcher"
+VOLCANO_QUEUE = "scheduling.volcano.sh/queue-name"
 # how the pods of a TrainJob are labelled (JobSet's labels), to find node 0 and read its log
 NODE_ZERO_SELECTOR = ("jobset.sigs.k8s.io/jobset-name={name},jobset.sigs.k8s.io/replicatedjob-name=node,"
                       "batch.kubernetes.io/job-completion-index=0")
@@ -42,8 +50,12 @@ def trainjob_manifest(job: NodeJob) -> dict[str, Any]:
                  "volumes": [job.volume()] if job.pvc else None,
                  "containers": [{"name": NODE, "volumeMounts": [job.volume_mount()]}] if job.pvc else None}
     pod_spec = {k: v for k, v in pod_patch.items() if v}
-    patch = {"manager": MANAGER, "trainingRuntimeSpec": {"template": {"spec": {"replicatedJobs": [
-        {"name": NODE, "template": {"spec": {"template": {"spec": pod_spec}}}}]}}}}
+    template: dict[str, Any] = {}
+    if job.volcano_queue:
+        template["metadata"] = {"annotations": {VOLCANO_QUEUE: job.volcano_queue}}
+    if pod_spec:
+        template["spec"] = {"replicatedJobs": [{"name": NODE, "template": {"spec": {"template": {"spec": pod_spec}}}}]}
+    patch = {"manager": MANAGER, "trainingRuntimeSpec": {"template": template}}
     trainer = models.TrainerV1alpha1Trainer(
         image=job.image, command=job.command, numNodes=job.nodes, numProcPerNode=max(job.gpus, 1),
         env=[models.IoK8sApiCoreV1EnvVar.from_dict(e) for e in job.env],
@@ -56,5 +68,5 @@ def trainjob_manifest(job: NodeJob) -> dict[str, Any]:
             runtimeRef=models.TrainerV1alpha1RuntimeRef(name=job.runtime, kind="ClusterTrainingRuntime",
                                                         apiGroup=GROUP),
             trainer=trainer,
-            runtimePatches=[models.TrainerV1alpha1RuntimePatch.from_dict(patch)] if pod_spec else None))
+            runtimePatches=[models.TrainerV1alpha1RuntimePatch.from_dict(patch)] if template else None))
     return train_job.to_dict()

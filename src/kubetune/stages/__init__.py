@@ -1,6 +1,8 @@
 """The stage recipes, one module each; every one exposes `run(cfg, callbacks=None) -> StageResult`.
 
-pt and sft share one recipe (only the data encoding differs), so `pt` runs `sft.run`.
+pt and sft share one recipe (only the data encoding differs), so `pt` runs `sft.run`. Inside a Kubeflow
+Trainer TrainJob that takes progress reports, every recipe also gets the callback that writes them into the
+job's status (`kubetune.tracking.trainjob_status`): `kubetune train`, a pipeline step and each node's ranks alike.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from collections.abc import Callable
 from kubetune.config import RunConfig
 from kubetune.model.auto_precision import with_bf16_decided
 from kubetune.stages import dpo, kto, ppo, rm, sft
+from kubetune.tracking.trainjob_status import trainjob_status_callbacks
 from kubetune.train.result import StageResult
 
 RECIPES: dict[str, Callable[..., StageResult]] = {
@@ -22,4 +25,5 @@ def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     An unset `bf16` is decided here, on the device that trains (`model.auto_precision`).
     """
-    return RECIPES[cfg.method.stage](with_bf16_decided(cfg), callbacks=callbacks)
+    return RECIPES[cfg.method.stage](with_bf16_decided(cfg),
+                                     callbacks=[*(callbacks or []), *trainjob_status_callbacks()])

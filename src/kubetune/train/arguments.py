@@ -26,7 +26,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     # transformers 5 reads a float warmup_steps in [0, 1) as a ratio of total steps.
     warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
     report_to = [] if t.report_to in (["none"], []) else t.report_to
-    return TrainingArguments(
+    args = TrainingArguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=t.per_device_train_batch_size,
         per_device_eval_batch_size=t.per_device_eval_batch_size,
@@ -69,6 +69,12 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         dataloader_pin_memory=torch.cuda.is_available(),
         **sharding_arguments(cfg),
     )
+    if "kubeflow" in args.report_to and "kubeflow" not in report_to:
+        # transformers adds its own TrainJob progress reporter whenever Kubeflow Trainer's status variables are
+        # set, whatever report_to says; kubetune's (`tracking.trainjob_status`, which `run_stage` adds) reports
+        # instead, so the job's status is written once. `report_to: kubeflow` keeps transformers' one.
+        args.report_to.remove("kubeflow")
+    return args
 
 
 def sharding_arguments(cfg: RunConfig) -> dict[str, Any]:
