@@ -14,12 +14,11 @@ starts its own ranks under torchrun, sized by what Kubeflow Trainer or the Train
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-from kubetune.launch.torchrun import TorchrunPlan, child_environment
+from kubetune.launch.torchrun import TorchrunPlan, run_torchrun
 
 
 def train_here(config: str, stage: str, extra: dict[str, Any], parent_run_id: str) -> dict[str, Any]:
@@ -68,8 +67,7 @@ def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, A
     summary.unlink(missing_ok=True)  # a retried step's old summary must not pass for this run's
     print(f"kubetune {stage}: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
     try:
-        code = subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
-                               env=child_environment(plan))
+        code = run_torchrun(plan, [str(spec)], module="kubetune.components.train_ranks")
     finally:
         spec.unlink(missing_ok=True)  # it holds the whole config, tokens included: not left on the volume
     if code != 0:
@@ -85,8 +83,7 @@ def run_node(spec: Path) -> int:
     plan = node_plan()
     print(f"kubetune: node {plan.node_rank} of {plan.nnodes}: launching torchrun: {plan.describe()}",
           file=sys.stderr, flush=True)
-    return subprocess.call(plan.command([str(spec)], module="kubetune.components.train_ranks"),
-                           env=child_environment(plan))
+    return run_torchrun(plan, [str(spec)], module="kubetune.components.train_ranks")
 
 
 def main(argv: list[str]) -> int:

@@ -85,9 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
     """Re-run `kubetune train` under torchrun when asked or given several GPUs; its exit code, or None."""
-    import subprocess
-
-    from kubetune.launch.torchrun import LaunchError, child_environment, torchrun_plan
+    from kubetune.launch.torchrun import LaunchError, run_torchrun, torchrun_plan
 
     try:
         plan = torchrun_plan()
@@ -97,7 +95,7 @@ def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
     if plan is None:
         return None
     print(f"kubetune train: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
-    return subprocess.call(plan.command(["train", *args]), env=child_environment(plan))
+    return run_torchrun(plan, ["train", *args])
 
 
 def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig:

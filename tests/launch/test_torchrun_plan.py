@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -88,3 +89,49 @@ def test_a_pytorchjob_pod_counts_pods_in_world_size_and_rank() -> None:
     assert torchrun_plan(env, gpu_count=8) is None  # what a rank sees: so the node must ask node_plan
     plan = node_plan(env, gpu_count=8)
     assert (plan.nnodes, plan.node_rank, plan.nproc_per_node, plan.master_port) == (3, 2, 8, 23456)
+
+
+RANK_WAITS_FOR_SIGTERM = """
+import os, pathlib, signal, sys, time
+here = pathlib.Path(os.environ["RANKS_DIR"])
+def stop(signum, frame):
+    (here / f"stopped-{os.environ['RANK']}").write_text("SIGTERM")
+    sys.exit(0)
+signal.signal(signal.SIGTERM, stop)
+(here / f"started-{os.environ['RANK']}").write_text("")
+time.sleep(120)
+"""
+
+LAUNCHER = """
+import os
+import sys
+from kubetune.launch.torchrun import TorchrunPlan, run_torchrun
+plan = TorchrunPlan(nnodes=1, node_rank=0, nproc_per_node=2, master_addr="127.0.0.1", master_port=int(sys.argv[1]))
+sys.exit(run_torchrun(plan, [], module="rank_waits"))
+"""
+
+
+def test_a_sigterm_to_the_launcher_reaches_every_rank(tmp_path: Path) -> None:
+    """Kubernetes pre-empts a pod with SIGTERM to its first process: the ranks under torchrun must hear it."""
+    import signal
+    import socket
+    import subprocess
+    import time
+
+    (tmp_path / "rank_waits.py").write_text(RANK_WAITS_FOR_SIGTERM)
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "PYTHONPATH": f"{tmp_path}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "RANKS_DIR": str(tmp_path)}
+    launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, str(port)], env=env)
+    deadline = time.monotonic() + 120
+    while not all((tmp_path / f"started-{rank}").exists() for rank in (0, 1)):
+        assert launcher.poll() is None and time.monotonic() < deadline, "the ranks never started"
+        time.sleep(0.2)
+    launcher.send_signal(signal.SIGTERM)
+    try:
+        launcher.wait(timeout=60)
+    finally:
+        launcher.kill()
+    assert [(tmp_path / f"stopped-{rank}").read_text() for rank in (0, 1)] == ["SIGTERM", "SIGTERM"]

@@ -10,8 +10,11 @@ those variables too. A process torchrun (or any launcher) started already has `R
 from __future__ import annotations
 
 import os
+import signal
 import socket
+import subprocess
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -153,3 +156,21 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def run_torchrun(plan: TorchrunPlan, args: Sequence[str], module: str = "kubetune.cli") -> int:
+    """Run `plan.command(args, module)` with `child_environment(plan)` and wait; its exit code.
+
+    A SIGTERM to this process is passed on to torchrun, which passes it on to its ranks. That is how
+    Kubernetes pre-empts a pod (SIGTERM to its first process, SIGKILL after the grace period):
+    without the hand-over the ranks would never hear of it and die mid-step at the SIGKILL.
+    (Ctrl-C needs no hand-over: the terminal sends SIGINT to the whole process group.)
+    """
+    child = subprocess.Popen(plan.command(args, module=module), env=child_environment(plan))
+    if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
+        return child.wait()
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
