@@ -335,11 +335,11 @@ def estimate_command(argv: list[str]) -> int:
 
 
 def _launched_ranks() -> int:
-    """The ranks `kubetune train` would launch here (NNODES × NPROC_PER_NODE, as set), else 1."""
+    """The ranks `kubetune train` would launch here (NNODES × NPROC_PER_NODE as set, or one per visible GPU)."""
     from kubetune.launch.torchrun import torchrun_plan
 
     try:
-        plan = torchrun_plan(gpu_count=0)
+        plan = torchrun_plan()
     except ValueError:
         return 1
     return plan.world_size if plan is not None else 1
