@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import os
-import socket
-
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import on_two_gloo_ranks
 
 from kubetune.rl.gae import masked_mean, masked_whiten
 from kubetune.rl.ranks import Ranks
@@ -17,33 +13,24 @@ VALUES = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, -1.0, 0.0, 0.0], [9.0, 8.0, 7
 MASK = torch.tensor([[1.0, 1, 1, 0], [1, 1, 0, 0], [1, 1, 1, 1], [1, 0, 0, 0]])  # ranks hold rows 0-1 and 2-3
 
 
-def _rank(rank: int, port: int, results: dict) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        ranks = Ranks(size=2, rank=rank)
-        rows = ranks.share(list(range(4)))
-        values, mask = VALUES[rows], MASK[rows]
-        results[rank] = {
-            "rows": rows,
-            "whitened": masked_whiten(values, mask, sum_over=ranks.sum),
-            "scaled": masked_whiten(values, mask, shift_mean=False, sum_over=ranks.sum),
-            "mean": float(masked_mean(values, mask, sum_over=ranks.sum)),
-            "gathered": ranks.gather(values[:, 0]),
-            "lists": ranks.gather_lists([f"r{rank}"] * (rank + 1)),  # lists of different lengths
-            "stats": ranks.mean_of({"loss": float(rank), "kl": 2.0 * rank}),
-            "broadcast": ranks.broadcast(f"from {rank}"),
-        }
-    finally:
-        dist.destroy_process_group()
+def _reductions(rank: int) -> dict:
+    ranks = Ranks(size=2, rank=rank)
+    rows = ranks.share(list(range(4)))
+    values, mask = VALUES[rows], MASK[rows]
+    return {
+        "rows": rows,
+        "whitened": masked_whiten(values, mask, sum_over=ranks.sum),
+        "scaled": masked_whiten(values, mask, shift_mean=False, sum_over=ranks.sum),
+        "mean": float(masked_mean(values, mask, sum_over=ranks.sum)),
+        "gathered": ranks.gather(values[:, 0]),
+        "lists": ranks.gather_lists([f"r{rank}"] * (rank + 1)),  # lists of different lengths
+        "stats": ranks.mean_of({"loss": float(rank), "kl": 2.0 * rank}),
+        "broadcast": ranks.broadcast(f"from {rank}"),
+    }
 
 
 def test_two_ranks_whiten_gather_and_average_as_one_process_over_all_rows() -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    results = mp.Manager().dict()
-    mp.spawn(_rank, args=(port, results), nprocs=2, join=True)
+    results = on_two_gloo_ranks(_reductions)
     r0, r1 = results[0], results[1]
     assert (r0["rows"], r1["rows"]) == ([0, 1], [2, 3])
     torch.testing.assert_close(torch.cat([r0["whitened"], r1["whitened"]]), masked_whiten(VALUES, MASK))
