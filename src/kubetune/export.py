@@ -8,6 +8,7 @@ from pathlib import Path
 
 from kubetune.config import RunConfig
 from kubetune.model.adapters import prepare_for_training
+from kubetune.model.deepspeed_unwrap import defer_deepspeed_import
 from kubetune.model.loader import load_base_model, load_tokenizer, resolve_model_path
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,7 @@ def export(cfg: RunConfig) -> Path | str:
                          "(export loads the base in full precision and merges the adapter into it)")
     target = cfg.export.export_dir
     assert target, "export_dir is required (checked by preflight)"
+    defer_deepspeed_import()  # save_pretrained unwraps the model; a merge never needs DeepSpeed
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, path)
     model = load_base_model(cfg.model, path=path, quantize=False)

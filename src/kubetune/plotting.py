@@ -14,9 +14,6 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
-
 from kubetune.tracking import TRAINER_LOG
 
 logger = logging.getLogger(__name__)
@@ -125,6 +122,10 @@ def plot_loss(
 
 
 def _draw(steps: list[float], values: list[float], key: str, path: Path) -> None:
+    # imported here: matplotlib costs ~1 s, and every training process imports this module, plotting or not
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
     fig = Figure(figsize=(6.4, 4.8), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot()

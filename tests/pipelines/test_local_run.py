@@ -96,8 +96,10 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
 
     # a second, worse run: registered, not promoted; preprocessing came from the cache
     bad = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=1e-9, max_steps=1)
+    bad.evaluation.baseline = False  # the base was scored in the first run; the gate compares with the champion
     second = run_local(bad, tmp_path / "run2")
     assert second.ok, summary(second, bad)
+    assert second.find("evaluate-base") is None, "evaluation.baseline: false skips the base's scoring"
     assert client.get_model_version_by_alias("tiny-assistant", "champion").version == "1"
     assert client.get_model_version_by_alias("tiny-assistant", "challenger").version == "2"
     preprocess_meta = next(kfp for kfp in (tmp_path / "run2" / "kfp").rglob("executor_output.json")

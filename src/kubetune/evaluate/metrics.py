@@ -13,7 +13,6 @@ import warnings
 from collections.abc import Sequence
 
 import jieba
-from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 from rouge_chinese import Rouge
 
 # jieba prints "Building prefix dict ..." at DEBUG level to stderr on first use; keep logs quiet.
@@ -50,6 +49,9 @@ def bleu4(prediction: list[str], reference: list[str]) -> float:
     """
     if not prediction or not reference:
         return 0.0
+    # imported here: nltk pulls in scipy.stats (1-2 s), and every stage process imports this module
+    from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
+
     with warnings.catch_warnings():
         # nltk warns about every missing n-gram order; smoothing already accounts for them.
         warnings.simplefilter("ignore")

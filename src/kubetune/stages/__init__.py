@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 from kubetune.config import RunConfig
 from kubetune.model.auto_precision import with_bf16_decided
+from kubetune.model.deepspeed_unwrap import defer_deepspeed_import
 from kubetune.stages import dpo, kto, ppo, rm, sft
 from kubetune.tracking.trainjob_status import trainjob_status_callbacks
 from kubetune.train.result import StageResult
@@ -25,5 +26,6 @@ def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     An unset `bf16` is decided here, on the device that trains (`model.auto_precision`).
     """
+    defer_deepspeed_import()  # a run without a DeepSpeed config never imports it (model.deepspeed_unwrap)
     return RECIPES[cfg.method.stage](with_bf16_decided(cfg),
                                      callbacks=[*(callbacks or []), *trainjob_status_callbacks()])
