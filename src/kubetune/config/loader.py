@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.refused_keys import NO_EFFECT, REFUSED, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
 
 CLI = "command line"
@@ -28,8 +29,9 @@ RENAMED = {
     "model_name": "model_name_or_path",
     "model_path": "model_name_or_path",
     "max_seq_length": "cutoff_len",
-    "max_length": "cutoff_len",
 }
+# LLaMA-Factory's own negations of our keys: key -> the key it negates.
+NEGATED = {"disable_gradient_checkpointing": "gradient_checkpointing"}
 
 
 def load_config(
@@ -125,6 +127,8 @@ def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> 
     for key, (value, origin) in raw.items():
         if key in RENAMED:
             out[RENAMED[key]] = (value, origin)
+        elif key in NEGATED:
+            _negate(key, value, origin, raw, out, problems)
         elif key == "finetuning_type" and value == "qlora":
             out["finetuning_type"] = ("lora", origin)
             implied_bits = (4, origin)
@@ -147,6 +151,19 @@ def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> 
     return out
 
 
+def _negate(key: str, value: Any, origin: str, raw: Mapping[str, tuple[Any, str]], out: dict[str, tuple[Any, str]],
+            problems: list[Problem]) -> None:
+    """`disable_gradient_checkpointing: true` is `gradient_checkpointing: false`; both given must agree."""
+    ours = NEGATED[key]
+    if not isinstance(value, bool):
+        problems.append(Problem(key, value, origin, "expected true or false", f"write {key}: true"))
+    elif ours in raw and raw[ours][0] != (not value):
+        problems.append(Problem(key, value, origin, f"contradicts {ours}: {raw[ours][0]} ({raw[ours][1]})",
+                                f"keep one of {key} and {ours}"))
+    elif ours not in raw:
+        out[ours] = (not value, origin)
+
+
 def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Problem] | None = None) -> RunConfig:
     """Validate (key -> (value, origin)) pairs; raise ConfigError with every problem."""
     problems = list(problems or [])
@@ -156,6 +173,11 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     origins: dict[str, str] = {}
     for key, (value, origin) in raw.items():
         group = owner.get(key)
+        if group is None and (key in REFUSED or key in NO_EFFECT):
+            # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
+            if (refused := refusal(key, value)) is not None:
+                problems.append(Problem(key, value, origin, refused.reason, refused.hint))
+            continue
         if group is None:
             problems.append(_unknown_key(key, value, origin, owner))
             continue
@@ -181,7 +203,8 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
 
 
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
-    known = [*owner, *RENAMED, "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit", "config_file"]
+    known = [*owner, *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, "use_lora", "use_qlora", "load_in_4bit",
+             "load_in_8bit", "config_file"]
     close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
     shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message

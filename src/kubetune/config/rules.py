@@ -32,6 +32,7 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "tool_format": "tool-call formats",
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
+    "infer_backend": "the vLLM, SGLang and KTransformers inference engines",
 }
 
 

@@ -96,6 +96,12 @@ class ModelArguments(_Group):
     use_unsloth: bool = Field(False, description="Unsloth kernels (not supported).")
     upcast_layernorm: bool = Field(False, description="Keep layer norms in float32.")
     upcast_lmhead_output: bool = Field(False, description="Compute the LM head output in float32.")
+    use_reentrant_gc: bool = Field(False, description=(
+        "Gradient checkpointing in PyTorch's reentrant form (LLaMA-Factory's default is true). Off by default: "
+        "PyTorch recommends the non-reentrant form, the same gradients without needing an input that requires grad."))
+    infer_backend: Literal["huggingface", "vllm", "sglang", "ktransformers"] = Field(
+        "huggingface", description="Engine of `kubetune chat`: huggingface (vllm, sglang, ktransformers: not "
+        "supported yet). With no `stage`, it marks a config as an inference config for `kubetune validate`.")
     quantization_method: Literal["bnb"] = Field("bnb", description="On-the-fly quantisation backend.")
     quantization_bit: Literal[4, 8] | None = Field(
         None, description="Load the base in 4 or 8 bits (bitsandbytes) for QLoRA."

@@ -1,0 +1,49 @@
+"""LLaMA-Factory's spellings: its negated and extra keys, and its keys kubetune refuses with a reason."""
+
+from __future__ import annotations
+
+import pytest
+
+from kubetune.config import ConfigError, load_config
+
+BASE = {"model_name_or_path": "some/model"}
+
+
+def problems(overrides) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides, base=BASE)
+    return {p.key: f"{p.message} — {p.hint}" for p in err.value.problems}
+
+
+def test_disable_gradient_checkpointing_is_the_negation_of_ours() -> None:
+    assert load_config(None, {"disable_gradient_checkpointing": True}, base=BASE).train.gradient_checkpointing is False
+    assert load_config(None, {"disable_gradient_checkpointing": False}, base=BASE).train.gradient_checkpointing
+    agreeing = {"disable_gradient_checkpointing": True, "gradient_checkpointing": False}
+    assert load_config(None, agreeing, base=BASE).train.gradient_checkpointing is False
+    assert "contradicts gradient_checkpointing" in problems({"disable_gradient_checkpointing": True,
+                                                             "gradient_checkpointing": True})[
+        "disable_gradient_checkpointing"]
+    assert "expected true or false" in problems({"disable_gradient_checkpointing": "maybe"})[
+        "disable_gradient_checkpointing"]
+
+
+def test_use_unsloth_gc_is_refused_with_its_reason() -> None:
+    load_config(None, {"use_unsloth_gc": False}, base=BASE)
+    assert "Unsloth" in problems({"use_unsloth_gc": True})["use_unsloth_gc"]
+
+
+def test_infer_backend_other_than_huggingface_is_refused() -> None:
+    assert load_config(None, {"infer_backend": "huggingface"}, base=BASE).model.infer_backend == "huggingface"
+    assert "vLLM" in problems({"infer_backend": "vllm"})["infer_backend"]
+
+
+def test_max_length_is_llama_factorys_generation_length_not_cutoff_len() -> None:
+    assert load_config(None, {"max_length": 512}, base=BASE).data.cutoff_len == 2048
+
+
+def test_a_refusal_names_its_reason_not_unknown_key() -> None:
+    found = problems({"use_kt": True, "use_mca": True, "video_fps": 4.0, "use_galor": True})
+    assert found["use_kt"].startswith("KTransformers: not supported")
+    assert "Megatron: use the scale-out path" in found["use_mca"]
+    assert found["video_fps"].startswith("multimodal models are not supported yet")
+    assert found["use_galor"].startswith("unknown key") and "use_galore" in found["use_galor"]
