@@ -24,6 +24,22 @@ def preflight(cfg: RunConfig, command: Command) -> None:
         raise ConfigError(problems, cfg.source)
 
 
+def purpose(cfg: RunConfig) -> Command:
+    """What a config is for, read from its keys, so `kubetune validate` checks it as what it is.
+
+    LLaMA-Factory runs one CLI for every job and tells them apart by keys, so its merge and inference configs
+    carry no command: one with `export_dir` is an export (merge_lora), one with `infer_backend` and no `stage` is
+    chat (inference), one with `do_train: false` that evaluates or predicts is eval; anything else trains.
+    """
+    if "export_dir" in cfg.explicit:
+        return "export"
+    if "infer_backend" in cfg.explicit and "stage" not in cfg.explicit:
+        return "chat"
+    if cfg.train.do_train is False and (cfg.train.do_eval or cfg.train.do_predict):
+        return "eval"
+    return "train"
+
+
 def world_problems(cfg: RunConfig, command: Command) -> list[Problem]:
     """Every reason `command` cannot run with `cfg` on this machine; empty when it can.
 
