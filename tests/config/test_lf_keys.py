@@ -47,3 +47,29 @@ def test_a_refusal_names_its_reason_not_unknown_key() -> None:
     assert "Megatron: use the scale-out path" in found["use_mca"]
     assert found["video_fps"].startswith("multimodal models are not supported yet")
     assert found["use_galor"].startswith("unknown key") and "use_galore" in found["use_galor"]
+
+
+def test_llama_factory_values_we_cannot_do_say_why() -> None:
+    assert problems({"finetuning_type": "oft"})["finetuning_type"].startswith("OFT: not implemented yet")
+    assert "gptq quantisation: not supported" in problems({"quantization_method": "gptq"})["quantization_method"]
+    assert load_config(None, {"quantization_method": "bnb"}, base=BASE).model.quantization_method == "bnb"
+
+
+def test_transformers_checkpointing_kwargs_set_use_reentrant_gc() -> None:
+    for flag in (True, False):
+        cfg = load_config(None, {"gradient_checkpointing_kwargs": {"use_reentrant": flag}}, base=BASE)
+        assert cfg.model.use_reentrant_gc is flag
+    assert "only use_reentrant" in problems({"gradient_checkpointing_kwargs": {"preserve_rng_state": False}})[
+        "gradient_checkpointing_kwargs"]
+
+
+def test_fsdp_wrap_classes_move_into_fsdp_config() -> None:
+    fsdp = {**BASE, "fsdp": "full_shard auto_wrap"}
+    cfg = load_config(None, {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer, MlpBlock"}, base=fsdp)
+    assert cfg.train.fsdp_config == {"transformer_layer_cls_to_wrap": ["LlamaDecoderLayer", "MlpBlock"]}
+    cfg = load_config(None, {"fsdp_transformer_layer_cls_to_wrap": "LlamaDecoderLayer",
+                             "fsdp_config": {"version": 2}}, base=fsdp)
+    assert cfg.train.fsdp_config == {"version": 2, "transformer_layer_cls_to_wrap": ["LlamaDecoderLayer"]}
+    assert "contradicts" in problems({"fsdp_transformer_layer_cls_to_wrap": "A",
+                                      "fsdp_config": {"transformer_layer_cls_to_wrap": ["B"]}})[
+        "fsdp_transformer_layer_cls_to_wrap"]

@@ -54,3 +54,11 @@ def test_a_training_config_is_still_checked_as_training(tmp_path: Path, capsys: 
     assert main(["validate", str(cfg)]) == 2
     err = capsys.readouterr().err
     assert "training needs data" in err and "output_dir" in err
+
+
+def test_predict_config_without_a_training_dataset_is_an_eval(tmp_path: Path) -> None:
+    # LLaMA-Factory's nlg_eval predict config: do_predict, an eval_dataset, do_train left at its false default
+    cfg = load_config(None, {"do_predict": True, "eval_dataset": "d"}, base={"model_name_or_path": "m"})
+    assert purpose(cfg) == "eval"
+    cfg = load_config(None, {"do_predict": True, "eval_dataset": "d", "dataset": "t"}, base={"model_name_or_path": "m"})
+    assert purpose(cfg) == "train"  # a dataset to train on: train, then predict

@@ -155,8 +155,20 @@ NO_EFFECT: dict[str, str] = {
 }
 
 
+# Values of kubetune fields that LLaMA-Factory accepts and kubetune cannot do yet: key -> value -> refusal.
+REFUSED_VALUES: dict[str, dict[str, Refusal]] = {
+    "finetuning_type": {"oft": Refusal(f"OFT: {_NOT_YET}", "use finetuning_type: lora")},
+    "quantization_method": {
+        method: Refusal(f"{method} quantisation: not supported yet",
+                        "use quantization_method: bnb (bitsandbytes) with quantization_bit: 4 or 8")
+        for method in ("gptq", "awq", "aqlm", "quanto", "eetq", "hqq", "mxfp4", "fp8")},
+}
+
+
 def refusal(key: str, value: object) -> Refusal | None:
-    """The refusal of `key` set to `value`; None when the key is not refused or `value` is LLaMA-Factory's default."""
+    """Why `key: value` is refused; None when it is not (including a refused key at LLaMA-Factory's default)."""
+    if key in REFUSED_VALUES:
+        return REFUSED_VALUES[key].get(value) if isinstance(value, str) else None
     found = REFUSED.get(key)
     if found is None or value == found.default:
         return None

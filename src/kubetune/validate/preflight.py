@@ -29,13 +29,17 @@ def purpose(cfg: RunConfig) -> Command:
 
     LLaMA-Factory runs one CLI for every job and tells them apart by keys, so its merge and inference configs
     carry no command: one with `export_dir` is an export (merge_lora), one with `infer_backend` and no `stage` is
-    chat (inference), one with `do_train: false` that evaluates or predicts is eval; anything else trains.
+    chat (inference), one that evaluates or predicts and does not train (`do_train: false`, or no training
+    dataset) is eval; anything else trains.
     """
     if "export_dir" in cfg.explicit:
         return "export"
     if "infer_backend" in cfg.explicit and "stage" not in cfg.explicit:
         return "chat"
-    if cfg.train.do_train is False and (cfg.train.do_eval or cfg.train.do_predict):
+    t, d = cfg.train, cfg.data
+    # LLaMA-Factory's predict configs name an eval_dataset and no dataset, and leave do_train at its false default
+    no_training = t.do_train is False or (t.do_train is None and not (d.dataset or d.data_path))
+    if no_training and (t.do_eval or t.do_predict):
         return "eval"
     return "train"
 
