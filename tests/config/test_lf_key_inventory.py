@@ -15,8 +15,8 @@ import pytest
 
 from kubetune.config import load_config
 from kubetune.config.loader import NEGATED, RENAMED
-from kubetune.config.refused_keys import NO_EFFECT, REFUSED
-from kubetune.config.schema import field_owner
+from kubetune.config.refused_keys import NO_EFFECT, REFUSED, REFUSED_VALUES
+from kubetune.config.schema import GROUPS, field_owner
 
 REPO = Path(__file__).resolve().parents[2]
 # LLaMA-Factory's argument classes (mixins included), by file; TrainingArguments' own base is transformers'.
@@ -32,21 +32,45 @@ def _hparams_dir() -> Path | None:
     return found[0] if found else None
 
 
-def lf_fields() -> dict[str, tuple[str, ast.expr | None]]:
-    """key -> (class that declares it, its `default=` expression) for every dataclass field LF declares."""
+def _folder() -> Path:
     folder = _hparams_dir()
     if folder is None or not (folder / FILES[0]).is_file():
         pytest.skip("LLaMA-Factory 0.9.5 is not installed in tools/lf-venv (`make bench` installs it)")
-    fields: dict[str, tuple[str, ast.expr | None]] = {}
+    return folder
+
+
+def lf_fields() -> dict[str, tuple[str, ast.expr | None, ast.expr]]:
+    """key -> (class that declares it, its `default=` expression, its annotation) for every field LF declares."""
+    folder = _folder()
+    fields: dict[str, tuple[str, ast.expr | None, ast.expr]] = {}
     for name in FILES:
         for node in ast.parse((folder / name).read_text(encoding="utf-8")).body:
             if not isinstance(node, ast.ClassDef):
                 continue
             for item in node.body:
                 if isinstance(item, ast.AnnAssign) and isinstance(item.target, ast.Name):
-                    fields.setdefault(item.target.id, (node.name, _default(item.value)))
+                    fields.setdefault(item.target.id, (node.name, _default(item.value), item.annotation))
     assert len(fields) > 200, f"read only {len(fields)} keys from {folder}: has LLaMA-Factory's layout changed?"
     return fields
+
+
+def lf_enums() -> dict[str, tuple[str, ...]]:
+    """The string values of each StrEnum in LF's extras/constants.py (AttentionFunction, EngineName, ...)."""
+    tree = ast.parse((_folder().parent / "extras" / "constants.py").read_text(encoding="utf-8"))
+    return {node.name: tuple(item.value.value for item in node.body if isinstance(item, ast.Assign)
+                             and isinstance(item.value, ast.Constant) and isinstance(item.value.value, str))
+            for node in tree.body if isinstance(node, ast.ClassDef)}
+
+
+def lf_choices(annotation: ast.expr, enums: dict[str, tuple[str, ...]]) -> tuple[str, ...]:
+    """The string choices an LF annotation allows: `Literal[...]` (also inside Optional / `| None`), or an enum."""
+    for node in ast.walk(annotation):
+        if isinstance(node, ast.Subscript) and ast.unparse(node.value).endswith("Literal"):
+            items = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+            return tuple(i.value for i in items if isinstance(i, ast.Constant) and isinstance(i.value, str))
+        if isinstance(node, ast.Name) and node.id in enums:
+            return enums[node.id]
+    return ()
 
 
 def _default(value: ast.expr | None) -> ast.expr | None:
@@ -66,7 +90,7 @@ def _value(expr: ast.expr) -> object:
 
 def test_every_llama_factory_key_is_known() -> None:
     known = {*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT}
-    unknown = {key: cls for key, (cls, _) in lf_fields().items() if key not in known}
+    unknown = {key: cls for key, (cls, _, _) in lf_fields().items() if key not in known}
     assert unknown == {}, f"LLaMA-Factory keys kubetune has never heard of: {unknown}"
 
 
@@ -89,3 +113,19 @@ def test_each_refused_key_loads_at_its_default_and_is_refused_otherwise() -> Non
         with pytest.raises(Exception) as err:
             load_config(None, {key: changed}, base=BASE)
         assert refusal.reason in str(err.value) and "unknown key" not in str(err.value), key
+
+
+def test_every_choice_llama_factory_offers_for_our_keys_is_ours_or_refused() -> None:
+    import typing
+
+    enums = lf_enums()
+    ours = {name: info.annotation for model in GROUPS.values() for name, info in model.model_fields.items()}
+    missing = {}
+    for key, (_, _, annotation) in lf_fields().items():
+        if key not in ours:
+            continue
+        accepted = {a for arg in (ours[key], *typing.get_args(ours[key])) for a in typing.get_args(arg)}
+        lost = [c for c in lf_choices(annotation, enums) if c not in accepted and c not in REFUSED_VALUES.get(key, {})]
+        if lost:
+            missing[key] = lost
+    assert missing == {}, f"LLaMA-Factory choices kubetune neither accepts nor refuses with a reason: {missing}"

@@ -158,6 +158,7 @@ NO_EFFECT: dict[str, str] = {
 # Values of kubetune fields that LLaMA-Factory accepts and kubetune cannot do yet: key -> value -> refusal.
 REFUSED_VALUES: dict[str, dict[str, Refusal]] = {
     "finetuning_type": {"oft": Refusal(f"OFT: {_NOT_YET}", "use finetuning_type: lora")},
+    "flash_attn": {"fa3": Refusal("FlashAttention-3: not supported yet", "use flash_attn: fa2, sdpa or auto")},
     "quantization_method": {
         method: Refusal(f"{method} quantisation: not supported yet",
                         "use quantization_method: bnb (bitsandbytes) with quantization_bit: 4 or 8")

@@ -237,7 +237,7 @@ class DataArguments(_Group):
     preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")
     tokenized_path: str | None = Field(None, description="Save the tokenised data here, or load it if present.")
     streaming: bool = Field(False, description="Stream the dataset (not supported).")
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over", "interleave_once"] = Field(
         "concat", description="How several datasets are combined."
     )
     tool_format: str | None = Field(None, description="Tool-call format of the template.")
