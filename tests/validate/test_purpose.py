@@ -62,3 +62,10 @@ def test_predict_config_without_a_training_dataset_is_an_eval(tmp_path: Path) ->
     assert purpose(cfg) == "eval"
     cfg = load_config(None, {"do_predict": True, "eval_dataset": "d", "dataset": "t"}, base={"model_name_or_path": "m"})
     assert purpose(cfg) == "train"  # a dataset to train on: train, then predict
+
+
+def test_keys_lists_the_refused_llama_factory_keys_with_their_reasons(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["keys"]) == 0
+    out = capsys.readouterr().out
+    assert "use_reentrant_gc" in out
+    assert any("use_muon" in line and "Muon: not implemented yet" in line for line in out.splitlines())
