@@ -45,6 +45,9 @@ def test_what_each_config_is_for() -> None:
     assert purpose(load_config(None, {"infer_backend": "huggingface"}, base=base)) == "chat"
     # a stage says it trains, whatever else it holds
     assert purpose(load_config(None, {"infer_backend": "huggingface", "stage": "sft"}, base=base)) == "train"
+    # a config written back out (`to_flat`, as pipeline steps do) names every key; it is still what it was
+    flat = load_config(None, {"dataset": "d"}, base=base).to_flat()
+    assert purpose(load_config(None, flat)) == "train"
     assert purpose(load_config(None, {"do_train": False, "do_predict": True, "eval_dataset": "d"},
                                base=base)) == "eval"
 

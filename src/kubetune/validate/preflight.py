@@ -32,7 +32,7 @@ def purpose(cfg: RunConfig) -> Command:
     chat (inference), one that evaluates or predicts and does not train (`do_train: false`, or no training
     dataset) is eval; anything else trains.
     """
-    if "export_dir" in cfg.explicit:
+    if cfg.export.export_dir:  # its value, not its presence: a round-tripped config (`to_flat`) holds every key
         return "export"
     if "infer_backend" in cfg.explicit and "stage" not in cfg.explicit:
         return "chat"
