@@ -1,7 +1,8 @@
 """LLaMA-Factory keys kubetune has no field for: each refused with its reason, or accepted as already true.
 
 A LLaMA-Factory user's YAML must never fail on "unknown key". Every key of LLaMA-Factory 0.9.5's argument
-classes is a field of `kubetune.config.schema`, an alias in `kubetune.config.loader`, or listed here
+classes (and of its main branch as of 2026-08: kt_cpu_activation, use_megatron_bridge, ...) is a field of
+`kubetune.config.schema`, an alias in `kubetune.config.loader`, or listed here
 (`tests/config/test_lf_key_inventory.py` reads LLaMA-Factory's own source to keep it so).
 
 A refused key set to LLaMA-Factory's default asks for nothing, so it is accepted and dropped: configs that
@@ -45,7 +46,8 @@ REFUSED: dict[str, Refusal] = {
             "multimodal models are not supported yet", "train a text model, and remove the key"),
     # ModelArguments: KTransformers (KTransformersArguments)
     **_each({"use_kt": False, "kt_weight_path": None, "kt_expert_checkpoint_path": None,
-             "kt_use_lora_experts": None, "kt_lora_expert_num": None, "kt_lora_expert_intermediate_size": None},
+             "kt_use_lora_experts": None, "kt_lora_expert_num": None, "kt_lora_expert_intermediate_size": None,
+             "kt_cpu_activation": None, "kt_non_expert_weight_path": None},
             "KTransformers: not supported", _REMOVE),
     # ModelArguments: inference engines (VllmArguments, SGLangArguments); `infer_backend` itself is a field
     **_each({"vllm_maxlen": 4096, "vllm_gpu_util": 0.7, "vllm_enforce_eager": False, "vllm_max_lora_rank": 32,
@@ -117,8 +119,9 @@ REFUSED: dict[str, Refusal] = {
     "disable_shuffling": Refusal(f"training without shuffling: {_NOT_YET}", _REMOVE, False),
     "early_stopping_steps": Refusal(f"early stopping: {_NOT_YET}", "set max_steps or num_train_epochs"),
     # FinetuningArguments: distributed back ends
-    "use_mca": Refusal("Megatron: use the scale-out path (deepspeed/fsdp, nodes)", _REMOVE, False),
-    **_each({"use_hyper_parallel": False, "hyper_parallel_args": None},
+    **_each({"use_mca": False, "use_megatron_bridge": False, "megatron_bridge_args": None},
+            "Megatron: use the scale-out path (deepspeed/fsdp, nodes)", _REMOVE),
+    **_each({"use_hyper_parallel": False, "hyper_parallel_args": None, "hyper_parallel_cp_size": 1},
             "HyperParallel: use the scale-out path (deepspeed/fsdp, nodes)", _REMOVE),
     # FinetuningArguments: SwanLab (SwanLabArguments)
     **_each({"use_swanlab": False, "swanlab_project": "llamafactory", "swanlab_workspace": None,
