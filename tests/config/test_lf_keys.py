@@ -78,3 +78,10 @@ def test_fsdp_wrap_classes_move_into_fsdp_config() -> None:
 def test_interleave_once_is_refused_as_interleaving_not_as_an_unknown_choice() -> None:
     assert "dataset interleaving" in problems({"mix_strategy": "interleave_once"})["mix_strategy"]
     assert "FlashAttention-3" in problems({"flash_attn": "fa3"})["flash_attn"]
+
+
+def test_disable_shuffling_is_refused_where_it_cannot_hold() -> None:
+    assert "own seeded prompt order" in problems({"disable_shuffling": True, "stage": "ppo",
+                                                  "reward_model": "r"})["disable_shuffling"]
+    assert "contradicts group_by_length" in problems({"disable_shuffling": True, "group_by_length": True})[
+        "disable_shuffling"]

@@ -116,7 +116,6 @@ REFUSED: dict[str, Refusal] = {
     "pref_bco_weight": Refusal(f"the BCO term of DPO: {_NOT_YET}", _REMOVE, 0.0),
     "ld_alpha": Refusal(f"LD-DPO's length desensitisation: {_NOT_YET}", _REMOVE),
     "compute_accuracy": Refusal(f"token accuracy at evaluation: {_NOT_YET}", "eval_loss is reported", False),
-    "disable_shuffling": Refusal(f"training without shuffling: {_NOT_YET}", _REMOVE, False),
     "early_stopping_steps": Refusal(f"early stopping: {_NOT_YET}", "set max_steps or num_train_epochs"),
     # FinetuningArguments: distributed back ends
     **_each({"use_mca": False, "use_megatron_bridge": False, "megatron_bridge_args": None},

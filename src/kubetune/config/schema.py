@@ -288,6 +288,10 @@ class TrainArguments(_Group):
         False, description="Batch unpacked sft/pt rows of similar length together: less padding computed, "
                            "but batches of similar rows train differently.",
     )
+    disable_shuffling: bool = Field(
+        False, description="Train on the rows in dataset order (a sequential sampler) instead of reshuffling them "
+                           "each epoch. Not for ppo, which draws its own prompt order.",
+    )
     seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
     data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")
     ddp_timeout: int = Field(1800, gt=0, description="Distributed timeout in seconds.")
