@@ -234,11 +234,15 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     return cfg
 
 
+def known_keys() -> list[str]:
+    """Every key a config may hold: the schema's fields, their aliases, and LLaMA-Factory's refused/no-effect keys."""
+    return [*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, "gradient_checkpointing_kwargs",
+            "fsdp_transformer_layer_cls_to_wrap", "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit",
+            "config_file"]
+
+
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
-    known = [*owner, *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, "gradient_checkpointing_kwargs",
-             "fsdp_transformer_layer_cls_to_wrap", "use_lora",
-             "use_qlora", "load_in_4bit", "load_in_8bit", "config_file"]
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(str(key), known_keys(), n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
     shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message
     return Problem(shown, value, origin, "unknown key", hint)
