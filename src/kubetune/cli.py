@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 from kubetune import __version__
 from kubetune.config import ConfigError, RunConfig, load_config
-from kubetune.validate import preflight
+from kubetune.validate import preflight, purpose
 
 USAGE = """kubetune <command> [config.yaml] [key=value | --key value ...]
 
@@ -23,7 +23,8 @@ commands:
   eval      loss/perplexity and generation metrics (BLEU-4, ROUGE) on a dataset, as JSON
   export    merge the adapter into the base and save safetensors shards (export_dir)
   chat      talk to a model (+ adapter) in the terminal
-  validate  check a config and the files it names, without running anything
+  validate  check a config and the files it names, as the job its keys describe (train, export with
+            export_dir, chat with infer_backend and no stage, eval with do_train: false), running nothing
   estimate  peak GPU memory per device and which GPUs fit, from the model config alone [--json]
 
 pipeline commands (a pipeline config: see examples/pipeline_sft.yaml):
@@ -105,13 +106,17 @@ def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig
     cfg = load_config(path, list(overrides) + [f"{k}={json.dumps(v)}" for k, v in defaults.items()])
     if command == "eval" and not cfg.data.eval_dataset and cfg.data.dataset:
         cfg.data.eval_dataset, cfg.data.val_size = cfg.data.dataset, 0.0
-    preflight(cfg, "train" if command == "validate" else command)  # type: ignore[arg-type]
+    # `validate` checks a config as what it is for: an LLaMA-Factory merge config as an export, and so on
+    preflight(cfg, purpose(cfg) if command == "validate" else command)  # type: ignore[arg-type]
     return cfg
 
 
 def _dispatch(command: str, cfg: RunConfig) -> int:
     if command == "validate":
-        print(f"{cfg.source or 'config'}: OK — stage {cfg.method.stage}, {cfg.method.finetuning_type}"
+        what = purpose(cfg)
+        job = (f"stage {cfg.method.stage}" if what == "train" else
+               f"export to {cfg.export.export_dir}" if what == "export" else what)
+        print(f"{cfg.source or 'config'}: OK — {job}, {cfg.method.finetuning_type}"
               f"{' (4-bit)' if cfg.model.quantization_bit == 4 else ''}, model {cfg.model.model_name_or_path}")
         return 0
     if command in ("train", "eval"):
@@ -143,6 +148,14 @@ def _print_keys() -> int:
         for name, info in model.model_fields.items():
             default = "required" if info.is_required() else repr(info.default)
             print(f"  {name:32} {default:16} {info.description or ''}")
+    from kubetune.config.refused_keys import NO_EFFECT, REFUSED
+
+    print("# LLaMA-Factory keys accepted, nothing to do (why)")
+    for name, why in NO_EFFECT.items():
+        print(f"  {name:32} {why}")
+    print("# LLaMA-Factory keys refused unless at LLaMA-Factory's default (default, why)")
+    for name, refusal in REFUSED.items():
+        print(f"  {name:32} {refusal.default!r:16} {refusal.reason}")
     return 0
 
 

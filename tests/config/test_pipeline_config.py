@@ -61,3 +61,13 @@ def test_bad_evaluation_and_export_keys_name_their_step() -> None:
         load_pipeline_config(text=yaml.safe_dump(text))
     keys = {p.key for p in err.value.problems}
     assert keys == {"evaluate: max_new_tokenz", "export: export_size"}
+
+
+def test_shared_llama_factory_keys_are_known_and_refusals_say_why() -> None:
+    data = yaml.safe_load(_pipeline({"dataset": "kubi_sft_eval"}))
+    cfg = load_pipeline_config(text=yaml.safe_dump({**data, "disable_gradient_checkpointing": True,
+                                                    "use_swanlab": False}))
+    assert cfg.step_configs()["stages.sft"]().train.gradient_checkpointing is False
+    with pytest.raises(ConfigError) as err:
+        load_pipeline_config(text=yaml.safe_dump({**data, "use_muon": True}))
+    assert "Muon: not implemented yet" in str(err.value) and "unknown key" not in str(err.value)

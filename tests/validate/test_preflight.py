@@ -91,3 +91,23 @@ def test_liger_kernel_needs_a_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "no CUDA GPU" in kernel_problems(enable_liger_kernel=True)["enable_liger_kernel"]
     monkeypatch.undo()
     assert "GPU" in kernel_problems(enable_liger_kernel=True)["enable_liger_kernel"]
+
+
+def test_a_problem_names_where_its_value_came_from(tmp_path: Path) -> None:
+    # the template came from the command line, the model path from the file: each problem says so
+    path = tmp_path / "run.yaml"
+    path.write_text(f"model_name_or_path: {tmp_path / 'no-such-model'}\noutput_dir: {tmp_path / 'out'}\n"
+                    f"data_path: {tmp_path / 'd.json'}\n")
+    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}]')
+    cfg = load_config(path, ["template=no_such_template"])
+    where = {p.key: p.origin for p in world_problems(cfg, "train")}
+    assert where["template"] == "command line"
+    assert where["model_name_or_path"] == str(path)
+    assert "template = 'no_such_template' (from command line)" in str(ConfigError(world_problems(cfg, "train")))
+
+
+def test_a_missing_key_is_missing_from_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("model_name_or_path: some/model\n")
+    where = {p.key: p.origin for p in world_problems(load_config(path), "export")}
+    assert where["export_dir"] == str(path)  # not "defaults": the user adds it to this file

@@ -16,6 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.refused_keys import NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
 
 CLI = "command line"
@@ -28,8 +29,9 @@ RENAMED = {
     "model_name": "model_name_or_path",
     "model_path": "model_name_or_path",
     "max_seq_length": "cutoff_len",
-    "max_length": "cutoff_len",
 }
+# LLaMA-Factory's own negations of our keys: key -> the key it negates.
+NEGATED = {"disable_gradient_checkpointing": "gradient_checkpointing"}
 
 
 def load_config(
@@ -125,6 +127,16 @@ def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> 
     for key, (value, origin) in raw.items():
         if key in RENAMED:
             out[RENAMED[key]] = (value, origin)
+        elif key in NEGATED:
+            _negate(key, value, origin, raw, out, problems)
+        elif key == "gradient_checkpointing_kwargs":  # transformers' spelling, in LLaMA-Factory's examples
+            if isinstance(value, Mapping) and set(value) <= {"use_reentrant"}:
+                if "use_reentrant" in value:
+                    out["use_reentrant_gc"] = (value["use_reentrant"], origin)
+            else:
+                problems.append(Problem(key, value, origin, "only use_reentrant is supported",
+                                        "write gradient_checkpointing_kwargs: {use_reentrant: false}, or "
+                                        "use_reentrant_gc: false"))
         elif key == "finetuning_type" and value == "qlora":
             out["finetuning_type"] = ("lora", origin)
             implied_bits = (4, origin)
@@ -144,7 +156,41 @@ def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> 
             out[key] = (value, origin)
     if implied_bits is not None and "quantization_bit" not in out:
         out["quantization_bit"] = implied_bits
+    if "fsdp_transformer_layer_cls_to_wrap" in out:
+        _fsdp_wrap_classes(out, problems)
     return out
+
+
+def _fsdp_wrap_classes(out: dict[str, tuple[Any, str]], problems: list[Problem]) -> None:
+    """transformers 4's `fsdp_transformer_layer_cls_to_wrap` (in LLaMA-Factory's examples) is now an fsdp_config key."""
+    key = "fsdp_transformer_layer_cls_to_wrap"
+    value, origin = out.pop(key)
+    classes = [c.strip() for c in value.split(",") if c.strip()] if isinstance(value, str) else value
+    settings, settings_origin = out.get("fsdp_config", (None, origin))
+    if settings is None:
+        settings = {}
+    if not isinstance(settings, Mapping):
+        problems.append(Problem(key, value, origin, f"cannot be added to the fsdp_config file {settings!r}",
+                                "write transformer_layer_cls_to_wrap in that file instead"))
+        return
+    if "transformer_layer_cls_to_wrap" in settings and settings["transformer_layer_cls_to_wrap"] != classes:
+        problems.append(Problem(key, value, origin, "contradicts fsdp_config's transformer_layer_cls_to_wrap",
+                                "keep one of them"))
+        return
+    out["fsdp_config"] = ({**settings, "transformer_layer_cls_to_wrap": classes}, settings_origin)
+
+
+def _negate(key: str, value: Any, origin: str, raw: Mapping[str, tuple[Any, str]], out: dict[str, tuple[Any, str]],
+            problems: list[Problem]) -> None:
+    """`disable_gradient_checkpointing: true` is `gradient_checkpointing: false`; both given must agree."""
+    ours = NEGATED[key]
+    if not isinstance(value, bool):
+        problems.append(Problem(key, value, origin, "expected true or false", f"write {key}: true"))
+    elif ours in raw and raw[ours][0] != (not value):
+        problems.append(Problem(key, value, origin, f"contradicts {ours}: {raw[ours][0]} ({raw[ours][1]})",
+                                f"keep one of {key} and {ours}"))
+    elif ours not in raw:
+        out[ours] = (not value, origin)
 
 
 def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Problem] | None = None) -> RunConfig:
@@ -156,6 +202,14 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     origins: dict[str, str] = {}
     for key, (value, origin) in raw.items():
         group = owner.get(key)
+        if key in REFUSED_VALUES and (refused := refusal(key, value)) is not None:
+            problems.append(Problem(key, value, origin, refused.reason, refused.hint))  # finetuning_type: oft
+            continue
+        if group is None and (key in REFUSED or key in NO_EFFECT):
+            # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
+            if (refused := refusal(key, value)) is not None:
+                problems.append(Problem(key, value, origin, refused.reason, refused.hint))
+            continue
         if group is None:
             problems.append(_unknown_key(key, value, origin, owner))
             continue
@@ -180,9 +234,15 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     return cfg
 
 
+def known_keys() -> list[str]:
+    """Every key a config may hold: the schema's fields, their aliases, and LLaMA-Factory's refused/no-effect keys."""
+    return [*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, "gradient_checkpointing_kwargs",
+            "fsdp_transformer_layer_cls_to_wrap", "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit",
+            "config_file"]
+
+
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
-    known = [*owner, *RENAMED, "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit", "config_file"]
-    close = difflib.get_close_matches(str(key), known, n=1, cutoff=0.75)
+    close = difflib.get_close_matches(str(key), known_keys(), n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
     shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message
     return Problem(shown, value, origin, "unknown key", hint)

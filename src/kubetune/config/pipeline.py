@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import kubetune
 from kubetune.config.errors import ConfigError, Problem
-from kubetune.config.loader import read_config_file, validate_raw
+from kubetune.config.loader import known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
 
@@ -304,7 +304,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
         data = read_config_file(Path(path)) if path is not None else {}
     data = {**data, **(overrides or {})}
     problems: list[Problem] = []
-    owner = field_owner()
+    known = set(known_keys())  # aliases and LLaMA-Factory's refused keys too: their steps say why, not "unknown"
     try:
         cfg = PipelineConfig(**data)
     except ValidationError as err:
@@ -315,10 +315,10 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
         raise ConfigError(problems, source) from None
     cfg.source = source
     for key in cfg.shared:
-        if key not in owner and key not in ("use_lora", "use_qlora", "lora_r", "lora_target_modules"):
+        if key not in known:
             import difflib
 
-            close = difflib.get_close_matches(key, [*owner, *PipelineConfig.model_fields], n=1, cutoff=0.75)
+            close = difflib.get_close_matches(key, [*field_owner(), *PipelineConfig.model_fields], n=1, cutoff=0.75)
             problems.append(Problem(key, cfg.shared[key], source, "unknown key",
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     # every step is built from the shared keys too: list their other problems in the same report, and an

@@ -32,6 +32,7 @@ NOT_IMPLEMENTED: dict[str, str] = {
     "tool_format": "tool-call formats",
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
+    "infer_backend": "the vLLM, SGLang and KTransformers inference engines",
 }
 
 
@@ -113,6 +114,18 @@ def length_grouping(cfg: RunConfig) -> list[Problem]:
     return []
 
 
+def shuffling(cfg: RunConfig) -> list[Problem]:
+    if not cfg.train.disable_shuffling:
+        return []
+    if cfg.method.stage == "ppo":
+        return [Problem("disable_shuffling", True, cfg.origin("disable_shuffling"),
+                        "ppo draws its own seeded prompt order, epoch after epoch", "remove disable_shuffling")]
+    if cfg.train.group_by_length:
+        return [Problem("disable_shuffling", True, cfg.origin("disable_shuffling"),
+                        "contradicts group_by_length, which reorders rows by length", "keep one of them")]
+    return []
+
+
 def precision(cfg: RunConfig) -> list[Problem]:
     t = cfg.train
     chosen = [name for name in ("bf16", "fp16", "pure_bf16") if getattr(t, name)]
@@ -144,7 +157,7 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 RULES: list[Rule] = [
     not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
     quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping,
-    precision, warmup,
+    shuffling, precision, warmup,
 ]
 
 

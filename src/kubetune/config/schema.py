@@ -10,10 +10,12 @@ Every field's `description` is its documentation (`kubetune keys` prints them).
 
 from __future__ import annotations
 
+import types
+import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 def _split_list(value: object) -> object:
@@ -23,8 +25,53 @@ def _split_list(value: object) -> object:
     return value
 
 
+# YAML 1.1 (PyYAML, as LLaMA-Factory reads its configs) turns the bare words no/off/false and yes/on/true into
+# booleans, so `eval_strategy: no` arrives as False. A choice key whose choices hold such a word takes the bool
+# back as that word; which one the user typed is lost, so the first of each list present among the choices wins.
+_FALSE_WORDS = ("no", "off", "false", "n")
+_TRUE_WORDS = ("yes", "on", "true", "y")
+
+
+def _string_choices(annotation: object) -> tuple[str, ...]:
+    """The string choices of a `Literal[...]` annotation, also inside `X | None`; () for anything else."""
+    if typing.get_origin(annotation) is Literal:
+        return tuple(a for a in typing.get_args(annotation) if isinstance(a, str))
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(c for arg in typing.get_args(annotation) for c in _string_choices(arg))
+    return ()
+
+
+def bool_words(annotation: object) -> dict[bool, str]:
+    """How a YAML boolean reads for a choice key: {False: "no", True: ...} for the words among its choices.
+
+    Empty for a key whose choices hold no such word, and for keys that accept a bool themselves.
+    """
+    choices = _string_choices(annotation)
+    args = typing.get_args(annotation)
+    if not choices or bool in args:
+        return {}
+    words: dict[bool, str] = {}
+    for flag, spellings in ((False, _FALSE_WORDS), (True, _TRUE_WORDS)):
+        word = next((w for w in spellings if w in choices), None)
+        if word is not None:
+            words[flag] = word
+    return words
+
+
 class _Group(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
+
+    @model_validator(mode="before")
+    @classmethod
+    def _yaml_booleans_as_words(cls, data: Any) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for key, value in data.items():
+            info = cls.model_fields.get(key)
+            if isinstance(value, bool) and info is not None:
+                out[key] = bool_words(info.annotation).get(value, value)
+        return out
 
 
 class ModelArguments(_Group):
@@ -49,6 +96,12 @@ class ModelArguments(_Group):
     use_unsloth: bool = Field(False, description="Unsloth kernels (not supported).")
     upcast_layernorm: bool = Field(False, description="Keep layer norms in float32.")
     upcast_lmhead_output: bool = Field(False, description="Compute the LM head output in float32.")
+    use_reentrant_gc: bool = Field(False, description=(
+        "Gradient checkpointing in PyTorch's reentrant form (LLaMA-Factory's default is true). Off by default: "
+        "PyTorch recommends the non-reentrant form, the same gradients without needing an input that requires grad."))
+    infer_backend: Literal["huggingface", "vllm", "sglang", "ktransformers"] = Field(
+        "huggingface", description="Engine of `kubetune chat`: huggingface (vllm, sglang, ktransformers: not "
+        "supported yet). With no `stage`, it marks a config as an inference config for `kubetune validate`.")
     quantization_method: Literal["bnb"] = Field("bnb", description="On-the-fly quantisation backend.")
     quantization_bit: Literal[4, 8] | None = Field(
         None, description="Load the base in 4 or 8 bits (bitsandbytes) for QLoRA."
@@ -184,7 +237,7 @@ class DataArguments(_Group):
     preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")
     tokenized_path: str | None = Field(None, description="Save the tokenised data here, or load it if present.")
     streaming: bool = Field(False, description="Stream the dataset (not supported).")
-    mix_strategy: Literal["concat", "interleave_under", "interleave_over"] = Field(
+    mix_strategy: Literal["concat", "interleave_under", "interleave_over", "interleave_once"] = Field(
         "concat", description="How several datasets are combined."
     )
     tool_format: str | None = Field(None, description="Tool-call format of the template.")
@@ -234,6 +287,10 @@ class TrainArguments(_Group):
     group_by_length: bool = Field(
         False, description="Batch unpacked sft/pt rows of similar length together: less padding computed, "
                            "but batches of similar rows train differently.",
+    )
+    disable_shuffling: bool = Field(
+        False, description="Train on the rows in dataset order (a sequential sampler) instead of reshuffling them "
+                           "each epoch. Not for ppo, which draws its own prompt order.",
     )
     seed: int = Field(42, description="Seed for initialisation, shuffling and the validation split.")
     data_seed: int | None = Field(None, description="Seed for data sampling (default: seed).")

@@ -44,7 +44,7 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
 
     Args:
         model: the base model from `load_base_model`.
-        model_args: for `adapter_name_or_path` and quantisation.
+        model_args: for `adapter_name_or_path`, quantisation and `use_reentrant_gc`.
         method: finetuning arguments.
         gradient_checkpointing: recompute activations in backward (less memory, ~30% more compute).
         is_trainable: False for evaluation/prediction: adapters are loaded frozen.
@@ -55,7 +55,9 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
         # 5's own name (PEFT's helper would call the deprecated `gradient_checkpointing_enable`)
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     if is_trainable and gradient_checkpointing:
-        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        # `use_reentrant_gc` picks PyTorch's checkpoint variant, as LLaMA-Factory's key of that name does
+        model.activation_checkpointing_enable(
+            activation_checkpointing_kwargs={"use_reentrant": model_args.use_reentrant_gc})
         model.enable_input_require_grads()  # so recomputation reaches frozen layers (LoRA, 4-bit)
     if is_trainable and gradient_checkpointing:
         model.config.use_cache = False  # the KV cache is useless in training and breaks recomputation

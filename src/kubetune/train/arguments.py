@@ -46,7 +46,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         fp16=t.fp16,
         use_liger_kernel=cfg.model.enable_liger_kernel,  # GPU only: rules.kernels_installed
         seed=t.seed,
-        train_sampling_strategy="group_by_length" if groups_by_length(cfg) else "random",
+        train_sampling_strategy=sampling_strategy(cfg),
         data_seed=t.data_seed,
         ddp_timeout=t.ddp_timeout,
         logging_steps=t.logging_steps,
@@ -100,6 +100,13 @@ def sharding_arguments(cfg: RunConfig) -> dict[str, Any]:
                                    "run it on GPUs, or use deepspeed (its ZeRO-3 shards on CPU ranks too)")],
                           cfg.source)
     return {"deepspeed": t.deepspeed, "fsdp": t.fsdp, "fsdp_config": t.fsdp_config}
+
+
+def sampling_strategy(cfg: RunConfig) -> str:
+    """transformers' training sampler: dataset order (`disable_shuffling`), length-grouped, or shuffled."""
+    if cfg.train.disable_shuffling:
+        return "sequential"
+    return "group_by_length" if groups_by_length(cfg) else "random"
 
 
 def groups_by_length(cfg: RunConfig) -> bool:

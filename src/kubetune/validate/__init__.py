@@ -7,6 +7,6 @@ folders, output_dir, installed kernels. `STAGE_RULES` (in `rules`) says which st
 """
 
 from kubetune.validate.pipeline import preflight_pipeline
-from kubetune.validate.preflight import Command, preflight, world_problems
+from kubetune.validate.preflight import Command, preflight, purpose, world_problems
 
-__all__ = ["Command", "preflight", "preflight_pipeline", "world_problems"]
+__all__ = ["Command", "preflight", "preflight_pipeline", "purpose", "world_problems"]
