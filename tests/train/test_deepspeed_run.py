@@ -2,7 +2,8 @@
 
 Each run goes through `kubetune train` as a user launches it, preflight included. The two stages
 see the same batches with the same seed, so their adapters must agree: ZeRO-3's, partitioned across
-the ranks while training, is gathered whole when saved.
+the ranks while training, is gathered whole when saved. Both write a checkpoint at step 2 of 3; a third
+launch resumes ZeRO-3's and must finish where the uninterrupted run did.
 """
 
 from __future__ import annotations
@@ -42,15 +43,16 @@ def kt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deepspeed: str | dict) -> Path:
-    """`torchrun --nproc_per_node 2 -m kubetune.cli train` a 3-step LoRA sft run; its output_dir."""
+def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deepspeed: str | dict,
+                       **keys) -> Path:
+    """`torchrun --nproc_per_node 2 -m kubetune.cli train` a 3-step LoRA sft run (`keys` added); its output_dir."""
     out = root / name
     cfg = {
         "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora", "lora_rank": 4,
         "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"), "template": "chatml", "cutoff_len": 64,
         "max_samples": 16, "output_dir": str(out), "per_device_train_batch_size": 2, "learning_rate": 3e-2,
-        "max_steps": 3, "logging_steps": 1, "save_steps": 3, "report_to": "none", "disable_tqdm": True,
-        "gradient_checkpointing": False, "deepspeed": deepspeed,
+        "max_steps": 3, "logging_steps": 1, "save_steps": 2, "report_to": "none", "disable_tqdm": True,
+        "gradient_checkpointing": False, "deepspeed": deepspeed, **keys,
     }
     path = root / f"{name}.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -70,13 +72,29 @@ def zero2(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, kt_cac
                               str(EXAMPLES / "ds_z2_config.json"))
 
 
+def zero3_settings() -> dict:
+    settings = json.loads((EXAMPLES / "ds_z3_config.json").read_text())
+    # partition even the tiny LoRA matrices and norms (parameters under 10 × hidden_size otherwise stay whole on
+    # every rank)
+    settings["zero_optimization"]["stage3_param_persistence_threshold"] = 0
+    return settings
+
+
+@pytest.fixture(scope="module")
+def zero3(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, kt_cache: Path) -> Path:
+    """The ZeRO-3 run's output_dir."""
+    return train_on_two_ranks(tiny_model_dir, tmp_path_factory.mktemp("zero3"), kt_cache, "run", zero3_settings())
+
+
 def assert_trained_once_on_two_ranks(out: Path) -> dict[str, torch.Tensor]:
     lines = log_lines(out)
     assert [line["current_steps"] for line in lines] == [1, 2, 3]  # logged by rank 0 alone
     assert lines[-1]["epoch"] == pytest.approx(0.75)  # 3 steps × 2 rows × 2 ranks of 16 rows: both ranks read data
     assert lines[-1]["loss"] < lines[0]["loss"] - 0.05
-    assert sorted(p.name for p in out.glob("**/adapter_model.safetensors")) == ["adapter_model.safetensors"] * 2
-    adapter = load_file(out / "adapter_model.safetensors")  # the final one; the other is checkpoint-3's
+    # the final adapter, checkpoint-2's and checkpoint-3's, each written once
+    assert sorted(str(p.relative_to(out)) for p in out.glob("**/adapter_model.safetensors")) == [
+        "adapter_model.safetensors", "checkpoint-2/adapter_model.safetensors", "checkpoint-3/adapter_model.safetensors"]
+    adapter = load_file(out / "adapter_model.safetensors")
     lora_b = {k: v for k, v in adapter.items() if "lora_B" in k}
     assert lora_b and all(v.numel() > 0 for v in lora_b.values()), "a ZeRO shard was saved instead of the weight"
     assert any(v.abs().sum() > 0 for v in lora_b.values()), "LoRA B must have moved from 0"
@@ -91,16 +109,32 @@ def test_zero2_lora_sft_on_two_cpu_ranks(zero2: Path) -> None:
 
 
 @pytest.mark.slow
-def test_zero3_lora_sft_on_two_cpu_ranks_matches_zero2(zero2: Path, tiny_model_dir: Path, tmp_path: Path,
-                                                      kt_cache: Path) -> None:
-    settings = json.loads((EXAMPLES / "ds_z3_config.json").read_text())
-    # partition even the tiny LoRA matrices (parameters under 10 × hidden_size otherwise stay whole on every rank)
-    settings["zero_optimization"]["stage3_param_persistence_threshold"] = 0
-    out = train_on_two_ranks(tiny_model_dir, tmp_path, kt_cache, "zero3", settings)
-    zero3 = assert_trained_once_on_two_ranks(out)
+def test_zero3_lora_sft_on_two_cpu_ranks_matches_zero2(zero2: Path, zero3: Path) -> None:
+    adapter = assert_trained_once_on_two_ranks(zero3)
     # the fused loss would read an empty shard of the head outside the forward: the stage takes the model's own loss
-    assert json.loads((out / "run_summary.json").read_text())["distributed"]["strategy"] == "deepspeed zero-3"
+    assert json.loads((zero3 / "run_summary.json").read_text())["distributed"]["strategy"] == "deepspeed zero-3"
     reference = load_file(zero2 / "adapter_model.safetensors")
-    assert zero3.keys() == reference.keys()
+    assert adapter.keys() == reference.keys()
     for key in reference:
-        torch.testing.assert_close(zero3[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
+        torch.testing.assert_close(adapter[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_zero3_checkpoint_resumes_under_zero3_to_the_uninterrupted_run(zero3: Path, tiny_model_dir: Path,
+                                                                        tmp_path: Path, kt_cache: Path) -> None:
+    """A new launch resumes from checkpoint-2 (DeepSpeed's partitioned weights and optimiser state, the scheduler,
+    each rank's RNG and the data position) and trains step 3 as the uninterrupted run did."""
+    resumed = train_on_two_ranks(tiny_model_dir, tmp_path, kt_cache, "resumed", zero3_settings(),
+                                 resume_from_checkpoint=str(zero3 / "checkpoint-2"))
+    uninterrupted, lines = log_lines(zero3), log_lines(resumed)
+    assert [line["current_steps"] for line in lines] == [3]
+    # the same loss at step 3: the weights after step 2 came back (a fresh start would score about step 1's
+    # loss), and the same epoch: the data resumed at the same batch
+    for key in ("loss", "grad_norm", "epoch", "lr"):
+        assert lines[0][key] == pytest.approx(uninterrupted[2][key], rel=1e-6, abs=1e-9), key
+    # the same weights after step 3: Adam's moments came back too (without them step 3 would move each
+    # weight by about the learning rate, far from the uninterrupted step)
+    a, b = load_file(zero3 / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
