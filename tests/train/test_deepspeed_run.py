@@ -1,8 +1,9 @@
 """DeepSpeed ZeRO-2 and ZeRO-3 under the HF Trainer: a LoRA sft run of the tiny model on 2 CPU ranks (torchrun, gloo).
 
-Each run goes through `kubetune train` as a user launches it, preflight included. The two stages
-see the same batches with the same seed, so their adapters must agree: ZeRO-3's, partitioned across
-the ranks while training, is gathered whole when saved. Both write a checkpoint at step 2 of 3; a third
+The runs go through `kubetune train` as a user launches it, preflight included (the ZeRO-3 run
+through a script that also looks at the model as it was loaded). The two stages see the same
+batches with the same seed, so their adapters must agree: ZeRO-3's, partitioned across the ranks
+while training, is gathered whole when saved. Both write a checkpoint at step 2 of 3; a third
 launch resumes ZeRO-3's and must finish where the uninterrupted run did.
 """
 
@@ -24,6 +25,35 @@ from stage_helpers import log_lines
 REPO = Path(__file__).resolve().parents[2]
 EXAMPLES = REPO / "examples" / "deepspeed"
 
+# Runs `kubetune train`'s stage on this rank, recording what `load_base_model` returned before PEFT or the
+# Trainer touch it: under ZeRO-3 every parameter must already be a partition (`ds_id`, an empty local tensor,
+# this rank's share in `ds_tensor`), as `zero.Init` makes it while loading.
+RECORD_LOADED = """
+import json, os, sys
+from pathlib import Path
+from kubetune.config import load_config
+from kubetune.model import policy
+from kubetune.stages import run_stage
+
+cfg = load_config(sys.argv[1])
+load_base_model = policy.load_base_model
+
+def load_and_record(*args, **kwargs):
+    model = load_base_model(*args, **kwargs)
+    params = list(model.parameters())
+    record = {"parameters": len(params),
+              "partitioned": sum(hasattr(p, "ds_id") and p.numel() == 0 for p in params),
+              "held": sum(p.numel() for p in params),
+              "share": sum(p.ds_tensor.numel() for p in params if hasattr(p, "ds_tensor")),
+              "whole": sum(getattr(p, "ds_numel", p.numel()) for p in params)}
+    Path(cfg.train.output_dir).mkdir(parents=True, exist_ok=True)
+    (Path(cfg.train.output_dir) / f"loaded-rank{os.environ['RANK']}.json").write_text(json.dumps(record))
+    return model
+
+policy.load_base_model = load_and_record
+run_stage(cfg)
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -43,9 +73,9 @@ def kt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return cache
 
 
-def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deepspeed: str | dict,
-                       **keys) -> Path:
-    """`torchrun --nproc_per_node 2 -m kubetune.cli train` a 3-step LoRA sft run (`keys` added); its output_dir."""
+def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deepspeed: str | dict, *,
+                       script: Path | None = None, **keys) -> Path:
+    """`torchrun --nproc_per_node 2 -m kubetune.cli train` (or of `script`) a 3-step LoRA sft run; its output_dir."""
     out = root / name
     cfg = {
         "model_name_or_path": str(model_dir), "stage": "sft", "finetuning_type": "lora", "lora_rank": 4,
@@ -58,8 +88,9 @@ def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deep
     path.write_text(yaml.safe_dump(cfg))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]),
            "KUBETUNE_CACHE": str(cache), "OMP_NUM_THREADS": "1"}
+    command = ["-m", "kubetune.cli", "train"] if script is None else [str(script)]
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                          "--master_port", str(free_port()), "-m", "kubetune.cli", "train", str(path)],
+                          "--master_port", str(free_port()), *command, str(path)],
                          env=env, cwd=root, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     return out
@@ -82,8 +113,11 @@ def zero3_settings() -> dict:
 
 @pytest.fixture(scope="module")
 def zero3(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, kt_cache: Path) -> Path:
-    """The ZeRO-3 run's output_dir."""
-    return train_on_two_ranks(tiny_model_dir, tmp_path_factory.mktemp("zero3"), kt_cache, "run", zero3_settings())
+    """The ZeRO-3 run's output_dir (run by `RECORD_LOADED`, which writes loaded-rank{0,1}.json there)."""
+    root = tmp_path_factory.mktemp("zero3")
+    script = root / "record_loaded.py"
+    script.write_text(RECORD_LOADED)
+    return train_on_two_ranks(tiny_model_dir, root, kt_cache, "run", zero3_settings(), script=script)
 
 
 def assert_trained_once_on_two_ranks(out: Path) -> dict[str, torch.Tensor]:
@@ -117,6 +151,19 @@ def test_zero3_lora_sft_on_two_cpu_ranks_matches_zero2(zero2: Path, zero3: Path)
     assert adapter.keys() == reference.keys()
     for key in reference:
         torch.testing.assert_close(adapter[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
+
+
+@pytest.mark.slow
+def test_zero3_loads_the_base_partitioned(zero3: Path) -> None:
+    """The stage builds its TrainingArguments (which hold the DeepSpeed config) before it loads the model, so
+    `from_pretrained` runs under `zero.Init`: no rank ever holds the whole base, each holds half of it."""
+    loaded = [json.loads((zero3 / f"loaded-rank{rank}.json").read_text()) for rank in (0, 1)]
+    for record in loaded:
+        assert record["parameters"] > 0 and record["partitioned"] == record["parameters"], record
+        assert record["held"] == 0, record
+        # each rank's share is half of every parameter, rounded up to a whole element per rank
+        assert record["whole"] / 2 <= record["share"] <= record["whole"] / 2 + record["parameters"], record
+    assert loaded[0]["whole"] == loaded[1]["whole"] > 3_000_000  # the tiny Llama's 3.2M parameters
 
 
 @pytest.mark.slow

@@ -158,10 +158,11 @@ def _not_found(name: str, err: Exception) -> str:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size, ZeRO-3 partitions as the
+    whole parameter (`ds_numel`: loaded under `zero.Init`, a rank holds an empty placeholder of each)."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()
         if param.__class__.__name__ == "Params4bit":
             n *= 2  # two 4-bit values per stored byte
         total += n
