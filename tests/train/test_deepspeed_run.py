@@ -5,6 +5,10 @@ through a script that also looks at the model as it was loaded). The two stages 
 batches with the same seed, so their adapters must agree: ZeRO-3's, partitioned across the ranks
 while training, is gathered whole when saved. Both write a checkpoint at step 2 of 3; a third
 launch resumes ZeRO-3's and must finish where the uninterrupted run did.
+
+One test makes the three launches and checks them in turn: pytest-xdist (`make test` runs two workers)
+hands neighbouring tests to different workers, and each worker would launch a shared module fixture's
+runs again.
 """
 
 from __future__ import annotations
@@ -61,18 +65,6 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def kt_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private kubetune cache for the module's runs (as the `cache_dir` fixture, shared by both stages' runs)."""
-    from kubetune.model.embedded import embedded_model_dir
-
-    real = embedded_model_dir()
-    cache = tmp_path_factory.mktemp("kt-cache")
-    (cache / "models").mkdir()
-    (cache / "models" / real.name).symlink_to(real)
-    return cache
-
-
 def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deepspeed: str | dict, *,
                        script: Path | None = None, **keys) -> Path:
     """`torchrun --nproc_per_node 2 -m kubetune.cli train` (or of `script`) a 3-step LoRA sft run; its output_dir."""
@@ -96,28 +88,12 @@ def train_on_two_ranks(model_dir: Path, root: Path, cache: Path, name: str, deep
     return out
 
 
-@pytest.fixture(scope="module")
-def zero2(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, kt_cache: Path) -> Path:
-    """The ZeRO-2 run's output_dir, with our examples/deepspeed/ds_z2_config.json as it is."""
-    return train_on_two_ranks(tiny_model_dir, tmp_path_factory.mktemp("zero2"), kt_cache, "run",
-                              str(EXAMPLES / "ds_z2_config.json"))
-
-
 def zero3_settings() -> dict:
     settings = json.loads((EXAMPLES / "ds_z3_config.json").read_text())
     # partition even the tiny LoRA matrices and norms (parameters under 10 × hidden_size otherwise stay whole on
     # every rank)
     settings["zero_optimization"]["stage3_param_persistence_threshold"] = 0
     return settings
-
-
-@pytest.fixture(scope="module")
-def zero3(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory, kt_cache: Path) -> Path:
-    """The ZeRO-3 run's output_dir (run by `RECORD_LOADED`, which writes loaded-rank{0,1}.json there)."""
-    root = tmp_path_factory.mktemp("zero3")
-    script = root / "record_loaded.py"
-    script.write_text(RECORD_LOADED)
-    return train_on_two_ranks(tiny_model_dir, root, kt_cache, "run", zero3_settings(), script=script)
 
 
 def assert_trained_once_on_two_ranks(out: Path) -> dict[str, torch.Tensor]:
@@ -135,28 +111,9 @@ def assert_trained_once_on_two_ranks(out: Path) -> dict[str, torch.Tensor]:
     return adapter
 
 
-@pytest.mark.slow
-def test_zero2_lora_sft_on_two_cpu_ranks(zero2: Path) -> None:
-    assert_trained_once_on_two_ranks(zero2)
-    summary = json.loads((zero2 / "run_summary.json").read_text())  # rank 0 finished the run's bookkeeping
-    assert summary["distributed"] == {"world_size": 2, "nodes": 1, "ranks_per_node": 2, "strategy": "deepspeed zero-2"}
-
-
-@pytest.mark.slow
-def test_zero3_lora_sft_on_two_cpu_ranks_matches_zero2(zero2: Path, zero3: Path) -> None:
-    adapter = assert_trained_once_on_two_ranks(zero3)
-    # the fused loss would read an empty shard of the head outside the forward: the stage takes the model's own loss
-    assert json.loads((zero3 / "run_summary.json").read_text())["distributed"]["strategy"] == "deepspeed zero-3"
-    reference = load_file(zero2 / "adapter_model.safetensors")
-    assert adapter.keys() == reference.keys()
-    for key in reference:
-        torch.testing.assert_close(adapter[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
-
-
-@pytest.mark.slow
-def test_zero3_loads_the_base_partitioned(zero3: Path) -> None:
+def assert_loaded_partitioned(zero3: Path) -> None:
     """The stage builds its TrainingArguments (which hold the DeepSpeed config) before it loads the model, so
-    `from_pretrained` runs under `zero.Init`: no rank ever holds the whole base, each holds half of it."""
+    `from_pretrained` ran under `zero.Init`: no rank ever held the whole base, each held half of it."""
     loaded = [json.loads((zero3 / f"loaded-rank{rank}.json").read_text()) for rank in (0, 1)]
     for record in loaded:
         assert record["parameters"] > 0 and record["partitioned"] == record["parameters"], record
@@ -166,22 +123,46 @@ def test_zero3_loads_the_base_partitioned(zero3: Path) -> None:
     assert loaded[0]["whole"] == loaded[1]["whole"] > 3_000_000  # the tiny Llama's 3.2M parameters
 
 
-@pytest.mark.slow
-def test_zero3_checkpoint_resumes_under_zero3_to_the_uninterrupted_run(zero3: Path, tiny_model_dir: Path,
-                                                                        tmp_path: Path, kt_cache: Path) -> None:
-    """A new launch resumes from checkpoint-2 (DeepSpeed's partitioned weights and optimiser state, the scheduler,
-    each rank's RNG and the data position) and trains step 3 as the uninterrupted run did."""
-    resumed = train_on_two_ranks(tiny_model_dir, tmp_path, kt_cache, "resumed", zero3_settings(),
-                                 resume_from_checkpoint=str(zero3 / "checkpoint-2"))
-    uninterrupted, lines = log_lines(zero3), log_lines(resumed)
+def assert_resumed_like(uninterrupted: Path, resumed: Path) -> None:
+    """`resumed` restarted from `uninterrupted`'s checkpoint-2 (DeepSpeed's partitioned weights and optimiser
+    state, the scheduler, each rank's RNG and the data position) and trained step 3 as it did."""
+    lines = log_lines(resumed)
     assert [line["current_steps"] for line in lines] == [3]
     # the same loss at step 3: the weights after step 2 came back (a fresh start would score about step 1's
     # loss), and the same epoch: the data resumed at the same batch
     for key in ("loss", "grad_norm", "epoch", "lr"):
-        assert lines[0][key] == pytest.approx(uninterrupted[2][key], rel=1e-6, abs=1e-9), key
+        assert lines[0][key] == pytest.approx(log_lines(uninterrupted)[2][key], rel=1e-6, abs=1e-9), key
     # the same weights after step 3: Adam's moments came back too (without them step 3 would move each
     # weight by about the learning rate, far from the uninterrupted step)
-    a, b = load_file(zero3 / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
+    a, b = load_file(uninterrupted / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(b[key], a[key], rtol=0, atol=1e-6, msg=key)
+
+
+@pytest.mark.slow
+def test_zero2_and_zero3_lora_sft_train_alike_zero3_loads_partitioned_and_resumes(tiny_model_dir: Path,
+                                                                                  tmp_path: Path,
+                                                                                  cache_dir: Path) -> None:
+    # ZeRO-2, with our examples/deepspeed/ds_z2_config.json as it is
+    zero2 = train_on_two_ranks(tiny_model_dir, tmp_path, cache_dir, "zero2", str(EXAMPLES / "ds_z2_config.json"))
+    reference = assert_trained_once_on_two_ranks(zero2)
+    summary = json.loads((zero2 / "run_summary.json").read_text())  # rank 0 finished the run's bookkeeping
+    assert summary["distributed"] == {"world_size": 2, "nodes": 1, "ranks_per_node": 2, "strategy": "deepspeed zero-2"}
+
+    # ZeRO-3, run by `RECORD_LOADED` (it writes loaded-rank{0,1}.json): the same adapter
+    script = tmp_path / "record_loaded.py"
+    script.write_text(RECORD_LOADED)
+    zero3 = train_on_two_ranks(tiny_model_dir, tmp_path, cache_dir, "zero3", zero3_settings(), script=script)
+    adapter = assert_trained_once_on_two_ranks(zero3)
+    # the fused loss would read an empty shard of the head outside the forward: the stage takes the model's own loss
+    assert json.loads((zero3 / "run_summary.json").read_text())["distributed"]["strategy"] == "deepspeed zero-3"
+    assert adapter.keys() == reference.keys()
+    for key in reference:
+        torch.testing.assert_close(adapter[key], reference[key], rtol=1e-3, atol=1e-5, msg=key)
+    assert_loaded_partitioned(zero3)
+
+    # a new launch resumes ZeRO-3's checkpoint-2 under ZeRO-3
+    resumed = train_on_two_ranks(tiny_model_dir, tmp_path, cache_dir, "resumed", zero3_settings(),
+                                 resume_from_checkpoint=str(zero3 / "checkpoint-2"))
+    assert_resumed_like(zero3, resumed)
