@@ -6,6 +6,7 @@ the per-rank batch doubled: the same samples per step, so the same global loss, 
 (grad_norm) and the same weights, up to float32 reduction order. Plain SGD would be stricter about
 a loss scaled by the rank count; grad_norm is compared instead, which sees any scale or any
 rank training on its own gradient (the fused loss once bypassed DDP's forward and did exactly that).
+Also here: dpo under DeepSpeed ZeRO-2 against the DDP run, and QLoRA (a 4-bit base) under DDP.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kubetune.config import load_config
 from kubetune.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED = REPO / "examples" / "deepspeed"
 LAUNCH_TIMEOUT = 420  # seconds: two ranks import torch and transformers on two cores
 
 # The preference stages also evaluate an odd number of held-out rows: 2 ranks × eval batch 2 leave a last
@@ -92,22 +94,51 @@ def check_two_rank_run(stage: str, one: Path, two: Path, done: subprocess.Comple
     return summary
 
 
-@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
-def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
-                                                                         tmp_path: Path, cache_dir: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4,
-                                           per_device_eval_batch_size=4)))
-    summary = check_two_rank_run(stage, one, two, launch(stage_keys(tiny_model_dir, two, stage), tmp_path))
-    # our held-out metrics are of all ranks' rows, each row once. Not compared: the Trainer's own eval_loss (a
-    # rank's last-batch mean includes the rows accelerate repeated: the Trainer drops the repeated values, not
-    # their share of the mean) and kto's kl (an estimate per batch, over the repeats too)
-    expected, measured = json.loads((one / "run_summary.json").read_text())["metrics"], summary["metrics"]
+def assert_same_held_out_metrics(one: Path, two: Path) -> dict[str, float]:
+    """Our held-out metrics of run `two` equal run `one`'s; `two`'s metrics (run_summary.json).
+
+    Ours are of all ranks' rows, each row once. Not compared: the Trainer's own eval_loss (a rank's last-batch
+    mean includes the rows accelerate repeated: the Trainer drops the repeated values, not their share of the
+    mean) and kto's kl (an estimate per batch, over the repeats too).
+    """
+    expected, measured = (json.loads((out / "run_summary.json").read_text())["metrics"] for out in (one, two))
     evaluated = sorted(k for k in expected if k.startswith("eval_") and k not in ("eval_loss", "eval_kl")
                        and not k.endswith(("_runtime", "per_second")))
     assert len(evaluated) >= 2 and sorted(k for k in measured if k in evaluated) == evaluated
     for key in evaluated:
         assert measured[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key
+    return measured
+
+
+def one_and_two_ranks(stage: str, model_dir: Path, root: Path) -> tuple[Path, Path]:
+    """A preference stage run here on 1 rank with twice the batch, and on 2 DDP ranks (checked against it)."""
+    one, two = root / "one", root / "two"
+    run_stage(load_config(None, stage_keys(model_dir, one, stage, per_device_train_batch_size=4,
+                                           per_device_eval_batch_size=4)))
+    check_two_rank_run(stage, one, two, launch(stage_keys(model_dir, two, stage), root))
+    assert_same_held_out_metrics(one, two)
+    return one, two
+
+
+@pytest.mark.parametrize("stage", ["kto", "rm"])
+def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
+                                                                         tmp_path: Path, cache_dir: Path) -> None:
+    one_and_two_ranks(stage, tiny_model_dir, tmp_path)
+
+
+def test_dpo_on_two_ranks_like_one_rank_with_twice_the_batch_and_under_deepspeed_zero2_like_ddp(
+        tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """One test for both comparisons, so the DDP run is launched once (pytest-xdist would hand a shared fixture's
+    tests to both workers). ZeRO-2 runs our examples/deepspeed/ds_z2_config.json as it is, LoRA's reference (the
+    policy with its adapter off) through the engine: the same steps, weights and held-out metrics as DDP."""
+    _, ddp = one_and_two_ranks("dpo", tiny_model_dir, tmp_path)
+    zero2 = tmp_path / "zero2"
+    done = launch(stage_keys(tiny_model_dir, zero2, "dpo", deepspeed=str(DEEPSPEED / "ds_z2_config.json")), tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "dpo: world size 2 (2 ranks × 1 node), strategy deepspeed zero-2" in done.stderr
+    assert_same_training(ddp, zero2)
+    metrics = assert_same_held_out_metrics(ddp, zero2)
+    assert metrics["eval_rewards/margins"] > 0  # it learnt: at the start policy and reference agree (margin 0)
 
 
 DIE_ON_RANK_1 = """
