@@ -6,6 +6,7 @@ the per-rank batch doubled: the same samples per step, so the same global loss, 
 (grad_norm) and the same weights, up to float32 reduction order. Plain SGD would be stricter about
 a loss scaled by the rank count; grad_norm is compared instead, which sees any scale or any
 rank training on its own gradient (the fused loss once bypassed DDP's forward and did exactly that).
+Also here: dpo under DeepSpeed ZeRO-2 against the DDP run, and QLoRA (a 4-bit base) under DDP.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from kubetune.config import load_config
 from kubetune.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
+DEEPSPEED = REPO / "examples" / "deepspeed"
 LAUNCH_TIMEOUT = 420  # seconds: two ranks import torch and transformers on two cores
 
 # The preference stages also evaluate an odd number of held-out rows: 2 ranks × eval batch 2 leave a last
@@ -92,22 +94,51 @@ def check_two_rank_run(stage: str, one: Path, two: Path, done: subprocess.Comple
     return summary
 
 
-@pytest.mark.parametrize("stage", ["dpo", "kto", "rm"])
-def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
-                                                                         tmp_path: Path, cache_dir: Path) -> None:
-    one, two = tmp_path / "one", tmp_path / "two"
-    run_stage(load_config(None, stage_keys(tiny_model_dir, one, stage, per_device_train_batch_size=4,
-                                           per_device_eval_batch_size=4)))
-    summary = check_two_rank_run(stage, one, two, launch(stage_keys(tiny_model_dir, two, stage), tmp_path))
-    # our held-out metrics are of all ranks' rows, each row once. Not compared: the Trainer's own eval_loss (a
-    # rank's last-batch mean includes the rows accelerate repeated: the Trainer drops the repeated values, not
-    # their share of the mean) and kto's kl (an estimate per batch, over the repeats too)
-    expected, measured = json.loads((one / "run_summary.json").read_text())["metrics"], summary["metrics"]
+def assert_same_held_out_metrics(one: Path, two: Path) -> dict[str, float]:
+    """Our held-out metrics of run `two` equal run `one`'s; `two`'s metrics (run_summary.json).
+
+    Ours are of all ranks' rows, each row once. Not compared: the Trainer's own eval_loss (a rank's last-batch
+    mean includes the rows accelerate repeated: the Trainer drops the repeated values, not their share of the
+    mean) and kto's kl (an estimate per batch, over the repeats too).
+    """
+    expected, measured = (json.loads((out / "run_summary.json").read_text())["metrics"] for out in (one, two))
     evaluated = sorted(k for k in expected if k.startswith("eval_") and k not in ("eval_loss", "eval_kl")
                        and not k.endswith(("_runtime", "per_second")))
     assert len(evaluated) >= 2 and sorted(k for k in measured if k in evaluated) == evaluated
     for key in evaluated:
         assert measured[key] == pytest.approx(expected[key], rel=1e-3, abs=1e-5), key
+    return measured
+
+
+def one_and_two_ranks(stage: str, model_dir: Path, root: Path) -> tuple[Path, Path]:
+    """A preference stage run here on 1 rank with twice the batch, and on 2 DDP ranks (checked against it)."""
+    one, two = root / "one", root / "two"
+    run_stage(load_config(None, stage_keys(model_dir, one, stage, per_device_train_batch_size=4,
+                                           per_device_eval_batch_size=4)))
+    check_two_rank_run(stage, one, two, launch(stage_keys(model_dir, two, stage), root))
+    assert_same_held_out_metrics(one, two)
+    return one, two
+
+
+@pytest.mark.parametrize("stage", ["kto", "rm"])
+def test_two_ranks_train_and_evaluate_like_one_rank_with_twice_the_batch(stage: str, tiny_model_dir: Path,
+                                                                         tmp_path: Path, cache_dir: Path) -> None:
+    one_and_two_ranks(stage, tiny_model_dir, tmp_path)
+
+
+def test_dpo_on_two_ranks_like_one_rank_with_twice_the_batch_and_under_deepspeed_zero2_like_ddp(
+        tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """One test for both comparisons, so the DDP run is launched once (pytest-xdist would hand a shared fixture's
+    tests to both workers). ZeRO-2 runs our examples/deepspeed/ds_z2_config.json as it is, LoRA's reference (the
+    policy with its adapter off) through the engine: the same steps, weights and held-out metrics as DDP."""
+    _, ddp = one_and_two_ranks("dpo", tiny_model_dir, tmp_path)
+    zero2 = tmp_path / "zero2"
+    done = launch(stage_keys(tiny_model_dir, zero2, "dpo", deepspeed=str(DEEPSPEED / "ds_z2_config.json")), tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert "dpo: world size 2 (2 ranks × 1 node), strategy deepspeed zero-2" in done.stderr
+    assert_same_training(ddp, zero2)
+    metrics = assert_same_held_out_metrics(ddp, zero2)
+    assert metrics["eval_rewards/margins"] > 0  # it learnt: at the start policy and reference agree (margin 0)
 
 
 DIE_ON_RANK_1 = """
@@ -153,3 +184,52 @@ def test_sft_on_two_ranks_equals_twice_the_batch_and_accumulation_and_resumes_af
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-5, msg=key)
     assert [line["current_steps"] for line in log_lines(resumed)] == [1, 2, 3, 4]
+
+
+RECORD_EVERY_RANK = """
+import json, os, sys
+from safetensors.torch import save_file
+from transformers import TrainerCallback
+from kubetune.config import load_config
+from kubetune.stages import run_stage
+
+class RecordEveryRank(TrainerCallback):
+    # each rank writes its own copy of what it trained (rank 0 alone saves the adapter) and how the base layers
+    # under the adapter hold their weights
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        rank = os.environ["RANK"]
+        trained = {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+        save_file(trained, os.path.join(args.output_dir, f"trained-rank{rank}.safetensors"))
+        weights = [type(p).__name__ for n, p in model.named_parameters() if n.endswith("base_layer.weight")]
+        with open(os.path.join(args.output_dir, f"layers-rank{rank}.json"), "w") as f:
+            json.dump({kind: weights.count(kind) for kind in set(weights)}, f)
+
+run_stage(load_config(sys.argv[1]), callbacks=[RecordEveryRank()])
+"""
+
+
+def test_qlora_on_two_ranks_trains_one_adapter_like_one_rank_with_twice_the_batch(
+        tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """QLoRA under DDP: each rank quantises its own copy of the base to 4 bits (on its own device: `LOCAL_RANK`'s
+    GPU, here the CPU); only the LoRA matrices train, so DDP all-reduces their gradients alone."""
+    pytest.importorskip("bitsandbytes")
+    one, two = tmp_path / "one", tmp_path / "two"
+    script = tmp_path / "record_every_rank.py"
+    script.write_text(RECORD_EVERY_RANK)
+    done = launch(stage_keys(tiny_model_dir, two, "sft", quantization_bit=4), tmp_path, script=script)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert json.loads((two / "run_summary.json").read_text())["distributed"]["strategy"] == "ddp"
+    for rank in (0, 1):
+        layers = json.loads((two / f"layers-rank{rank}.json").read_text())
+        assert layers == {"Params4bit": 14}, layers  # the 7 projections of both layers the adapter wraps, in 4 bits
+    ranks = [load_file(two / f"trained-rank{rank}.safetensors") for rank in (0, 1)]
+    assert ranks[0] and all("lora_" in name for name in ranks[0]), sorted(ranks[0])  # the base is frozen
+    assert ranks[0].keys() == ranks[1].keys()
+    for name in ranks[0]:  # the same averaged gradient on both ranks, so the same Adam steps, bit for bit
+        assert torch.equal(ranks[0][name], ranks[1][name]), name
+    lines = log_lines(two)
+    assert lines[-1]["loss"] < lines[0]["loss"] - 0.05
+    # and the same training as one rank with twice the batch (losses within 3%, LoRA B within 5%)
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, "sft", quantization_bit=4,
+                                           per_device_train_batch_size=4)))
+    assert_same_training(one, two)

@@ -34,3 +34,17 @@ def test_gguf_file_loads_the_same_weights_as_the_converted_copy(smollm2_dir: Pat
     ids = torch.tensor([tokenizer("The capital of France is").input_ids])
     with torch.no_grad():
         torch.testing.assert_close(from_gguf(ids).logits, converted(ids).logits)
+
+
+def test_a_quantised_base_loads_onto_this_ranks_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under DDP each rank quantises its copy on its own GPU (`LOCAL_RANK`), not all on GPU 0: accelerate refuses
+    to train a 4/8-bit model on another device than it was loaded on. No GPU here: the choice alone is checked."""
+    from kubetune.model.loader import quantised_device
+
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert quantised_device() == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert quantised_device() == "cuda:0"  # one process, no launcher
+    monkeypatch.setenv("LOCAL_RANK", "3")
+    assert quantised_device() == "cuda:3"

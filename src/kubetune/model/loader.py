@@ -8,6 +8,7 @@ is reachable). Remote code stays off unless `trust_remote_code: true`.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,7 +135,7 @@ def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32,
     qconfig = quantization_config(args, dtype) if quantize else None
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
-        kwargs["device_map"] = {"": _default_device()}
+        kwargs["device_map"] = {"": quantised_device()}
     model = AutoModelForCausalLM.from_pretrained(
         path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
         low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
@@ -144,8 +145,17 @@ def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32,
     return model
 
 
-def _default_device() -> str:
-    return "cuda:0" if torch.cuda.is_available() else "cpu"
+def quantised_device() -> str:
+    """Where a quantised base is placed as it loads: this rank's GPU (`LOCAL_RANK`, set by torchrun), or the CPU.
+
+    bitsandbytes quantises the weights on the device they load to, and a quantised model is not moved
+    afterwards: accelerate refuses to train it on another device than the one it was loaded on ("You
+    can't train a model that has been loaded in 8-bit or 4-bit precision on a different device"), which
+    under DDP is every rank but the one on GPU 0.
+    """
+    if not torch.cuda.is_available():
+        return "cpu"
+    return f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
 
 
 def _not_found(name: str, err: Exception) -> str:
@@ -158,10 +168,11 @@ def _not_found(name: str, err: Exception) -> str:
 
 
 def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
-    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size."""
+    """(trainable, total) parameter counts; 4-bit weights count as their unpacked size, ZeRO-3 partitions as the
+    whole parameter (`ds_numel`: loaded under `zero.Init`, a rank holds an empty placeholder of each)."""
     trainable = total = 0
     for param in model.parameters():
-        n = param.numel()
+        n = getattr(param, "ds_numel", None) or param.numel()
         if param.__class__.__name__ == "Params4bit":
             n *= 2  # two 4-bit values per stored byte
         total += n

@@ -58,8 +58,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- setup ---
     s = stage_data(cfg, "dpo", train=steps.train, evaluate=steps.needs_eval_split)
+    args = training_arguments(cfg, out)  # before the model: under ZeRO-3 it loads partitioned (see its docstring)
     model = load_preference_policy(cfg, s.model_path, train=steps.train)
-    args = training_arguments(cfg, out)
     m = cfg.method
     reference = load_reference(cfg, s.model_path, weight_dtype(cfg), args.device) if m.pref_loss in REFERENCE_LOSSES \
         else None

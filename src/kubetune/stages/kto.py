@@ -60,8 +60,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     if steps.train:
         check_class_balance(list(s.data.train["kto_tag"]), cfg.method.kto_chosen_weight,
                             cfg.method.kto_rejected_weight)
+    args = training_arguments(cfg, out)  # before the model: under ZeRO-3 it loads partitioned (see its docstring)
     model = load_preference_policy(cfg, s.model_path, train=steps.train)
-    args = training_arguments(cfg, out)
     m = cfg.method
     reference = load_reference(cfg, s.model_path, weight_dtype(cfg), args.device)
     models = {"policy": model, **({"reference": reference.model} if reference.model is not None else {})}

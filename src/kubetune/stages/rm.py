@@ -70,6 +70,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- setup ---
     s = stage_data(cfg, "rm", train=steps.train, evaluate=steps.needs_eval_split)
     tokenizer, data = s.tokenizer, s.data
+    args = training_arguments(cfg, out)  # before the model, as every stage does (see its docstring)
     if trained is None:
         model = build_reward_model(cfg, s.model_path)
         info = RewardModelInfo(base_model=cfg.model.model_name_or_path, finetuning_type=cfg.method.finetuning_type,
@@ -84,7 +85,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     apply_layout(layout, {"policy": model})
     collator = PairwiseCollator(pad_token_id(tokenizer), pad_to_multiple_of=8 if torch.cuda.is_available() else None)
     # save_model writes the adapter or weights, value head, tokenizer and reward_model.json
-    trainer = preference_trainer(model, tokenizer, data, training_arguments(cfg, out), RewardObjective(), collator,
+    trainer = preference_trainer(model, tokenizer, data, args, RewardObjective(), collator,
                                  do_train=steps.train, do_eval=steps.eval, out=out, callbacks=callbacks,
                                  saver=RewardModelSaver(info))
     metrics: dict[str, float] = {}

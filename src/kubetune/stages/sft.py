@@ -73,11 +73,11 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- setup ---
     s = stage_data(cfg, cfg.method.stage, train=steps.train, evaluate=steps.needs_eval_split)
     tokenizer, template, data = s.tokenizer, s.template, s.data
+    args = training_arguments(cfg, out)  # before the model: under ZeRO-3 it loads partitioned (see its docstring)
     model, _ = load_policy(cfg, s.model_path, trainable=steps.train)
     layout = plan_sft(cfg, model)
     apply_layout(layout, {"policy": model})
 
-    args = training_arguments(cfg, out)
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
     trainer = SupervisedTrainer(
         model=model,

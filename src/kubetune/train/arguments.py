@@ -22,6 +22,19 @@ logger = logging.getLogger(__name__)
 
 
 def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
+    """The run's TrainingArguments; a stage builds them *before* it loads its model.
+
+    Under DeepSpeed ZeRO-3 the arguments hold the DeepSpeed config that transformers' `from_pretrained`
+    looks up (`is_deepspeed_zero3_enabled`, a weak reference to `args.hf_deepspeed_config`): only
+    while they exist does it build the model under `deepspeed.zero.Init`, each rank holding its
+    partition of every weight and rank 0 alone reading the checkpoint. Loaded first, every rank
+    would hold the whole base in memory until the Trainer partitions it. They also start the
+    process group, which that partitioned load needs.
+
+    Args:
+        cfg: the run config.
+        output_dir: where the Trainer writes checkpoints (the stage's output folder).
+    """
     t = cfg.train
     # transformers 5 reads a float warmup_steps in [0, 1) as a ratio of total steps.
     warmup: float = t.warmup_steps if t.warmup_steps > 0 else t.warmup_ratio
@@ -74,7 +87,27 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         # set, whatever report_to says; kubetune's (`tracking.trainjob_status`, which `run_stage` adds) reports
         # instead, so the job's status is written once. `report_to: kubeflow` keeps transformers' one.
         args.report_to.remove("kubeflow")
+    if t.deepspeed:
+        deepspeed_comm_over_torch_group()
     return args
+
+
+def deepspeed_comm_over_torch_group() -> None:
+    """Give DeepSpeed's communication layer the process group transformers started, if it has none yet.
+
+    On CPU ranks TrainingArguments starts torch.distributed through accelerate's CPU path (gloo), not
+    DeepSpeed's, so `deepspeed.comm` stays uninitialised until the Trainer's `deepspeed.initialize`.
+    A ZeRO-3 `from_pretrained` before that (`zero.Init`) reads the world size from it and sees 1:
+    "train_batch_size is not equal to micro_batch_per_gpu * gradient_acc_step * world_size 4 != 2 * 1 * 1".
+    Wrapping the running group is what `deepspeed.initialize` does later anyway; on GPUs accelerate
+    has done it already.
+    """
+    if not torch.distributed.is_initialized():
+        return
+    from deepspeed import comm
+
+    if not comm.is_initialized():
+        comm.init_distributed(dist_backend=torch.distributed.get_backend(), auto_mpi_discovery=False)
 
 
 def sharding_arguments(cfg: RunConfig) -> dict[str, Any]:
