@@ -164,7 +164,7 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
             extra["adapter_name_or_path"] = base_adapter
         if reward_model:
             extra["reward_model"] = reward_model
-        cfg.stage_config(stage, **extra)  # a bad key fails here, in the step's own process, before any launch
+        stage_cfg = cfg.stage_config(stage, **extra)  # a bad key fails here, in the step's own process, first
         from kubetune.components.train_ranks import run_on_ranks, train_here
         from kubetune.launch.torchrun import torchrun_plan
 
@@ -175,7 +175,8 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         if nodes > 1 and not on_nodes:
             logger.warning("%s: resources.%s.nodes: %d launches a Kubeflow Trainer job from a compiled pipeline; "
                            "run here (kubetune run), the stage trains in this step", stage, stage, nodes)
-        plan = None if on_nodes else torchrun_plan()  # several GPUs in the pod (or FORCE_TORCHRUN): one rank each
+        # several GPUs in the pod (or FORCE_TORCHRUN, or DeepSpeed, which wants a launcher): one rank each
+        plan = None if on_nodes else torchrun_plan(force=bool(stage_cfg.train.deepspeed))
         if on_nodes:
             from kubetune.components.train_nodes import run_on_nodes
 

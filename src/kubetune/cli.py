@@ -89,7 +89,7 @@ def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
     from kubetune.launch.torchrun import LaunchError, run_torchrun, torchrun_plan
 
     try:
-        plan = torchrun_plan()
+        plan = torchrun_plan(force=bool(cfg.train.deepspeed))  # DeepSpeed wants a launcher, even for one rank
     except LaunchError as err:
         print(f"kubetune train: {err}", file=sys.stderr)
         return 2

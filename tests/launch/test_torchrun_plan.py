@@ -135,3 +135,27 @@ def test_a_sigterm_to_the_launcher_reaches_every_rank(tmp_path: Path) -> None:
     finally:
         launcher.kill()
     assert [(tmp_path / f"stopped-{rank}").read_text() for rank in (0, 1)] == ["SIGTERM", "SIGTERM"]
+
+
+def test_a_deepspeed_config_launches_torchrun_even_for_one_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    """DeepSpeed without a launcher's variables looks for MPI (`No module named 'mpi4py'`): one rank under torchrun.
+
+    The launch itself is replaced here (the DeepSpeed runs under torchrun are tests/train/test_deepspeed_run.py).
+    """
+    from kubetune import cli
+    from kubetune.config import load_config
+
+    assert torchrun_plan({}, gpu_count=0) is None
+    plan = torchrun_plan({}, gpu_count=0, force=True)
+    assert plan is not None and plan.world_size == 1
+    launched: list[TorchrunPlan] = []
+    monkeypatch.setattr("kubetune.launch.torchrun.run_torchrun", lambda plan, args: launched.append(plan) or 0)
+    monkeypatch.setattr("torch.cuda.device_count", lambda: 0)  # one device, as on a 1-GPU box
+    for name in ("FORCE_TORCHRUN", "NPROC_PER_NODE", "NNODES", "RANK", "WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    plain = load_config(str(REPO / "examples" / "sft_lora.yaml"))
+    assert cli._launch_ranks(plain, ["sft_lora.yaml"]) is None  # runs in this process
+    sharded = load_config(str(REPO / "examples" / "sft_lora.yaml"),
+                          [f"deepspeed={REPO / 'examples' / 'deepspeed' / 'ds_z2_config.json'}"])
+    assert cli._launch_ranks(sharded, ["sft_lora.yaml"]) == 0
+    assert [plan.world_size for plan in launched] == [1]

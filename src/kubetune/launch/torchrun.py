@@ -56,12 +56,16 @@ class TorchrunPlan:
                 f"master {self.master_addr}:{self.master_port})")
 
 
-def torchrun_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = None) -> TorchrunPlan | None:
+def torchrun_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = None, *,
+                  force: bool = False) -> TorchrunPlan | None:
     """How to re-run `kubetune train` under torchrun, or None to run in this process.
 
     Args:
         env: the environment (default `os.environ`).
         gpu_count: visible CUDA devices (default: asked from torch).
+        force: launch even where the environment does not ask for it (as FORCE_TORCHRUN=1 does):
+            a DeepSpeed run needs a launcher's variables even on one process, or DeepSpeed looks
+            for MPI (`No module named 'mpi4py'`).
 
     Raises:
         LaunchError: a variable that is not a positive integer, or a node rank outside the nodes.
@@ -73,7 +77,7 @@ def torchrun_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = 
         import torch
 
         gpu_count = torch.cuda.device_count()
-    force = env.get("FORCE_TORCHRUN", "").strip().lower() in ("1", "true", "yes", "y")
+    force = force or env.get("FORCE_TORCHRUN", "").strip().lower() in ("1", "true", "yes", "y")
     nnodes = _number(env, "NNODES", 1)
     if not (force or gpu_count > 1 or nnodes > 1):
         return None
