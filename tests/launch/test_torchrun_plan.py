@@ -131,10 +131,11 @@ def test_a_sigterm_to_the_launcher_reaches_every_rank(tmp_path: Path) -> None:
         time.sleep(0.2)
     launcher.send_signal(signal.SIGTERM)
     try:
-        launcher.wait(timeout=60)
+        code = launcher.wait(timeout=60)
     finally:
         launcher.kill()
     assert [(tmp_path / f"stopped-{rank}").read_text() for rank in (0, 1)] == ["SIGTERM", "SIGTERM"]
+    assert code != 0  # torchrun reports the stop: a pre-empted step is not a finished one
 
 
 def test_a_deepspeed_config_launches_torchrun_even_for_one_process(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -6,8 +6,11 @@ responses to the same prompts (each rank takes its half of every update's batch)
 only where the arithmetic happens: the score normalisation and the advantage whitening must be over all
 ranks' rows (over one rank's two rows they would give other advantages, so other losses and weights), the
 gradients averaged by DDP (a rank stepping on its own gradient shows in grad_norm and in the weights), the
-KL controller fed the global KL, the held-out rewards gathered from both ranks. Then a second 2-rank launch
-resumes from the first one's mid-run checkpoint (one generator file per rank) and ends where it ended.
+KL controller fed the global KL, the held-out rewards gathered from both ranks. The 2-rank run accumulates
+two micro-batches of one prompt per rank, so DDP's no_sync path runs too. Then a second 2-rank launch resumes
+from the first one's mid-run checkpoint (one generator file per rank) and ends where it ended. (Greedy
+rollouts draw nothing from the generators: that a resumed run restores them is the single-process resume
+test's, tests/stages/test_ppo_stage.py, which samples.)
 """
 
 from __future__ import annotations
@@ -75,7 +78,9 @@ def test_ppo_on_two_ranks_trains_like_one_rank_with_twice_the_batch_and_resumes(
     reward.write_text(LENGTH_REWARD)
     one, two, resumed = tmp_path / "one", tmp_path / "two", tmp_path / "resumed"
     run_stage(load_config(None, ppo_keys(tiny_model_dir, one, reward, per_device_train_batch_size=4)))
-    done = launch(ppo_keys(tiny_model_dir, two, reward), tmp_path)
+    # each rank: 1 prompt per micro-batch, 2 micro-batches per optimiser step (DDP syncs at the second only)
+    two_keys = ppo_keys(tiny_model_dir, two, reward, per_device_train_batch_size=1, gradient_accumulation_steps=2)
+    done = launch(two_keys, tmp_path)
 
     assert done.returncode == 0, done.stderr[-4000:]
     assert "ppo: world size 2 (2 ranks × 1 node), strategy ddp" in done.stderr
@@ -109,7 +114,7 @@ def test_ppo_on_two_ranks_trains_like_one_rank_with_twice_the_batch_and_resumes(
         p.name for p in checkpoint.iterdir()}
     resumed.mkdir()
     shutil.copytree(checkpoint, resumed / "checkpoint-2")
-    again = launch(ppo_keys(tiny_model_dir, resumed, reward), tmp_path)
+    again = launch({**two_keys, "output_dir": str(resumed)}, tmp_path)
     assert again.returncode == 0, again.stderr[-4000:]
     assert "resumed from" in again.stderr
     c = training_lines(resumed)

@@ -247,4 +247,4 @@ def test_ppo_refuses_deepspeed_it_would_ignore() -> None:
     from kubetune.validate.distributed import sharded_parameters_limits
 
     cfg = load_config(str(REPO / "examples" / "ppo_lora.yaml"), ['deepspeed={"zero_optimization": {"stage": 2}}'])
-    assert "runs its own loop on one process" in sharded_parameters_limits(cfg)[0].message
+    assert "runs data parallel (DDP) only" in sharded_parameters_limits(cfg)[0].message

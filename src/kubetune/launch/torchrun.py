@@ -170,11 +170,23 @@ def run_torchrun(plan: TorchrunPlan, args: Sequence[str], module: str = "kubetun
     without the hand-over the ranks would never hear of it and die mid-step at the SIGKILL.
     (Ctrl-C needs no hand-over: the terminal sends SIGINT to the whole process group.)
     """
-    child = subprocess.Popen(plan.command(args, module=module), env=child_environment(plan))
+    command, env = plan.command(args, module=module), child_environment(plan)
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
-        return child.wait()
-    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: child.send_signal(signum))
+        return subprocess.call(command, env=env)
+    children: list[subprocess.Popen] = []
+    pending: list[int] = []
+
+    def hand_on(signum: int, _frame: object) -> None:
+        for child in children:
+            child.send_signal(signum)
+        if not children:
+            pending.append(signum)  # arrived before torchrun started: sent as soon as it has
+
+    previous = signal.signal(signal.SIGTERM, hand_on)  # before the start, so no SIGTERM is lost
     try:
-        return child.wait()
+        children.append(subprocess.Popen(command, env=env))
+        for signum in pending:
+            children[0].send_signal(signum)
+        return children[0].wait()
     finally:
         signal.signal(signal.SIGTERM, previous)

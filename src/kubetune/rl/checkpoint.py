@@ -135,6 +135,9 @@ def save_checkpoint(output_dir: Path, step: int, policy: Any, optimizer: torch.o
         os.replace(tmp, final)
         prune_checkpoints(output_dir, save_total_limit)
     ranks.barrier()
+    if not (final / STATE_FILE).is_file():  # a rank on another node with its own disk: it could never resume
+        raise RuntimeError(f"rank {ranks.rank} cannot see {final}, which rank 0 just wrote: output_dir must be a "
+                           "folder every rank shares (a ReadWriteMany volume across nodes)")
     return final
 
 

@@ -9,7 +9,10 @@ like 1 rank × N·b:
 - the score normaliser's running moments: updated with every rank's scores, in rank order;
 - the KL that drives the adaptive controller, and every logged statistic.
 
-With one process every method is the identity, so the single-process loop runs the same code.
+The loss of a minibatch is a token mean per rank (and per micro-batch), and DDP averages those, as
+TRL does: N ranks equal one process accumulating N micro-batches, and one batch of N·b where the
+responses are equally long. With one process every method is the identity, so the single-process
+loop runs the same code.
 """
 
 from __future__ import annotations

@@ -24,10 +24,13 @@ updates, as in LLaMA-Factory.
 Under torchrun (data parallel, `kubetune.rl.ranks`): every rank holds the policy, its value head,
 the reference and the reward source, and rolls out its own share of each update's prompts; DDP
 averages the gradients, and the whitening, score normalisation, KL control and logged statistics
-are computed over all ranks' rows, so N ranks × b prompts train like one process with N·b.
-Rank 0 writes the outputs. ZeRO-3 / FSDP are refused for ppo: generation would have to gather the
-sharded weights at every decoding step (DeepSpeed's hybrid engine or a separate inference
-engine such as vLLM is what makes that fast), which this loop does not do.
+are computed over all ranks' rows, so N ranks × b prompts train like one process with N·b (the
+loss is a token mean per rank's micro-batch, so, as in TRL, exactly like one process accumulating
+N micro-batches; like one batch of N·b where the responses are equally long). Rank 0 writes the
+outputs; `output_dir` must be a folder every rank sees (checkpoints are read by all).
+ZeRO-3 / FSDP are refused for ppo: generation would have to gather the sharded weights at every
+decoding step (DeepSpeed's hybrid engine or a separate inference engine such as vLLM is what makes
+that fast), which this loop does not do.
 """
 
 from __future__ import annotations
@@ -191,7 +194,7 @@ def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any 
 
     state = TrainerState(max_steps=total, logging_steps=t.logging_steps, save_steps=t.save_steps,
                          is_local_process_zero=args.local_process_index == 0, is_world_process_zero=ranks.is_main)
-    checkpoint = find_resume_checkpoint(cfg, out)
+    checkpoint = ranks.broadcast(find_resume_checkpoint(cfg, out))  # one decision: every rank resumes, or none
     if checkpoint:
         saved = load_checkpoint(checkpoint, policy, optimizer, scheduler, ranks)
         kl_ctl.load_state_dict(saved["kl_controller"])

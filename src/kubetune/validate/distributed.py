@@ -119,8 +119,10 @@ def sharded_parameters_limits(cfg: RunConfig) -> list[Problem]:
     where, value = cfg.origin(key), cfg.to_flat()[key]
     stage, m = cfg.method.stage, cfg.method
     if stage == "ppo":
-        return [Problem(key, value, where, "the ppo stage runs its own loop on one process; DeepSpeed and FSDP "
-                        "do not apply to it", f"remove {key} for ppo")]
+        return [Problem(key, value, where, "the ppo stage runs data parallel (DDP) only: its rollouts would "
+                        "gather sharded weights at every generated token, and its loop does not drive DeepSpeed or "
+                        "FSDP (see kubetune.stages.ppo)", f"remove {key} for ppo; several GPUs still train it, one "
+                        "rank each")]
     try:
         sharded, name = params_are_sharded(cfg), strategy_name(cfg)
     except (OSError, ValueError):  # an unreadable file: deepspeed_config / fsdp_config_file name the problem
@@ -136,7 +138,7 @@ def sharded_parameters_limits(cfg: RunConfig) -> list[Problem]:
     if separate and (stage == "kto" or (stage == "dpo" and m.pref_loss in REFERENCE_LOSSES)):
         problems.append(Problem(key, value, where, f"{name} shards the policy, but the separate reference model "
                                 f"({'ref_model' if m.ref_model else 'a frozen copy for ' + m.finetuning_type}) is "
-                                "loaded beside it unsharded and never gathered",
+                                "not set up for sharded inference (it would run on partitions it never gathers)",
                                 "use LoRA (the reference is the policy with its adapter off), ZeRO-2, or a "
                                 "reference-free pref_loss (orpo, simpo)"))
     if cfg.train.do_predict and stage in ("sft", "pt", "dpo", "kto"):
