@@ -118,9 +118,11 @@ def _prompt_labels(
     if train_on_prompt:
         return list(source)
     labels = [IGNORE_INDEX] * len(source)
-    # With efficient_eos, a prompt format may open with the EOS that ends the previous answer
-    # (`{{eos_token}}` first): it belongs to that answer, so it is learnt when the answer is.
-    if template.efficient_eos and index > 0 and not mask_history and source and source[0] == eos:
+    # With efficient_eos an answer carries no EOS: the model learns to stop where the next prompt
+    # starts (the first prompt token's label is EOS), as LLaMA-Factory does. With mask_history the
+    # earlier answers are not learnt, so neither is their end (LLaMA-Factory labels the row's very first
+    # token EOS there: a deliberate difference).
+    if template.efficient_eos and index > 0 and not mask_history and source:
         labels[0] = eos
     return labels
 
@@ -272,12 +274,14 @@ class BatchEncoder:
             else:
                 _require_response(sample, count=2)
                 responses = sample.response[:2]
-            return [conversation([*sample.prompt, r], sample.system, sample.tools, ends_with_prompt=False)
-                    for r in responses]
+            return [conversation([*sample.prompt, r], sample.system, sample.tools, ends_with_prompt=False,
+                                 oneturn=True) for r in responses]
         if self.stage == "ppo":
             return [_prompt_conversation(sample)]
         _require_response(sample, count=1)
-        return [conversation(sample, ends_with_prompt=False)] + ([_prompt_conversation(sample)] if for_eval else [])
+        discard = self.mask_history and not self.template.preserve_thinking
+        return ([conversation(sample, ends_with_prompt=False, discard_history_thoughts=discard)]
+                + ([_prompt_conversation(sample)] if for_eval else []))
 
     def _row(self, sample: Sample, encoded: list[list[list[int]]], for_eval: bool, eos: int) -> dict[str, Any]:
         """The sample's row from its conversations' token segments."""
