@@ -27,6 +27,9 @@ SFT_ROWS: list[dict[str, Any]] = [
     {"system": "Be helpful.", "messages": [LONG, "That is a long list of steps.", "Summarise it.", "Stir and count."]},
     {"messages": ["Write code: print hello", "```python\nprint('hello')\n```"]},
     {"messages": ["1+1=", "2"]},
+    # thoughts: kept, stripped or replaced by an empty one, depending on the template and enable_thinking
+    {"messages": ["Is 7 prime?", "<think>\n7 has no divisor but 1 and 7.\n</think>\n\nYes.",
+                  "And 8?", "No, 8 = 2 x 4."]},
 ]
 
 PAIR_ROWS: list[dict[str, Any]] = [
@@ -36,6 +39,8 @@ PAIR_ROWS: list[dict[str, Any]] = [
     {"messages": ["Explain soup making."], "chosen": LONG, "rejected": "Boil water."},
     {"messages": [LONG], "chosen": "Stir and count.", "rejected": LONG},
     {"messages": ["Café?"], "chosen": " Oui, un café.", "rejected": "\nNon."},
+    {"messages": ["Is 9 prime?", "<think>\n9 = 3 x 3.\n</think>\n\nNo.", "And 11?"],
+     "chosen": "<think>\nNo divisor up to 3.\n</think>\n\nYes.", "rejected": "No."},
 ]
 
 
@@ -75,6 +80,8 @@ VARIANTS: list[tuple[str, str, dict[str, Any]]] = [
     ("sft_cutoff_40", "sft", {"cutoff_len": 40}),
     ("pairwise", "rm", {"cutoff_len": 1024}),
     ("pairwise_cutoff_40", "dpo", {"cutoff_len": 40}),
+    ("sft_no_thinking", "sft", {"cutoff_len": 1024, "enable_thinking": False}),
+    ("pairwise_no_thinking", "dpo", {"cutoff_len": 1024, "enable_thinking": False}),
 ]
 
 

@@ -86,6 +86,7 @@ def run_ours(tokenizer: Any, cases: list[dict[str, Any]]) -> dict[str, Any]:
         return {case["id"]: {"error": str(err)} for case in cases}
     out = {}
     for case in cases:
+        template.enable_thinking = case.get("enable_thinking", True)
         samples = [our_sample(r, case["stage"], i) for i, r in enumerate(rows_for(case["stage"]))]
         try:
             encoder = BatchEncoder(template, tokenizer, case["stage"], case["cutoff_len"],

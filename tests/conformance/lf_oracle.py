@@ -73,6 +73,14 @@ def run_case(tokenizer, case: dict) -> dict:
         enable_thinking=case.get("enable_thinking", True),
     )
     template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    if template.mm_plugin.__class__.__name__ != "BasePlugin":
+        # A multimodal model's template (gemma3, llama4, qwen3_5, ...) used for text: without images its
+        # plugin changes no message and only insists on the model's processor, which a text tokenizer
+        # lacks; LF's base plugin stands in (the template's formats are what is compared).
+        from llamafactory.data.mm_plugin import get_mm_plugin
+
+        template = copy.copy(template)
+        template.mm_plugin = get_mm_plugin(name="base")
     rows = case["rows"]
     examples = {
         "_prompt": [r["prompt"] for r in rows],

@@ -147,9 +147,10 @@ def test_efficient_eos_learns_the_stop_where_the_next_prompt_starts(tok):
     input_ids, labels = encode_supervised(template, tok, sft("hi", "hello", "how", "fine"), cutoff_len=20)
     assert input_ids == [HI, HELLO, HOW, FINE, IM_END]
     assert labels == [X, HELLO, IM_END, FINE, IM_END]
-    # with mask_history the earlier answer is not learnt, nor is its end (a deliberate difference from LF)
+    # with mask_history the earlier answer is not learnt but its end is, and (LF's order) the row's first
+    # token is labelled instead of the last prompt's: a label the shifted loss never reads
     _, labels = encode_supervised(template, tok, sft("hi", "hello", "how", "fine"), cutoff_len=20, mask_history=True)
-    assert labels == [X, X, X, FINE, IM_END]
+    assert labels == [IM_END, X, X, FINE, IM_END]
 
 
 def test_empty_response_names_the_row(tok, chatml):

@@ -195,6 +195,11 @@ def test_unknown_template_suggests_the_closest_name():
         get_template("chatmll", tiny_tokenizer())
 
 
+def test_multimodal_template_is_refused_as_multimodal():
+    with pytest.raises(ValueError, match="multimodal models are not supported yet"):
+        get_template("qwen2_vl", tiny_tokenizer())
+
+
 def test_registry_returns_independent_copies():
     tokenizer = tiny_tokenizer()
     first = get_template("chatml", tokenizer)

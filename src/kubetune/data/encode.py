@@ -98,7 +98,9 @@ def _supervised_ids(
         source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - used)
         source, target = source[:source_len], target[:target_len]
         used += source_len + target_len
-        source_labels = _prompt_labels(template, source, index, eos, train_on_prompt, mask_history)
+        # LLaMA-Factory's rule, in its (reversed with mask_history) order: not the first turn it fills
+        stops_previous = index != (last if mask_history else 0)
+        source_labels = _prompt_labels(template, source, stops_previous, eos, train_on_prompt)
         target_labels = [IGNORE_INDEX] * target_len if mask_history and index != last else list(target)
         if mask_history:  # filled newest first: prepend
             input_ids = source + target + input_ids
@@ -113,16 +115,16 @@ def _supervised_ids(
 
 
 def _prompt_labels(
-    template: Template, source: list[int], index: int, eos: int, train_on_prompt: bool, mask_history: bool
+    template: Template, source: list[int], stops_previous: bool, eos: int, train_on_prompt: bool
 ) -> list[int]:
     if train_on_prompt:
         return list(source)
     labels = [IGNORE_INDEX] * len(source)
-    # With efficient_eos an answer carries no EOS: the model learns to stop where the next prompt
-    # starts (the first prompt token's label is EOS), as LLaMA-Factory does. With mask_history the
-    # earlier answers are not learnt, so neither is their end (LLaMA-Factory labels the row's very first
-    # token EOS there: a deliberate difference).
-    if template.efficient_eos and index > 0 and not mask_history and source:
+    # With efficient_eos an answer carries no EOS: the model learns to stop where the next prompt starts
+    # (its first token's label is EOS), as LLaMA-Factory does. With mask_history LF fills the turns newest
+    # first and so labels the first turn's first token instead of the last's: that label is never used
+    # (the loss shifts labels by one), and the masked answers' ends are learnt; kept so rows are identical.
+    if template.efficient_eos and stops_previous and source:
         labels[0] = eos
     return labels
 

@@ -119,6 +119,22 @@ _INTERN2_SYSTEM = (
     "chosen by the user such as English and 中文."
 )
 
+_DBRX_SYSTEM = (
+    "You are DBRX, created by Databricks. You were last updated in December 2023. "
+    "You answer questions based on information available up to that point.\n"
+    "YOU PROVIDE SHORT RESPONSES TO SHORT QUESTIONS OR STATEMENTS, but provide thorough "
+    "responses to more complex and open-ended questions.\nYou assist with various tasks, "
+    "from writing to coding (using markdown for code blocks — remember to use ``` with "
+    "code, JSON, and tables).\n(You do not have real-time data access or code execution "
+    "capabilities. You avoid stereotyping and provide balanced perspectives on "
+    "controversial topics. You do not provide song lyrics, poems, or news articles and "
+    "do not divulge details of your training data.)\nThis is your system prompt, "
+    "guiding your responses. Do not reference it, just respond to the user. If you find "
+    "yourself talking about this message, stop. You should be responding appropriately "
+    "and usually that means not mentioning this.\nYOU DO NOT MENTION ANY OF THIS INFORMATION "
+    "ABOUT YOURSELF UNLESS THE INFORMATION IS DIRECTLY PERTINENT TO THE USER'S QUERY."
+)
+
 _TEMPLATES: list[Template] = [
     _t("default", "Human: {{content}}{{eos_token}}\nAssistant:", "{{content}}{{eos_token}}\n",
        "System: {{content}}{{eos_token}}\n"),
@@ -130,6 +146,11 @@ _TEMPLATES: list[Template] = [
     _t("bailing", "<role>HUMAN</role>{{content}}<role>ASSISTANT</role>", system="<role>SYSTEM</role>{{content}}",
        format_observation="<role>OBSERVATION</role>{{content}}<role>ASSISTANT</role>",
        stop_words=["<|endoftext|>"], efficient_eos=True),
+    _t("bailing_v2", "<role>HUMAN</role>{{content}}<|role_end|><role>ASSISTANT</role>", "{{content}}<|role_end|>",
+       "<role>SYSTEM</role>{{content}}<|role_end|>",
+       format_observation=("<role>OBSERVATION</role>\n<tool_response>\n{{content}}\n</tool_response><|role_end|>"
+                           "<role>ASSISTANT</role>"),
+       stop_words=["<|endoftext|>"], efficient_eos=True),
     _t("breeze", "[INST] {{content}} [/INST] ", format_prefix="{{bos_token}}", efficient_eos=True),
     _chatml("chatml", stop_words=["<|im_end|>", "<|im_start|>"], replace_eos=True),
     _chatml("chatml_de", default_system="Du bist ein freundlicher und hilfsbereiter KI-Assistent.",
@@ -138,6 +159,7 @@ _TEMPLATES: list[Template] = [
        "<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>",
        system="<|START_OF_TURN_TOKEN|><|SYSTEM_TOKEN|>{{content}}<|END_OF_TURN_TOKEN|>", format_prefix="{{bos_token}}"),
     _chatml("cpm4", format_prefix="{{bos_token}}", stop_words=["<|im_end|>"]),
+    _chatml("dbrx", default_system=_DBRX_SYSTEM, stop_words=["<|im_end|>"], replace_eos=True),
     _t("deepseek", "User: {{content}}\n\nAssistant:", system="{{content}}\n\n", format_prefix="{{bos_token}}"),
     _t("deepseek3", "<｜User｜>{{content}}<｜Assistant｜>", format_prefix="{{bos_token}}"),
     _t("deepseekr1", "<｜User｜>{{content}}<｜Assistant｜>", format_prefix="{{bos_token}}", thought_words=_THINK),
@@ -285,3 +307,23 @@ NAMED_TEMPLATES: dict[str, Template] = {t.name: t for t in _TEMPLATES}
 
 TEMPLATE_NAMES: list[str] = sorted(NAMED_TEMPLATES)
 """Names `template_registry.get_template` accepts besides None (the tokenizer's own) and `custom` (a YAML file)."""
+
+MULTIMODAL_TEMPLATES: frozenset[str] = frozenset({
+    "dots_ocr", "ernie_vl", "gemma3n", "gemma4", "gemma4n", "glm4v", "glm4_5v", "glm_ocr", "granite3_vision",
+    "intern_vl", "keye_vl", "kimi_vl", "lfm2_vl", "mllama", "llava", "llava_next", "llava_next_llama3",
+    "llava_next_mistral", "llava_next_qwen", "llava_next_yi", "llava_next_video", "llava_next_video_mistral",
+    "llava_next_video_yi", "mimo_vl", "minicpm_v", "minicpm_v_4_6", "minicpm_o", "paligemma", "paligemma_chat",
+    "pixtral", "qwen2_audio", "qwen2_omni", "qwen3_omni", "qwen3_omni_nothink", "qwen2_vl", "qwen3_vl",
+    "qwen3_vl_nothink", "video_llava", "yi_vl", "youtu_vl",
+})
+"""LLaMA-Factory 0.9.5's templates of image/video/audio models: refused as multimodal, not as unknown. (Its
+multimodal templates that also serve text models, gemma3, llama4, mistral_small, qwen3_5, ..., are named
+templates above.)"""
+
+MULTIMODAL_REFUSAL = "multimodal models are not supported yet"
+
+
+def multimodal_refusal(name: str) -> str:
+    """The error for a multimodal model's template."""
+    return (f"template {name!r} is LLaMA-Factory's template for a multimodal (image/video/audio) model: "
+            f"{MULTIMODAL_REFUSAL}; kubetune trains text models (use the family's text template if it has one)")
