@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance
 
 CHECKOV_VERSION := 3.3.30
 # helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
@@ -70,6 +70,11 @@ LF_VENV := tools/lf-venv/.installed-$(shell cksum < bench/lf-requirements.txt | 
 
 bench: setup $(LF_VENV)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+
+# chat templates vs LLaMA-Factory 0.9.5's own preprocessing (tools/lf-venv): % identical rows per
+# template x variant (sft, train_on_prompt, mask_history, short cutoff, rm/dpo pairs). CONFORMANCE_ARGS=--show-diffs
+conformance: setup $(LF_VENV)
+	$(BIN)/python tests/conformance/report.py $(CONFORMANCE_ARGS)
 
 $(LF_VENV): bench/lf-requirements.txt
 	rm -rf tools/lf-venv

@@ -20,6 +20,7 @@ from transformers import PreTrainedTokenizerFast
 from kubetune.data.encode import IGNORE_INDEX, infer_seqlen
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
+from kubetune.data.templates import Template
 
 SPECIALS = ["<|im_start|>", "<|im_end|>"]
 WORDS = ["system", "user", "assistant", "hi", "hello", "how", "are", "you", "fine", "be", "brief"]
@@ -131,12 +132,25 @@ def test_never_longer_than_cutoff_and_labels_are_input_tokens(tok, chatml, flags
 
 
 def test_efficient_eos_appends_one_learnt_eos(tok):
-    template = get_template("empty", tok)
+    template = Template(name="raw", efficient_eos=True)
     input_ids, labels = encode_supervised(template, tok, sft("hi", "hello"), cutoff_len=10)
     assert input_ids == [HI, HELLO, IM_END]
     assert labels == [X, HELLO, IM_END]
     input_ids, _ = encode_supervised(template, tok, sft("hi hi hi hi", "hello hello hello"), cutoff_len=4)
     assert len(input_ids) == 4 and input_ids[-1] == IM_END  # the EOS has a reserved place
+
+
+def test_efficient_eos_learns_the_stop_where_the_next_prompt_starts(tok):
+    # The answers carry no EOS: the first token of the next prompt is labelled EOS (LLaMA-Factory's
+    # efficient_eos), so the model learns to stop after each answer, not only the last.
+    template = Template(name="raw", efficient_eos=True)
+    input_ids, labels = encode_supervised(template, tok, sft("hi", "hello", "how", "fine"), cutoff_len=20)
+    assert input_ids == [HI, HELLO, HOW, FINE, IM_END]
+    assert labels == [X, HELLO, IM_END, FINE, IM_END]
+    # with mask_history the earlier answer is not learnt but its end is, and (LF's order) the row's first
+    # token is labelled instead of the last prompt's: a label the shifted loss never reads
+    _, labels = encode_supervised(template, tok, sft("hi", "hello", "how", "fine"), cutoff_len=20, mask_history=True)
+    assert labels == [IM_END, X, X, FINE, IM_END]
 
 
 def test_empty_response_names_the_row(tok, chatml):

@@ -135,9 +135,7 @@ def test_system_inside_first_user_turn_and_token_slots(smol):
     turns = template.encode_turns(smol, conversation("hi", "hello", "bye", "ciao"), system="be brief")
     text = smol.decode([t for p, r in turns for t in (*p, *r)])
     bos, eos = smol.bos_token, smol.eos_token
-    assert text == (
-        f"{bos}[INST] <<SYS>>\nbe brief\n<</SYS>>\n\nhi [/INST] hello {eos}{bos}[INST] bye [/INST] ciao {eos}"
-    )
+    assert text == f"{bos}[INST] <<SYS>>\nbe brief\n<</SYS>>\n\nhi [/INST]hello{eos}{bos}[INST] bye [/INST]ciao{eos}"
     assert turns[0][0][0] == smol.bos_token_id
 
 
@@ -164,12 +162,12 @@ def test_qwen_tools_function_call_and_observation(smol):
 @pytest.mark.parametrize("name", TEMPLATE_NAMES)
 def test_every_template_round_trips_a_multi_turn_conversation(smol, name):
     template = get_template(name, smol)
-    messages = conversation("first question", "first answer", "second question", "second answer")
+    messages = conversation("first question", "first reply", "second question", "second reply")
     turns = template.encode_turns(smol, messages, system="sys prompt")
     text = smol.decode([t for p, r in turns for t in (*p, *r)])
     positions = [text.index(part) for part in ("sys prompt", *(m.content for m in messages))]
     assert positions == sorted(positions)
-    assert all("answer" in smol.decode(r) and "answer" not in smol.decode(p) for p, r in turns)
+    assert all("reply" in smol.decode(r) and "reply" not in smol.decode(p) for p, r in turns)
 
 
 def test_fix_tokenizer_replaces_eos_adds_stop_words_and_pad():
@@ -197,11 +195,16 @@ def test_unknown_template_suggests_the_closest_name():
         get_template("chatmll", tiny_tokenizer())
 
 
+def test_multimodal_template_is_refused_as_multimodal():
+    with pytest.raises(ValueError, match="multimodal models are not supported yet"):
+        get_template("qwen2_vl", tiny_tokenizer())
+
+
 def test_registry_returns_independent_copies():
     tokenizer = tiny_tokenizer()
     first = get_template("chatml", tokenizer)
     first.stop_words.append("<|x|>")
-    assert get_template("chatml", tokenizer).stop_words == ["<|im_end|>"]
+    assert get_template("chatml", tokenizer).stop_words == ["<|im_end|>", "<|im_start|>"]
 
 
 def test_messages_must_alternate():
@@ -262,3 +265,37 @@ def test_custom_template_needs_content_and_a_file(tmp_path):
         get_template("custom", tiny_tokenizer())
     with pytest.raises(FileNotFoundError, match="does not exist"):
         get_template("custom", tiny_tokenizer(), template_file=str(tmp_path / "missing.yaml"))
+
+
+def test_default_writes_llamafactorys_turns(smol):
+    # LLaMA-Factory's `default`: each turn ends with EOS, the assistant header has no trailing space.
+    template = get_template("default", smol)
+    turns = template.encode_turns(smol, conversation("hi", "hello"), system="be brief")
+    eos = smol.eos_token
+    assert smol.decode(turns[0][0]) == f"System: be brief{eos}\nHuman: hi{eos}\nAssistant:"
+    assert smol.decode(turns[0][1]) == f"hello{eos}\n"
+
+
+def test_each_format_is_tokenised_on_its_own(smol):
+    # alpaca's default system ends with "\n\n" and the user turn starts with "###": tokenised apart (as
+    # LLaMA-Factory does) the boundary is two tokens, joined it would merge into one.
+    template = get_template("alpaca", smol)
+    prompt, _ = template.encode_turns(smol, conversation("hi", "hello"))[0]
+    system = smol.encode(template.default_system, add_special_tokens=False)
+    assert prompt[: len(system)] == system
+
+
+def test_thinking_template_adds_an_empty_thought(smol):
+    template = get_template("qwen3", smol)
+    template.fix_tokenizer(smol)
+    empty = smol.encode("<think>\n\n</think>\n\n", add_special_tokens=False)
+    (prompt, response), = template.encode_turns(smol, conversation("hi", "hello"))
+    assert response[: len(empty)] == empty  # learnt: the model is taught to open and close a thought
+    template.enable_thinking = False
+    (prompt, response), = template.encode_turns(smol, conversation("hi", "<think>\nhm\n</think>\n\nhello"))
+    # the thought is stripped, an empty one closes the prompt
+    assert prompt[-len(empty):] == empty and "hm" not in smol.decode(response)
+    template.enable_thinking = True
+    kept = "<think>\nplan\n</think>\n\nhello"
+    prompt, response = template.encode_oneturn(smol, conversation("hi", kept, "again", kept))
+    assert "plan" not in smol.decode(prompt) and "plan" in smol.decode(response)  # history thoughts dropped

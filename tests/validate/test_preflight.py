@@ -45,6 +45,25 @@ def test_unknown_dataset_and_template_are_caught_before_work(tmp_path: Path) -> 
     assert "did you mean 'chatml'" in text
 
 
+@pytest.mark.parametrize("template", ["qwen2_vl", "llava", "paligemma"])
+def test_multimodal_template_is_refused_as_multimodal_not_unknown(tmp_path: Path, template: str) -> None:
+    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}]')
+    cfg = load_config(None, {"data_path": str(tmp_path / "d.json"), "template": template,
+                             "output_dir": str(tmp_path / "o")}, base=BASE)
+    with pytest.raises(ConfigError) as err:
+        preflight(cfg, "train")
+    assert "multimodal models are not supported yet" in str(err.value)
+    assert "unknown template" not in str(err.value)
+
+
+def test_llamafactory_text_templates_pass(tmp_path: Path) -> None:
+    (tmp_path / "d.json").write_text('[{"instruction": "a", "output": "b"}]')
+    for template in ("qwen3_nothink", "smollm2", "deepseek3", "llama4", "phi4", "zephyr"):
+        cfg = load_config(None, {"data_path": str(tmp_path / "d.json"), "template": template,
+                                 "output_dir": str(tmp_path / "o")}, base=BASE)
+        preflight(cfg, "train")
+
+
 def test_missing_local_model_and_adapter(tmp_path: Path) -> None:
     cfg = load_config(None, {"model_name_or_path": str(tmp_path / "nope"), "adapter_name_or_path": str(tmp_path),
                              "export_dir": str(tmp_path / "e")})

@@ -98,7 +98,9 @@ def _supervised_ids(
         source_len, target_len = infer_seqlen(len(source), len(target), cutoff_len - used)
         source, target = source[:source_len], target[:target_len]
         used += source_len + target_len
-        source_labels = _prompt_labels(template, source, index, eos, train_on_prompt, mask_history)
+        # LLaMA-Factory's rule, in its (reversed with mask_history) order: not the first turn it fills
+        stops_previous = index != (last if mask_history else 0)
+        source_labels = _prompt_labels(template, source, stops_previous, eos, train_on_prompt)
         target_labels = [IGNORE_INDEX] * target_len if mask_history and index != last else list(target)
         if mask_history:  # filled newest first: prepend
             input_ids = source + target + input_ids
@@ -113,14 +115,16 @@ def _supervised_ids(
 
 
 def _prompt_labels(
-    template: Template, source: list[int], index: int, eos: int, train_on_prompt: bool, mask_history: bool
+    template: Template, source: list[int], stops_previous: bool, eos: int, train_on_prompt: bool
 ) -> list[int]:
     if train_on_prompt:
         return list(source)
     labels = [IGNORE_INDEX] * len(source)
-    # With efficient_eos, a prompt format may open with the EOS that ends the previous answer
-    # (`{{eos_token}}` first): it belongs to that answer, so it is learnt when the answer is.
-    if template.efficient_eos and index > 0 and not mask_history and source and source[0] == eos:
+    # With efficient_eos an answer carries no EOS: the model learns to stop where the next prompt starts
+    # (its first token's label is EOS), as LLaMA-Factory does. With mask_history LF fills the turns newest
+    # first and so labels the first turn's first token instead of the last's: that label is never used
+    # (the loss shifts labels by one), and the masked answers' ends are learnt; kept so rows are identical.
+    if template.efficient_eos and stops_previous and source:
         labels[0] = eos
     return labels
 
@@ -272,12 +276,14 @@ class BatchEncoder:
             else:
                 _require_response(sample, count=2)
                 responses = sample.response[:2]
-            return [conversation([*sample.prompt, r], sample.system, sample.tools, ends_with_prompt=False)
-                    for r in responses]
+            return [conversation([*sample.prompt, r], sample.system, sample.tools, ends_with_prompt=False,
+                                 oneturn=True) for r in responses]
         if self.stage == "ppo":
             return [_prompt_conversation(sample)]
         _require_response(sample, count=1)
-        return [conversation(sample, ends_with_prompt=False)] + ([_prompt_conversation(sample)] if for_eval else [])
+        discard = self.mask_history and not self.template.preserve_thinking
+        return ([conversation(sample, ends_with_prompt=False, discard_history_thoughts=discard)]
+                + ([_prompt_conversation(sample)] if for_eval else []))
 
     def _row(self, sample: Sample, encoded: list[list[list[int]]], for_eval: bool, eos: int) -> dict[str, Any]:
         """The sample's row from its conversations' token segments."""

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kubetune.data.jinja_template import JinjaTemplate
-from kubetune.data.named_templates import NAMED_TEMPLATES, TEMPLATE_NAMES
+from kubetune.data.named_templates import MULTIMODAL_TEMPLATES, NAMED_TEMPLATES, TEMPLATE_NAMES, multimodal_refusal
 from kubetune.data.template_file import load_template_file
 from kubetune.data.templates import Template
 
@@ -37,7 +37,8 @@ def get_template(
         A fresh `Template` (changing it does not change the registry).
 
     Raises:
-        ValueError: unknown name, a tokenizer without a chat template for None, or a bad file.
+        ValueError: unknown name, a multimodal model's template, a tokenizer without a chat template for None,
+            or a bad file.
     """
     if name is None:
         return _jinja_template(tokenizer)
@@ -45,6 +46,8 @@ def get_template(
         if template_file is None:
             raise ValueError("template 'custom' needs template_file: the path of a YAML template definition")
         template = load_template_file(template_file)
+    elif name in MULTIMODAL_TEMPLATES:
+        raise ValueError(multimodal_refusal(name))
     elif name in NAMED_TEMPLATES:
         template = dataclasses.replace(NAMED_TEMPLATES[name], stop_words=list(NAMED_TEMPLATES[name].stop_words))
     else:

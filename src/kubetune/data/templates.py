@@ -13,6 +13,11 @@ Format strings use three kinds of placeholders:
 - anything else is literal text. Special tokens written as text (`<|im_start|>`) tokenise as
   the tokenizer's special tokens, as in the model's own Jinja template.
 
+Each format's text is tokenised on its own, never joined with the next format's (prefix, system,
+user turn and generation header are separate `tokenizer.encode` calls), as LLaMA-Factory does: a
+boundary such as `"\n\n" + "### Instruction"` tokenises differently joined than apart, and
+LLaMA-Factory's templates are the reference their users' models were trained with.
+
 Named templates (`named_templates`), `custom` YAML files (`template_file`) and the tokenizer's own
 template (`jinja_template.JinjaTemplate`, for `template: null`) are looked up by
 `kubetune.data.template_registry.get_template`.
@@ -29,6 +34,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from kubetune.data.schema import PROMPT_ROLES, RESPONSE_ROLES, Message, Sample
+from kubetune.data.thoughts import place_thoughts
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -89,6 +95,14 @@ class Template:
             turn by the encoder. Default False.
         replace_eos: make `stop_words[0]` the tokenizer's EOS (see `fix_tokenizer`), so that
             generation stops at the end of a turn. Default False.
+        thought_words: (open, close) of a reasoning block (`["<think>\n", "\n</think>\n\n"]`);
+            set for a thinking model (qwen3, deepseekr1): an answer without a thought gets an
+            empty one, as the model's own template writes it. Default none (not a thinking model).
+        enable_thinking: thinking models: learn the thoughts (an added empty thought is part of
+            the response); False strips every thought and puts the empty one in the prompt.
+            Default True (LLaMA-Factory's default).
+        preserve_thinking: thinking models: keep the thoughts of earlier assistant turns in
+            preference prompts (and with `mask_history`). Default False: they are stripped.
     """
 
     name: str
@@ -105,6 +119,9 @@ class Template:
     stop_words: list[str] = field(default_factory=list)
     efficient_eos: bool = False
     replace_eos: bool = False
+    thought_words: list[str] = field(default_factory=list)
+    enable_thinking: bool = True
+    preserve_thinking: bool = False
 
     def __post_init__(self) -> None:
         for key, allowed in _ALLOWED_PLACEHOLDERS.items():
@@ -122,6 +139,8 @@ class Template:
                 raise ValueError(f"template {self.name!r}: {key} must contain {{{{content}}}}")
         if self.replace_eos and not self.stop_words:
             raise ValueError(f"template {self.name!r}: replace_eos needs at least one stop word")
+        if self.thought_words and len(self.thought_words) != 2:
+            raise ValueError(f"template {self.name!r}: thought_words must be [open, close], got {self.thought_words}")
 
     # ----------------------------------------------------------------------------------- public
 
@@ -163,7 +182,7 @@ class Template:
         Arguments as in `encode_turns`. Used for preference data, where only the final
         response is compared and earlier assistant turns are context.
         """
-        conv = conversation(sample_or_messages, system, tools, ends_with_prompt=False)
+        conv = conversation(sample_or_messages, system, tools, ends_with_prompt=False, oneturn=True)
         return last_turn(self._encode(tokenizer, conv))
 
     def encode_prompt(
@@ -201,27 +220,51 @@ class Template:
         system_text = conv.system or self.default_system
         tools_text = _render_tools(conv.tools)
         system_pieces: list[_Piece] = []
-        if system_text or tools_text:
+        # A tools string, even "[]", opens the system block (LLaMA-Factory does; the block may be empty).
+        if system_text or conv.tools:
             body: list[_Piece] = [system_text]
             if tools_text:
                 body += _fill(self.format_tools, tools=[tools_text])
             system_pieces = _fill(self.format_system, content=body)
 
+        messages, thoughts = self._with_thoughts(conv)
+
+        def resolve(pieces: list[_Piece]) -> Segment:
+            return _resolve(tokenizer, pieces, self.name)
+
         segments: list[Segment] = []
-        for i, message in enumerate(conv.messages):
-            pieces: list[_Piece] = []
+        for i, message in enumerate(messages):
+            segment: Segment = []
             content: list[_Piece] = [message.content]
             if i == 0:
-                pieces += _fill(self.format_prefix)
+                segment += resolve(_fill(self.format_prefix))
                 if self.system_in_user:
                     content = system_pieces + content
                 else:
-                    pieces += system_pieces
-            pieces += _fill(self._format_for(message.role), content=content)
+                    segment += resolve(system_pieces)
+            if thoughts.get(i) == "before":
+                segment.append(self._empty_thought())
+            segment += resolve(_fill(self._format_for(message.role), content=content))
             if message.role in PROMPT_ROLES:
-                pieces += _fill(self.format_generation)
-            segments.append(_resolve(tokenizer, pieces, self.name))
+                segment += resolve(_fill(self.format_generation))
+            if thoughts.get(i) == "after":
+                segment.append(self._empty_thought())
+            segments.append(segment)
         return segments
+
+    def _empty_thought(self) -> str:
+        return self.thought_words[0] + self.thought_words[1]
+
+    def _with_thoughts(self, conv: Conversation) -> tuple[list[Message], dict[int, str]]:
+        """The messages to write and where an empty thought goes (see `thoughts.place_thoughts`)."""
+        if not self.thought_words:
+            return list(conv.messages), {}
+        only_last = conv.oneturn or conv.discard_history_thoughts
+        return place_thoughts(
+            conv.messages, self.thought_words, self.enable_thinking,
+            strip_history=conv.oneturn and not self.preserve_thinking or conv.discard_history_thoughts,
+            only_last=only_last,
+        )
 
     def render_many(self, tokenizer: PreTrainedTokenizerBase, convs: Sequence[Conversation]) -> list[list[Segment]]:
         """`render` for many conversations at once (what batched preprocessing calls).
@@ -239,7 +282,8 @@ class Template:
         """Adapt a tokenizer to this template, in place, and say what changed.
 
         - `replace_eos`: the first stop word becomes EOS (so `generate` stops at the end of a
-          turn and the collator/encoders use it); the others are registered as special tokens.
+          turn and the collator/encoders use it); the other stop words (all of them without
+          `replace_eos`) are registered as special tokens.
         - A missing pad token is set to EOS: the collator masks padding out of the loss.
 
         Args:
@@ -254,8 +298,11 @@ class Template:
             old = tokenizer.eos_token
             added = tokenizer.add_special_tokens({"eos_token": self.stop_words[0]})
             changes.append(f"eos_token {old!r} -> {self.stop_words[0]!r}" + _added_note(added))
-        extra = [w for w in self.stop_words[1:] if w not in tokenizer.all_special_tokens]
-        if self.replace_eos and extra:
+        # Stop words (all but the one that became EOS) are special tokens whether or not EOS is replaced,
+        # as in LLaMA-Factory: a format that writes one then tokenises it as one token.
+        rest = self.stop_words[1:] if self.replace_eos else self.stop_words
+        extra = [w for w in rest if w not in tokenizer.all_special_tokens]
+        if extra:
             added = tokenizer.add_special_tokens({"extra_special_tokens": extra}, replace_extra_special_tokens=False)
             changes.append(f"stop words {extra} registered as special tokens" + _added_note(added))
         if tokenizer.eos_token is None:
@@ -288,8 +335,8 @@ class Template:
         vocab = tokenizer.get_vocab()
         texts = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("format_")]
         found = {lit for text in texts if text for lit in _SPECIAL_LITERAL.findall(text)}
-        # Stop words are added to the vocabulary by fix_tokenizer when replace_eos is set.
-        added_later = set(self.stop_words) if self.replace_eos else set()
+        # Stop words are added to the vocabulary by fix_tokenizer.
+        added_later = set(self.stop_words)
         missing = sorted(lit for lit in found if lit not in vocab and lit not in added_later)
         if missing:
             logger.warning(
@@ -442,11 +489,17 @@ class Conversation:
         messages: alternating prompt and response messages, starting with a prompt.
         system: the system prompt ("" = the template's default).
         tools: tools as a JSON list string ("" = none).
+        oneturn: only the last response is learnt (preference data): thinking templates strip the
+            earlier turns' thoughts and give only the last answer an empty one.
+        discard_history_thoughts: SFT with `mask_history`: the same, for a thinking template
+            without `preserve_thinking`.
     """
 
     messages: list[Message]
     system: str
     tools: str
+    oneturn: bool = False
+    discard_history_thoughts: bool = False
 
 
 def conversation(
@@ -455,6 +508,8 @@ def conversation(
     tools: str | None = None,
     *,
     ends_with_prompt: bool,
+    oneturn: bool = False,
+    discard_history_thoughts: bool = False,
 ) -> Conversation:
     """The checked conversation that `encode_turns` (or `encode_prompt`) would encode.
 
@@ -465,6 +520,7 @@ def conversation(
         tools: tools as a JSON list string; None = the sample's.
         ends_with_prompt: the conversation must end with a prompt (`encode_prompt`) rather
             than a response (`encode_turns`).
+        oneturn, discard_history_thoughts: see `Conversation`.
 
     Raises:
         ValueError: no messages, roles out of order, or a sample without a response; the
@@ -472,7 +528,7 @@ def conversation(
     """
     messages, system, tools, where = _unpack(sample_or_messages, system, tools)
     _check_order(messages, ends_with_prompt=ends_with_prompt, where=where)
-    return Conversation(messages, system, tools)
+    return Conversation(messages, system, tools, oneturn, discard_history_thoughts)
 
 
 def _unpack(

@@ -101,11 +101,15 @@ def _model_path(cfg: RunConfig, origin: _Origins) -> list[Problem]:
 
 
 def _template(cfg: RunConfig, origin: _Origins) -> list[Problem]:
+    from kubetune.data.named_templates import MULTIMODAL_REFUSAL, MULTIMODAL_TEMPLATES
     from kubetune.data.template_registry import TEMPLATE_NAMES
 
     name = cfg.data.template
     if name is None:
         return []
+    if name in MULTIMODAL_TEMPLATES:
+        return [Problem("template", name, origin("template"), f"a multimodal model's template: {MULTIMODAL_REFUSAL}",
+                        "kubetune trains text models; use the family's text template if it has one")]
     if name == "custom":
         if not cfg.data.template_file or not Path(cfg.data.template_file).is_file():
             return [Problem("template_file", cfg.data.template_file, origin("template_file"),
