@@ -299,3 +299,16 @@ def test_thinking_template_adds_an_empty_thought(smol):
     kept = "<think>\nplan\n</think>\n\nhello"
     prompt, response = template.encode_oneturn(smol, conversation("hi", kept, "again", kept))
     assert "plan" not in smol.decode(prompt) and "plan" in smol.decode(response)  # history thoughts dropped
+
+
+def test_the_thinking_keys_reach_the_template_and_its_cache_key(smollm2_dir):
+    from kubetune.config import load_config
+    from kubetune.data.setup import tokenizer_and_template
+
+    keys = {"model_name_or_path": str(smollm2_dir), "dataset": "kubi_sft", "template": "qwen3", "output_dir": "x"}
+    _, thinking = tokenizer_and_template(load_config(None, keys), str(smollm2_dir))
+    _, plain = tokenizer_and_template(load_config(None, {**keys, "enable_thinking": False,
+                                                         "preserve_thinking": True}), str(smollm2_dir))
+    assert (thinking.enable_thinking, thinking.preserve_thinking) == (True, False)  # LLaMA-Factory's defaults
+    assert (plain.enable_thinking, plain.preserve_thinking) == (False, True)
+    assert repr(plain) != repr(thinking)  # the template's fingerprint: tokens made one way are not reused the other

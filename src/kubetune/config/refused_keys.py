@@ -97,8 +97,6 @@ REFUSED: dict[str, Refusal] = {
     "eval_num_beams": Refusal("not read by kubetune's predictions", "set num_beams: do_predict generates with it"),
     "ignore_pad_token_for_loss": Refusal("counting padding in the loss: not supported",
                                          "remove it: padding never counts", True),
-    **_each({"enable_thinking": True, "preserve_thinking": False},
-            f"switching a template's thinking mode: {_NOT_YET}", "remove it (the template's own behaviour is used)"),
     # FinetuningArguments: OFT (OFTArguments; finetuning_type: oft is refused by the schema's choices)
     **_each({"oft_rank": 0, "oft_block_size": 32, "oft_target": "all", "module_dropout": 0.0},
             f"OFT: {_NOT_YET}", "use finetuning_type: lora"),

@@ -221,6 +221,11 @@ class DataArguments(_Group):
     template: str | None = Field(None, description="Chat template name; null = the tokenizer's own.")
     template_file: str | None = Field(None, description="YAML file defining `template: custom`.")
     default_system: str | None = Field(None, description="Override the template's default system prompt.")
+    enable_thinking: bool = Field(True, description=(
+        "Thinking templates (qwen3, deepseekr1, ...): learn the assistant's thoughts, adding an empty one "
+        "where a turn has none; false moves the thoughts into the prompt (not learnt), as in LLaMA-Factory."))
+    preserve_thinking: bool = Field(False, description=(
+        "Thinking templates: keep the thoughts of earlier assistant turns in the history (default: dropped)."))
     cutoff_len: int = Field(2048, gt=0, description="Maximum tokens per example after tokenisation.")
     max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per dataset.")
     val_size: float = Field(

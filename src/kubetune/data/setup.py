@@ -48,6 +48,8 @@ def tokenizer_and_template(cfg: RunConfig, model_path: str | None = None) -> tup
     template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
     if cfg.data.default_system is not None:
         template.default_system = cfg.data.default_system
+    # thinking templates only read these; part of the template, so of the tokenised data's cache key too
+    template.enable_thinking, template.preserve_thinking = cfg.data.enable_thinking, cfg.data.preserve_thinking
     template.fix_tokenizer(tokenizer)
     return tokenizer, template
 

@@ -112,7 +112,9 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
             why = f"the tokenizer or template could not be loaded here ({err})"
     stand_in = json.dumps({"model_name_or_path": name, "model_revision": model.model_revision,
                            "gguf_file": model.gguf_file, "use_fast_tokenizer": model.use_fast_tokenizer})
-    template = json.dumps({"template": cfg.data.template, "default_system": cfg.data.default_system})
+    data = cfg.data
+    template = json.dumps({"template": data.template, "default_system": data.default_system,
+                           "enable_thinking": data.enable_thinking, "preserve_thinking": data.preserve_thinking})
     return stand_in, template, why
 
 
