@@ -35,11 +35,13 @@ tools/checkov-venv/.installed-$(CHECKOV_VERSION):
 	tools/checkov-venv/bin/pip install -q checkov==$(CHECKOV_VERSION)
 	touch $@
 
+# --dist loadscope: a module's tests share one worker, so a module-scoped fixture (a trained model,
+# a 2-rank launch) is set up once, not once per worker (20 min here instead of 24)
 test: setup $(DEPLOY_TOOLS)
-	$(BIN)/python -m pytest -n $(JOBS) -q --durations=15
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q --durations=15
 
 test-fast: setup $(DEPLOY_TOOLS)
-	$(BIN)/python -m pytest -n $(JOBS) -q -m "not slow"
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q -m "not slow"
 
 # the main job: the whole sft pipeline (validate → preprocess → sft → evaluate → export → register → promote)
 # through kfp.local on the embedded model, tracked in a local MLflow store
