@@ -12,23 +12,19 @@ Also here: dpo under DeepSpeed ZeRO-2 against the DDP run, and QLoRA (a 4-bit ba
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
-from stage_helpers import log_lines
+from stage_helpers import launch, log_lines
 
 from kubetune.config import load_config
 from kubetune.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
 DEEPSPEED = REPO / "examples" / "deepspeed"
-LAUNCH_TIMEOUT = 420  # seconds: two ranks import torch and transformers on two cores
 
 # The preference stages also evaluate an odd number of held-out rows: 2 ranks × eval batch 2 leave a last
 # batch that accelerate tops up with repeats, which must not count in the eval metrics.
@@ -49,19 +45,6 @@ def stage_keys(model_dir: Path, out: Path, stage: str, **keys) -> dict:
         "report_to": "none", "disable_tqdm": True, "gradient_checkpointing": False, "bf16": False,
         "ddp_timeout": 120, **STAGES[stage], **keys,
     }
-
-
-def launch(keys: dict, tmp_path: Path, *, nproc: int = 2, script: Path | None = None) -> subprocess.CompletedProcess:
-    """`kubetune train cfg.yaml` under FORCE_TORCHRUN=1 (or torchrun of `script`), in a subprocess."""
-    config = tmp_path / f"{Path(keys['output_dir']).name}.yaml"
-    config.write_text(yaml.safe_dump(keys))
-    env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": str(nproc)}
-    if script is None:
-        command = [sys.executable, "-m", "kubetune.cli", "train", str(config)]
-    else:
-        command = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", str(script),
-                   str(config)]
-    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
 def assert_same_training(one: Path, two: Path, files: tuple[str, ...] = ("adapter_model.safetensors",)) -> None:

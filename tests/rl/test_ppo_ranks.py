@@ -16,23 +16,18 @@ test's, tests/stages/test_ppo_stage.py, which samples.)
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file
-from stage_helpers import log_lines
+from stage_helpers import launch, log_lines
 
 from kubetune.config import load_config
 from kubetune.stages import run_stage
 
 REPO = Path(__file__).resolve().parents[2]
-LAUNCH_TIMEOUT = 420  # seconds: two ranks import torch and transformers on two cores
 LENGTH_REWARD = "def reward_func(prompts, responses):\n    return [len(r) / 10 for r in responses]\n"
 
 
@@ -48,14 +43,6 @@ def ppo_keys(model_dir: Path, out: Path, reward: Path, **keys) -> dict:
         "reward_model": str(reward), "reward_model_type": "api", "do_eval": True, "do_predict": True,
         "eval_strategy": "steps", "eval_steps": 2, **keys,
     }
-
-
-def launch(keys: dict, tmp_path: Path) -> subprocess.CompletedProcess:
-    config = tmp_path / f"{Path(keys['output_dir']).name}.yaml"
-    config.write_text(yaml.safe_dump(keys))
-    env = {**os.environ, "FORCE_TORCHRUN": "1", "NPROC_PER_NODE": "2"}
-    return subprocess.run([sys.executable, "-m", "kubetune.cli", "train", str(config)], env=env,
-                          capture_output=True, text=True, timeout=LAUNCH_TIMEOUT)
 
 
 def training_lines(out: Path) -> list[dict]:
