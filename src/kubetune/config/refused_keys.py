@@ -71,7 +71,10 @@ REFUSED: dict[str, Refusal] = {
     # ModelArguments: architecture changes
     "rope_scaling": Refusal(f"RoPE scaling: {_NOT_YET}", "remove it, and keep cutoff_len within the model's context"),
     "shift_attn": Refusal("LongLoRA's shift short attention (S²-Attn): not supported", _REMOVE, False),
-    "mixture_of_depths": Refusal("mixture-of-depths: not supported (its library is not installed)", _REMOVE),
+    # LLaMA-Factory's MoD library (PyPI mixture-of-depth 1.2.0) imports transformers 4's TRANSFORMERS_CACHE at
+    # import time, so it cannot load beside the transformers 5 that kubetune pins (checked with 1.2.0)
+    "mixture_of_depths": Refusal("mixture-of-depths: its library (mixture-of-depth 1.2.0, `MoD`) needs transformers "
+                                 "4.x and does not import with the transformers 5 kubetune runs on", _REMOVE),
     "moe_aux_loss_coef": Refusal(f"setting the MoE router's auxiliary-loss coefficient: {_NOT_YET}",
                                  "remove it: the model's own coefficient is used"),
     "train_from_scratch": Refusal(f"random initialisation (train_from_scratch): {_NOT_YET}", _REMOVE, False),
@@ -131,15 +134,14 @@ REFUSED: dict[str, Refusal] = {
             "benchmark evaluation (MMLU, C-Eval, CMMLU): not supported",
             "evaluate on a dataset with kubetune eval (eval_dataset, do_predict)"),
     # TrainingArguments extras: Ray, the torch profiler, FP8
-    **_each({"ray_num_workers": 1, "ray_init_kwargs": None, "master_addr": None, "master_port": None},
-            "Ray: use the scale-out path (nodes: the TrainJob sets up the ranks)", _REMOVE),
     **_each({"enable_torch_profiler": False, "profiler_output_dir": None, "profiler_wait_steps": 1,
              "profiler_warmup_steps": 1, "profiler_active_steps": 1, "profiler_repeat": 1,
              "profiler_record_shapes": True, "profiler_profile_memory": True, "profiler_with_stack": True,
              "profile_modules": None},
             f"the torch profiler: {_NOT_YET}", _REMOVE),
     **_each({"fp8": False, "fp8_backend": "auto", "fp8_enable_fsdp_float8_all_gather": False},
-            f"FP8 training: {_NOT_YET}", "use bf16"),
+            "FP8 training (accelerate with torchao or Transformer Engine) needs an FP8 GPU (NVIDIA Ada or Hopper) and "
+            f"is {_NOT_YET}: it has not been run on one", "use bf16"),
 }
 
 # Keys whose request kubetune already fulfils, whatever their value: accepted and dropped, with why.
@@ -153,6 +155,15 @@ NO_EFFECT: dict[str, str] = {
         "generation stops at max_new_tokens, which overrides max_length in LLaMA-Factory too (its default, 1024, "
         "is always positive)"),
 }
+
+
+# Keys LLaMA-Factory itself reads only under an environment switch (Ray: `USE_RAY=1`), and ignores otherwise:
+# accepted, with a warning that names what kubetune does instead when one is set to another value than the default.
+IGNORED: dict[str, Refusal] = _each(
+    {"ray_num_workers": 1, "ray_init_kwargs": None, "master_addr": None, "master_port": None},
+    "Ray is LLaMA-Factory's launcher (USE_RAY=1) and kubetune does not use it: `kubetune train` starts one rank per "
+    "visible GPU (torchrun), a pipeline step as many as resources.<stage>.gpus, on resources.<stage>.nodes nodes",
+    "remove it; set resources.<stage>.gpus / nodes in a pipeline config for several GPUs or nodes")
 
 
 # Values of kubetune fields that LLaMA-Factory accepts and kubetune cannot do yet: key -> value -> refusal.
@@ -170,7 +181,7 @@ def refusal(key: str, value: object) -> Refusal | None:
     """Why `key: value` is refused; None when it is not (including a refused key at LLaMA-Factory's default)."""
     if key in REFUSED_VALUES:
         return REFUSED_VALUES[key].get(value) if isinstance(value, str) else None
-    found = REFUSED.get(key)
+    found = REFUSED.get(key) or IGNORED.get(key)
     if found is None or value == found.default:
         return None
     return found

@@ -41,6 +41,11 @@ def bf16_for_this_device(cfg: RunConfig) -> bool:
     """The `bf16` this process trains with: as written, else off beside fp16/pure_bf16, else `native_bf16`."""
     t = cfg.train
     if t.bf16 is not None:
+        if t.bf16 and not (native := native_bf16())[0]:
+            # LLaMA-Factory's configs all say bf16: true, written for GPUs; run here, they would crawl unexplained
+            logger.warning("bf16: true, but %s: training runs many times slower than in float32. Remove bf16 "
+                           "(auto decides per device) or set bf16: false where it runs like this",
+                           native[1])
         return t.bf16
     if t.fp16 or t.pure_bf16:
         return False
@@ -57,6 +62,7 @@ def with_bf16_decided(cfg: RunConfig) -> RunConfig:
         cfg: a validated config. An explicit `bf16: true/false` is kept as written.
     """
     if cfg.train.bf16 is not None:
+        bf16_for_this_device(cfg)  # kept as written; says so when bf16 would be emulated here
         return cfg
     return dataclasses.replace(cfg, train=cfg.train.model_copy(update={"bf16": bf16_for_this_device(cfg)}))
 
