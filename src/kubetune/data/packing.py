@@ -1,11 +1,15 @@
-"""Pack tokenised examples into rows of at most `cutoff_len` tokens (`packing`, `neat_packing`).
+"""Pack tokenised examples into rows (`packing`, `neat_packing`), and the best-fit grouping the collators use.
 
-Packing removes padding: short examples share a row. Plain packing concatenates them, so an
-example can attend to the ones before it in the row. Neat packing also writes `position_ids`
-that restart at 0 at every example; the collator then passes no `attention_mask`, and
-transformers (5.x, `masking_utils.find_packed_sequence_indices`) turns the restarts into a
-block-diagonal causal mask for sdpa/eager attention, or varlen boundaries for flash
+Packing removes padding: short examples share a row. `pack_examples` groups one preprocessing batch
+of sft examples as LLaMA-Factory 0.9.5 does (its greedy knapsack, rows of `cutoff_len - 1` tokens, see
+`dataset_rows`). Plain packing concatenates them, so an example can attend to the ones before it in
+the row. Neat packing also writes `position_ids` that restart at 0 at every example; the collator then
+passes no `attention_mask`, and transformers (5.x, `masking_utils.find_packed_sequence_indices`) turns
+the restarts into a block-diagonal causal mask for sdpa/eager attention, or varlen boundaries for flash
 attention on a single flattened row. Each example then sees only itself, as if run alone.
+
+`best_fit` and `concatenate` pack within a batch instead (the collators' padding-free batches and dpo's
+packed pairs), unlearning each example's first label so the loss equals the padded batch's.
 """
 
 from __future__ import annotations
