@@ -83,3 +83,26 @@ def test_stage_rows_packs_each_batch_on_its_own_and_pairs_kto_per_batch():
     assert [r["input_ids"] for r in rows] == [[1, 1, 0], [3, 3, 2]]
     assert [r["position_ids"] for r in rows] == [[0, 1, 0], [0, 1, 0]]
     assert len(stage_rows(samples, encode, _plan("sft", neat_packing=True), for_eval=True)) == 4  # eval: unpacked
+
+
+def test_the_plan_reads_bos_from_a_tokenizer_that_adds_one():
+    class AddsBos:
+        add_bos_token, bos_token_id = True, 7
+
+    class NoBos:
+        add_bos_token, bos_token_id = False, 7
+
+    assert row_plan(DataArguments(), "pt", AddsBos()).bos_token_id == 7
+    assert row_plan(DataArguments(), "pt", NoBos()).bos_token_id is None
+
+
+def test_the_cache_key_follows_the_batches_only_where_rows_depend_on_them():
+    def key(stage, **keys):
+        return _plan(stage, **keys).key()
+
+    assert key("pt", preprocessing_batch_size=10) != key("pt")
+    assert key("pt", preprocessing_num_workers=4) != key("pt")
+    assert key("kto", preprocessing_batch_size=10) != key("kto")
+    assert key("pt", packing=True) != key("pt")  # blocks of cutoff_len - 1
+    assert key("sft", preprocessing_batch_size=10) == key("sft")  # one row per example: no neighbours
+    assert key("sft", neat_packing=True, preprocessing_batch_size=10) != key("sft", neat_packing=True)
