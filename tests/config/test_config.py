@@ -80,6 +80,7 @@ def test_unknown_key_without_close_match_points_to_keys_command() -> None:
     ({"do_predict": True}, "do_predict", "held-out data"),
     ({"val_size": 2.5}, "val_size", "whole number"),
     ({"neat_packing": True, "packing": False}, "neat_packing", "needs packing"),
+    ({"stage": "pt", "neat_packing": True}, "neat_packing", "is for sft only"),
     ({"bf16": True, "fp16": True}, "fp16", "only one precision"),
     ({"warmup_steps": 10, "warmup_ratio": 0.1}, "warmup_ratio", "both"),
     ({"freeze_trainable_layers": 0}, "freeze_trainable_layers", "must not be 0"),

@@ -128,15 +128,19 @@ def _show(ids: list[int], tokenizer: Any) -> str:
 
 def compare_all(tokenizer_dir: Path, templates: list[str]) -> list[CaseResult]:
     """Every template x variant, compared."""
+    from harness_dataset import build_dataset_cases, compare_dataset, run_ours_dataset
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     cases = build_cases(templates)
-    lf = run_lf(tokenizer_dir, cases)
+    dataset_cases = build_dataset_cases(templates)  # pt blocks, sft packing, KTO's KL pairs (harness_dataset)
+    lf = run_lf(tokenizer_dir, cases + dataset_cases)
     ours: dict[str, Any] = {}
     for template in templates:
         ours.update(run_ours(tokenizer, [c for c in cases if c["template"] == template]))
-    return [compare(case, lf[case["id"]], ours[case["id"]], tokenizer) for case in cases]
+        ours.update(run_ours_dataset(tokenizer, [c for c in dataset_cases if c["template"] == template]))
+    return ([compare(case, lf[case["id"]], ours[case["id"]], tokenizer) for case in cases]
+            + [compare_dataset(case, lf[case["id"]], ours[case["id"]], tokenizer) for case in dataset_cases])
 
 
 def lf_template_plugins() -> dict[str, str]:

@@ -65,6 +65,8 @@ FIELDS = {
 
 
 def run_case(tokenizer, case: dict) -> dict:
+    if case.get("dataset_level"):
+        return run_dataset_case(tokenizer, case)
     data_args = DataArguments(
         template=case["template"],
         cutoff_len=case["cutoff_len"],
@@ -98,6 +100,51 @@ def run_case(tokenizer, case: dict) -> dict:
     if n != len(rows):
         return {"error": f"LF kept {n} of {len(rows)} rows"}
     return {"rows": [{f: out[f][i] for f in FIELDS[stage]} for i in range(n)]}
+
+
+# Dataset-level cases also return what shows LF's packing: positions, and which tokens are padding.
+DATASET_FIELDS = {"sft": ("input_ids", "labels", "position_ids", "attention_mask")}
+
+
+def run_dataset_case(tokenizer, case: dict) -> dict:
+    """A dataset-level case (pt blocks, sft packing, KTO's KL pairs) as LF's loader runs it: `DataArguments`
+    adjusts `cutoff_len` for packing (`__post_init__`), the stage decides pt's default packing afterwards
+    (`hparams.parser`, as `get_train_args` does), and `loader._get_preprocessed_dataset` maps the processor
+    over batches of `preprocessing_batch_size` rows."""
+    from datasets import Dataset
+    from llamafactory.data.loader import _get_preprocessed_dataset
+
+    stage = case["stage"]
+    data_args = DataArguments(
+        template=case["template"],
+        cutoff_len=case["cutoff_len"],
+        train_on_prompt=case.get("train_on_prompt", False),
+        packing=case.get("packing"),
+        neat_packing=case.get("neat_packing", False),
+        preprocessing_batch_size=case.get("preprocessing_batch_size", 1000),
+        enable_thinking=case.get("enable_thinking", True),
+    )
+    data_args.packing = data_args.packing if data_args.packing is not None else stage == "pt"
+    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    if template.mm_plugin.__class__.__name__ != "BasePlugin":  # as in run_case
+        from llamafactory.data.mm_plugin import get_mm_plugin
+
+        template = copy.copy(template)
+        template.mm_plugin = get_mm_plugin(name="base")
+    rows = case["rows"]
+    dataset = Dataset.from_dict({
+        "_prompt": [r["prompt"] for r in rows],
+        "_response": [r["response"] for r in rows],
+        "_system": [r.get("system", "") for r in rows],
+        "_tools": [r.get("tools", "") for r in rows],
+        "_images": [None] * len(rows),
+        "_videos": [None] * len(rows),
+        "_audios": [None] * len(rows),
+    })
+    training_args = types.SimpleNamespace(predict_with_generate=False, local_process_index=0, should_log=False)
+    out = _get_preprocessed_dataset(dataset, data_args, training_args, stage, template, tokenizer)
+    fields = DATASET_FIELDS.get(stage, FIELDS[stage])
+    return {"rows": [{f: row[f] for f in fields if f in row} for row in out]}
 
 
 def tokenizer_for_transformers4(model_dir: str, work: Path) -> str:

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from cases import VARIANTS  # noqa: E402
+from cases_dataset import DATASET_VARIANTS  # noqa: E402
 from harness import compare_all, lf_available, lf_template_plugins  # noqa: E402
 
 from kubetune.data.named_templates import TEMPLATE_NAMES  # noqa: E402
@@ -35,7 +36,7 @@ def main() -> int:
     lf_names = sorted(lf_template_plugins())
     templates = args.templates or [t for t in TEMPLATE_NAMES if t in lf_names]
     results = compare_all(embedded_model_dir(), templates)
-    variants = [v for v, _, _ in VARIANTS]
+    variants = [v for v, _, _ in VARIANTS] + [v for v, _, _ in DATASET_VARIANTS]
     width = max(len(t) for t in templates) + 2
     print("template".ljust(width) + "".join(v[:18].rjust(20) for v in variants))
     cells = {(r.template, r.variant): r for r in results}

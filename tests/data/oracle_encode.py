@@ -66,20 +66,20 @@ def has_labels(labels: list[int]) -> bool:
 
 
 
-def encode_pretrain(tokenizer: PreTrainedTokenizerBase, text: str, cutoff_len: int, add_eos: bool = True) -> list[int]:
-    """Token ids of a pre-training document; its labels are the ids themselves.
+def encode_pretrain(tokenizer: PreTrainedTokenizerBase, text: str, cutoff_len: int, end: str = "") -> list[int]:
+    """Token ids of a pre-training document, one row (`packing: false`); its labels are the ids themselves.
 
     Args:
         tokenizer: the tokenizer.
         text: the document.
-        cutoff_len: the most tokens to return; longer documents are cut (and lose their EOS,
-            since they do not end there).
-        add_eos: end the document with EOS, so packed documents are separated. Default True.
+        cutoff_len: the most tokens to return; longer documents are cut (and lose their end, since they
+            do not end there).
+        end: text appended before tokenising (`encode.document_end`: the EOS). Default "".
 
     Returns:
-        BOS (if the tokenizer adds one by default) + text tokens + EOS, at most `cutoff_len`.
+        BOS (if the tokenizer adds one by default) + the tokens of text + end, at most `cutoff_len`.
     """
-    return _pretrain_ids(tokenizer, tokenizer.encode(text, add_special_tokens=False), cutoff_len, add_eos)
+    return _pretrain_ids(tokenizer, tokenizer.encode(text + end, add_special_tokens=False), cutoff_len)
 
 
 

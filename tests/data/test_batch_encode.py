@@ -23,7 +23,7 @@ import kubetune.data.encode as encode_module
 from kubetune.config import load_config
 from kubetune.data.batch_tokenize import BatchTokenizer, memo_applies
 from kubetune.data.cache_key import data_key, tokenizer_fingerprint
-from kubetune.data.encode import BatchEncoder, RowError
+from kubetune.data.encode import BatchEncoder, RowError, document_end
 from kubetune.data.pipeline import _Encoder
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
@@ -60,7 +60,7 @@ def _reference_rows(template, tokenizer, stage: str, samples, partners, cutoff: 
     rows = []
     for sample, partner in zip(samples, partners, strict=True):
         if stage == "pt":
-            ids = encode_pretrain(tokenizer, sample.response[0].content, cutoff)
+            ids = encode_pretrain(tokenizer, sample.response[0].content, cutoff, end=document_end(template, tokenizer))
             rows.append({"input_ids": ids, "labels": list(ids)})
         elif stage in ("rm", "dpo"):
             rows.append(encode_pairwise(template, tokenizer, sample, cutoff))

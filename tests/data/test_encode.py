@@ -17,7 +17,7 @@ from oracle_encode import (
 from tokenizers import Tokenizer, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from kubetune.data.encode import IGNORE_INDEX, infer_seqlen
+from kubetune.data.encode import IGNORE_INDEX, document_end, infer_seqlen
 from kubetune.data.schema import Message, Sample
 from kubetune.data.template_registry import get_template
 from kubetune.data.templates import Template
@@ -164,10 +164,18 @@ def test_has_labels():
     assert has_labels([X, 5]) and not has_labels([X, X])
 
 
-def test_pretrain_adds_eos_and_truncation_drops_it(tok):
-    assert encode_pretrain(tok, "hi hello", cutoff_len=10) == [HI, HELLO, IM_END]
-    assert encode_pretrain(tok, "hi hello", cutoff_len=10, add_eos=False) == [HI, HELLO]
-    assert encode_pretrain(tok, "hi hello fine", cutoff_len=2) == [HI, HELLO]
+def test_pretrain_adds_eos_and_truncation_drops_it(tok, chatml):
+    end = document_end(chatml, tok)
+    assert end == "<|im_end|>"  # the tokenizer's EOS
+    assert encode_pretrain(tok, "hi hello", cutoff_len=10, end=end) == [HI, HELLO, IM_END]
+    assert encode_pretrain(tok, "hi hello", cutoff_len=10) == [HI, HELLO]
+    assert encode_pretrain(tok, "hi hello fine", cutoff_len=2, end=end) == [HI, HELLO]
+
+
+def test_a_pretrain_document_ends_with_llama3s_end_of_text_under_llama3(tok):
+    """llama3's template makes the end of a turn the EOS; documents end with Llama 3's end of text, as in
+    LLaMA-Factory, spelt as text (this tokenizer lacks the token: it is unknown words, as LF tokenises it)."""
+    assert document_end(get_template("llama3", tok), tok) == "<|end_of_text|>"
 
 
 def test_prompt_for_generation_ends_with_the_assistant_header(tok, chatml):

@@ -8,7 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.encode import IGNORE_INDEX
-from kubetune.data.packing import pack_greedy
+from kubetune.data.packing import greedy_knapsacks, pack_examples
 
 X = IGNORE_INDEX
 
@@ -18,10 +18,10 @@ def example(start: int, length: int) -> dict[str, list[int]]:
     return {"input_ids": ids, "labels": [X] + ids[1:]}
 
 
-def test_best_fit_decreasing_rows_are_full_deterministic_and_lose_nothing():
+def test_rows_are_llamafactorys_greedy_knapsacks_and_lose_nothing():
     examples = [example(10 * i, n) for i, n in enumerate([6, 5, 4, 3, 2, 1])]
-    rows = pack_greedy(examples, cutoff_len=10, neat=False)
-    # 6 -> new row; 5 -> new row; 4 fills row 0; 3 and 2 fill row 1; 1 opens row 2.
+    rows = pack_examples(examples, capacity=10, neat=False)
+    # each row takes the longest example that still fits: 6+4; 5+3+2; 1
     assert [row["input_ids"] for row in rows] == [
         examples[0]["input_ids"] + examples[2]["input_ids"],
         examples[1]["input_ids"] + examples[3]["input_ids"] + examples[4]["input_ids"],
@@ -29,35 +29,42 @@ def test_best_fit_decreasing_rows_are_full_deterministic_and_lose_nothing():
     ]
     assert rows[0]["labels"] == examples[0]["labels"] + examples[2]["labels"]
     assert all("position_ids" not in row for row in rows)
-    assert pack_greedy(examples, cutoff_len=10, neat=False) == rows
+    assert pack_examples(examples, capacity=10, neat=False) == rows
+
+
+def test_equally_long_examples_are_taken_last_first_as_llamafactory_pops_them():
+    assert greedy_knapsacks([3, 3, 3, 2], capacity=6) == [[2, 1], [0, 3]]
+    assert greedy_knapsacks([], capacity=6) == []
 
 
 def test_many_examples_fit_and_each_appears_once():
     lengths = [(i * 37) % 23 + 1 for i in range(300)]
     examples = [example(1000 * i, n) for i, n in enumerate(lengths)]
-    rows = pack_greedy(examples, cutoff_len=32, neat=True)
+    rows = pack_examples(examples, capacity=32, neat=True)
     assert all(len(row["input_ids"]) <= 32 for row in rows)
     packed = sorted(t for row in rows for t in row["input_ids"])
     assert packed == sorted(t for e in examples for t in e["input_ids"])
     assert len(rows) <= sum(lengths) // 32 + 2  # nearly no wasted room
 
 
-def test_neat_rows_restart_positions_and_unlearn_each_first_token():
-    rows = pack_greedy([example(0, 4), example(100, 3)], cutoff_len=10, neat=True)
+def test_neat_rows_restart_positions_and_keep_every_label_as_llamafactory():
+    first, second = example(0, 4), example(100, 3)
+    second["labels"][0] = 100  # a learnt first token (train_on_prompt) stays learnt, as in LF
+    rows = pack_examples([first, second], capacity=10, neat=True)
     assert rows == [
         {
             "input_ids": [0, 1, 2, 3, 100, 101, 102],
-            "labels": [X, 1, 2, 3, X, 101, 102],
+            "labels": [X, 1, 2, 3, 100, 101, 102],
             "position_ids": [0, 1, 2, 3, 0, 1, 2],
         }
     ]
 
 
 def test_too_long_or_mismatched_examples_are_refused():
-    with pytest.raises(ValueError, match="example 1 has 9 tokens, more than cutoff_len=8"):
-        pack_greedy([example(0, 3), example(0, 9)], cutoff_len=8, neat=False)
+    with pytest.raises(ValueError, match="example 1 has 9 tokens, more than the packing capacity 8"):
+        pack_examples([example(0, 3), example(0, 9)], capacity=8, neat=False)
     with pytest.raises(ValueError, match="example 0: 2 labels for 3 input ids"):
-        pack_greedy([{"input_ids": [1, 2, 3], "labels": [1, 2]}], cutoff_len=8, neat=False)
+        pack_examples([{"input_ids": [1, 2, 3], "labels": [1, 2]}], capacity=8, neat=False)
 
 
 def test_collator_pads_ordinary_rows_with_an_attention_mask():
@@ -135,14 +142,14 @@ def test_neat_packing_keeps_examples_apart(tiny_llama):
     first, second = random_examples(7, 5)
     collate = DataCollatorForSupervised(pad_token_id=0)
 
-    [row] = pack_greedy([first, second], cutoff_len=16, neat=True)
+    [row] = pack_examples([first, second], capacity=16, neat=True)
     assert row["input_ids"] == first["input_ids"] + second["input_ids"]  # the longer one goes first
     packed = tiny_llama(**collate([row])).logits[0]
     torch.testing.assert_close(packed[7:], logits_alone(tiny_llama, second["input_ids"]), atol=1e-5, rtol=0)
     torch.testing.assert_close(packed[:7], logits_alone(tiny_llama, first["input_ids"]), atol=1e-5, rtol=0)
 
     # Plain packing: the second example attends to the first, so its logits change.
-    [plain] = pack_greedy([first, second], cutoff_len=16, neat=False)
+    [plain] = pack_examples([first, second], capacity=16, neat=False)
     mixed = tiny_llama(**collate([plain])).logits[0]
     assert (mixed[7:] - logits_alone(tiny_llama, second["input_ids"])).abs().max() > 1e-3
 
@@ -150,7 +157,7 @@ def test_neat_packing_keeps_examples_apart(tiny_llama):
 @torch.no_grad()
 def test_neat_packed_batch_with_padding_matches_each_example_alone(tiny_llama):
     examples = random_examples(6, 5, 4, 3)
-    rows = pack_greedy(examples, cutoff_len=11, neat=True)  # [6+5], [4+3]: the second row is padded
+    rows = pack_examples(examples, capacity=11, neat=True)  # [6+5], [4+3]: the second row is padded
     assert [len(r["input_ids"]) for r in rows] == [11, 7]
     for collate in (
         DataCollatorForSupervised(pad_token_id=0, pad_to_multiple_of=8),
@@ -181,7 +188,7 @@ def test_padding_free_batch_packs_within_the_longest_example_and_keeps_every_tok
     padded = DataCollatorForSupervised(pad_token_id=0)(rows)
     assert (batch["labels"] != X).sum() == (padded["labels"][:, 1:] != X).sum()
     # already-packed rows pass through unchanged
-    packed = pack_greedy(rows, cutoff_len=8, neat=True)
+    packed = pack_examples(rows, capacity=8, neat=True)
     assert DataCollatorForSupervised(pad_token_id=0, padding_free=True)(packed)["input_ids"].tolist() == \
         DataCollatorForSupervised(pad_token_id=0)(packed)["input_ids"].tolist()
 

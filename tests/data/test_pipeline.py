@@ -108,11 +108,44 @@ def test_tokenized_path_is_used_whichever_splits_the_caller_asks_for(tokenizer, 
     assert loaded.cache_hit and loaded.key == built.key and loaded.eval is None
 
 
-def test_neat_packing_rows_fill_the_cutoff(tokenizer, cache_dir: Path) -> None:
+def test_neat_packing_rows_fill_the_cutoff_less_one(tokenizer, cache_dir: Path) -> None:
     packed = _build(tokenizer, max_samples=40, neat_packing=True, cutoff_len=256)
     assert len(packed.train) < 40
-    assert all(len(ids) <= 256 for ids in packed.train["input_ids"])
+    assert max(len(ids) for ids in packed.train["input_ids"]) <= 255  # LLaMA-Factory packs into cutoff_len - 1
     assert "position_ids" in packed.train.column_names
+
+
+def _pt(tokenizer, **keys):
+    data = _data_args(dataset="kubi_pt", **keys)
+    return tokenized(data, tokenizer, get_template("chatml", tokenizer), stage="pt", seed=7).train
+
+
+def test_pt_keeps_every_token_but_each_preprocessing_batchs_remainder(tokenizer, cache_dir: Path) -> None:
+    """As LLaMA-Factory: documents (each ending with EOS) are concatenated per preprocessing batch and cut
+    into cutoff_len blocks; only each batch's remainder, shorter than a block, is dropped."""
+    whole = [len(ids) for ids in _pt(tokenizer, packing=False, cutoff_len=4096)["input_ids"]]
+    assert all(ids[-1] == tokenizer.eos_token_id for ids in _pt(tokenizer, packing=False, cutoff_len=4096)["input_ids"])
+    for batch_size in (1000, 64):
+        blocks = _pt(tokenizer, cutoff_len=32, preprocessing_batch_size=batch_size)["input_ids"]
+        per_batch = [sum(whole[i:i + batch_size]) for i in range(0, len(whole), batch_size)]
+        assert all(len(b) == 32 for b in blocks)
+        assert sum(map(len, blocks)) == sum(n - n % 32 for n in per_batch)
+    explicit = _pt(tokenizer, cutoff_len=32, packing=True)["input_ids"]
+    assert {len(b) for b in explicit} == {31}  # an explicit packing: true takes one off, as in LF
+    cut = _pt(tokenizer, cutoff_len=8, packing=False)["input_ids"]
+    assert [len(ids) for ids in cut] == [min(n, 8) for n in whole]  # packing: false cuts each document
+
+
+def test_kto_pairs_each_prompt_with_the_previous_rows_response(tokenizer, cache_dir: Path) -> None:
+    data = _data_args(dataset="kubi_kto", cutoff_len=512, preprocessing_batch_size=16)
+    rows = tokenized(data, tokenizer, get_template("chatml", tokenizer), stage="kto", seed=7).train
+    answers = [[t for t in labels if t != -100] for labels in rows["labels"]]
+    partners = [[t for t in labels if t != -100] for labels in rows["kl_labels"]]
+    assert len(rows) > 16
+    for i in range(len(rows)):
+        first = i - i % 16  # the batch's first row takes the batch's last row's response
+        previous = min(first + 15, len(rows) - 1) if i == first else i - 1
+        assert partners[i] == answers[previous], i
 
 
 ROW_FORMS = {

@@ -103,6 +103,12 @@ def packing_flags(cfg: RunConfig) -> list[Problem]:
     if cfg.data.neat_packing and cfg.data.packing is False:
         return [Problem("neat_packing", True, cfg.origin("neat_packing"),
                         "needs packing, but packing is false", "remove packing: false, or neat_packing")]
+    if cfg.data.neat_packing and cfg.method.stage == "pt":
+        # as LLaMA-Factory: pt's documents are cut into blocks that span them, so there are no examples to
+        # keep apart
+        return [Problem("neat_packing", True, cfg.origin("neat_packing"),
+                        "is for sft only: pt concatenates its documents and cuts blocks across them",
+                        "remove neat_packing (pt packs by default)")]
     return []
 
 

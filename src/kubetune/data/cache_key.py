@@ -17,7 +17,7 @@ from typing import Any
 
 import kubetune
 from kubetune.config import DataArguments
-from kubetune.data.packing import packing_mode
+from kubetune.data.dataset_rows import row_plan
 from kubetune.data.registry import DatasetAttr
 
 # The data settings that change the tokens (the others — workers, batch sizes, caching — do not).
@@ -60,7 +60,7 @@ def data_key(data: DataArguments, attrs: list[DatasetAttr], *, stage: str, seed:
         h.update(json.dumps(obj, sort_keys=True, default=str).encode())
         h.update(b"\0")
 
-    add(["kubetune", kubetune.__version__, stage, seed, packing_mode(data.packing, data.neat_packing, stage)])
+    add(["kubetune", kubetune.__version__, stage, seed, row_plan(data, stage).key()])
     add(data.model_dump(include=_TOKEN_SETTINGS))
     for attr in attrs:
         add(asdict(attr) if is_dataclass(attr) else vars(attr))

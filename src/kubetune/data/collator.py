@@ -44,7 +44,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class DataCollatorForSupervised:
-    """Pads sft/pt rows (`encode.BatchEncoder`, or `packing.pack_greedy`) into a batch of tensors.
+    """Pads sft/pt rows (`encode.BatchEncoder`, or `dataset_rows.stage_rows` packed) into a batch of tensors.
 
     Args:
         tokenizer: where to read the pad id from when `pad_token_id` is None (its pad token,

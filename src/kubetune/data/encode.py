@@ -129,13 +129,32 @@ def _prompt_labels(
     return labels
 
 
-def _pretrain_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int], cutoff_len: int, add_eos: bool) -> list[int]:
-    """A pre-training row: BOS (if the tokenizer adds one by default) + the document's ids + EOS, cut to
-    `cutoff_len` (a cut document loses its EOS, since it does not end there)."""
+LLAMA3_DOCUMENT_END = "<|end_of_text|>"
+"""What ends a pre-training document under the llama3 template, whose EOS is the end of a turn (`<|eot_id|>`)."""
+
+
+def document_end(template: Template, tokenizer: PreTrainedTokenizerBase) -> str:
+    """The text appended to every pre-training document, as LLaMA-Factory appends it: the tokenizer's EOS,
+    or for the llama3 template Llama 3's end of text. It is tokenised with the document (as text, so a
+    tokenizer without that token spells it out, as LF's does).
+
+    Raises:
+        ValueError: the tokenizer has no EOS token.
+    """
+    if template.name == "llama3":
+        return LLAMA3_DOCUMENT_END
+    if not tokenizer.eos_token:
+        raise ValueError("pt needs an EOS token to end each document, and the tokenizer has none: "
+                         "set one in its tokenizer_config.json")
+    return tokenizer.eos_token
+
+
+def _pretrain_ids(tokenizer: PreTrainedTokenizerBase, ids: list[int], cutoff_len: int) -> list[int]:
+    """A pre-training row of one document (`packing: false`, and eval rows): BOS (if the tokenizer adds one
+    by default) + the document's ids (ending with `document_end`), cut to `cutoff_len` (a cut document
+    loses its end, since it does not end there), as LLaMA-Factory's unpacked pt rows."""
     if getattr(tokenizer, "add_bos_token", False) and tokenizer.bos_token_id is not None:
         ids = [tokenizer.bos_token_id, *ids]
-    if add_eos:
-        ids.append(tokenizer.eos_token_id)
     return ids[:cutoff_len]
 
 
@@ -206,12 +225,14 @@ class BatchEncoder:
         cutoff_len: the most tokens in each sequence.
         train_on_prompt: sft: learn the prompt tokens too. Default False.
         mask_history: sft: learn only the last assistant turn. Default False.
+        whole_documents: pt: training rows are whole documents (`input_ids` only, no BOS, not cut), for
+            `dataset_rows` to cut into blocks; eval rows stay one cut document each. Default False.
     """
 
     def __init__(self, template: Template, tokenizer: PreTrainedTokenizerBase, stage: str, cutoff_len: int, *,
-                 train_on_prompt: bool = False, mask_history: bool = False) -> None:
+                 train_on_prompt: bool = False, mask_history: bool = False, whole_documents: bool = False) -> None:
         self.template, self.tokenizer, self.stage, self.cutoff_len = template, tokenizer, stage, cutoff_len
-        self.train_on_prompt, self.mask_history = train_on_prompt, mask_history
+        self.train_on_prompt, self.mask_history, self.whole_documents = train_on_prompt, mask_history, whole_documents
         self.tokenize = BatchTokenizer(tokenizer)
 
     def encode(self, samples: list[Sample], partners: list[Message | None], *, for_eval: bool) -> list[dict[str, Any]]:
@@ -235,9 +256,12 @@ class BatchEncoder:
 
     def _encode_batch(self, samples: list[Sample], partners: list[Message | None], for_eval: bool) -> list[dict]:
         if self.stage == "pt":
-            docs = self.tokenize([_document(sample) for sample in samples])
+            end = document_end(self.template, self.tokenizer)
+            docs = self.tokenize([_document(sample) + end for sample in samples])
+            if self.whole_documents and not for_eval:  # cut into blocks later (`dataset_rows`)
+                return [{"input_ids": ids} for ids in docs]
             return [{"input_ids": ids, "labels": list(ids)}
-                    for ids in (_pretrain_ids(self.tokenizer, d, self.cutoff_len, True) for d in docs)]
+                    for ids in (_pretrain_ids(self.tokenizer, d, self.cutoff_len) for d in docs)]
         plans = [self._plan(sample, partner, for_eval) for sample, partner in zip(samples, partners, strict=True)]
         try:
             rendered = self.template.render_many(self.tokenizer, [conv for plan in plans for conv in plan])

@@ -1,16 +1,20 @@
-"""Pack tokenised examples into rows of at most `cutoff_len` tokens (`packing`, `neat_packing`).
+"""Pack tokenised examples into rows (`packing`, `neat_packing`), and the best-fit grouping the collators use.
 
-Packing removes padding: short examples share a row. Plain packing concatenates them, so an
-example can attend to the ones before it in the row. Neat packing also writes `position_ids`
-that restart at 0 at every example; the collator then passes no `attention_mask`, and
-transformers (5.x, `masking_utils.find_packed_sequence_indices`) turns the restarts into a
-block-diagonal causal mask for sdpa/eager attention, or varlen boundaries for flash
+Packing removes padding: short examples share a row. `pack_examples` groups one preprocessing batch
+of sft examples as LLaMA-Factory 0.9.5 does (its greedy knapsack, rows of `cutoff_len - 1` tokens, see
+`dataset_rows`). Plain packing concatenates them, so an example can attend to the ones before it in
+the row. Neat packing also writes `position_ids` that restart at 0 at every example; the collator then
+passes no `attention_mask`, and transformers (5.x, `masking_utils.find_packed_sequence_indices`) turns
+the restarts into a block-diagonal causal mask for sdpa/eager attention, or varlen boundaries for flash
 attention on a single flattened row. Each example then sees only itself, as if run alone.
+
+`best_fit` and `concatenate` pack within a batch instead (the collators' padding-free batches and dpo's
+packed pairs), unlearning each example's first label so the loss equals the padded batch's.
 """
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from typing import Any
 
 from kubetune.data.encode import IGNORE_INDEX
@@ -36,33 +40,70 @@ def packing_mode(packing: bool | None, neat_packing: bool, stage: str) -> tuple[
     return pack, pack and neat_packing
 
 
-def pack_greedy(examples: list[dict[str, Any]], cutoff_len: int, neat: bool) -> list[dict[str, list[int]]]:
-    """Bin-pack examples into as few rows as possible (best-fit decreasing; deterministic).
+def pack_examples(examples: list[dict[str, Any]], capacity: int, neat: bool) -> list[dict[str, list[int]]]:
+    """Pack one preprocessing batch of sft examples into rows of at most `capacity` tokens, as LLaMA-Factory does.
+
+    The rows and their order are LLaMA-Factory 0.9.5's (`greedy_knapsacks`); its trailing padding to the
+    cutoff is left to the collator, which pads each batch only to its longest row.
 
     Args:
-        examples: dicts with `input_ids` and `labels` (equally long, at most `cutoff_len`).
-            Other keys are dropped; empty examples are skipped.
-        cutoff_len: the most tokens in a row.
-        neat: add `position_ids` restarting at 0 for each example, and unlearn each
-            example's first token (its label would be predicted from the previous
-            example's last token, which neat packing hides from it).
+        examples: dicts with `input_ids` and `labels` (equally long, at most `capacity`). Other keys
+            are dropped.
+        capacity: the most tokens in a row (`dataset_rows.RowPlan.block_size`: cutoff_len - 1, as in LF).
+        neat: add `position_ids` restarting at 0 for each example (the collator then keeps the examples
+            apart). Labels are kept as they are, the first token's included, as in LF.
 
     Returns:
         Rows with `input_ids`, `labels` and, with `neat`, `position_ids`; no padding.
 
     Raises:
-        ValueError: an example is longer than `cutoff_len` or its labels do not match.
+        ValueError: an example is longer than `capacity` or its labels do not match.
     """
     lengths = [len(example["input_ids"]) for example in examples]
     for index, (example, length) in enumerate(zip(examples, lengths, strict=True)):
-        if length > cutoff_len:
+        if length > capacity:
             raise ValueError(
-                f"example {index} has {length} tokens, more than cutoff_len={cutoff_len}: "
+                f"example {index} has {length} tokens, more than the packing capacity {capacity}: "
                 "encode with the same cutoff_len before packing"
             )
         if len(example["labels"]) != length:
             raise ValueError(f"example {index}: {len(example['labels'])} labels for {length} input ids")
-    return [concatenate([examples[i] for i in row], neat) for row in best_fit(lengths, cutoff_len)]
+    return [_join([examples[i] for i in row], neat) for row in greedy_knapsacks(lengths, capacity)]
+
+
+def greedy_knapsacks(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Example indices per row, chosen as LLaMA-Factory's `greedy_knapsack` chooses them.
+
+    Each row takes the longest example that still fits, again and again, until none does; then a new
+    row starts. Of equally long examples the last one is taken first, as LF pops them from the end of
+    its list. Every length must be at most `capacity`.
+    """
+    remaining = sorted(lengths)
+    by_length: dict[int, list[int]] = {}
+    for index, length in enumerate(lengths):
+        by_length.setdefault(length, []).append(index)
+    rows: list[list[int]] = []
+    while remaining:
+        room, row = capacity, []
+        while (fits := bisect_right(remaining, room)) > 0:
+            length = remaining.pop(fits - 1)
+            room -= length
+            row.append(by_length[length].pop())
+        rows.append(row)
+    return rows
+
+
+def _join(examples: list[dict[str, Any]], neat: bool) -> dict[str, list[int]]:
+    """One row of `examples` in order, their labels unchanged; with `neat`, positions restarting per example."""
+    row: dict[str, list[int]] = {"input_ids": [], "labels": []}
+    if neat:
+        row["position_ids"] = []
+    for example in examples:
+        row["input_ids"] += example["input_ids"]
+        row["labels"] += example["labels"]
+        if neat:
+            row["position_ids"] += range(len(example["input_ids"]))
+    return row
 
 
 def best_fit(lengths: list[int], capacity: int) -> list[list[int]]:

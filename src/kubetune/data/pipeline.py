@@ -29,8 +29,8 @@ import kubetune
 from kubetune.config import DataArguments
 from kubetune.data.cache_key import DataKey, data_key, tokenizer_fingerprint
 from kubetune.data.converters import convert
+from kubetune.data.dataset_rows import row_plan, stage_rows
 from kubetune.data.encode import BatchEncoder
-from kubetune.data.packing import pack_greedy, packing_mode
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
 from kubetune.data.schema import Sample
@@ -75,7 +75,7 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
         stage: pt, sft, rm, dpo, kto or ppo — decides the row form:
             pt/sft: input_ids, labels (+ position_ids when neat-packed);
             rm/dpo: chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels;
-            kto: input_ids, labels, kto_tag, kl_input_ids, kl_labels (KL partner: the next row's response);
+            kto: input_ids, labels, kto_tag, kl_input_ids, kl_labels (KL partner: the previous row's response);
             ppo: input_ids (the prompt, ending with the generation prompt), reference.
         seed: seed of the validation split and of `max_samples` sampling.
         train: build the training split (from `dataset`).
@@ -155,7 +155,6 @@ def _only_one_builder(out: Path) -> Iterator[None]:
 def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, out: Path, *, stage: str,
            seed: int, train: bool, evaluate: bool, train_attrs: list[DatasetAttr],
            eval_attrs: list[DatasetAttr], start: float) -> TokenizedData:
-    packing, neat = packing_mode(data.packing, data.neat_packing, stage)
     train_samples, report = _samples(train_attrs, data, stage, seed)
     eval_samples: list[Sample] = []
     if eval_attrs:
@@ -168,8 +167,6 @@ def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, ou
 
     encoder = _Encoder(tokenizer, template, data, stage)
     train_rows = encoder.encode_all(train_samples, for_eval=False, workers=data.preprocessing_num_workers)
-    if packing and train_rows:
-        train_rows = pack_greedy(train_rows, data.cutoff_len, neat=neat)
     eval_rows = encoder.encode_all(eval_samples, for_eval=True, workers=data.preprocessing_num_workers)
     if train and not train_rows:
         raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
@@ -228,27 +225,27 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
 
 
 class _Encoder:
-    """Encodes samples with the one production encoder (`BatchEncoder`); picklable so it can run in worker
-    processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
+    """Encodes samples with the one production encoder (`BatchEncoder`) into a stage's rows (`dataset_rows`:
+    pt blocks, sft knapsacks, KTO's KL partners, per preprocessing batch); picklable so it can run in
+    worker processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
 
     def __init__(self, tokenizer: Any, template: Any, data: DataArguments, stage: str) -> None:
-        self.stage = stage
-        self.batch = BatchEncoder(template, tokenizer, stage, data.cutoff_len,
-                                  train_on_prompt=data.train_on_prompt, mask_history=data.mask_history)
+        self.plan = row_plan(data, stage, tokenizer)
+        self.batch = BatchEncoder(template, tokenizer, stage, self.plan.cutoff_len,
+                                  train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
+                                  whole_documents=self.plan.pack)
 
     def encode_all(self, samples: list[Sample], *, for_eval: bool, workers: int | None) -> list[dict]:
-        if not samples:
-            return []
-        # KTO's KL term pairs each prompt with another row's response: rotate the whole set by one
-        partners = [samples[(i + 1) % len(samples)].response[0] if self.stage == "kto" else None
-                    for i in range(len(samples))]
-        items = list(zip(samples, partners, strict=True))
-        if workers and workers > 1 and len(items) >= 2 * workers:
-            chunks = list(_chunks(items, max(1, len(items) // (workers * 4))))
-            with ProcessPoolExecutor(workers) as pool:
-                parts = pool.map(self._encode_chunk, chunks, [for_eval] * len(chunks))
-                return [row for part in parts for row in part]
-        return self._encode_chunk(items, for_eval)
+        def encode(samples: list[Sample], partners: list) -> list[dict]:
+            items = list(zip(samples, partners, strict=True))
+            if workers and workers > 1 and len(items) >= 2 * workers:
+                chunks = list(_chunks(items, max(1, len(items) // (workers * 4))))
+                with ProcessPoolExecutor(workers) as pool:
+                    parts = pool.map(self._encode_chunk, chunks, [for_eval] * len(chunks))
+                    return [row for part in parts for row in part]
+            return self._encode_chunk(items, for_eval)
+
+        return stage_rows(samples, encode, self.plan, for_eval=for_eval)
 
     def _encode_chunk(self, items: list[tuple[Sample, Any]], for_eval: bool) -> list[dict]:
         return self.batch.encode([sample for sample, _ in items], [partner for _, partner in items],
