@@ -3,6 +3,7 @@ and the templates that write tokens by name (chatglm3, yuan) or an empty thought
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -163,3 +164,27 @@ def test_gemma4_is_a_text_template_and_gemma4n_is_refused(smol):
     assert "<|tool><|tool_call>call:add{a:1}<tool_call|><tool|>" in written
     with pytest.raises(ValueError, match="multimodal"):
         get_template("gemma4n", smol)
+
+
+def test_each_template_keeps_its_own_thought_and_call_words_around_a_call(smol):
+    lfm2 = get_template("lfm2", smol)
+    turn = Message("function", f"Adding.\n<|tool_call_start|>{CALL}<|tool_call_end|>")
+    _, response = lfm2.encode_turns(smol, [TOOL_TURNS[0], turn])[0]
+    assert smol.decode(response) == "Adding.\n<|tool_call_start|>[add(a=1)]<|tool_call_end|><|im_end|>\n"
+    gemma4 = get_template("gemma4", smol)
+    turn = Message("function", f"<|channel>thought\nadd it<channel|>{CALL}")
+    _, response = gemma4.encode_turns(smol, [TOOL_TURNS[0], turn])[0]
+    assert smol.decode(response) == (
+        "<|tool><|channel>thought\nadd it<channel|><|tool_call>call:add{a:1}<tool_call|><tool|>")
+
+
+def test_a_function_turn_that_is_not_a_call_names_its_row(smol):
+    from kubetune.data.encode import BatchEncoder, RowError
+    from kubetune.data.schema import Sample
+
+    tokenizer = copy.deepcopy(smol)
+    template = get_template("qwen", tokenizer)
+    template.fix_tokenizer(tokenizer)
+    bad = Sample([Message("user", "add 1")], [Message("function", "add(1)")], tools=TOOLS, row=4)
+    with pytest.raises(RowError, match="row 4: a function turn must be JSON"):
+        BatchEncoder(template, tokenizer, "sft", 64).encode([bad], [None], for_eval=False)
