@@ -143,6 +143,8 @@ _TEMPLATES: list[Template] = [
        "System: {{content}}{{eos_token}}\n"),
     # Raw concatenation: no EOS anywhere (LLaMA-Factory's `empty`, also its fallback for base models).
     _t("empty", "{{content}}", "{{content}}"),
+    _glm47("aeva", default_system=("You are an AI assistant named Aeva created by Zongzhi Lou. Your answer should be "
+                                    "friendly, unbiased, faithful, informative and detailed.")),
     _t("alpaca", "### Instruction:\n{{content}}\n\n### Response:\n", "{{content}}{{eos_token}}\n\n",
        default_system=("Below is an instruction that describes a task. "
                        "Write a response that appropriately completes the request.\n\n")),
@@ -320,8 +322,6 @@ _TEMPLATES: list[Template] = [
        format_observation="<tool_response>\n{{content}}\n</tool_response><|Assistant|>", format_function="{{content}}",
        format_prefix="{{bos_token}}", stop_words=["<|end_of_text|>"], replace_eos=True, thought_words=_THINK),
     _t("yuan", "{{content}}{{token:<sep>}}", "{{content}}<eod>\n", stop_words=["<eod>"]),
-    _glm47("aeva", default_system=("You are an AI assistant named Aeva created by Zongzhi Lou. Your answer should be "
-                                    "friendly, unbiased, faithful, informative and detailed.")),
     _t("zephyr", "<|user|>\n{{content}}{{eos_token}}<|assistant|>\n", system="<|system|>\n{{content}}{{eos_token}}",
        default_system="You are Zephyr, a helpful assistant."),
     # Not in LLaMA-Factory 0.9.5 (kept for configs written for kubetune): Baichuan2 marks turns with
