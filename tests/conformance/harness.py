@@ -12,11 +12,14 @@ import hashlib
 import json
 import subprocess
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-from cases import VARIANTS, lf_row, our_sample, rows_for
+from cases import TODAY, VARIANTS, lf_row, our_sample, rows_for
 
+from kubetune.data import tool_formats
 from kubetune.data.encode import BatchEncoder
 from kubetune.data.template_registry import get_template
 
@@ -48,7 +51,7 @@ def build_cases(templates: list[str]) -> list[dict[str, Any]]:
     cases = []
     for template in templates:
         for variant, stage, options in VARIANTS:
-            rows = [lf_row(r, stage) for r in rows_for(stage)]
+            rows = [lf_row(r, stage) for r in rows_for(stage, options.get("row_set"))]
             cases.append({"id": f"{template}/{variant}", "template": template, "stage": stage, "rows": rows, **options})
     return cases
 
@@ -56,7 +59,7 @@ def build_cases(templates: list[str]) -> list[dict[str, Any]]:
 def run_lf(tokenizer_dir: Path, cases: list[dict[str, Any]], timeout: int = 1200) -> dict[str, Any]:
     """LF's rows for every case, from one subprocess; kept in a cache keyed by the request and the oracle,
     since LF's answer for the same request never changes."""
-    request = json.dumps({"tokenizer_dir": str(tokenizer_dir), "cases": cases}, sort_keys=True)
+    request = json.dumps({"tokenizer_dir": str(tokenizer_dir), "cases": cases, "today": TODAY}, sort_keys=True)
     key = hashlib.sha256((request + ORACLE.read_text() + str(LF_PYTHON.resolve())).encode()).hexdigest()[:24]
     cached = CACHE / f"{key}.json"
     if cached.exists():
@@ -85,14 +88,18 @@ def run_ours(tokenizer: Any, cases: list[dict[str, Any]]) -> dict[str, Any]:
     except ValueError as err:
         return {case["id"]: {"error": str(err)} for case in cases}
     out = {}
+    today = datetime.strptime(TODAY, "%Y-%m-%d").strftime("%d %b %Y")
     for case in cases:
         template.enable_thinking = case.get("enable_thinking", True)
-        samples = [our_sample(r, case["stage"], i) for i, r in enumerate(rows_for(case["stage"]))]
+        samples = [our_sample(r, case["stage"], i) for i, r in enumerate(rows_for(case["stage"], case.get("row_set")))]
         try:
-            encoder = BatchEncoder(template, tokenizer, case["stage"], case["cutoff_len"],
+            # the config's tool_format, as `data.setup.tokenizer_and_template` applies it
+            case_template = template.with_tool_format(case["tool_format"]) if case.get("tool_format") else template
+            encoder = BatchEncoder(case_template, tokenizer, case["stage"], case["cutoff_len"],
                                    train_on_prompt=case.get("train_on_prompt", False),
                                    mask_history=case.get("mask_history", False))
-            out[case["id"]] = {"rows": encoder.encode(samples, [None] * len(samples), for_eval=False)}
+            with mock.patch.object(tool_formats, "today", lambda: today):
+                out[case["id"]] = {"rows": encoder.encode(samples, [None] * len(samples), for_eval=False)}
         except ValueError as err:
             out[case["id"]] = {"error": str(err)}
     return out

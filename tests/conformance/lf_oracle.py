@@ -3,8 +3,9 @@
 Run by LLaMA-Factory's venv (`tools/lf-venv/bin/python`), never imported by kubetune or its tests
 (LF pins other library versions). Reads a JSON request on stdin and writes a JSON answer on stdout:
 
-    request: {"tokenizer_dir": str, "cases": [{"id", "template", "stage", "cutoff_len",
-              "train_on_prompt", "mask_history", "rows": [{"prompt", "response", "system", "tools"}]}]}
+    request: {"tokenizer_dir": str, "today": "YYYY-MM-DD" (optional: the date LF's tool prompts write),
+              "cases": [{"id", "template", "stage", "cutoff_len", "train_on_prompt", "mask_history",
+              "enable_thinking", "tool_format", "rows": [{"prompt", "response", "system", "tools"}]}]}
     answer:  {"<case id>": {"rows": [{field: ids, ...}, ...]} or {"error": str}}
 
 `prompt` / `response` are LF's aligned message lists (`{"role", "content"}`). Each case gets a
@@ -15,6 +16,7 @@ for its stage (sft: SupervisedDatasetProcessor, rm/dpo: PairwiseDatasetProcessor
 from __future__ import annotations
 
 import copy
+import datetime
 import importlib.machinery
 import importlib.util
 import json
@@ -34,6 +36,8 @@ if importlib.util.find_spec("torchaudio") is None:
     _stand_in.__spec__ = importlib.machinery.ModuleSpec("torchaudio", None)
     sys.modules["torchaudio"] = _stand_in
 
+from llamafactory.data import template as lf_templates  # noqa: E402
+from llamafactory.data import tool_utils as lf_tool_utils  # noqa: E402
 from llamafactory.data.processor import (  # noqa: E402
     FeedbackDatasetProcessor,
     PairwiseDatasetProcessor,
@@ -73,8 +77,19 @@ def run_case(tokenizer, case: dict) -> dict:
         train_on_prompt=case.get("train_on_prompt", False),
         mask_history=case.get("mask_history", False),
         enable_thinking=case.get("enable_thinking", True),
+        tool_format=case.get("tool_format"),
     )
-    template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    # LF's set-up writes `tool_format` (and the thinking flags) into its registered template: a case gets
+    # a copy, so that it changes no later case of the same template.
+    name = case["template"]
+    registered = lf_templates.TEMPLATES.get(name)
+    if registered is not None:
+        lf_templates.TEMPLATES[name] = copy.copy(registered)
+    try:
+        template = get_template_and_fix_tokenizer(tokenizer, data_args)
+    finally:
+        if registered is not None:
+            lf_templates.TEMPLATES[name] = registered
     if template.mm_plugin.__class__.__name__ != "BasePlugin":
         # A multimodal model's template (gemma3, llama4, qwen3_5, ...) used for text: without images its
         # plugin changes no message and only insists on the model's processor, which a text tokenizer
@@ -162,6 +177,18 @@ def tokenizer_for_transformers4(model_dir: str, work: Path) -> str:
     return str(work)
 
 
+def _fix_today(day: str) -> None:
+    """LF's llama3 tool prompt writes `datetime.now()`'s date: make it `day` (YYYY-MM-DD)."""
+    fixed = datetime.datetime.strptime(day, "%Y-%m-%d")
+
+    class _Today(datetime.datetime):
+        @classmethod
+        def now(cls, tz=None):  # noqa: ARG003 - datetime.now's signature
+            return fixed
+
+    lf_tool_utils.datetime = _Today
+
+
 def main() -> None:
     logging.disable(logging.WARNING)
     if sys.argv[1:] == ["--names"]:
@@ -170,6 +197,8 @@ def main() -> None:
         json.dump({name: t.mm_plugin.__class__.__name__ for name, t in TEMPLATES.items()}, sys.stdout)
         return
     request = json.load(sys.stdin)
+    if request.get("today"):
+        _fix_today(request["today"])
     with tempfile.TemporaryDirectory() as work:
         base = AutoTokenizer.from_pretrained(tokenizer_for_transformers4(request["tokenizer_dir"], Path(work)))
     answer = {}

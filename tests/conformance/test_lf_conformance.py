@@ -47,13 +47,8 @@ def test_the_comparison_covers_every_variant_of_most_templates(results):
     assert {r.variant for r in results if r.total} == {v for v, _, _ in VARIANTS + DATASET_VARIANTS}
 
 
-# LF 0.9.5 text templates kubetune does not have yet, and why.
-LEFT = {
-    "chatglm3": "writes turn markers by token name ({'token': '<|user|>'}) and tokenises '\\n' apart",
-    "yuan": "writes <sep> by token name",
-    "glm4_7": "an empty thought is only the closing tag (GLM-4.7's reasoning template)",
-    "aeva": "an empty thought is only the closing tag (GLM-4.7's reasoning template)",
-}
+# LF 0.9.5 text templates kubetune does not have yet, and why (none today).
+LEFT: dict[str, str] = {}
 
 
 def test_every_llamafactory_template_is_named_refused_as_multimodal_or_listed_as_left():

@@ -152,7 +152,9 @@ def test_qwen_tools_function_call_and_observation(smol):
     turns = template.encode_turns(smol, messages, tools=tools)
     first_prompt = smol.decode(turns[0][0])
     assert first_prompt.startswith("<|im_start|>system\nYou are Qwen, created by Alibaba Cloud.")
-    assert '<tools>\n{"name": "add", "parameters": {"a": "int"}}\n</tools>' in first_prompt
+    # as LLaMA-Factory: each tool wrapped OpenAI-style, the call as <tool_call> JSON
+    assert ('<tools>\n{"type": "function", "function": {"name": "add", "parameters": {"a": "int"}}}\n</tools>'
+            in first_prompt)
     assert smol.decode(turns[0][1]) == f"<tool_call>\n{call}\n</tool_call><|im_end|>\n"
     assert smol.decode(turns[1][0]) == (
         "<|im_start|>user\n<tool_response>\n1\n</tool_response><|im_end|>\n<|im_start|>assistant\n"

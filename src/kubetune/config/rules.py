@@ -29,7 +29,6 @@ Rule = Callable[[RunConfig], list[Problem]]
 NOT_IMPLEMENTED: dict[str, str] = {
     "use_unsloth": "Unsloth kernels",
     "streaming": "dataset streaming",
-    "tool_format": "tool-call formats",
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
     "infer_backend": "the vLLM, SGLang and KTransformers inference engines",
@@ -73,6 +72,16 @@ def history_vs_prompt(cfg: RunConfig) -> list[Problem]:
         return [Problem("mask_history", True, cfg.origin("mask_history"),
                         "cannot be combined with train_on_prompt: true (one trains less, the other more)",
                         "keep one of them")]
+    return []
+
+
+def tool_format_needs_a_template(cfg: RunConfig) -> list[Problem]:
+    # Without `template` the tokenizer's own chat template writes the tools (kubetune renders it as it is).
+    if cfg.data.tool_format is not None and cfg.data.template is None:
+        return [Problem("tool_format", cfg.data.tool_format, cfg.origin("tool_format"),
+                        "changes a named (or custom) template's tool format, and template is not set: the "
+                        "tokenizer's own chat template writes tools its own way",
+                        "set template (e.g. the model family's), or remove tool_format")]
     return []
 
 
@@ -162,7 +171,8 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 RULES: list[Rule] = [
     not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
-    quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping,
+    quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template, eval_needs_data,
+    val_size_shape, packing_flags, length_grouping,
     shuffling, precision, warmup,
 ]
 

@@ -213,6 +213,11 @@ class FinetuningArguments(_Group):
         return value
 
 
+ToolFormatName = Literal["default", "gemma4", "glm4", "glm4_moe", "lfm2", "ling", "llama3", "minimax1", "minimax2",
+                         "mistral", "qwen", "qwen3_5", "seed_oss"]
+"""LLaMA-Factory 0.9.5's `tool_format` names (each one of `kubetune.data.tool_formats.TOOL_FORMATS`)."""
+
+
 class DataArguments(_Group):
     dataset: list[str] | None = Field(None, description="Training dataset names (dataset_info.json) or files.")
     eval_dataset: list[str] | None = Field(None, description="Evaluation dataset names or files.")
@@ -245,7 +250,9 @@ class DataArguments(_Group):
     mix_strategy: Literal["concat", "interleave_under", "interleave_over", "interleave_once"] = Field(
         "concat", description="How several datasets are combined."
     )
-    tool_format: str | None = Field(None, description="Tool-call format of the template.")
+    tool_format: ToolFormatName | None = Field(None, description=(
+        "How tools and tool calls are written, instead of the template's own format: a LLaMA-Factory tool format "
+        "(default, qwen, llama3, glm4, mistral, ...); the call turn becomes the bare call plus EOS, as there."))
     on_bad_rows: Literal["drop", "error"] = Field(
         "drop", description="Bad rows: drop them and report their row numbers, or stop with an error."
     )

@@ -3,29 +3,24 @@
 The names and formats are LLaMA-Factory 0.9.5's, so that a LLaMA-Factory config's `template:` means the
 same tokens here (`make conformance` checks them against LLaMA-Factory's own preprocessing). As there,
 a user format ends with the header that opens the assistant's turn, and a format without
-`{{eos_token}}` ends the turn with a stop word instead.
+`{{eos_token}}` ends the turn with a stop word instead. Tools and tool calls are written in each
+template's `tool_format` (LLaMA-Factory's `default` unless the family has its own).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from kubetune.data.templates import Template
+from kubetune.data.templates import DEFAULT_THOUGHT_WORDS, Template
 
-_QWEN_TOOLS_FORMAT = (
-    "\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
-    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>\n{{tools}}\n"
-    "</tools>\n\nFor each function call, return a json object with function name and arguments within "
-    '<tool_call></tool_call> XML tags:\n<tool_call>\n{"name": <function-name>, "arguments": '
-    "<args-json-object>}\n</tool_call>"
-)
 # LLaMA-Factory's default thought markers (reasoning templates that do not set their own).
-_THINK = ["<think>\n", "\n</think>\n\n"]
+_THINK = DEFAULT_THOUGHT_WORDS
 
 
 def _t(name: str, user: str, assistant: str | None = None, system: str = "{{content}}", **rest: Any) -> Template:
     """A template with LLaMA-Factory's defaults: an assistant turn ends with EOS (none with `efficient_eos`),
-    the system prompt is written as it is, a tool result is formatted as a user turn."""
+    the system prompt is written as it is, a tool result is formatted as a user turn, a tool call as an
+    assistant turn, both in the `default` tool format."""
     if assistant is None:
         assistant = "{{content}}" if rest.get("efficient_eos") else "{{content}}{{eos_token}}"
     return Template(name=name, format_user=user, format_assistant=assistant, format_system=system, **rest)
@@ -43,15 +38,14 @@ def _chatml(name: str, user_role: str = "user", assistant_role: str = "assistant
     )
 
 
-def _qwen(name: str, **rest: Any) -> Template:
-    """Qwen's chatml: tool results come back as a user turn, calls as <tool_call> JSON."""
+def _qwen(name: str, tool_format: str = "qwen", **rest: Any) -> Template:
+    """Qwen's chatml: tool results come back as a user turn, calls as <tool_call> JSON (qwen3_5: XML)."""
     return _chatml(
         name,
         format_observation=(
             "<|im_start|>user\n<tool_response>\n{{content}}\n</tool_response><|im_end|>\n<|im_start|>assistant\n"
         ),
-        format_function="<tool_call>\n{{content}}\n</tool_call><|im_end|>\n",
-        format_tools=_QWEN_TOOLS_FORMAT,
+        tool_format=tool_format,
         stop_words=["<|im_end|>"],
         replace_eos=True,
         **rest,
@@ -71,18 +65,26 @@ def _gemma(name: str, **rest: Any) -> Template:
     )
 
 
-def _glm(name: str, **rest: Any) -> Template:
+def _glm(name: str, tool_format: str = "glm4", **rest: Any) -> Template:
+    """GLM-4's turns; a tool call is written without the assistant turn's leading newline."""
     return _t(
         name,
         "<|user|>\n{{content}}<|assistant|>",
         "\n{{content}}",
         "<|system|>\n{{content}}",
         format_observation="<|observation|>\n{{content}}<|assistant|>",
+        format_function="{{content}}",
         format_prefix="[gMASK]<sop>",
         stop_words=["<|user|>", "<|observation|>"],
         efficient_eos=True,
+        tool_format=tool_format,
         **rest,
     )
+
+
+def _glm47(name: str, **rest: Any) -> Template:
+    """GLM-4.7: GLM-4.5's tool format, `<think>`/`</think>` thoughts and an empty thought of `</think>` alone."""
+    return _glm(name, tool_format="glm4_moe", thought_words=["<think>", "</think>"], empty_thought="</think>", **rest)
 
 
 def _granite(name: str, **rest: Any) -> Template:
@@ -96,12 +98,13 @@ def _granite(name: str, **rest: Any) -> Template:
 
 
 def _mistral_tools(sep: str) -> dict[str, Any]:
-    """Mistral's tool formats; `sep` is what follows a control token (" " in mistral, "" since ministral)."""
+    """Mistral's tool turns; `sep` is what follows a control token (" " in mistral, "" since ministral). The
+    tool list is the `mistral` tool format's, `[AVAILABLE_TOOLS] [...]` with a space in every version."""
     return {
         "format_observation": f'[TOOL_RESULTS]{sep}{{"content": {{{{content}}}}}}[/TOOL_RESULTS]',
         "format_function": f"[TOOL_CALLS]{sep}{{{{content}}}}{{{{eos_token}}}}",
-        "format_tools": f"\n\n[AVAILABLE_TOOLS]{sep}[{{{{tools}}}}][/AVAILABLE_TOOLS]",
         "format_prefix": "{{bos_token}}",
+        "tool_format": "mistral",
     }
 
 
@@ -140,6 +143,8 @@ _TEMPLATES: list[Template] = [
        "System: {{content}}{{eos_token}}\n"),
     # Raw concatenation: no EOS anywhere (LLaMA-Factory's `empty`, also its fallback for base models).
     _t("empty", "{{content}}", "{{content}}"),
+    _glm47("aeva", default_system=("You are an AI assistant named Aeva created by Zongzhi Lou. Your answer should be "
+                                    "friendly, unbiased, faithful, informative and detailed.")),
     _t("alpaca", "### Instruction:\n{{content}}\n\n### Response:\n", "{{content}}{{eos_token}}\n\n",
        default_system=("Below is an instruction that describes a task. "
                        "Write a response that appropriately completes the request.\n\n")),
@@ -150,8 +155,14 @@ _TEMPLATES: list[Template] = [
        "<role>SYSTEM</role>{{content}}<|role_end|>",
        format_observation=("<role>OBSERVATION</role>\n<tool_response>\n{{content}}\n</tool_response><|role_end|>"
                            "<role>ASSISTANT</role>"),
-       stop_words=["<|endoftext|>"], efficient_eos=True),
+       tool_format="ling", stop_words=["<|endoftext|>"], efficient_eos=True),
     _t("breeze", "[INST] {{content}} [/INST] ", format_prefix="{{bos_token}}", efficient_eos=True),
+    # ChatGLM3 writes its turn markers by token name and tokenises the newline after each on its own.
+    _t("chatglm3", "{{token:<|user|>}}\n{{split}}{{content}}{{token:<|assistant|>}}", "\n{{split}}{{content}}",
+       "{{token:<|system|>}}\n{{split}}{{content}}", format_function="{{content}}",
+       format_observation="{{token:<|observation|>}}\n{{split}}{{content}}{{token:<|assistant|>}}",
+       format_prefix="{{token:[gMASK]}}{{token:sop}}", tool_format="glm4", stop_words=["<|user|>", "<|observation|>"],
+       efficient_eos=True),
     _chatml("chatml", stop_words=["<|im_end|>", "<|im_start|>"], replace_eos=True),
     _chatml("chatml_de", default_system="Du bist ein freundlicher und hilfsbereiter KI-Assistent.",
             stop_words=["<|im_end|>", "<|im_start|>"], replace_eos=True),
@@ -186,8 +197,17 @@ _TEMPLATES: list[Template] = [
     _gemma("gemma", stop_words=["<end_of_turn>"], replace_eos=True),
     _gemma("gemma2", stop_words=["<eos>", "<end_of_turn>"], efficient_eos=True),
     _gemma("gemma3", stop_words=["<end_of_turn>"], replace_eos=True),
+    # Gemma 4's text turns (its image/video tokens only appear with media, which kubetune does not take).
+    _t("gemma4", "<|turn>user\n{{content}}<turn|>\n<|turn>model\n", "{{content}}<turn|>\n",
+       "<|turn>system\n<|think|>{{content}}<turn|>\n",
+       format_observation="<|turn>tool\n{{content}}<turn|>\n<|turn>model\n",
+       format_function="<|tool>{{content}}<tool|>",
+       format_prefix="{{bos_token}}", tool_format="gemma4", stop_words=["<turn|>"],
+       default_system="You are a helpful assistant.", thought_words=["<|channel>thought\n", "<channel|>"],
+       replace_eos=True),
     _glm("glm4"),
-    _glm("glm4_moe", thought_words=_THINK),
+    _glm("glm4_moe", tool_format="glm4_moe", thought_words=_THINK),
+    _glm47("glm4_7"),
     _glm("glmz1", thought_words=_THINK),
     _t("gpt_oss", "<|start|>user<|message|>{{content}}<|end|><|start|>assistant", "{{content}}",
        "<|start|>system<|message|>{{content}}<|end|>",
@@ -204,10 +224,13 @@ _TEMPLATES: list[Template] = [
     _t("hunyuan_small", "<｜hy_User｜>{{content}}<｜hy_place▁holder▁no▁8｜>", "{{content}}<｜hy_place▁holder▁no▁2｜>",
        "{{content}}<｜hy_place▁holder▁no▁3｜>", format_prefix="<｜hy_begin▁of▁sentence｜>",
        stop_words=["<｜hy_place▁holder▁no▁2｜>"]),
-    _chatml("intern2", format_prefix="{{bos_token}}", default_system=_INTERN2_SYSTEM, stop_words=["<|im_end|>"]),
-    _chatml("intern_s1", format_prefix="{{bos_token}}", stop_words=["<|im_end|>"]),
+    # InternLM answers tool results in a user turn (no `tool` role)
+    _chatml("intern2", format_observation=None, format_prefix="{{bos_token}}", default_system=_INTERN2_SYSTEM,
+            stop_words=["<|im_end|>"]),
+    _chatml("intern_s1", format_observation=None, format_prefix="{{bos_token}}", stop_words=["<|im_end|>"]),
     _chatml("lfm2", format_observation=("<|im_start|>tool\n<|tool_response_start|>{{content}}<|tool_response_end|>"
                                         "<|im_end|>\n<|im_start|>assistant\n"),
+            tool_format="lfm2", tool_call_words=["<|tool_call_start|>", "<|tool_call_end|>"],
             default_system="You are a helpful AI assistant.", stop_words=["<|im_end|>"], replace_eos=True),
     _t("llama2", "{{bos_token}}[INST] {{content}} [/INST]", system="<<SYS>>\n{{content}}\n<</SYS>>\n\n",
        system_in_user=True),
@@ -215,13 +238,13 @@ _TEMPLATES: list[Template] = [
        system_in_user=True, default_system="You are a helpful assistant. 你是一个乐于助人的助手。"),
     _t("llama3", "<|start_header_id|>user<|end_header_id|>\n\n{{content}}<|eot_id|>" + _LLAMA3_HEADER,
        "{{content}}<|eot_id|>", "<|start_header_id|>system<|end_header_id|>\n\n{{content}}<|eot_id|>",
-       format_observation=_LLAMA3_OBSERVATION + _LLAMA3_HEADER, format_prefix="{{bos_token}}",
+       format_observation=_LLAMA3_OBSERVATION + _LLAMA3_HEADER, format_prefix="{{bos_token}}", tool_format="llama3",
        stop_words=["<|eot_id|>", "<|eom_id|>"], replace_eos=True),
     _t("llama4", "<|header_start|>user<|header_end|>\n\n{{content}}<|eot|><|header_start|>assistant<|header_end|>\n\n",
        "{{content}}<|eot|>", "<|header_start|>system<|header_end|>\n\n{{content}}<|eot|>",
        format_observation=("<|header_start|>ipython<|header_end|>\n\n{{content}}<|eot|>"
                            "<|header_start|>assistant<|header_end|>\n\n"),
-       format_prefix="{{bos_token}}", stop_words=["<|eot|>", "<|eom|>"], replace_eos=True),
+       format_prefix="{{bos_token}}", tool_format="llama3", stop_words=["<|eot|>", "<|eom|>"], replace_eos=True),
     _t("moonlight", "<|im_user|>user<|im_middle|>{{content}}<|im_end|><|im_assistant|>assistant<|im_middle|>",
        "{{content}}<|im_end|>", "<|im_system|>system<|im_middle|>{{content}}<|im_end|>",
        default_system="You are a helpful assistant provided by Moonshot-AI.", stop_words=["<|im_end|>"],
@@ -234,11 +257,11 @@ _TEMPLATES: list[Template] = [
        "<beginning_of_sentence>system ai_setting=assistant\n{{content}}<end_of_sentence>\n",
        format_observation=("<beginning_of_sentence>tool name=tools\n{{content}}<end_of_sentence>\n"
                            "<beginning_of_sentence>ai name=assistant\n"),
-       default_system="You are a helpful assistant.", stop_words=["<end_of_sentence>"]),
+       default_system="You are a helpful assistant.", tool_format="minimax1", stop_words=["<end_of_sentence>"]),
     _t("minimax2", "]~b]user\n{{content}}[e~[\n]~b]ai\n", "{{content}}[e~[\n", "]~!b[]~b]system\n{{content}}[e~[\n",
        format_observation="]~b]tool\n<response>{{content}}</response>[e~[\n]~b]ai\n",
        default_system="You are a helpful assistant. Your name is MiniMax-M2.1 and is built by MiniMax.",
-       stop_words=["[e~["], thought_words=_THINK),
+       tool_format="minimax2", stop_words=["[e~["], thought_words=_THINK),
     _t("ministral", "[INST]{{content}}[/INST]", system="{{content}}\n\n", system_in_user=True, **_mistral_tools("")),
     _t("ministral3", "[INST]{{content}}[/INST]", system="{{content}}\n\n", system_in_user=True, **_mistral_tools("")),
     _t("mistral", "[INST] {{content}}[/INST]", " {{content}}{{eos_token}}", "{{content}}\n\n", system_in_user=True,
@@ -263,9 +286,9 @@ _TEMPLATES: list[Template] = [
     _qwen("qwen", default_system="You are Qwen, created by Alibaba Cloud. You are a helpful assistant."),
     _qwen("qwen3", thought_words=_THINK),
     _qwen("qwen3_nothink"),
-    _qwen("qwen3_5", thought_words=_THINK),
-    _qwen("qwen3_5_nothink"),
-    _qwen("qwen3_6", thought_words=_THINK),
+    _qwen("qwen3_5", "qwen3_5", thought_words=_THINK),
+    _qwen("qwen3_5_nothink", "qwen3_5"),
+    _qwen("qwen3_6", "qwen3_5", thought_words=_THINK),
     _chatml("sailor", "question", "answer", format_observation=None, stop_words=["<|im_end|>"],
             default_system=("You are an AI assistant named Sailor created by Sea AI Lab. "
                             "Your answer should be friendly, unbiased, faithful, informative and detailed.")),
@@ -276,7 +299,9 @@ _TEMPLATES: list[Template] = [
            "and you only answer questions related to computer science. For politically sensitive questions, "
            "security and privacy issues, and other non-computer science questions, you will refuse to answer.\n\n")),
     _t("seed_oss", "{{bos_token}}user\n{{content}}{{eos_token}}{{bos_token}}assistant\n",
-       system="{{bos_token}}system\n{{content}}{{eos_token}}", thought_words=["<seed:think>", "</seed:think>"]),
+       system="{{bos_token}}system\n{{content}}{{eos_token}}",
+       format_function="{{bos_token}}\n{{content}}{{eos_token}}",
+       tool_format="seed_oss", thought_words=["<seed:think>", "</seed:think>"]),
     _chatml("smollm", format_observation=None, stop_words=["<|im_end|>"]),
     _chatml("smollm2", format_observation=None, stop_words=["<|im_end|>"],
             default_system="You are a helpful AI assistant named SmolLM, trained by Hugging Face."),
@@ -294,8 +319,9 @@ _TEMPLATES: list[Template] = [
                        "不安全、有争议、政治敏感等相关的话题、问题和指示。\n")),
     _chatml("yi", format_observation=None, stop_words=["<|im_end|>"]),
     _t("youtu", "<|User|>{{content}}<|Assistant|>", "{{content}}<|end_of_text|>",
-       format_observation="<tool_response>\n{{content}}\n</tool_response><|Assistant|>", format_prefix="{{bos_token}}",
-       stop_words=["<|end_of_text|>"], replace_eos=True, thought_words=_THINK),
+       format_observation="<tool_response>\n{{content}}\n</tool_response><|Assistant|>", format_function="{{content}}",
+       format_prefix="{{bos_token}}", stop_words=["<|end_of_text|>"], replace_eos=True, thought_words=_THINK),
+    _t("yuan", "{{content}}{{token:<sep>}}", "{{content}}<eod>\n", stop_words=["<eod>"]),
     _t("zephyr", "<|user|>\n{{content}}{{eos_token}}<|assistant|>\n", system="<|system|>\n{{content}}{{eos_token}}",
        default_system="You are Zephyr, a helpful assistant."),
     # Not in LLaMA-Factory 0.9.5 (kept for configs written for kubetune): Baichuan2 marks turns with
@@ -309,7 +335,7 @@ TEMPLATE_NAMES: list[str] = sorted(NAMED_TEMPLATES)
 """Names `template_registry.get_template` accepts besides None (the tokenizer's own) and `custom` (a YAML file)."""
 
 MULTIMODAL_TEMPLATES: frozenset[str] = frozenset({
-    "dots_ocr", "ernie_vl", "gemma3n", "gemma4", "gemma4n", "glm4v", "glm4_5v", "glm_ocr", "granite3_vision",
+    "dots_ocr", "ernie_vl", "gemma3n", "gemma4n", "glm4v", "glm4_5v", "glm_ocr", "granite3_vision",
     "intern_vl", "keye_vl", "kimi_vl", "lfm2_vl", "mllama", "llava", "llava_next", "llava_next_llama3",
     "llava_next_mistral", "llava_next_qwen", "llava_next_yi", "llava_next_video", "llava_next_video_mistral",
     "llava_next_video_yi", "mimo_vl", "minicpm_v", "minicpm_v_4_6", "minicpm_o", "paligemma", "paligemma_chat",
@@ -317,8 +343,9 @@ MULTIMODAL_TEMPLATES: frozenset[str] = frozenset({
     "qwen3_vl_nothink", "video_llava", "yi_vl", "youtu_vl",
 })
 """LLaMA-Factory 0.9.5's templates of image/video/audio models: refused as multimodal, not as unknown. (Its
-multimodal templates that also serve text models, gemma3, llama4, mistral_small, qwen3_5, ..., are named
-templates above.)"""
+multimodal templates that also serve text models, gemma3, gemma4, llama4, mistral_small, qwen3_5, ..., are
+named templates above: without images their plugins change no text. gemma3n and gemma4n, the audio-first "n"
+models, stay refused.)"""
 
 MULTIMODAL_REFUSAL = "multimodal models are not supported yet"
 

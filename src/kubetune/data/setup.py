@@ -22,7 +22,7 @@ class StageData:
     """Attributes:
     model_path: the local folder of the base model (downloaded or converted once, then cached).
     tokenizer: its tokenizer, fixed up by the template (pad and stop tokens).
-    template: the chat template, with `default_system` applied.
+    template: the chat template, with `tool_format` and `default_system` applied.
     data: the tokenised train/eval splits in the stage's row form.
     """
 
@@ -36,7 +36,7 @@ def tokenizer_and_template(cfg: RunConfig, model_path: str | None = None) -> tup
     """Load the model's tokenizer and its chat template, ready to encode.
 
     The template is `cfg.data.template` (None: the tokenizer's own chat format; `custom`: the YAML
-    `template_file`), with `default_system` applied; the tokenizer gets the template's pad and stop
+    `template_file`), with `tool_format` and `default_system` applied; the tokenizer gets the template's pad and stop
     tokens (`Template.fix_tokenizer`).
 
     Args:
@@ -46,6 +46,8 @@ def tokenizer_and_template(cfg: RunConfig, model_path: str | None = None) -> tup
     """
     tokenizer = load_tokenizer(cfg.model, model_path)
     template = get_template(cfg.data.template, tokenizer, cfg.data.template_file)
+    if cfg.data.tool_format is not None:
+        template = template.with_tool_format(cfg.data.tool_format)
     if cfg.data.default_system is not None:
         template.default_system = cfg.data.default_system
     # thinking templates only read these; part of the template, so of the tokenised data's cache key too

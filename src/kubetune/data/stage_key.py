@@ -114,6 +114,7 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
                            "gguf_file": model.gguf_file, "use_fast_tokenizer": model.use_fast_tokenizer})
     data = cfg.data
     template = json.dumps({"template": data.template, "default_system": data.default_system,
+                           "tool_format": data.tool_format,
                            "enable_thinking": data.enable_thinking, "preserve_thinking": data.preserve_thinking})
     return stand_in, template, why
 

@@ -9,7 +9,8 @@ It reads a YAML file (`template_file:`) whose keys are `Template`'s fields::
     format_assistant: "{{content}}<|end|>\\n"
     format_observation: "<|tool|>{{content}}\\n"   # optional, defaults to format_user
     format_function: "{{content}}<|end|>\\n"       # optional, defaults to format_assistant
-    format_tools: "\\n\\nTools:\\n{{tools}}"        # optional
+    tool_format: qwen                   # optional (default: default): how tools and tool calls are written
+    format_tools: "\\n\\nTools:\\n{{tools}}"        # optional: instead of tool_format's tool list, the tools JSON
     format_prefix: "{{bos_token}}"      # once, before the first message
     default_system: "You are helpful."
     system_in_user: false               # true: system text goes inside the first user turn
@@ -31,6 +32,7 @@ _FIELD_TYPES: dict[str, type] = {
     f.name: (bool if f.type == "bool" else list if f.type.startswith("list") else str)
     for f in dataclasses.fields(Template)
 }
+_NULLABLE = frozenset(f.name for f in dataclasses.fields(Template) if str(f.type).endswith("| None"))
 
 
 def load_template_file(path: str | Path) -> Template:
@@ -70,7 +72,7 @@ def load_template_file(path: str | Path) -> Template:
 
 def _check_type(path: Path, key: str, value: Any) -> None:
     expected = _FIELD_TYPES[key]
-    if value is None and key in ("format_observation", "format_function"):
+    if value is None and key in _NULLABLE:
         return
     if expected is list:
         ok = isinstance(value, list) and all(isinstance(v, str) for v in value)

@@ -5,13 +5,19 @@ Encoding produces one token segment per message, so label masks line up with wha
 sees: a prompt segment ends exactly where the model starts talking, a response segment ends
 with the template's stop word.
 
-Format strings use three kinds of placeholders:
+Format strings use these placeholders:
 
-- `{{content}}`: the message text (in `format_tools`: `{{tools}}`, the tool list).
+- `{{content}}`: the message text (in `format_tools`: `{{tools}}`, the sample's tools JSON as written).
 - `{{bos_token}}` / `{{eos_token}}`: the tokenizer's BOS/EOS *by id*, whatever their text; a
   missing BOS is skipped (many tokenizers have none).
+- `{{token:NAME}}`: the id of the token NAME, looked up by name rather than tokenised (chatglm3's
+  `{{token:<|user|>}}`, as LLaMA-Factory's `{"token": ...}` slots).
+- `{{split}}`: the text before and after is tokenised apart (chatglm3 tokenises its `\n` on its own).
 - anything else is literal text. Special tokens written as text (`<|im_start|>`) tokenise as
   the tokenizer's special tokens, as in the model's own Jinja template.
+
+Tools (`tools` column) and tool calls (`function` turns) are written by the template's `tool_format`
+(`kubetune.data.tool_formats`), as LLaMA-Factory writes them.
 
 Each format's text is tokenised on its own, never joined with the next format's (prefix, system,
 user turn and generation header are separate `tokenizer.encode` calls), as LLaMA-Factory does: a
@@ -33,33 +39,46 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kubetune.data.schema import PROMPT_ROLES, RESPONSE_ROLES, Message, Sample
+from kubetune.data.conversation import Conversation, conversation
+from kubetune.data.schema import PROMPT_ROLES, Message, Sample
 from kubetune.data.thoughts import place_thoughts
+from kubetune.data.tool_formats import TOOL_FORMATS, render_function, render_tools
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
+__all__ = ["Conversation", "Segment", "Template", "conversation", "encode_pieces", "join_pieces", "joined",
+           "last_turn", "pair_turns"]
+
 logger = logging.getLogger(__name__)
 
-_PLACEHOLDER = re.compile(r"\{\{\s*(\w+)\s*\}\}")
+# `{{name}}`, or `{{token:NAME}}` for a token by name (NAME: anything but whitespace and braces)
+_PLACEHOLDER = re.compile(r"\{\{\s*(\w+(?::[^\s{}]+)?)\s*\}\}")
 _TOKEN_SLOTS = frozenset({"bos_token", "eos_token"})
+_SPLIT = "split"
+_NAMED_TOKEN = "token:"
 # A looks-like-a-special-token literal: `<|im_start|>`, `<start_of_turn>`, `<reserved_106>`.
 _SPECIAL_LITERAL = re.compile(r"<\|[\w.-]+\|>|<(?:start|end)_of_turn>|<reserved_\d+>")
 
-DEFAULT_TOOLS_FORMAT = (
-    "\n\nYou can call these tools, described as JSON:\n{{tools}}\n\n"
-    'To call one, reply with a JSON object {"name": <tool name>, "arguments": <arguments object>}.'
-)
+DEFAULT_THOUGHT_WORDS = ["<think>\n", "\n</think>\n\n"]
+"""LLaMA-Factory's default thought markers: a thinking template's unless it sets its own, and what a
+`function` turn's thought is recognised by in every template."""
+DEFAULT_TOOL_CALL_WORDS = ["<tool_call>", "</tool_call>"]
 
 
 @dataclass(frozen=True)
 class _Token:
-    """A placeholder that becomes one token id (`bos_token` or `eos_token`) at tokenisation."""
+    """A placeholder that becomes one token id at tokenisation: `bos_token`, `eos_token` or `token:NAME`."""
 
     name: str
 
 
-_Piece = str | _Token
+@dataclass(frozen=True)
+class _Split:
+    """`{{split}}`: the texts either side are tokenised apart."""
+
+
+_Piece = str | _Token | _Split
 
 Segment = list[str | int]
 """A message's rendered segment: texts to tokenise (adjacent text already joined) and token ids."""
@@ -80,10 +99,17 @@ class Template:
         format_system: the system prompt; `{{content}}` is the system text plus the rendered
             tools. Default `"{{content}}"`.
         format_observation: a tool result turn. Default None = `format_user`.
-        format_function: an assistant turn that calls a tool; `{{content}}` is the call as the
-            converter wrote it (JSON with `name` and `arguments`). Default None = `format_assistant`.
-        format_tools: appended to the system text when a sample has tools; `{{tools}}` is one
-            JSON object per line. Default `DEFAULT_TOOLS_FORMAT`.
+        format_function: an assistant turn that calls a tool; `{{content}}` is the call written in
+            `tool_format` (the turn itself is JSON with `name` and `arguments`, or a list of them).
+            Default None = `format_assistant`.
+        format_tools: None (the default) writes a sample's tools in `tool_format` after the system
+            text; a format string instead writes `{{tools}}`, the tools JSON as the sample has it
+            (phi4_mini's `<|tool|>{{tools}}<|/tool|>`).
+        tool_format: how tools and tool calls are written, a `tool_formats.TOOL_FORMATS` name
+            (`qwen`, `llama3`, `glm4`, ...). Default `default` (LLaMA-Factory's: "> Tool Name:" lists,
+            "Action: / Action Input:" calls).
+        tool_call_words: (open, close) that may wrap the JSON of a `function` turn; the text around
+            them is kept before the call. Default `["<tool_call>", "</tool_call>"]`.
         format_prefix: written once before the first message (typically `{{bos_token}}`).
             Default `""`.
         default_system: used when a sample has no system prompt. Default `""`.
@@ -98,6 +124,8 @@ class Template:
         thought_words: (open, close) of a reasoning block (`["<think>\n", "\n</think>\n\n"]`);
             set for a thinking model (qwen3, deepseekr1): an answer without a thought gets an
             empty one, as the model's own template writes it. Default none (not a thinking model).
+        empty_thought: the text of that added empty thought. Default None = open + close (GLM-4.7
+            writes only `</think>`).
         enable_thinking: thinking models: learn the thoughts (an added empty thought is part of
             the response); False strips every thought and puts the empty one in the prompt.
             Default True (LLaMA-Factory's default).
@@ -112,7 +140,9 @@ class Template:
     format_system: str = "{{content}}"
     format_observation: str | None = None
     format_function: str | None = None
-    format_tools: str = DEFAULT_TOOLS_FORMAT
+    format_tools: str | None = None
+    tool_format: str = "default"
+    tool_call_words: list[str] = field(default_factory=lambda: list(DEFAULT_TOOL_CALL_WORDS))
     format_prefix: str = ""
     default_system: str = ""
     system_in_user: bool = False
@@ -120,6 +150,7 @@ class Template:
     efficient_eos: bool = False
     replace_eos: bool = False
     thought_words: list[str] = field(default_factory=list)
+    empty_thought: str | None = None
     enable_thinking: bool = True
     preserve_thinking: bool = False
 
@@ -129,7 +160,7 @@ class Template:
             if value is None:
                 continue
             for found in _PLACEHOLDER.findall(value):
-                if found not in allowed:
+                if found not in allowed and not (key.startswith("format_") and _is_split_or_named(found)):
                     raise ValueError(
                         f"template {self.name!r}: {key} uses unknown placeholder {{{{{found}}}}}; "
                         f"allowed here: {', '.join('{{' + a + '}}' for a in sorted(allowed))}"
@@ -141,6 +172,12 @@ class Template:
             raise ValueError(f"template {self.name!r}: replace_eos needs at least one stop word")
         if self.thought_words and len(self.thought_words) != 2:
             raise ValueError(f"template {self.name!r}: thought_words must be [open, close], got {self.thought_words}")
+        if self.tool_call_words and len(self.tool_call_words) != 2:
+            raise ValueError(f"template {self.name!r}: tool_call_words must be [open, close], "
+                             f"got {self.tool_call_words}")
+        if self.tool_format not in TOOL_FORMATS:
+            raise ValueError(f"template {self.name!r}: unknown tool_format {self.tool_format!r}; "
+                             f"known: {', '.join(sorted(TOOL_FORMATS))}")
 
     # ----------------------------------------------------------------------------------- public
 
@@ -218,14 +255,10 @@ class Template:
             ValueError: the template writes `{{eos_token}}` and the tokenizer has none.
         """
         system_text = conv.system or self.default_system
-        tools_text = _render_tools(conv.tools)
         system_pieces: list[_Piece] = []
         # A tools string, even "[]", opens the system block (LLaMA-Factory does; the block may be empty).
         if system_text or conv.tools:
-            body: list[_Piece] = [system_text]
-            if tools_text:
-                body += _fill(self.format_tools, tools=[tools_text])
-            system_pieces = _fill(self.format_system, content=body)
+            system_pieces = _fill(self.format_system, content=[system_text, *self._tools_pieces(conv.tools)])
 
         messages, thoughts = self._with_thoughts(conv)
 
@@ -235,13 +268,14 @@ class Template:
         segments: list[Segment] = []
         for i, message in enumerate(messages):
             segment: Segment = []
-            content: list[_Piece] = [message.content]
+            text = self._function_text(message.content) if message.role == "function" else message.content
+            content: list[_Piece] = [text]
             if i == 0:
                 segment += resolve(_fill(self.format_prefix))
-                if self.system_in_user:
-                    content = system_pieces + content
-                else:
+                if not self.system_in_user:
                     segment += resolve(system_pieces)
+                elif message.role == "user":  # as LLaMA-Factory: only a user turn carries it
+                    content = system_pieces + content
             if thoughts.get(i) == "before":
                 segment.append(self._empty_thought())
             segment += resolve(_fill(self._format_for(message.role), content=content))
@@ -253,7 +287,41 @@ class Template:
         return segments
 
     def _empty_thought(self) -> str:
+        if self.empty_thought is not None:
+            return self.empty_thought
         return self.thought_words[0] + self.thought_words[1]
+
+    def _tools_pieces(self, tools: str | Sequence[Any]) -> list[_Piece]:
+        """What follows the system text when a sample has tools (nothing for "" or `[]` in a tool format)."""
+        if not tools:
+            return []
+        if self.format_tools is not None:
+            raw = tools if isinstance(tools, str) else json.dumps(list(tools), ensure_ascii=False)
+            return _fill(self.format_tools, tools=[raw])
+        return [render_tools(tools, self.tool_format)]
+
+    def _function_text(self, content: str) -> str:
+        """A `function` turn written in the tool format. Templates with the system prompt in the first user
+        turn (LLaMA-Factory's Llama2Template) take the whole turn as the call; the others keep a thought or
+        the prose around `tool_call_words` before it."""
+        if self.system_in_user:
+            return render_function(content, self.tool_format)
+        return render_function(content, self.tool_format, self.thought_words or DEFAULT_THOUGHT_WORDS,
+                               self.tool_call_words)
+
+    def with_tool_format(self, tool_format: str) -> Template:
+        """This template with another tool format (the config's `tool_format`), as LLaMA-Factory overrides it:
+        tools and calls in `tool_format`, and a call turn written as the bare call plus EOS (no EOS with
+        `efficient_eos`), whatever the template's own `format_function` was.
+
+        Args:
+            tool_format: a `tool_formats.TOOL_FORMATS` name.
+
+        Raises:
+            ValueError: an unknown tool format.
+        """
+        function = "{{content}}" if self.efficient_eos else "{{content}}{{eos_token}}"
+        return dataclasses.replace(self, tool_format=tool_format, format_tools=None, format_function=function)
 
     def _with_thoughts(self, conv: Conversation) -> tuple[list[Message], dict[int, str]]:
         """The messages to write and where an empty thought goes (see `thoughts.place_thoughts`)."""
@@ -335,6 +403,8 @@ class Template:
         vocab = tokenizer.get_vocab()
         texts = [getattr(self, f.name) for f in dataclasses.fields(self) if f.name.startswith("format_")]
         found = {lit for text in texts if text for lit in _SPECIAL_LITERAL.findall(text)}
+        found |= {slot[len(_NAMED_TOKEN):] for text in texts if text for slot in _PLACEHOLDER.findall(text)
+                  if slot.startswith(_NAMED_TOKEN)}
         # Stop words are added to the vocabulary by fix_tokenizer.
         added_later = set(self.stop_words)
         missing = sorted(lit for lit in found if lit not in vocab and lit not in added_later)
@@ -381,6 +451,10 @@ _ALLOWED_PLACEHOLDERS: dict[str, frozenset[str]] = {
 }
 
 
+def _is_split_or_named(placeholder: str) -> bool:
+    return placeholder == _SPLIT or placeholder.startswith(_NAMED_TOKEN)
+
+
 def _fill(fmt: str, **values: list[_Piece]) -> list[_Piece]:
     """Split a format string into text and token pieces, substituting `values` for placeholders.
 
@@ -392,7 +466,12 @@ def _fill(fmt: str, **values: list[_Piece]) -> list[_Piece]:
     for match in _PLACEHOLDER.finditer(fmt):
         pieces.append(fmt[pos : match.start()])
         slot = match.group(1)
-        pieces += [_Token(slot)] if slot in _TOKEN_SLOTS else values.get(slot, [])
+        if slot == _SPLIT:
+            pieces.append(_Split())
+        elif slot in _TOKEN_SLOTS or slot.startswith(_NAMED_TOKEN):
+            pieces.append(_Token(slot))
+        else:
+            pieces += values.get(slot, [])
         pos = match.end()
     pieces.append(fmt[pos:])
     return [p for p in pieces if p != ""]
@@ -409,6 +488,11 @@ def _resolve(tokenizer: PreTrainedTokenizerBase, pieces: list[_Piece], template_
         if text:
             out.append("".join(text))
             text = []
+        if isinstance(piece, _Split):
+            continue
+        if piece.name.startswith(_NAMED_TOKEN):
+            out.append(_token_by_name(tokenizer, piece.name[len(_NAMED_TOKEN):], template_name))
+            continue
         token_id = getattr(tokenizer, f"{piece.name}_id", None)
         if token_id is not None:
             out.append(token_id)
@@ -418,6 +502,15 @@ def _resolve(tokenizer: PreTrainedTokenizerBase, pieces: list[_Piece], template_
     if text:
         out.append("".join(text))
     return out
+
+
+def _token_by_name(tokenizer: PreTrainedTokenizerBase, name: str, template_name: str) -> int:
+    """The id of token `name` (a tokenizer without it gives its unknown-token id, as in LLaMA-Factory)."""
+    token_id = tokenizer.convert_tokens_to_ids(name)
+    if token_id is None:
+        raise ValueError(f"template {template_name!r} writes the token {name!r}, which the tokenizer has not "
+                         "(and it has no unknown token): is it the right template for this model?")
+    return token_id
 
 
 def encode_pieces(tokenizer: PreTrainedTokenizerBase, segment: Segment) -> list[int]:
@@ -463,121 +556,3 @@ def last_turn(segments: list[list[int]]) -> tuple[list[int], list[int]]:
 def joined(segments: list[list[int]]) -> list[int]:
     """Per-message token segments as one sequence."""
     return [t for segment in segments for t in segment]
-
-
-def _render_tools(tools: str | Sequence[Any] | None) -> str:
-    """Tools as one compact JSON object per line, or "" when there are none."""
-    if not tools:
-        return ""
-    if isinstance(tools, str):
-        try:
-            parsed = json.loads(tools)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"tools must be a JSON list of tool descriptions: {err}") from err
-    else:
-        parsed = list(tools)
-    if isinstance(parsed, dict):
-        parsed = [parsed]
-    return "\n".join(json.dumps(tool, ensure_ascii=False) for tool in parsed)
-
-
-@dataclass
-class Conversation:
-    """Messages to encode, with the system prompt and tools that go with them.
-
-    Attributes:
-        messages: alternating prompt and response messages, starting with a prompt.
-        system: the system prompt ("" = the template's default).
-        tools: tools as a JSON list string ("" = none).
-        oneturn: only the last response is learnt (preference data): thinking templates strip the
-            earlier turns' thoughts and give only the last answer an empty one.
-        discard_history_thoughts: SFT with `mask_history`: the same, for a thinking template
-            without `preserve_thinking`.
-    """
-
-    messages: list[Message]
-    system: str
-    tools: str
-    oneturn: bool = False
-    discard_history_thoughts: bool = False
-
-
-def conversation(
-    sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
-    system: str | None = None,
-    tools: str | None = None,
-    *,
-    ends_with_prompt: bool,
-    oneturn: bool = False,
-    discard_history_thoughts: bool = False,
-) -> Conversation:
-    """The checked conversation that `encode_turns` (or `encode_prompt`) would encode.
-
-    Args:
-        sample_or_messages: a `Sample` (its prompt plus its first response) or messages, as in
-            `Template.encode_turns`.
-        system: system prompt; None = the sample's (or the leading system message's).
-        tools: tools as a JSON list string; None = the sample's.
-        ends_with_prompt: the conversation must end with a prompt (`encode_prompt`) rather
-            than a response (`encode_turns`).
-        oneturn, discard_history_thoughts: see `Conversation`.
-
-    Raises:
-        ValueError: no messages, roles out of order, or a sample without a response; the
-            message names the row.
-    """
-    messages, system, tools, where = _unpack(sample_or_messages, system, tools)
-    _check_order(messages, ends_with_prompt=ends_with_prompt, where=where)
-    return Conversation(messages, system, tools, oneturn, discard_history_thoughts)
-
-
-def _unpack(
-    sample_or_messages: Sample | Sequence[Message | Mapping[str, str]],
-    system: str | None,
-    tools: str | None,
-) -> tuple[list[Message], str, str, str]:
-    """Messages, system, tools and a "where" for error messages, from either input form."""
-    if isinstance(sample_or_messages, Sample):
-        sample = sample_or_messages
-        if not sample.response:
-            raise ValueError(f"{_where(sample)}: the sample has no response")
-        messages = [*sample.prompt, sample.response[0]]
-        system = sample.system if system is None else system
-        tools = sample.tools if tools is None else tools
-        return messages, system, tools, _where(sample)
-    messages = [_as_message(m) for m in sample_or_messages if _role(m) != "system"]
-    leading = [m for m in sample_or_messages if _role(m) == "system"]
-    if system is None and leading:
-        system = leading[0].content if isinstance(leading[0], Message) else leading[0]["content"]
-    return messages, system or "", tools or "", "messages"
-
-
-def _where(sample: Sample) -> str:
-    return f"row {sample.row}" + (f" of {sample.source}" if sample.source else "")
-
-
-def _role(message: Message | Mapping[str, str]) -> str:
-    return message.role if isinstance(message, Message) else message["role"]
-
-
-def _as_message(message: Message | Mapping[str, str]) -> Message:
-    if isinstance(message, Message):
-        return message
-    return Message(role=message["role"], content=message["content"])  # type: ignore[arg-type]
-
-
-def _check_order(messages: list[Message], ends_with_prompt: bool, where: str) -> None:
-    """Messages must alternate prompt and response roles, starting with a prompt."""
-    if not messages:
-        raise ValueError(f"{where}: no messages to encode")
-    for i, message in enumerate(messages):
-        expected = PROMPT_ROLES if i % 2 == 0 else RESPONSE_ROLES
-        if message.role not in expected:
-            raise ValueError(
-                f"{where}: message {i} has role {message.role!r}, expected one of {expected} "
-                "(messages alternate user/observation and assistant/function, starting with a prompt)"
-            )
-    last_is_prompt = len(messages) % 2 == 1
-    if last_is_prompt != ends_with_prompt:
-        wanted = "a prompt (user/observation)" if ends_with_prompt else "a response (assistant/function)"
-        raise ValueError(f"{where}: the conversation must end with {wanted}")
