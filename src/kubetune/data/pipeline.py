@@ -15,7 +15,7 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -23,13 +23,14 @@ from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow as pa
 
 import kubetune
 from kubetune.config import DataArguments
+from kubetune.data.arrow_shards import ShardWriter
 from kubetune.data.cache_key import DataKey, data_key, tokenizer_fingerprint
 from kubetune.data.converters import convert
 from kubetune.data.encode import BatchEncoder
+from kubetune.data.mixing import mix
 from kubetune.data.packing import pack_greedy, packing_mode
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
@@ -167,19 +168,40 @@ def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, ou
         train_samples = []
 
     encoder = _Encoder(tokenizer, template, data, stage)
-    train_rows = encoder.encode_all(train_samples, for_eval=False, workers=data.preprocessing_num_workers)
-    if packing and train_rows:
-        train_rows = pack_greedy(train_rows, data.cutoff_len, neat=neat)
-    eval_rows = encoder.encode_all(eval_samples, for_eval=True, workers=data.preprocessing_num_workers)
-    if train and not train_rows:
-        raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
-                        + (f"\n{report}" if report else ""))
-
-    _save(out, train_rows, eval_rows, keys, report)
+    chunk = _chunk_rows(data)
+    with _CacheEntry(out, keys) as entry:
+        # one chunk of samples at a time, written as it is encoded: memory holds one chunk's rows, not all
+        train_count = entry.write_split("train", (_rows_for(encoder, part, data, for_eval=False, packing=packing,
+                                                            neat=neat) for part in _chunks(train_samples, chunk)))
+        if train and not train_count:
+            raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
+                            + (f"\n{report}" if report else ""))
+        eval_count = entry.write_split("eval", (_rows_for(encoder, part, data, for_eval=True, packing=False,
+                                                          neat=False) for part in _chunks(eval_samples, chunk)))
+        entry.finish(report, train_rows=train_count, eval_rows=eval_count)
     result = _load(out, start)
     result.cache_hit = False
-    logger.info("tokenised %d train / %d eval rows in %.1fs", len(train_rows), len(eval_rows), result.seconds)
+    logger.info("tokenised %d train / %d eval rows in %.1fs", train_count, eval_count, result.seconds)
     return result
+
+
+# Samples encoded (and written) together, in preprocessing batches: one batch, or with worker processes four
+# for each (a pool starts per chunk). A multiple of the batch, so whatever works per batch (packing, KTO's
+# pairing) sees the batches it would see over the whole split; small, as a chunk's rows are Python objects
+# (~10 KB a row) until they are written.
+def _chunk_rows(data: DataArguments) -> int:
+    """Samples per chunk: one preprocessing batch, or four per worker process."""
+    workers = data.preprocessing_num_workers or 1
+    return data.preprocessing_batch_size * (4 * workers if workers > 1 else 1)
+
+
+def _rows_for(encoder: _Encoder, samples: list[Sample], data: DataArguments, *, for_eval: bool, packing: bool,
+              neat: bool) -> list[dict]:
+    """The tokenised rows of one chunk of samples: encoded, then packed when the split is packed."""
+    rows = encoder.encode_all(samples, for_eval=for_eval, workers=data.preprocessing_num_workers)
+    if packing and rows:
+        rows = pack_greedy(rows, data.cutoff_len, neat=neat)
+    return rows
 
 
 def stage_datasets(data: DataArguments, *, train: bool, evaluate: bool) -> tuple[list[DatasetAttr], list[DatasetAttr]]:
@@ -211,7 +233,8 @@ def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple
 
 
 def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: int) -> tuple[list[Sample], str]:
-    samples: list[Sample] = []
+    """The samples of these datasets, each read, sampled and converted, then mixed (`mix_strategy`)."""
+    parts: list[list[Sample]] = []
     reports = []
     kind = CONVERTER_KIND[stage]
     for attr in attrs:
@@ -220,11 +243,11 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
         if limit:
             rows = take(rows, limit, seed)
         result = convert(rows, attr, kind, on_bad_rows=data.on_bad_rows)
-        samples.extend(result.samples)
+        parts.append(result.samples)
         if result.bad_rows:
             reports.append(result.report())
             logger.warning(result.report())
-    return samples, "\n".join(reports)
+    return mix(parts, data.mix_strategy, data.interleave_probs, seed), "\n".join(reports)
 
 
 class _Encoder:
@@ -260,49 +283,44 @@ def _chunks(items: list, size: int) -> Iterator[list]:
         yield items[i:i + size]
 
 
-def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], keys: DataKey, report: str) -> None:
-    # write into a temp folder and rename, so a killed run never leaves a cache entry that looks complete
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        if rows:
-            fingerprint = hashlib.sha256(f"{keys.key}/{split}".encode()).hexdigest()[:16]
-            _to_dataset(rows, fingerprint=fingerprint).save_to_disk(str(tmp / split))
-    (tmp / "meta.json").write_text(json.dumps({"key": keys.key, "content": keys.content, "report": report,
-                                               "run": _this_run(),
-                                               "version": kubetune.__version__, "train_rows": len(train_rows),
-                                               "eval_rows": len(eval_rows)}))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
-
-
-# Columns `datasets.Dataset.from_list` narrows from int64 (token ids and masks always fit).
-_NARROW_INTS = {"input_ids": pa.int32(), "attention_mask": pa.int8(), "special_tokens_mask": pa.int8(),
-                "token_type_ids": pa.int8()}
-
-
-def _to_dataset(rows: list[dict[str, Any]], fingerprint: str) -> datasets.Dataset:
-    """`datasets.Dataset.from_list(rows)`, same columns and types, with a given fingerprint.
-
-    `from_list` fingerprints a new dataset by pickling and hashing its whole table (~10 ms for
-    400 rows, the first time), though the cache key already is a content hash. Arrow infers the
-    types from the Python values as `from_list` does, and the columns that `from_list` stores
-    in narrower integers are narrowed here too.
+class _CacheEntry:
+    """A cache entry (or `tokenized_path`) being written: into a temp folder renamed to `out` by `finish`, so a
+    killed run never leaves an entry that looks complete; a failed build leaves nothing behind.
 
     Args:
-        rows: the rows; the first row's keys are the columns.
-        fingerprint: the dataset's fingerprint (datasets names its own caches after it).
+        out: the entry's folder.
+        keys: the cache keys, stored in meta.json (and hashed into each split's fingerprint).
     """
-    table = pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in rows[0]})
-    for index, name in enumerate(table.column_names):
-        narrow = _NARROW_INTS.get(name)
-        column_type = table.schema.field(index).type
-        if narrow is not None and pa.types.is_list(column_type) and pa.types.is_int64(column_type.value_type):
-            table = table.set_column(index, name, table[name].cast(pa.list_(narrow)))
-    return datasets.Dataset(table, fingerprint=fingerprint)
+
+    def __init__(self, out: Path, keys: DataKey) -> None:
+        self.out, self.keys = out, keys
+        self.tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+
+    def __enter__(self) -> _CacheEntry:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)  # gone already when `finish` renamed it
+
+    def write_split(self, split: str, chunks: Iterable[list[dict]]) -> int:
+        """Write a split's rows, chunk by chunk; returns how many rows it has (0: no folder is written)."""
+        fingerprint = hashlib.sha256(f"{self.keys.key}/{split}".encode()).hexdigest()[:16]
+        writer = ShardWriter(self.tmp / split, fingerprint=fingerprint)
+        for rows in chunks:
+            writer.write(rows)
+        return writer.close()
+
+    def finish(self, report: str, *, train_rows: int, eval_rows: int) -> None:
+        """Write meta.json (which marks the entry complete) and move the entry into place."""
+        (self.tmp / "meta.json").write_text(json.dumps({
+            "key": self.keys.key, "content": self.keys.content, "report": report, "run": _this_run(),
+            "version": kubetune.__version__, "train_rows": train_rows, "eval_rows": eval_rows}))
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.rename(self.out)
 
 
 def _load(path: Path, start: float, expected: DataKey | None = None) -> TokenizedData:
