@@ -181,3 +181,24 @@ def test_rows_are_encoded_and_written_chunk_by_chunk_with_the_same_result(tokeni
     assert len(list((entry / "train").glob("data-*.arrow"))) == 1  # chunks share a shard file
     for split in ("train", "eval"):
         assert getattr(chunked, split).to_list() == getattr(whole, split).to_list()
+
+
+def test_num_samples_repeats_rows_to_reach_it_and_max_samples_then_caps_it(tokenizer, cache_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """As in LLaMA-Factory: an entry's num_samples above its row count upsamples it (every row, then repeats);
+    max_samples truncates what num_samples gave."""
+    import json
+
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(3)]
+    (tmp_path / "three.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"three": {"file_name": "three.json",
+                                                                      "num_samples": 8}}))
+
+    def build(**keys):
+        data = load_config(None, {"model_name_or_path": "x", "dataset": "three", "dataset_dir": str(tmp_path),
+                                  "template": "chatml", "packing": False, **keys}).data
+        return tokenized(data, tokenizer, get_template("chatml", tokenizer), stage="sft", seed=7).train
+
+    upsampled = [tokenizer.decode(ids) for ids in build()["input_ids"]]
+    assert len(upsampled) == 8 and len(set(upsampled)) == 3
+    assert len(build(max_samples=5)) == 5 and len(build(max_samples=50)) == 8

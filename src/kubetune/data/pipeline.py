@@ -239,9 +239,11 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
     kind = CONVERTER_KIND[stage]
     for attr in attrs:
         rows = read_rows(attr, data.dataset_dir)
-        limit = data.max_samples or attr.num_samples
-        if limit:
-            rows = take(rows, limit, seed)
+        # as in LLaMA-Factory: the entry's num_samples first (repeating rows to reach it), then max_samples
+        if attr.num_samples:
+            rows = take(rows, attr.num_samples, seed, repeat=True)
+        if data.max_samples:
+            rows = take(rows, data.max_samples, None if attr.num_samples else seed)  # shuffled once already
         result = convert(rows, attr, kind, on_bad_rows=data.on_bad_rows)
         parts.append(result.samples)
         if result.bad_rows:
