@@ -47,10 +47,14 @@ def test_validation_split_is_deterministic_under_seed() -> None:
 
 
 def test_parallel_workers_give_identical_rows(tokenizer, cache_dir: Path) -> None:
-    serial = _build(tokenizer, max_samples=60)
-    parallel = _build(tokenizer, max_samples=60, preprocessing_num_workers=2, overwrite_cache=True)
+    """Worker processes encode whole preprocessing batches (here 8 batches of 8), so packing sees the same
+    batches as in one process: the rows do not depend on the worker count."""
+    serial = _build(tokenizer, max_samples=60, preprocessing_batch_size=8, neat_packing=True)
+    parallel = _build(tokenizer, max_samples=60, preprocessing_batch_size=8, neat_packing=True,
+                      preprocessing_num_workers=2, overwrite_cache=True)
     assert serial.train["input_ids"] == parallel.train["input_ids"]
     assert serial.train["labels"] == parallel.train["labels"]
+    assert serial.train["position_ids"] == parallel.train["position_ids"]
 
 
 def test_cache_hit_and_val_split(tokenizer, cache_dir: Path) -> None:

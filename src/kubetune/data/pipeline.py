@@ -15,10 +15,12 @@ import os
 import random
 import shutil
 import time
+from collections import deque
 from collections.abc import Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -168,16 +170,15 @@ def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, ou
         train_samples = []
 
     encoder = _Encoder(tokenizer, template, data, stage)
-    chunk = _chunk_rows(data)
     with _CacheEntry(out, keys) as entry:
-        # one chunk of samples at a time, written as it is encoded: memory holds one chunk's rows, not all
-        train_count = entry.write_split("train", (_rows_for(encoder, part, data, for_eval=False, packing=packing,
-                                                            neat=neat) for part in _chunks(train_samples, chunk)))
+        # a preprocessing batch at a time, written as it is encoded: memory holds a few batches' rows, not all
+        train_count = entry.write_split("train", _batch_rows(encoder, train_samples, data, for_eval=False,
+                                                             packing=packing, neat=neat))
         if train and not train_count:
             raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
                             + (f"\n{report}" if report else ""))
-        eval_count = entry.write_split("eval", (_rows_for(encoder, part, data, for_eval=True, packing=False,
-                                                          neat=False) for part in _chunks(eval_samples, chunk)))
+        eval_count = entry.write_split("eval", _batch_rows(encoder, eval_samples, data, for_eval=True,
+                                                           packing=False, neat=False))
         entry.finish(report, train_rows=train_count, eval_rows=eval_count)
     result = _load(out, start)
     result.cache_hit = False
@@ -185,22 +186,36 @@ def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, ou
     return result
 
 
-# Samples encoded (and written) together, in preprocessing batches: one batch, or with worker processes four
-# for each (a pool starts per chunk). A multiple of the batch, so whatever works per batch (packing, KTO's
-# pairing) sees the batches it would see over the whole split; small, as a chunk's rows are Python objects
-# (~10 KB a row) until they are written.
-def _chunk_rows(data: DataArguments) -> int:
-    """Samples per chunk: one preprocessing batch, or four per worker process."""
+def _batch_rows(encoder: _Encoder, samples: list[Sample], data: DataArguments, *, for_eval: bool, packing: bool,
+                neat: bool) -> Iterator[list[dict]]:
+    """Each preprocessing batch's rows (`preprocessing_batch_size` samples), in order.
+
+    As LLaMA-Factory's batched `map`, whatever needs several rows (packing, KTO's pairing) sees one batch;
+    so the rows do not depend on how many worker processes (`preprocessing_num_workers`) encode the batches.
+    Workers get at most two batches each ahead of the writer, so memory stays a few batches' rows.
+    """
+    work = partial(_rows_for, encoder, cutoff_len=data.cutoff_len, for_eval=for_eval, packing=packing, neat=neat)
+    batches = _chunks(samples, data.preprocessing_batch_size)
     workers = data.preprocessing_num_workers or 1
-    return data.preprocessing_batch_size * (4 * workers if workers > 1 else 1)
+    if workers < 2 or len(samples) <= data.preprocessing_batch_size:
+        yield from map(work, batches)
+        return
+    with ProcessPoolExecutor(workers) as pool:
+        pending: deque[Future[list[dict]]] = deque()
+        for batch in batches:
+            pending.append(pool.submit(work, batch))
+            if len(pending) >= 2 * workers:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
-def _rows_for(encoder: _Encoder, samples: list[Sample], data: DataArguments, *, for_eval: bool, packing: bool,
+def _rows_for(encoder: _Encoder, samples: list[Sample], *, cutoff_len: int, for_eval: bool, packing: bool,
               neat: bool) -> list[dict]:
-    """The tokenised rows of one chunk of samples: encoded, then packed when the split is packed."""
-    rows = encoder.encode_all(samples, for_eval=for_eval, workers=data.preprocessing_num_workers)
+    """The tokenised rows of one preprocessing batch: encoded, then packed when the split is packed."""
+    rows = encoder.encode_all(samples, for_eval=for_eval, workers=None)
     if packing and rows:
-        rows = pack_greedy(rows, data.cutoff_len, neat=neat)
+        rows = pack_greedy(rows, cutoff_len, neat=neat)
     return rows
 
 
