@@ -29,6 +29,8 @@ def test_every_mix_strategy_and_probabilities_as_lf_writes_them_are_accepted() -
     ({"mix_strategy": "interleave_under", "interleave_probs": "1.5,-0.5"}, "each ≥ 0"),
     ({"mix_strategy": "interleave_under", "interleave_probs": "0.5,0.5", "eval_dataset": "x,y,z"},
      "eval_dataset names 3"),
+    ({"mix_strategy": "interleave_under", "interleave_probs": "0.5,0.5", "eval_dataset": "x"},
+     "eval_dataset names 1"),
 ])
 def test_interleave_probs_problems_name_what_to_fix(overrides: dict, fragment: str) -> None:
     assert fragment in problems(overrides)["interleave_probs"]

@@ -33,7 +33,7 @@ def interleave_probs(cfg: RunConfig) -> list[Problem]:
                                 "e.g. 0.7,0.3 for two datasets"))
     train_count = len(d.dataset or []) + (1 if d.data_path else 0)
     for key, count in (("dataset", train_count), ("eval_dataset", len(d.eval_dataset or []))):
-        if count > 1 and count != len(probs):
+        if count and count != len(probs):  # as LLaMA-Factory: eval datasets are mixed with the same probabilities
             problems.append(Problem("interleave_probs", probs, where,
                                     f"has {len(probs)} values but {key} names {count} datasets",
                                     "give one probability per dataset, in the same order"))
