@@ -67,11 +67,13 @@ images:
 	docker build -f images/trainer/Dockerfile -t ghcr.io/kubetune/kubetune-trainer:$(VERSION) .
 
 # training throughput, SFT and DPO: kubetune vs TRL and LLaMA-Factory 0.9.5 (in its own venv, tools/lf-venv);
-# writes bench/results/latest.{json,md}. BENCH_ARGS=--quick for a smoke run.
+# writes bench/results/latest.{json,md}. BENCH_ARGS=--quick for a smoke run. Then the preprocessing cost
+# curve (rows/s, peak RSS at 1k/50k rows, projected to 1M): bench/results/preprocess.json; PREP_BENCH_ARGS=--rows 1000
 LF_VENV := tools/lf-venv/.installed-$(shell cksum < bench/lf-requirements.txt | cut -d' ' -f1)
 
 bench: setup $(LF_VENV)
 	$(BIN)/python -m bench.bench $(BENCH_ARGS)
+	$(BIN)/python -m bench.preprocess_bench $(PREP_BENCH_ARGS) --json bench/results/preprocess.json
 
 # chat templates vs LLaMA-Factory 0.9.5's own preprocessing (tools/lf-venv): % identical rows per
 # template x variant (sft, train_on_prompt, mask_history, short cutoff, rm/dpo pairs). CONFORMANCE_ARGS=--show-diffs

@@ -94,7 +94,7 @@ def test_cross_field_and_value_rules(overrides: dict, key: str, fragment: str) -
 
 
 @pytest.mark.parametrize("key,value", [
-    ("use_unsloth", True), ("streaming", True), ("export_hub_model_id", "me/model"),
+    ("use_unsloth", True), ("export_hub_model_id", "me/model"),
 ])
 def test_later_features_fail_loudly_not_silently(key: str, value: object) -> None:
     assert "not implemented yet" in problems({key: value})[key]

@@ -86,8 +86,7 @@ def test_fsdp_wrap_classes_move_into_fsdp_config() -> None:
         "fsdp_transformer_layer_cls_to_wrap"]
 
 
-def test_interleave_once_is_refused_as_interleaving_not_as_an_unknown_choice() -> None:
-    assert "dataset interleaving" in problems({"mix_strategy": "interleave_once"})["mix_strategy"]
+def test_flash_attn_fa3_is_refused_with_its_reason() -> None:
     assert "FlashAttention-3" in problems({"flash_attn": "fa3"})["flash_attn"]
 
 

@@ -56,7 +56,7 @@ def run_ours_dataset(tokenizer: Any, cases: list[dict[str, Any]]) -> dict[str, A
         samples = [our_dataset_sample(r, case["stage"], i) for i, r in enumerate(dataset_rows_for(case["stage"]))]
         try:
             encoder = _Encoder(tokenizer, template, data, case["stage"])
-            out[case["id"]] = {"rows": encoder.encode_all(samples, for_eval=False, workers=None)}
+            out[case["id"]] = {"rows": encoder.encode_all(samples, for_eval=False)}
         except ValueError as err:
             out[case["id"]] = {"error": str(err)}
     return out

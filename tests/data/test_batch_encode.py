@@ -148,8 +148,7 @@ def test_bad_rows_raise_an_error_naming_the_row(smol_dir):
     bad = _sample("question", "   ", row=5)
     bad.source = "kubi_sft_train.json"
     with pytest.raises(RowError, match="row 5 of kubi_sft_train.json: the response is empty"):
-        _Encoder(tokenizer, template, data, "sft").encode_all([SAMPLES[0], bad, SAMPLES[1]], for_eval=False,
-                                                             workers=None)
+        _Encoder(tokenizer, template, data, "sft").encode_all([SAMPLES[0], bad, SAMPLES[1]], for_eval=False)
 
 
 @pytest.mark.parametrize("template_name", [None, "chatml"])

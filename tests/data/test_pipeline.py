@@ -47,10 +47,15 @@ def test_validation_split_is_deterministic_under_seed() -> None:
 
 
 def test_parallel_workers_give_identical_rows(tokenizer, cache_dir: Path) -> None:
-    serial = _build(tokenizer, max_samples=60)
-    parallel = _build(tokenizer, max_samples=60, preprocessing_num_workers=2, overwrite_cache=True)
+    """Worker processes encode whole preprocessing batches, so packing sees the batches one process would. With
+    workers the batches lie within contiguous shards, as in LLaMA-Factory (`dataset_rows.preprocessing_batches`):
+    64 rows in 2 shards of 32, batched by 8, are the same 8 batches as one process makes."""
+    serial = _build(tokenizer, max_samples=64, preprocessing_batch_size=8, neat_packing=True)
+    parallel = _build(tokenizer, max_samples=64, preprocessing_batch_size=8, neat_packing=True,
+                      preprocessing_num_workers=2, overwrite_cache=True)
     assert serial.train["input_ids"] == parallel.train["input_ids"]
     assert serial.train["labels"] == parallel.train["labels"]
+    assert serial.train["position_ids"] == parallel.train["position_ids"]
 
 
 def test_cache_hit_and_val_split(tokenizer, cache_dir: Path) -> None:
@@ -162,14 +167,76 @@ ROW_FORMS = {
 
 @pytest.mark.parametrize("form", ROW_FORMS)
 def test_cached_rows_have_the_columns_and_types_of_from_list(form: str, tmp_path: Path) -> None:
+    """The shard writer's folder reads back as `from_list(rows).save_to_disk` would: columns, types, rows,
+    dataset_info.json; its state.json has save_to_disk's keys (a chunk per shard)."""
+    import json
+
     import datasets
 
-    from kubetune.data.pipeline import _to_dataset
+    from kubetune.data.arrow_shards import ShardWriter
 
     rows = ROW_FORMS[form]
-    ours, reference = _to_dataset(rows, fingerprint="0123abcd"), datasets.Dataset.from_list(rows)
-    assert ours.features == reference.features and ours.to_list() == reference.to_list()
-    ours.save_to_disk(str(tmp_path / "ours"))
+    writer = ShardWriter(tmp_path / "ours", fingerprint="0123abcd")
+    writer.write(rows[:1])
+    writer.write(rows[1:])
+    assert writer.close() == len(rows)
+    reference = datasets.Dataset.from_list(rows)
     reference.save_to_disk(str(tmp_path / "reference"))
+    ours = datasets.load_from_disk(str(tmp_path / "ours"))
+    assert ours.features == reference.features and ours.to_list() == reference.to_list()
     info = [(tmp_path / name / "dataset_info.json").read_text() for name in ("ours", "reference")]
     assert info[0] == info[1]
+    states = [json.loads((tmp_path / name / "state.json").read_text()) for name in ("ours", "reference")]
+    assert states[0].keys() == states[1].keys() and states[0]["_fingerprint"] == "0123abcd"
+    assert {k: v for k, v in states[0].items() if k not in ("_fingerprint", "_data_files")} == {
+        k: v for k, v in states[1].items() if k not in ("_fingerprint", "_data_files")}
+
+
+def test_shards_roll_over_and_a_null_typed_chunk_is_cast_to_the_shared_type(tmp_path: Path) -> None:
+    import datasets
+
+    from kubetune.data.arrow_shards import ShardWriter
+
+    rows = [{"input_ids": [1, 2], "labels": [-100, 2], "reference": None},
+            {"input_ids": [3], "labels": [3], "reference": "three"},
+            {"input_ids": [4, 5, 6], "labels": [4, 5, 6], "reference": "four"}]
+    writer = ShardWriter(tmp_path / "split", fingerprint="f", shard_bytes=1)  # every chunk its own shard
+    for row in rows:
+        writer.write([row])
+    assert writer.close() == 3
+    assert len(list((tmp_path / "split").glob("data-*-of-00003.arrow"))) == 3
+    loaded = datasets.load_from_disk(str(tmp_path / "split"))
+    assert loaded.to_list() == datasets.Dataset.from_list(rows).to_list()
+    assert loaded.features == datasets.Dataset.from_list(rows).features
+
+
+def test_rows_are_encoded_and_written_chunk_by_chunk_with_the_same_result(tokenizer, cache_dir: Path) -> None:
+    """Chunks of one preprocessing batch each (7 samples here) give the rows one chunk gives."""
+    whole = _build(tokenizer, max_samples=40, val_size=0.25)
+    chunked = _build(tokenizer, max_samples=40, val_size=0.25, preprocessing_batch_size=7, overwrite_cache=True)
+    assert chunked.key == whole.key and not chunked.cache_hit  # the batch size is no part of the tokens
+    entry = cache_dir / "tokenized" / chunked.key
+    assert len(list((entry / "train").glob("data-*.arrow"))) == 1  # chunks share a shard file
+    for split in ("train", "eval"):
+        assert getattr(chunked, split).to_list() == getattr(whole, split).to_list()
+
+
+def test_num_samples_repeats_rows_to_reach_it_and_max_samples_then_caps_it(tokenizer, cache_dir: Path,
+                                                                          tmp_path: Path) -> None:
+    """As in LLaMA-Factory: an entry's num_samples above its row count upsamples it (every row, then repeats);
+    max_samples truncates what num_samples gave."""
+    import json
+
+    rows = [{"instruction": f"question {i}", "output": f"answer {i}"} for i in range(3)]
+    (tmp_path / "three.json").write_text(json.dumps(rows))
+    (tmp_path / "dataset_info.json").write_text(json.dumps({"three": {"file_name": "three.json",
+                                                                      "num_samples": 8}}))
+
+    def build(**keys):
+        data = load_config(None, {"model_name_or_path": "x", "dataset": "three", "dataset_dir": str(tmp_path),
+                                  "template": "chatml", "packing": False, **keys}).data
+        return tokenized(data, tokenizer, get_template("chatml", tokenizer), stage="sft", seed=7).train
+
+    upsampled = [tokenizer.decode(ids) for ids in build()["input_ids"]]
+    assert len(upsampled) == 8 and len(set(upsampled)) == 3
+    assert len(build(max_samples=5)) == 5 and len(build(max_samples=50)) == 8

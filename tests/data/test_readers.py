@@ -209,3 +209,29 @@ def test_first_row_reads_only_as_far_as_the_first_row(tmp_path: Path) -> None:
     assert first_row(tmp_path / "missing.jsonl") is None
     (tmp_path / "empty.json").write_text("[]")
     assert first_row(tmp_path / "empty.json") is None
+
+
+def test_take_with_repeat_uses_every_row_then_draws_more_as_num_samples_does() -> None:
+    items = list(range(4))
+    upsampled = take(items, 10, seed=3, repeat=True)
+    assert len(upsampled) == 10 and sorted(upsampled[:4]) == items  # every row once, then repeats
+    assert upsampled == take(items, 10, seed=3, repeat=True)
+    assert take(items, 10, seed=3) == take(items, 4, seed=3)  # without repeat: at most all rows
+    assert sorted(take(items, 2, seed=3, repeat=True)) == sorted(take(items, 2, seed=3))
+
+
+@pytest.mark.s3
+def test_a_cloud_file_name_entry_is_read_from_s3(tmp_path: Path, bucket: str, client) -> None:
+    """dataset_info.json's cloud_file_name (and an s3:// file_name) read through kubetune.storage, here
+    against a real S3 API (moto_server)."""
+    from kubetune.data.registry import resolve_datasets
+
+    client.put_object(Bucket=bucket, Key="sets/rows.jsonl", Body=b'{"instruction": "q", "output": "a"}\n')
+    write(tmp_path / "dataset_info.json", json.dumps({
+        "cloud": {"cloud_file_name": f"s3://{bucket}/sets/rows.jsonl"},
+        "gone": {"cloud_file_name": f"s3://{bucket}/sets/missing.jsonl"}}))
+    attr, gone = resolve_datasets("cloud,gone", tmp_path)
+    assert (attr.load_from, attr.path) == ("cloud_file", f"s3://{bucket}/sets/rows.jsonl")
+    assert read_rows(attr, tmp_path).rows == [{"instruction": "q", "output": "a"}]
+    with pytest.raises(DataError, match=f"Dataset 'gone': .*s3://{bucket}/sets/missing.jsonl"):
+        read_rows(gone, tmp_path)

@@ -224,3 +224,25 @@ def test_data_path_is_a_json_or_jsonl_file_used_directly(data_dir: Path, tmp_pat
 def test_did_you_mean() -> None:
     assert did_you_mean("kubi_stf", ["kubi_sft", "kubi_pt"]) == " Did you mean 'kubi_sft'?"
     assert did_you_mean("xyz", ["kubi_sft"]) == ""
+
+
+def test_multimodal_columns_are_refused_not_ignored(tmp_path: Path) -> None:
+    write_info(tmp_path, {"mm": {"file_name": "mm.json", "formatting": "sharegpt",
+                                 "columns": {"messages": "messages", "images": "images", "videos": "clips"}}})
+    (tmp_path / "mm.json").write_text("[]")
+    with pytest.raises(DataError, match=r"columns images, videos: multimodal models are not supported yet; "
+                                        r"train on a text-only dataset, or remove columns.images, columns.videos"):
+        resolve_datasets("mm", tmp_path)
+
+
+def test_a_hub_copy_reads_the_subset_folder_and_says_when_there_is_none(tmp_path: Path) -> None:
+    write_info(tmp_path, {"en": {"hf_hub_url": "org/multi", "subset": "en"},
+                          "nested": {"hf_hub_url": "org/multi", "subset": "de"},
+                          "fr": {"hf_hub_url": "org/multi", "subset": "fr"}})
+    (tmp_path / "org/multi/en").mkdir(parents=True)
+    (tmp_path / "org/multi/data/de").mkdir(parents=True)
+    en, de = resolve_datasets("en,nested", tmp_path)
+    assert (en.path, en.subset, de.path) == ("org/multi/en", "en", "org/multi/data/de")
+    with pytest.raises(DataError, match=r"subset 'fr' was asked for, but the local copy .*org/multi has no folder "
+                                        r"'fr' \(nor data/fr\)\. Point file_name at that subset's files"):
+        resolve_datasets("fr", tmp_path)

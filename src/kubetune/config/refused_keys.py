@@ -94,8 +94,8 @@ REFUSED: dict[str, Refusal] = {
     "compute_dtype": Refusal("derived from bf16/fp16, not set directly (as in LLaMA-Factory)", "set bf16 or fp16"),
     "device_map": Refusal("derived from the stage, not set directly (as in LLaMA-Factory)", _REMOVE),
     # DataArguments
-    "buffer_size": Refusal(f"read by streaming, which is {_NOT_YET}", _REMOVE, 16384),
-    "interleave_probs": Refusal(f"read by mix_strategy interleave_under/over, which is {_NOT_YET}", _REMOVE),
+    "buffer_size": Refusal("streaming's shuffle buffer; streaming is not supported (the tokenised data is an "
+                           "Arrow cache, preprocessed in bounded memory)", _REMOVE, 16384),
     "eval_on_each_dataset": Refusal(f"evaluating each dataset separately: {_NOT_YET}", _REMOVE, False),
     "eval_num_beams": Refusal("not read by kubetune's predictions", "set num_beams: do_predict generates with it"),
     "ignore_pad_token_for_loss": Refusal("counting padding in the loss: not supported",

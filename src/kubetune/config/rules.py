@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from kubetune.config import (
+    rules_data,
     rules_distributed,
     rules_dpo,
     rules_kto,
@@ -28,7 +29,6 @@ Rule = Callable[[RunConfig], list[Problem]]
 # never be silently ignored: a user who asks for DoRA and gets plain LoRA is misled.
 NOT_IMPLEMENTED: dict[str, str] = {
     "use_unsloth": "Unsloth kernels",
-    "streaming": "dataset streaming",
     "export_quantization_bit": "quantised export",
     "export_hub_model_id": "hub upload",
     "infer_backend": "the vLLM, SGLang and KTransformers inference engines",
@@ -43,9 +43,6 @@ def not_implemented(cfg: RunConfig) -> list[Problem]:
         if flat[key] != default:
             problems.append(Problem(key, flat[key], cfg.origin(key), f"not implemented yet "
                                     f"({NOT_IMPLEMENTED[key]})", f"remove it (default: {default!r})"))
-    if cfg.data.mix_strategy != "concat":
-        problems.append(Problem("mix_strategy", cfg.data.mix_strategy, cfg.origin("mix_strategy"),
-                                "not implemented yet (dataset interleaving)", "use concat"))
     return problems
 
 
@@ -170,9 +167,9 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
-    quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template, eval_needs_data,
-    val_size_shape, packing_flags, length_grouping,
+    not_implemented, stage_specific, rules_data.check, rules_peft.check, rules_optim.check, rules_distributed.check,
+    quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template, eval_needs_data, val_size_shape,
+    packing_flags, length_grouping,
     shuffling, precision, warmup,
 ]
 

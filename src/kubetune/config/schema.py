@@ -246,10 +246,16 @@ class DataArguments(_Group):
     preprocessing_num_workers: int | None = Field(None, gt=0, description="Processes for tokenisation.")
     preprocessing_batch_size: int = Field(1000, gt=0, description="Rows per tokenisation batch.")
     tokenized_path: str | None = Field(None, description="Save the tokenised data here, or load it if present.")
-    streaming: bool = Field(False, description="Stream the dataset (not supported).")
+    streaming: bool = Field(False, description=(
+        "Stream the dataset: refused; the tokenised data is an Arrow cache, memory-mapped, and preprocessing "
+        "writes it shard by shard, so memory does not grow with the dataset without streaming."))
     mix_strategy: Literal["concat", "interleave_under", "interleave_over", "interleave_once"] = Field(
-        "concat", description="How several datasets are combined."
-    )
+        "concat", description=(
+            "How several datasets are combined: concatenated, or interleaved until the first runs out (under), "
+            "the last runs out (over: the shorter ones repeat) or every row was used once (once)."))
+    interleave_probs: list[float] | None = Field(None, description=(
+        "Interleaving: the probability of each dataset giving the next row (one per dataset, summing to 1); "
+        "unset: round-robin. Drawn with the training seed."))
     tool_format: ToolFormatName | None = Field(None, description=(
         "How tools and tool calls are written, instead of the template's own format: a LLaMA-Factory tool format "
         "(default, qwen, llama3, glm4, mistral, ...); the call turn becomes the bare call plus EOS, as there."))
@@ -257,7 +263,7 @@ class DataArguments(_Group):
         "drop", description="Bad rows: drop them and report their row numbers, or stop with an error."
     )
 
-    _lists = field_validator("dataset", "eval_dataset", mode="before")(_split_list)
+    _lists = field_validator("dataset", "eval_dataset", "interleave_probs", mode="before")(_split_list)
 
 
 class TrainArguments(_Group):

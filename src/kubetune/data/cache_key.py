@@ -22,7 +22,7 @@ from kubetune.data.registry import DatasetAttr
 
 # The data settings that change the tokens (the others — workers, batch sizes, caching — do not).
 _TOKEN_SETTINGS = {"cutoff_len", "train_on_prompt", "mask_history", "max_samples", "val_size", "default_system",
-                   "on_bad_rows", "data_path", "template"}
+                   "on_bad_rows", "data_path", "template", "mix_strategy", "interleave_probs"}
 
 
 @dataclass(frozen=True)

@@ -118,6 +118,8 @@ def preprocessing_batches(count: int, batch_size: int, workers: int | None = Non
     """The row ranges LF's processor sees: `count` rows cut into `workers` contiguous shards (as
     `datasets.Dataset.shard(contiguous=True)`; never more shards than rows), each into batches of
     `batch_size`."""
+    if count == 0:
+        return []
     shards = min(workers, count) if workers and workers > 1 else 1
     size, extra = divmod(count, shards)
     out: list[range] = []

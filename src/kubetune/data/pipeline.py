@@ -8,6 +8,7 @@ change to those inputs rebuilds.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -15,22 +16,25 @@ import os
 import random
 import shutil
 import time
-from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from collections import deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import Future, ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import datasets
-import pyarrow as pa
 
 import kubetune
 from kubetune.config import DataArguments
+from kubetune.data.arrow_shards import ShardWriter
 from kubetune.data.cache_key import DataKey, data_key, tokenizer_fingerprint
 from kubetune.data.converters import convert
-from kubetune.data.dataset_rows import row_plan, stage_rows
+from kubetune.data.dataset_rows import preprocessing_batches, row_plan, stage_rows
 from kubetune.data.encode import BatchEncoder
+from kubetune.data.mixing import mix
 from kubetune.data.readers import read_rows, take
 from kubetune.data.registry import DataError, DatasetAttr, resolve_datasets
 from kubetune.data.schema import Sample
@@ -166,16 +170,17 @@ def _build(data: DataArguments, tokenizer: Any, template: Any, keys: DataKey, ou
         train_samples = []
 
     encoder = _Encoder(tokenizer, template, data, stage)
-    train_rows = encoder.encode_all(train_samples, for_eval=False, workers=data.preprocessing_num_workers)
-    eval_rows = encoder.encode_all(eval_samples, for_eval=True, workers=data.preprocessing_num_workers)
-    if train and not train_rows:
-        raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
-                        + (f"\n{report}" if report else ""))
-
-    _save(out, train_rows, eval_rows, keys, report)
+    with _CacheEntry(out, keys) as entry:
+        # a preprocessing batch at a time, written as it is encoded: memory holds a few batches' rows, not all
+        train_count = entry.write_split("train", encoder.batch_rows(train_samples, for_eval=False))
+        if train and not train_count:
+            raise DataError(f"no usable training rows in {', '.join(a.name for a in train_attrs)}"
+                            + (f"\n{report}" if report else ""))
+        eval_count = entry.write_split("eval", encoder.batch_rows(eval_samples, for_eval=True))
+        entry.finish(report, train_rows=train_count, eval_rows=eval_count)
     result = _load(out, start)
     result.cache_hit = False
-    logger.info("tokenised %d train / %d eval rows in %.1fs", len(train_rows), len(eval_rows), result.seconds)
+    logger.info("tokenised %d train / %d eval rows in %.1fs", train_count, eval_count, result.seconds)
     return result
 
 
@@ -208,26 +213,29 @@ def split_validation(samples: list[Sample], val_size: float, seed: int) -> tuple
 
 
 def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: int) -> tuple[list[Sample], str]:
-    samples: list[Sample] = []
+    """The samples of these datasets, each read, sampled and converted, then mixed (`mix_strategy`)."""
+    parts: list[list[Sample]] = []
     reports = []
     kind = CONVERTER_KIND[stage]
     for attr in attrs:
         rows = read_rows(attr, data.dataset_dir)
-        limit = data.max_samples or attr.num_samples
-        if limit:
-            rows = take(rows, limit, seed)
+        # as in LLaMA-Factory: the entry's num_samples first (repeating rows to reach it), then max_samples
+        if attr.num_samples:
+            rows = take(rows, attr.num_samples, seed, repeat=True)
+        if data.max_samples:
+            rows = take(rows, data.max_samples, None if attr.num_samples else seed)  # shuffled once already
         result = convert(rows, attr, kind, on_bad_rows=data.on_bad_rows)
-        samples.extend(result.samples)
+        parts.append(result.samples)
         if result.bad_rows:
             reports.append(result.report())
             logger.warning(result.report())
-    return samples, "\n".join(reports)
+    return mix(parts, data.mix_strategy, data.interleave_probs, seed), "\n".join(reports)
 
 
 class _Encoder:
     """Encodes samples with the one production encoder (`BatchEncoder`) into a stage's rows (`dataset_rows`:
-    pt blocks, sft knapsacks, KTO's KL partners, per preprocessing batch); picklable so it can run in
-    worker processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
+    pt blocks, sft knapsacks, KTO's KL partners), one preprocessing batch at a time; picklable so batches can
+    run in worker processes. A sample that cannot be encoded raises `encode.RowError`, naming its row and dataset."""
 
     def __init__(self, tokenizer: Any, template: Any, data: DataArguments, stage: str) -> None:
         self.plan = row_plan(data, stage, tokenizer)
@@ -235,71 +243,73 @@ class _Encoder:
                                   train_on_prompt=data.train_on_prompt, mask_history=data.mask_history,
                                   whole_documents=self.plan.pack)
 
-    def encode_all(self, samples: list[Sample], *, for_eval: bool, workers: int | None) -> list[dict]:
-        def encode(samples: list[Sample], partners: list) -> list[dict]:
-            items = list(zip(samples, partners, strict=True))
-            if workers and workers > 1 and len(items) >= 2 * workers:
-                chunks = list(_chunks(items, max(1, len(items) // (workers * 4))))
-                with ProcessPoolExecutor(workers) as pool:
-                    parts = pool.map(self._encode_chunk, chunks, [for_eval] * len(chunks))
-                    return [row for part in parts for row in part]
-            return self._encode_chunk(items, for_eval)
+    def batch_rows(self, samples: list[Sample], *, for_eval: bool) -> Iterator[list[dict]]:
+        """Each preprocessing batch's rows, in order (`dataset_rows.preprocessing_batches`: LF's batches, within
+        `preprocessing_num_workers` contiguous shards). Whatever needs several rows (packing, KTO's pairing) sees
+        one batch, as in LF; with workers, each takes whole batches, at most two each ahead of the writer, so
+        memory holds a few batches' rows."""
+        batches = preprocessing_batches(len(samples), self.plan.batch_size, self.plan.workers)
+        work = partial(self._one_batch, for_eval=for_eval)
+        workers = self.plan.workers or 1
+        if workers < 2 or len(batches) < 2:
+            yield from (work(samples[b.start:b.stop]) for b in batches)
+            return
+        with ProcessPoolExecutor(workers) as pool:
+            pending: deque[Future[list[dict]]] = deque()
+            for b in batches:
+                pending.append(pool.submit(work, samples[b.start:b.stop]))
+                if len(pending) >= 2 * workers:
+                    yield pending.popleft().result()
+            while pending:
+                yield pending.popleft().result()
 
-        return stage_rows(samples, encode, self.plan, for_eval=for_eval)
+    def encode_all(self, samples: list[Sample], *, for_eval: bool) -> list[dict]:
+        """Every row of `samples` (`batch_rows`, joined): for tests and the conformance harness."""
+        return [row for rows in self.batch_rows(samples, for_eval=for_eval) for row in rows]
 
-    def _encode_chunk(self, items: list[tuple[Sample, Any]], for_eval: bool) -> list[dict]:
-        return self.batch.encode([sample for sample, _ in items], [partner for _, partner in items],
-                                 for_eval=for_eval)
-
-
-def _chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i:i + size]
-
-
-def _save(out: Path, train_rows: list[dict], eval_rows: list[dict], keys: DataKey, report: str) -> None:
-    # write into a temp folder and rename, so a killed run never leaves a cache entry that looks complete
-    tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for split, rows in (("train", train_rows), ("eval", eval_rows)):
-        if rows:
-            fingerprint = hashlib.sha256(f"{keys.key}/{split}".encode()).hexdigest()[:16]
-            _to_dataset(rows, fingerprint=fingerprint).save_to_disk(str(tmp / split))
-    (tmp / "meta.json").write_text(json.dumps({"key": keys.key, "content": keys.content, "report": report,
-                                               "run": _this_run(),
-                                               "version": kubetune.__version__, "train_rows": len(train_rows),
-                                               "eval_rows": len(eval_rows)}))
-    if out.exists():
-        shutil.rmtree(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp.rename(out)
+    def _one_batch(self, samples: list[Sample], *, for_eval: bool) -> list[dict]:
+        one_batch = dataclasses.replace(self.plan, batch_size=max(1, len(samples)), workers=None)
+        return stage_rows(samples, partial(self.batch.encode, for_eval=for_eval), one_batch, for_eval=for_eval)
 
 
-# Columns `datasets.Dataset.from_list` narrows from int64 (token ids and masks always fit).
-_NARROW_INTS = {"input_ids": pa.int32(), "attention_mask": pa.int8(), "special_tokens_mask": pa.int8(),
-                "token_type_ids": pa.int8()}
-
-
-def _to_dataset(rows: list[dict[str, Any]], fingerprint: str) -> datasets.Dataset:
-    """`datasets.Dataset.from_list(rows)`, same columns and types, with a given fingerprint.
-
-    `from_list` fingerprints a new dataset by pickling and hashing its whole table (~10 ms for
-    400 rows, the first time), though the cache key already is a content hash. Arrow infers the
-    types from the Python values as `from_list` does, and the columns that `from_list` stores
-    in narrower integers are narrowed here too.
+class _CacheEntry:
+    """A cache entry (or `tokenized_path`) being written: into a temp folder renamed to `out` by `finish`, so a
+    killed run never leaves an entry that looks complete; a failed build leaves nothing behind.
 
     Args:
-        rows: the rows; the first row's keys are the columns.
-        fingerprint: the dataset's fingerprint (datasets names its own caches after it).
+        out: the entry's folder.
+        keys: the cache keys, stored in meta.json (and hashed into each split's fingerprint).
     """
-    table = pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in rows[0]})
-    for index, name in enumerate(table.column_names):
-        narrow = _NARROW_INTS.get(name)
-        column_type = table.schema.field(index).type
-        if narrow is not None and pa.types.is_list(column_type) and pa.types.is_int64(column_type.value_type):
-            table = table.set_column(index, name, table[name].cast(pa.list_(narrow)))
-    return datasets.Dataset(table, fingerprint=fingerprint)
+
+    def __init__(self, out: Path, keys: DataKey) -> None:
+        self.out, self.keys = out, keys
+        self.tmp = out.with_name(f".{out.name}.tmp{os.getpid()}")
+
+    def __enter__(self) -> _CacheEntry:
+        shutil.rmtree(self.tmp, ignore_errors=True)
+        self.tmp.mkdir(parents=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.tmp, ignore_errors=True)  # gone already when `finish` renamed it
+
+    def write_split(self, split: str, chunks: Iterable[list[dict]]) -> int:
+        """Write a split's rows, chunk by chunk; returns how many rows it has (0: no folder is written)."""
+        fingerprint = hashlib.sha256(f"{self.keys.key}/{split}".encode()).hexdigest()[:16]
+        writer = ShardWriter(self.tmp / split, fingerprint=fingerprint)
+        for rows in chunks:
+            writer.write(rows)
+        return writer.close()
+
+    def finish(self, report: str, *, train_rows: int, eval_rows: int) -> None:
+        """Write meta.json (which marks the entry complete) and move the entry into place."""
+        (self.tmp / "meta.json").write_text(json.dumps({
+            "key": self.keys.key, "content": self.keys.content, "report": report, "run": _this_run(),
+            "version": kubetune.__version__, "train_rows": train_rows, "eval_rows": eval_rows}))
+        if self.out.exists():
+            shutil.rmtree(self.out)
+        self.out.parent.mkdir(parents=True, exist_ok=True)
+        self.tmp.rename(self.out)
 
 
 def _load(path: Path, start: float, expected: DataKey | None = None) -> TokenizedData:

@@ -348,34 +348,40 @@ def _first_json_row(path: Path) -> dict[str, Any] | None:
 
 
 @overload
-def take(items: ReadResult, n: int | None, seed: int | None = None) -> ReadResult: ...
+def take(items: ReadResult, n: int | None, seed: int | None = None, *, repeat: bool = False) -> ReadResult: ...
 @overload
-def take(items: Sequence[T], n: int | None, seed: int | None = None) -> list[T]: ...
+def take(items: Sequence[T], n: int | None, seed: int | None = None, *, repeat: bool = False) -> list[T]: ...
 
 
-def take(items: ReadResult | Sequence[T], n: int | None, seed: int | None = None) -> ReadResult | list[T]:
+def take(items: ReadResult | Sequence[T], n: int | None, seed: int | None = None, *,
+         repeat: bool = False) -> ReadResult | list[T]:
     """The first `n` items, after a seeded shuffle if `seed` is given (`num_samples`, `max_samples`).
 
     Works on a `ReadResult` (rows and their origins stay paired, so reports keep exact row numbers; the
     unparseable rows are kept, as they are problems in the file whichever rows are used) or on any
-    sequence, such as converted samples. Unlike LLaMA-Factory's `num_samples`, an `n` larger than the
-    dataset does not repeat rows.
+    sequence, such as converted samples.
 
     Args:
         items (`ReadResult` or `Sequence`): rows or samples.
         n (`int`, *optional*): how many to keep; None keeps all.
         seed (`int`, *optional*, defaults to `None`):
             Shuffle with `random.Random(seed)` first; None keeps file order.
+        repeat (`bool`, *optional*, defaults to `False`):
+            An `n` larger than the dataset repeats rows, as LLaMA-Factory's `num_samples` does: every row
+            once (shuffled), then rows drawn at random with replacement up to `n`. False: at most all rows.
 
     Returns:
         `ReadResult` for a `ReadResult`, else a `list`.
     """
     size = len(items.rows) if isinstance(items, ReadResult) else len(items)
     order = list(range(size))
+    rng = random.Random(seed)
     if seed is not None:
-        random.Random(seed).shuffle(order)
+        rng.shuffle(order)
     if n is not None:
         order = order[: max(n, 0)]
+        if repeat and size and n > size:
+            order += rng.choices(range(size), k=n - size)
     if isinstance(items, ReadResult):
         return ReadResult(rows=[items.rows[i] for i in order], origins=[items.origins[i] for i in order],
                           bad_rows=list(items.bad_rows), source=items.source)

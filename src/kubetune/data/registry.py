@@ -71,7 +71,7 @@ class Columns:
         tools (`str`, *optional*, defaults to `None`):
             Column with tool descriptions (a JSON string, list or object).
         images (`str`, *optional*, defaults to `None`):
-            Multimodal column, accepted for compatibility and ignored (kubetune trains on text).
+            Multimodal column: refused (multimodal models are not supported yet).
         videos (`str`, *optional*, defaults to `None`): as `images`.
         audios (`str`, *optional*, defaults to `None`): as `images`.
         chosen (`str`, *optional*, defaults to `None`):
@@ -139,7 +139,8 @@ class DatasetAttr:
         ranking (`bool`, *optional*, defaults to `False`):
             True if each row holds a chosen and a rejected response.
         subset (`str`, *optional*, defaults to `None`):
-            Dataset config name on a hub; kept for lineage, unused for files.
+            Dataset config name on a hub: a local hub copy is read from its sub-folder of that name (the path
+            includes it); unused for file_name entries, as in LLaMA-Factory.
         split (`str`, *optional*, defaults to `"train"`):
             Which split to read from a folder whose files are named by split.
         folder (`str`, *optional*, defaults to `None`):
@@ -357,10 +358,13 @@ def parse_entry(name: str, entry: Any, dataset_dir: str | Path, origin: str = DA
     problems += column_problems + tag_problems
     if not any(key in entry for key in _SOURCE_KEYS):
         problems.append(f"no data source: give one of {', '.join(_SOURCE_KEYS)}")
+    media = [key for key in ("images", "videos", "audios") if getattr(columns, key)]
+    if media:
+        problems.append(f"columns {', '.join(media)}: multimodal models are not supported yet; train on a "
+                        f"text-only dataset, or remove {', '.join(f'columns.{k}' for k in media)} to train on the "
+                        f"text alone")
     if problems:
         raise DataError(f"{where}:\n" + "\n".join(f"  - {p}" for p in problems))
-    if columns.images or columns.videos or columns.audios:
-        logger.warning("%s: image/video/audio columns are ignored; kubetune trains on text only.", where)
 
     load_from, path, hub_url = _locate(name, entry, Path(dataset_dir), where)
     return DatasetAttr(
@@ -454,7 +458,7 @@ def _local_hub_copy(
         if entry.get("folder") and (dataset_dir / path).is_dir():
             path = path / entry["folder"]
         if (dataset_dir / path).exists():
-            return "file", str(path), hub_id
+            return "file", str(_subset_folder(path, entry.get("subset"), dataset_dir, where)), hub_id
     target = dataset_dir / hub_id
     how = (f"`hf download {hub_id} --repo-type dataset --local-dir {target}`" if hub_key == "hf_hub_url"
            else f"`modelscope download --dataset {hub_id} --local_dir {target}`" if hub_key == "ms_hub_url"
@@ -464,6 +468,22 @@ def _local_hub_copy(
         f"On a machine that can reach it, download it into {target} (e.g. {how}) and copy that folder here, "
         f"or upload the files to S3 and set \"file_name\": \"s3://<bucket>/<key>\". "
         f"Looked for a local copy at: {', '.join(str(dataset_dir / c) for c in candidates)}."
+    )
+
+
+def _subset_folder(path: Path, subset: str | None, dataset_dir: Path, where: str) -> Path:
+    """A hub copy's `subset` (the hub's config name): the copy's sub-folder of that name, as hub datasets lay
+    their configs out (`<copy>/<subset>/train-00000-of-00001.parquet`). Reading the whole copy instead would
+    mix every subset into one dataset."""
+    if not subset:
+        return path
+    for folder in (path / subset, path / "data" / subset):
+        if (dataset_dir / folder).is_dir():
+            return folder
+    raise DataError(
+        f"{where}: subset {subset!r} was asked for, but the local copy {dataset_dir / path} has no folder "
+        f"{subset!r} (nor data/{subset}). Point file_name at that subset's files (a file or folder under "
+        f"{dataset_dir}) and remove subset, or remove subset to read the whole copy."
     )
 
 
