@@ -18,6 +18,7 @@ from kubetune.config import (
     rules_peft,
     rules_ppo,
     rules_rm,
+    rules_sft_loss,
 )
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
@@ -155,7 +156,8 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
+    not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_sft_loss.check,
+    rules_distributed.check,
     quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping,
     shuffling, precision, warmup,
 ]

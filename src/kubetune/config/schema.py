@@ -170,6 +170,19 @@ class FinetuningArguments(_Group):
     badam_update_ratio: float = Field(0.05, description="BAdam ratio-mode update ratio.")
     badam_mask_mode: Literal["adjacent", "scatter"] = Field("adjacent", description="BAdam mask mode.")
     badam_verbose: int = Field(0, description="BAdam verbosity (0, 1, 2).")
+    # re-weighted sft losses (kubetune.losses.sft_objectives); at most one
+    use_dft_loss: bool = Field(False, description=(
+        "DFT (Dynamic Fine-Tuning) loss for sft/pt: each token's cross-entropy times its probability under "
+        "the model, not back-propagated through."))
+    use_asft_loss: bool = Field(False, description=(
+        "ASFT (anchored) loss for sft/pt: the DFT loss plus asft_alpha × KL(reference ‖ policy) per token. "
+        "The reference is ref_model, else the policy with its LoRA adapter disabled (LoRA) or a frozen copy "
+        "of the base (freeze/full)."))
+    asft_alpha: float = Field(0.1, ge=0.0, description="Weight of ASFT's KL term.")
+    use_eaft_loss: bool = Field(False, description=(
+        "EAFT (entropy-adaptive) loss for sft/pt: each token's cross-entropy times (H / 3)^eaft_alpha, H the "
+        "entropy of the model's top-20 token distribution, not back-propagated through."))
+    eaft_alpha: float = Field(1.0, ge=0.0, description="Exponent of EAFT's entropy weight.")
     # preference optimisation and RL (the preference issue implements these)
     pref_beta: float = Field(0.1, description="β of the preference losses.")
     pref_ftx: float = Field(0.0, description="Weight of an SFT term on the chosen response.")
