@@ -108,8 +108,6 @@ REFUSED: dict[str, Refusal] = {
     "use_adam_mini": Refusal(f"Adam-mini: {_NOT_YET}", _REMOVE, False),
     "use_muon": Refusal(f"Muon: {_NOT_YET}", _REMOVE, False),
     "use_llama_pro": Refusal(f"LLaMA Pro block expansion: {_NOT_YET}", "use finetuning_type: freeze", False),
-    "pref_bco_weight": Refusal(f"the BCO term of DPO: {_NOT_YET}", _REMOVE, 0.0),
-    "ld_alpha": Refusal(f"LD-DPO's length desensitisation: {_NOT_YET}", _REMOVE),
     "compute_accuracy": Refusal(f"token accuracy at evaluation: {_NOT_YET}", "eval_loss is reported", False),
     "early_stopping_steps": Refusal(f"early stopping: {_NOT_YET}", "set max_steps or num_train_epochs"),
     # FinetuningArguments: distributed back ends

@@ -187,8 +187,15 @@ class FinetuningArguments(_Group):
     pref_beta: float = Field(0.1, description="β of the preference losses.")
     pref_ftx: float = Field(0.0, description="Weight of an SFT term on the chosen response.")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field(
-        "sigmoid", description="Preference loss."
+        "sigmoid", description="Preference loss. kto_pair: paired KTO (each response against the other half's "
+        "mean log-ratio)."
     )
+    pref_bco_weight: float = Field(0.0, description=(
+        "Weight w of a BCO term (each response's reward classified against a running mean of the rewards) added "
+        "to a reference loss: (loss + w·BCO) / (1 + w). 0 = off."))
+    ld_alpha: float | None = Field(None, description=(
+        "LD-DPO: the policy's log-probs of the response tokens beyond the pair's shorter length count ld_alpha "
+        "times (in [0, 1]; null = fully)."))
     dpo_label_smoothing: float = Field(0.0, description="Label smoothing of the DPO loss.")
     kto_chosen_weight: float = Field(1.0, description="KTO weight of desirable examples.")
     kto_rejected_weight: float = Field(1.0, description="KTO weight of undesirable examples.")
