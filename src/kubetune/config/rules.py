@@ -61,7 +61,7 @@ def _default_of(key: str) -> object:
 
 
 def quantization_needs_lora(cfg: RunConfig) -> list[Problem]:
-    if cfg.model.quantization_bit is not None and cfg.method.finetuning_type != "lora":
+    if cfg.model.quantization_bit is not None and cfg.method.finetuning_type not in ("lora", "oft"):  # oft: rules_peft
         return [Problem("quantization_bit", cfg.model.quantization_bit, cfg.origin("quantization_bit"),
                         f"a quantised base can only be trained with LoRA (finetuning_type is "
                         f"{cfg.method.finetuning_type})",
