@@ -182,3 +182,24 @@ def test_a_missing_optimizer_package_names_the_extra(monkeypatch: pytest.MonkeyP
     found = {p.key: f"{p.message} — {p.hint}" for p in optimizer_packages_installed(cfg)}
     assert found == {"use_apollo": "needs the package apollo-torch, not installed here — pip install "
                                    "kubetune[apollo] (or apollo-torch), or remove use_apollo"}
+
+
+@pytest.mark.slow  # three short runs: ~35 s on two shared cores
+def test_a_killed_muon_run_resumes_to_the_same_weights(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    """MuonWithAdamW's checkpointed state (both inner optimizers) restores: resumed = straight through."""
+    from safetensors.torch import load_file
+    from stage_helpers import StopAfter
+
+    keys = {"use_muon": True, "learning_rate": 2e-3, "save_strategy": "steps", "save_steps": 2}
+    _train(tiny_model_dir, tmp_path / "straight", **keys)
+    with pytest.raises(KeyboardInterrupt):
+        base = {"model_name_or_path": str(tiny_model_dir), "stage": "sft", "finetuning_type": "full",
+                "dataset": "kubi_sft", "dataset_dir": str(REPO / "data"), "template": "chatml", "cutoff_len": 64,
+                "max_samples": 4, "per_device_train_batch_size": 4, "output_dir": str(tmp_path / "resumed"),
+                "max_steps": 4, "logging_steps": 1, "report_to": "none", "disable_tqdm": True,
+                "gradient_checkpointing": False, "lr_scheduler_type": "constant", **keys}
+        run_stage(load_config(None, base), callbacks=[StopAfter(3)])
+    _train(tiny_model_dir, tmp_path / "resumed", **keys)
+    a, b = load_file(tmp_path / "straight" / "model.safetensors"), load_file(tmp_path / "resumed" / "model.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
