@@ -10,7 +10,7 @@ from transformers import AutoConfig, LlamaConfig
 
 from kubetune.cli import main
 from kubetune.config import load_config
-from kubetune.estimate import GIB, estimate, lora_params, model_shape, recommend
+from kubetune.estimate import GIB, estimate, lora_params, model_shape, oft_params, recommend
 from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import count_parameters, load_base_model
 
@@ -52,6 +52,18 @@ def test_lora_parameter_count_is_exact(tiny_model_dir: Path, dora: bool) -> None
     shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
     assert lora_params(shape, 4, ["all"], dora=dora) == count_parameters(model)[0]
     assert lora_params(shape, 4, ["q_proj"]) == 2 * 4 * (64 + 64)  # two layers of 64 → 64
+
+
+@pytest.mark.parametrize("keys", [{"oft_block_size": 16}, {"oft_rank": 4, "oft_block_size": 0}])
+def test_oft_parameter_count_is_exact(tiny_model_dir: Path, keys: dict) -> None:
+    cfg = load_config(None, {"model_name_or_path": str(tiny_model_dir), "finetuning_type": "oft", **keys})
+    model = prepare_for_training(load_base_model(cfg.model, path=str(tiny_model_dir)), cfg.model, cfg.method,
+                                 gradient_checkpointing=False)
+    shape = model_shape(AutoConfig.from_pretrained(tiny_model_dir))
+    m = cfg.method
+    assert oft_params(shape, m.oft_block_size, m.oft_rank, ["all"]) == count_parameters(model)[0]
+    assert estimate(shape, method="oft", oft_block_size=m.oft_block_size, oft_rank=m.oft_rank).trainable_params == (
+        count_parameters(model)[0])
 
 
 def test_full_fp32_adamw_is_16_bytes_per_parameter(llama7b) -> None:  # noqa: ANN001

@@ -111,6 +111,14 @@ def lora_params(shape: ModelShape, rank: int, targets: list[str], *, dora: bool 
     return sum(rank * (i + o) + (o if dora else 0) for i, o in chosen)
 
 
+def oft_params(shape: ModelShape, block_size: int, rank: int, targets: list[str]) -> int:
+    """OFT parameters: per targeted linear, in/b blocks of b(b−1)/2 (a skew-symmetric b × b), b the block size
+    (or in/r given the block count r), as PEFT stores them."""
+    chosen = [i for name, i, _ in shape.linears if targets == ["all"] or name in targets]
+    sizes = [(i, block_size or max(1, i // max(rank, 1))) for i in chosen]
+    return sum((i // b) * b * (b - 1) // 2 for i, b in sizes)
+
+
 def _modules(shape: ModelShape, names: list[str]) -> int:
     """Parameters of the modules whose name ends with one of `names` (PEFT's modules_to_save matching)."""
     found = {m: n for m, n in shape.module_params.items() if any(m.endswith(x) for x in names)}
@@ -123,12 +131,13 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
              pure_bf16: bool = False, mixed_precision: bool = True, lora_rank: int = 8,
              lora_target: list[str] | None = None, use_dora: bool = False,
              additional_target: list[str] | None = None, freeze_trainable_layers: int = 2,
+             oft_block_size: int = 32, oft_rank: int = 0, oft_target: list[str] | None = None,
              zero_stage: int = 0, num_gpus: int = 1, cuda_context: float = CUDA_CONTEXT) -> Estimate:
     """Peak training memory per device, in bytes.
 
     Args:
         shape: from `model_shape`.
-        method: full, freeze or lora (qlora = lora + quantization_bit).
+        method: full, freeze, lora (qlora = lora + quantization_bit) or oft.
         quantization_bit: 4 or 8 for QLoRA, None for an unquantised base.
         batch_size: per-device batch; cutoff_len: tokens per row (the worst case: every row full).
         gradient_checkpointing: recompute activations in backward.
@@ -137,6 +146,7 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
         mixed_precision: bf16/fp16 autocast: activations in 16 bits (else float32).
         lora_rank, lora_target, use_dora, additional_target: the LoRA settings.
         freeze_trainable_layers: layers trained by `freeze` (negative: the first n).
+        oft_block_size, oft_rank, oft_target: the OFT settings (its targets already resolved, see `from_config`).
         zero_stage, num_gpus: DeepSpeed ZeRO partitioning across num_gpus devices (0: none).
         cuda_context: fixed per-device overhead (0 on a CPU).
     """
@@ -155,8 +165,9 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
         weights = s.linear_params * per_param + other_params * 4  # prepare_model_for_kbit_training: fp32 rest
     else:
         weights = s.total_params * weight_bytes
-    if method == "lora":
-        trainable_params = lora_params(s, lora_rank, lora_target or ["all"], dora=use_dora)
+    if method in ("lora", "oft"):
+        trainable_params = (lora_params(s, lora_rank, lora_target or ["all"], dora=use_dora) if method == "lora"
+                            else oft_params(s, oft_block_size, oft_rank, oft_target or ["all"]))
         extra = _modules(s, additional_target or [])
         trainable_params += extra
         trainable = trainable_params * 4.0  # PEFT keeps adapters (and modules_to_save copies) in float32
@@ -173,7 +184,7 @@ def estimate(shape: ModelShape, *, method: str = "lora", quantization_bit: int |
         state_bytes = weight_bytes
     gradients = trainable_params * state_bytes
     optimizer = trainable_params * 2 * state_bytes  # AdamW: exp_avg and exp_avg_sq
-    if zero_stage and method != "lora":
+    if zero_stage and method not in ("lora", "oft"):
         optimizer = trainable_params * (4 + 8)  # fp32 master + two fp32 moments
         gradients = trainable_params * 2
     if zero_stage >= 1 and num_gpus > 1:
@@ -262,6 +273,8 @@ def estimate_config(cfg: Any, *, zero_stage: int = 0, num_gpus: int = 1, cuda_co
 
         shape = model_shape(AutoConfig.from_pretrained(resolve_model_path(cfg.model),
                                                        trust_remote_code=cfg.model.trust_remote_code))
+    from kubetune.model.adapters import oft_targets
+
     m, t = cfg.method, cfg.train
 
     def at(zero: int, n: int) -> Estimate:
@@ -270,7 +283,8 @@ def estimate_config(cfg: Any, *, zero_stage: int = 0, num_gpus: int = 1, cuda_co
                         gradient_checkpointing=t.gradient_checkpointing, pure_bf16=t.pure_bf16,
                         mixed_precision=_mixed_precision(t), lora_rank=m.lora_rank, lora_target=m.lora_target,
                         use_dora=m.use_dora, additional_target=m.additional_target,
-                        freeze_trainable_layers=m.freeze_trainable_layers, zero_stage=zero, num_gpus=n,
+                        freeze_trainable_layers=m.freeze_trainable_layers, oft_block_size=m.oft_block_size,
+                        oft_rank=m.oft_rank, oft_target=oft_targets(m), zero_stage=zero, num_gpus=n,
                         cuda_context=cuda_context)
 
     return at(zero_stage, num_gpus), at

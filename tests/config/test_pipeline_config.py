@@ -69,5 +69,5 @@ def test_shared_llama_factory_keys_are_known_and_refusals_say_why() -> None:
                                                     "use_swanlab": False}))
     assert cfg.step_configs()["stages.sft"]().train.gradient_checkpointing is False
     with pytest.raises(ConfigError) as err:
-        load_pipeline_config(text=yaml.safe_dump({**data, "use_muon": True}))
-    assert "Muon: not implemented yet" in str(err.value) and "unknown key" not in str(err.value)
+        load_pipeline_config(text=yaml.safe_dump({**data, "use_swanlab": True}))
+    assert "SwanLab tracking: not supported" in str(err.value) and "unknown key" not in str(err.value)

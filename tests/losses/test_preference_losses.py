@@ -79,7 +79,7 @@ def test_pairwise_loss_rewards_and_reference_use() -> None:
     with pytest.raises(ValueError, match="needs reference"):
         pairwise_loss("hinge", t(-1.0), t(-2.0), beta=0.1)
     with pytest.raises(ValueError, match="unknown pref_loss"):
-        pairwise_loss("kto_pair", t(-1.0), t(-2.0), beta=0.1)
+        pairwise_loss("bogus", t(-1.0), t(-2.0), beta=0.1)
 
 
 def test_kto_hand_computed() -> None:

@@ -66,6 +66,8 @@ class KeepModel(TrainerCallback):
     ({"finetuning_type": "full"}, math.log(2), 2),                   # full: a frozen copy of the base
     ({"pref_loss": "hinge"}, 1.0, 1),                                # max(0, 1 − 0)
     ({"pref_loss": "ipo", "pref_beta": 0.1}, 25.0, 1),               # (0 − 1/(2β))²
+    ({"pref_loss": "kto_pair"}, 0.5, 1),                             # 1 − σ(β·(0 − 0)) for both halves
+    ({"pref_bco_weight": 1.0}, 1.5 * math.log(2), 1),                # (ln 2 + 1·(−2·ln σ(0 − δ=0))) / 2
 ])
 def test_first_step_loss_when_policy_equals_reference(keys: dict, first_loss: float, models: int,
                                                       tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
@@ -75,6 +77,20 @@ def test_first_step_loss_when_policy_equals_reference(keys: dict, first_loss: fl
     assert first["loss"] == pytest.approx(first_loss, abs=1e-5)
     assert first["rewards/margins"] == pytest.approx(0.0, abs=1e-6) and first["rewards/accuracies"] == 0.0
     assert counter.loaded == models
+
+
+def test_ld_alpha_moves_the_first_loss_off_ln2_alike_in_every_batch_layout(tiny_model_dir: Path, tmp_path: Path,
+                                                                           cache_dir: Path) -> None:
+    """LD-DPO scales only the policy's log-probs, so even a policy equal to its reference has a margin: the
+    longer response of a pair loses part of its (negative) log-prob. Packed and padded batches agree."""
+    losses = {}
+    for packing in (None, False):
+        out = tmp_path / f"run_{packing}"
+        keys = {"packing": packing} if packing is not None else {}
+        run_stage(tiny_cfg(tiny_model_dir, out, max_steps=1, save_strategy="no", ld_alpha=0.5, **keys))
+        losses[packing] = log_lines(out)[0]["loss"]
+    assert abs(losses[None] - math.log(2)) > 1e-3
+    assert losses[None] == pytest.approx(losses[False], abs=1e-5)
 
 
 def test_ref_model_is_loaded_as_a_second_frozen_model(tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
@@ -238,8 +254,12 @@ def test_rule_dpo_needs_ranking_data(tmp_path: Path) -> None:
     assert "dataset" not in problems(tmp_path, dataset="no_such_dataset")  # preflight reports unknown names
 
 
-def test_rule_kto_pair_points_to_the_kto_stage(tmp_path: Path) -> None:
-    assert "stage: kto" in problems(tmp_path, pref_loss="kto_pair")["pref_loss"]
+def test_rules_bco_and_ld_alpha(tmp_path: Path) -> None:
+    assert problems(tmp_path, pref_loss="kto_pair", pref_bco_weight=0.5, ld_alpha=0.5) == {}
+    assert "has none" in problems(tmp_path, pref_loss="simpo", pref_bco_weight=0.5)["pref_bco_weight"]
+    assert "0 or more" in problems(tmp_path, pref_bco_weight=-1.0)["pref_bco_weight"]
+    assert "[0, 1]" in problems(tmp_path, ld_alpha=1.5)["ld_alpha"]
+    assert "only the dpo stage" in problems(tmp_path, stage="kto", dataset="kubi_kto", ld_alpha=0.5)["ld_alpha"]
 
 
 def test_rules_beta_and_ftx_ranges(tmp_path: Path) -> None:

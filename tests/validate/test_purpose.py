@@ -71,4 +71,5 @@ def test_keys_lists_the_refused_llama_factory_keys_with_their_reasons(capsys: py
     assert main(["keys"]) == 0
     out = capsys.readouterr().out
     assert "use_reentrant_gc" in out
-    assert any("use_muon" in line and "Muon: not implemented yet" in line for line in out.splitlines())
+    assert any("use_swanlab" in line and "SwanLab tracking: not supported" in line for line in out.splitlines())
+    assert any(line.lstrip().startswith("use_muon") and "orthogonalised momentum" in line for line in out.splitlines())

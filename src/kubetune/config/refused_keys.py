@@ -100,22 +100,7 @@ REFUSED: dict[str, Refusal] = {
     "eval_num_beams": Refusal("not read by kubetune's predictions", "set num_beams: do_predict generates with it"),
     "ignore_pad_token_for_loss": Refusal("counting padding in the loss: not supported",
                                          "remove it: padding never counts", True),
-    # FinetuningArguments: OFT (OFTArguments; finetuning_type: oft is refused by the schema's choices)
-    **_each({"oft_rank": 0, "oft_block_size": 32, "oft_target": "all", "module_dropout": 0.0},
-            f"OFT: {_NOT_YET}", "use finetuning_type: lora"),
     # FinetuningArguments: optimisers and losses
-    **_each({"use_apollo": False, "apollo_target": "all", "apollo_rank": 16, "apollo_update_interval": 200,
-             "apollo_scale": 32.0, "apollo_proj": "random", "apollo_proj_type": "std", "apollo_scale_type": "channel",
-             "apollo_layerwise": False, "apollo_scale_front": False},
-            f"APOLLO: {_NOT_YET}", "remove it; use_galore or use_badam save optimizer memory in full fine-tuning"),
-    "use_adam_mini": Refusal(f"Adam-mini: {_NOT_YET}", _REMOVE, False),
-    "use_muon": Refusal(f"Muon: {_NOT_YET}", _REMOVE, False),
-    "use_llama_pro": Refusal(f"LLaMA Pro block expansion: {_NOT_YET}", "use finetuning_type: freeze", False),
-    **_each({"use_dft_loss": False}, f"DFT loss: {_NOT_YET}", _REMOVE),
-    **_each({"use_asft_loss": False, "asft_alpha": 0.1}, f"ASFT loss: {_NOT_YET}", _REMOVE),
-    **_each({"use_eaft_loss": False, "eaft_alpha": 1.0}, f"EAFT loss: {_NOT_YET}", _REMOVE),
-    "pref_bco_weight": Refusal(f"the BCO term of DPO: {_NOT_YET}", _REMOVE, 0.0),
-    "ld_alpha": Refusal(f"LD-DPO's length desensitisation: {_NOT_YET}", _REMOVE),
     "compute_accuracy": Refusal(f"token accuracy at evaluation: {_NOT_YET}", "eval_loss is reported", False),
     "early_stopping_steps": Refusal(f"early stopping: {_NOT_YET}", "set max_steps or num_train_epochs"),
     # FinetuningArguments: distributed back ends
@@ -168,7 +153,6 @@ IGNORED: dict[str, Refusal] = _each(
 
 # Values of kubetune fields that LLaMA-Factory accepts and kubetune cannot do yet: key -> value -> refusal.
 REFUSED_VALUES: dict[str, dict[str, Refusal]] = {
-    "finetuning_type": {"oft": Refusal(f"OFT: {_NOT_YET}", "use finetuning_type: lora")},
     "flash_attn": {"fa3": Refusal("FlashAttention-3: not supported yet", "use flash_attn: fa2, sdpa or auto")},
     "quantization_method": {
         method: Refusal(f"{method} quantisation: not supported yet",

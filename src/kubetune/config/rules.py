@@ -19,6 +19,7 @@ from kubetune.config import (
     rules_peft,
     rules_ppo,
     rules_rm,
+    rules_sft_loss,
 )
 from kubetune.config.errors import Problem
 from kubetune.config.schema import RunConfig
@@ -56,7 +57,7 @@ def _default_of(key: str) -> object:
 
 
 def quantization_needs_lora(cfg: RunConfig) -> list[Problem]:
-    if cfg.model.quantization_bit is not None and cfg.method.finetuning_type != "lora":
+    if cfg.model.quantization_bit is not None and cfg.method.finetuning_type not in ("lora", "oft"):  # oft: rules_peft
         return [Problem("quantization_bit", cfg.model.quantization_bit, cfg.origin("quantization_bit"),
                         f"a quantised base can only be trained with LoRA (finetuning_type is "
                         f"{cfg.method.finetuning_type})",
@@ -167,9 +168,9 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 
 RULES: list[Rule] = [
-    not_implemented, stage_specific, rules_data.check, rules_peft.check, rules_optim.check, rules_distributed.check,
-    quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template, eval_needs_data, val_size_shape,
-    packing_flags, length_grouping,
+    not_implemented, stage_specific, rules_data.check, rules_peft.check, rules_optim.check, rules_sft_loss.check,
+    rules_distributed.check, quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template,
+    eval_needs_data, val_size_shape, packing_flags, length_grouping,
     shuffling, precision, warmup,
 ]
 

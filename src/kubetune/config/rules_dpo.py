@@ -11,12 +11,12 @@ from kubetune.config.errors import Problem
 from kubetune.config.schema import FinetuningArguments, RunConfig
 
 # kubetune.losses.preference names these too; repeated so that validation never imports torch
-REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo")
+REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair")
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 REF_KEYS = ("ref_model", "ref_model_adapters", "ref_model_quantization_bit")
 # Keys that only some stages read, and which: dpo and kto refuse the others' (`other_stage_keys`).
 STAGE_ONLY_KEYS: dict[str, tuple[str, ...]] = {
-    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma"), ("dpo",)),
+    **dict.fromkeys(("pref_loss", "dpo_label_smoothing", "simpo_gamma", "pref_bco_weight", "ld_alpha"), ("dpo",)),
     **dict.fromkeys(("pref_beta", "pref_ftx"), ("dpo", "kto")),
     **dict.fromkeys(("kto_chosen_weight", "kto_rejected_weight"), ("kto",)),
     **dict.fromkeys(REF_KEYS, ("dpo", "kto", "ppo")),
@@ -49,11 +49,22 @@ def uses_reference(cfg: RunConfig) -> bool:
 
 
 def loss_choice(cfg: RunConfig) -> list[Problem]:
-    if cfg.method.pref_loss == "kto_pair":
-        return [Problem("pref_loss", "kto_pair", cfg.origin("pref_loss"),
-                        "KTO is a stage of its own here: it learns from single responses labelled desirable or not, "
-                        "not from pairs", "use stage: kto with kto_tag data (e.g. kubi_kto)")]
-    return []
+    """`pref_bco_weight` adds to a reference loss (as in LLaMA-Factory), `ld_alpha` is a weight in [0, 1]."""
+    m = cfg.method
+    problems = []
+    if m.pref_bco_weight < 0:
+        problems.append(Problem("pref_bco_weight", m.pref_bco_weight, cfg.origin("pref_bco_weight"),
+                                "must be 0 or more: it weights the BCO term against the preference loss",
+                                "use 0 (off) or a positive weight"))
+    elif m.pref_bco_weight > 0 and m.pref_loss not in REFERENCE_LOSSES:
+        problems.append(Problem("pref_bco_weight", m.pref_bco_weight, cfg.origin("pref_bco_weight"),
+                                f"BCO classifies log-ratios against a reference model, and pref_loss: {m.pref_loss} "
+                                "has none", f"use pref_loss: {' / '.join(REFERENCE_LOSSES)}, or remove it"))
+    if m.ld_alpha is not None and not 0 <= m.ld_alpha <= 1:
+        problems.append(Problem("ld_alpha", m.ld_alpha, cfg.origin("ld_alpha"),
+                                "must be in [0, 1]: it scales the log-probs of the tokens beyond the shorter "
+                                "response (1 = plain DPO)", "the LD-DPO paper uses 0.2–0.8"))
+    return problems
 
 
 def positive_beta(cfg: RunConfig) -> list[Problem]:

@@ -1,7 +1,10 @@
-"""Rules for the memory-saving optimisers GaLore and BAdam (`kubetune.model.memory_optimizers`).
+"""Rules for the optimisers kubetune builds itself: GaLore, APOLLO, BAdam (`kubetune.model.memory_optimizers`),
+Adam-mini and Muon (`kubetune.model.extra_optimizers`).
 
-Both replace the optimizer of full fine-tuning, so they exclude each other and LoRA, and they exist
-only where the trainer builds its optimizer through `custom_optimizer` (the sft recipe, which pt shares).
+Each replaces the Trainer's optimizer, so at most one is chosen (nor with LoRA+, which builds its own); GaLore,
+APOLLO and BAdam are for full fine-tuning; all exist only where the trainer builds its optimizer through
+`custom_optimizer` (the sft recipe, which pt shares). That the APOLLO and Adam-mini packages are installed is
+`kubetune.validate.machine`'s check.
 """
 
 from __future__ import annotations
@@ -15,6 +18,10 @@ OPTIMIZER_HOOKED_STAGES = ("sft", "pt")
 GALORE_OPTIMS = ("adamw_torch", "adamw_torch_fused", "adamw_8bit", "adamw_bnb_8bit", "adafactor")
 GALORE_KEYS = tuple(k for k in FinetuningArguments.model_fields if k.startswith("galore_"))
 BADAM_KEYS = tuple(k for k in FinetuningArguments.model_fields if k.startswith("badam_"))
+APOLLO_KEYS = tuple(k for k in FinetuningArguments.model_fields if k.startswith("apollo_"))
+# Each switch, its name, and whether it is an optimizer of full fine-tuning only.
+OPTIMIZER_SWITCHES = (("use_galore", "GaLore", True), ("use_apollo", "APOLLO", True), ("use_badam", "BAdam", True),
+                      ("use_adam_mini", "Adam-mini", False), ("use_muon", "Muon", False))
 # BAdam keys that only one of its modes reads.
 BADAM_LAYER_ONLY = ("badam_start_block", "badam_switch_mode")
 BADAM_RATIO_ONLY = ("badam_update_ratio", "badam_mask_mode")
@@ -27,21 +34,35 @@ def _changed(cfg: RunConfig, key: str) -> bool:
 
 
 def check(cfg: RunConfig) -> list[Problem]:
-    """Every problem with the GaLore and BAdam keys of `cfg`."""
-    return which_optimizer(cfg) + galore(cfg) + badam(cfg)
+    """Every problem with the optimizer keys of `cfg` (GaLore, APOLLO, BAdam, Adam-mini, Muon)."""
+    return which_optimizer(cfg) + galore(cfg) + apollo(cfg) + badam(cfg)
 
 
 def which_optimizer(cfg: RunConfig) -> list[Problem]:
     m = cfg.method
     problems = []
-    if m.use_galore and m.use_badam:
-        problems.append(Problem("use_badam", True, cfg.origin("use_badam"),
-                                "GaLore and BAdam are two different optimizers; only one can run",
-                                "keep use_galore or use_badam"))
-    for key, name in (("use_galore", "GaLore"), ("use_badam", "BAdam")):
+    chosen = [(key, name) for key, name, _ in OPTIMIZER_SWITCHES if getattr(m, key)]
+    if len(chosen) > 1:
+        names = " and ".join(name for _, name in chosen)
+        problems.append(Problem(chosen[1][0], True, cfg.origin(chosen[1][0]),
+                                f"{names} are different optimizers; only one can run",
+                                f"keep one of {', '.join(key for key, _ in chosen)}"))
+    with_lora = [(key, name) for key, name, full_only in OPTIMIZER_SWITCHES if getattr(m, key) and not full_only]
+    if with_lora and m.loraplus_lr_ratio is not None:  # the full-only ones are refused with LoRA already
+        problems.append(Problem("loraplus_lr_ratio", m.loraplus_lr_ratio, cfg.origin("loraplus_lr_ratio"),
+                                f"LoRA+ builds its own AdamW, so {with_lora[0][1]} would not run",
+                                f"remove loraplus_lr_ratio or {with_lora[0][0]}"))
+    sharded = "deepspeed" if cfg.train.deepspeed else ("fsdp" if cfg.train.fsdp_options else None)
+    for key, name, full_only in OPTIMIZER_SWITCHES:
         if not getattr(m, key):
             continue
-        if m.finetuning_type != "full":
+        if sharded and key in ("use_apollo", "use_adam_mini", "use_muon"):
+            # Muon and APOLLO read each weight's whole gradient matrix, which DeepSpeed/FSDP split across ranks
+            why = ("reads each weight's whole gradient matrix, which DeepSpeed/FSDP split across ranks"
+                   if key != "use_adam_mini" else "has not been run with DeepSpeed/FSDP in kubetune yet")
+            problems.append(Problem(key, True, cfg.origin(key), f"{name} {why}",
+                                    f"train with plain data parallelism (remove {sharded}), or remove {key}"))
+        if full_only and m.finetuning_type != "full":
             hint = ("LoRA already trains few parameters: remove " + key if m.finetuning_type == "lora"
                     else f"set finetuning_type: full, or remove {key}")
             problems.append(Problem(key, True, cfg.origin(key),
@@ -85,6 +106,33 @@ def galore(cfg: RunConfig) -> list[Problem]:
         problems.append(Problem("max_grad_norm", t.max_grad_norm, cfg.origin("max_grad_norm"),
                                 "layer-wise GaLore applies each gradient before the whole gradient exists, so "
                                 "it cannot be clipped by its norm", "remove max_grad_norm, or galore_layerwise"))
+    return problems
+
+
+def apollo(cfg: RunConfig) -> list[Problem]:
+    """APOLLO's settings, as LLaMA-Factory takes them: AdamW only, positive rank/interval/scale, and layer-wise
+    mode without accumulation or clipping (as GaLore's)."""
+    m, t = cfg.method, cfg.train
+    if not m.use_apollo:
+        return _unused(cfg, APOLLO_KEYS, "has no effect without use_apollo: true",
+                       "set use_apollo: true, or remove {key}")
+    problems = []
+    for key in ("apollo_rank", "apollo_update_interval", "apollo_scale"):
+        if not getattr(m, key) > 0:
+            problems.append(Problem(key, getattr(m, key), cfg.origin(key), "must be greater than 0",
+                                    f"use the default ({FinetuningArguments.model_fields[key].default})"))
+    if t.optim != "adamw_torch":
+        problems.append(Problem("optim", t.optim, cfg.origin("optim"),
+                                "APOLLO is a version of AdamW only (as in LLaMA-Factory)", "use optim: adamw_torch"))
+    if m.apollo_layerwise and t.gradient_accumulation_steps > 1:
+        problems.append(Problem("apollo_layerwise", True, cfg.origin("apollo_layerwise"),
+                                "layer-wise APOLLO steps during each backward pass, so it cannot accumulate gradients "
+                                f"(gradient_accumulation_steps is {t.gradient_accumulation_steps})",
+                                "set gradient_accumulation_steps: 1, or remove apollo_layerwise"))
+    if m.apollo_layerwise and _changed(cfg, "max_grad_norm") and t.max_grad_norm > 0:
+        problems.append(Problem("max_grad_norm", t.max_grad_norm, cfg.origin("max_grad_norm"),
+                                "layer-wise APOLLO applies each gradient before the whole gradient exists, so "
+                                "it cannot be clipped by its norm", "remove max_grad_norm, or apollo_layerwise"))
     return problems
 
 

@@ -1,4 +1,4 @@
-"""Rules for the PEFT variants: DoRA, rsLoRA, PiSSA, LoRA+, create_new_adapter, additional_target.
+"""Rules for the PEFT variants: DoRA, rsLoRA, PiSSA, LoRA+, create_new_adapter, additional_target, and OFT.
 
 Each rule names the key, what was expected and what to do. Where a combination is refused because a
 library cannot do it (or does it wrongly without saying so), the comment says what we observed.
@@ -14,11 +14,18 @@ LORA_ONLY = ("use_dora", "use_rslora", "pissa_init", "pissa_convert", "loraplus_
              "additional_target")
 # Stages whose trainer builds the LoRA+ optimizer and the PiSSA conversion callback (kubetune.stages.sft).
 TRAINER_HOOKED_STAGES = ("sft", "pt")
+# LoRA-only keys that an OFT adapter reads too (LLaMA-Factory passes them to OFTConfig / its adapter loading).
+ALSO_OFT = ("create_new_adapter", "additional_target")
+OFT_KEYS = ("oft_rank", "oft_block_size", "oft_target", "module_dropout")
+# Stages that train an OFT adapter (the others assume LoRA where they save, disable or merge their adapters).
+OFT_STAGES = ("sft", "pt")
 
 
 def check(cfg: RunConfig) -> list[Problem]:
     """Every problem with the PEFT-variant keys of `cfg`."""
     problems = lora_only(cfg)
+    problems += oft(cfg)
+    problems += llama_pro(cfg)
     problems += loraplus(cfg)
     problems += pissa(cfg)
     problems += new_adapter(cfg)
@@ -45,6 +52,8 @@ def lora_only(cfg: RunConfig) -> list[Problem]:
         return []
     problems = []
     for key, value in _flat_set(cfg).items():
+        if ft == "oft" and key in ALSO_OFT:
+            continue
         hint = f"set finetuning_type: lora, or remove {key}"
         if key == "additional_target":
             hint = ("for freeze, name extra modules in freeze_extra_modules" if ft == "freeze"
@@ -52,6 +61,52 @@ def lora_only(cfg: RunConfig) -> list[Problem]:
         problems.append(Problem(key, value, cfg.origin(key),
                                 f"only applies to LoRA adapters, but finetuning_type is {ft}", hint))
     return problems
+
+
+def oft(cfg: RunConfig) -> list[Problem]:
+    """OFT's keys only with finetuning_type: oft; exactly one of oft_rank and oft_block_size (r × block size is
+    the layer's width, so PEFT takes one and derives the other); the stages and bases it runs on so far."""
+    m = cfg.method
+    if m.finetuning_type != "oft":
+        return [Problem(key, getattr(m, key), cfg.origin(key), "has no effect without finetuning_type: oft",
+                        f"set finetuning_type: oft, or remove {key}")
+                for key in OFT_KEYS if _changed(cfg, key, getattr(m, key))]
+    problems = []
+    if (m.oft_rank > 0) == (m.oft_block_size > 0):
+        problems.append(Problem("oft_rank", m.oft_rank, cfg.origin("oft_rank"),
+                                f"OFT takes oft_rank or oft_block_size, exactly one non-zero (oft_block_size is "
+                                f"{m.oft_block_size})", "set oft_rank: 0 to use oft_block_size (default 32), or "
+                                "oft_block_size: 0 to use oft_rank"))
+    if m.oft_target != ["all"] and _changed(cfg, "lora_target", m.lora_target) and m.lora_target != m.oft_target:
+        problems.append(Problem("lora_target", m.lora_target, cfg.origin("lora_target"),
+                                f"contradicts oft_target {m.oft_target} (with OFT, lora_target names OFT's modules "
+                                "only when oft_target is unset, as in LLaMA-Factory)", "keep oft_target only"))
+    if m.stage not in OFT_STAGES:
+        problems.append(Problem("finetuning_type", "oft", cfg.origin("finetuning_type"),
+                                f"OFT adapters are implemented for the sft and pt stages only, not {m.stage}",
+                                "use finetuning_type: lora for this stage"))
+    if cfg.model.quantization_bit is not None:
+        problems.append(Problem("finetuning_type", "oft", cfg.origin("finetuning_type"),
+                                "OFT on a quantised base is not implemented yet", "use finetuning_type: lora "
+                                "(QLoRA), or remove quantization_bit"))
+    return problems
+
+
+def llama_pro(cfg: RunConfig) -> list[Problem]:
+    """LLaMA Pro trains the added layers, so not with full fine-tuning (as in LLaMA-Factory), and their count is
+    positive (whether it divides the model's layers is checked when the model is loaded)."""
+    m = cfg.method
+    if not m.use_llama_pro:
+        return []
+    if m.finetuning_type == "full":
+        return [Problem("use_llama_pro", True, cfg.origin("use_llama_pro"),
+                        "trains only the layers the expansion added, but finetuning_type full trains all",
+                        "set finetuning_type: freeze (or lora), or remove use_llama_pro")]
+    if m.freeze_trainable_layers < 0:
+        return [Problem("freeze_trainable_layers", m.freeze_trainable_layers, cfg.origin("freeze_trainable_layers"),
+                        "with use_llama_pro it is the number of layers the expansion added, so positive",
+                        "set it to the num_expand of scripts/llama_pro.py (e.g. 8)")]
+    return []
 
 
 def loraplus(cfg: RunConfig) -> list[Problem]:
@@ -126,6 +181,8 @@ def _reference_is_disabled_adapter(cfg: RunConfig) -> bool:
     if m.stage == "ppo":
         return True  # the PPO stage always uses the adapter-disabled policy as its LoRA reference
     if m.stage == "kto" or (m.stage == "dpo" and m.pref_loss not in ("orpo", "simpo")):
+        return not m.ref_model
+    if m.stage in ("sft", "pt") and m.use_asft_loss:  # ASFT's reference
         return not m.ref_model
     return False
 

@@ -119,8 +119,9 @@ class ModelArguments(_Group):
 
 class FinetuningArguments(_Group):
     stage: Literal["pt", "sft", "rm", "ppo", "dpo", "kto"] = Field("sft", description="Training stage.")
-    finetuning_type: Literal["lora", "freeze", "full"] = Field(
-        "lora", description="lora (PEFT adapter), freeze (train a few layers) or full. `qlora` = lora + 4-bit."
+    finetuning_type: Literal["lora", "oft", "freeze", "full"] = Field(
+        "lora", description="lora (PEFT adapter), oft (PEFT's orthogonal adapter), freeze (train a few layers) or "
+        "full. `qlora` = lora + 4-bit."
     )
     # LoRA
     lora_rank: int = Field(8, gt=0, description="LoRA rank r.")
@@ -140,10 +141,21 @@ class FinetuningArguments(_Group):
     loraplus_lr_ratio: float | None = Field(None, description="LoRA+: learning-rate ratio of B to A.")
     loraplus_lr_embedding: float = Field(1e-6, description="LoRA+: learning rate of embedding adapters.")
     create_new_adapter: bool = Field(False, description="Stack a fresh adapter on a loaded one.")
+    # OFT (PEFT's OFTConfig): each targeted weight turned by a learnt block-diagonal orthogonal matrix
+    oft_rank: int = Field(0, ge=0, description="OFT blocks per layer (r); set this or oft_block_size, the other 0.")
+    oft_block_size: int = Field(32, ge=0, description="OFT block size; set this or oft_rank, the other 0.")
+    oft_target: list[str] = Field(["all"], description=(
+        "Modules OFT adapts: `all` (every linear layer except the head) or names. Unset, lora_target is used, "
+        "as LLaMA-Factory does."))
+    module_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="OFT dropout: blocks set to identity in "
+                                  "training with this probability.")
     # freeze
     freeze_trainable_layers: int = Field(
-        2, description="Train the last n layers (negative: the first n)."
+        2, description="Train the last n layers (negative: the first n); with use_llama_pro, the n added layers."
     )
+    use_llama_pro: bool = Field(False, description=(
+        "LLaMA Pro: the model was expanded with freeze_trainable_layers copied layers (LLaMA-Factory's "
+        "scripts/llama_pro.py); train only those (freeze), or adapt only them (lora, oft)."))
     freeze_trainable_modules: list[str] = Field(
         ["all"], description="Modules inside the trainable layers to train (`all` or names)."
     )
@@ -170,12 +182,52 @@ class FinetuningArguments(_Group):
     badam_update_ratio: float = Field(0.05, description="BAdam ratio-mode update ratio.")
     badam_mask_mode: Literal["adjacent", "scatter"] = Field("adjacent", description="BAdam mask mode.")
     badam_verbose: int = Field(0, description="BAdam verbosity (0, 1, 2).")
+    use_apollo: bool = Field(False, description=(
+        "APOLLO optimiser (full fine-tuning): AdamW's moments in a low-rank projection of each targeted weight's "
+        "gradient, used to scale the full gradient (`pip install kubetune[apollo]`)."))
+    apollo_target: list[str] = Field(["all"], description="APOLLO target modules: `all` (every linear but the "
+                                     "head) or names.")
+    apollo_rank: int = Field(16, description="APOLLO projection rank.")
+    apollo_update_interval: int = Field(200, description="Steps between APOLLO projection updates.")
+    apollo_scale: float = Field(32.0, description="APOLLO gradient scale.")
+    apollo_proj: Literal["svd", "random"] = Field("random", description="APOLLO projection: random or svd.")
+    apollo_proj_type: Literal["std", "right", "left"] = Field("std", description="APOLLO projection side.")
+    apollo_scale_type: Literal["channel", "tensor"] = Field(
+        "channel", description="APOLLO scaling: one factor per channel or per tensor.")
+    apollo_layerwise: bool = Field(False, description="Layer-wise APOLLO updates (no gradient accumulation).")
+    apollo_scale_front: bool = Field(False, description="Apply APOLLO's norm-growth limiter before the scaling.")
+    use_adam_mini: bool = Field(False, description=(
+        "Adam-mini optimiser: one second-moment value per block (head, neuron, token) instead of per weight "
+        "(`pip install kubetune[adam-mini]`)."))
+    use_muon: bool = Field(False, description=(
+        "Muon optimiser: orthogonalised momentum on the 2-D hidden weights, AdamW on embeddings, head, norms "
+        "and biases."))
+    # re-weighted sft losses (kubetune.losses.sft_objectives); at most one
+    use_dft_loss: bool = Field(False, description=(
+        "DFT (Dynamic Fine-Tuning) loss for sft/pt: each token's cross-entropy times its probability under "
+        "the model, not back-propagated through."))
+    use_asft_loss: bool = Field(False, description=(
+        "ASFT (anchored) loss for sft/pt: the DFT loss plus asft_alpha × KL(reference ‖ policy) per token. "
+        "The reference is ref_model, else the policy with its LoRA adapter disabled (LoRA) or a frozen copy "
+        "of the base (freeze/full)."))
+    asft_alpha: float = Field(0.1, ge=0.0, description="Weight of ASFT's KL term.")
+    use_eaft_loss: bool = Field(False, description=(
+        "EAFT (entropy-adaptive) loss for sft/pt: each token's cross-entropy times (H / 3)^eaft_alpha, H the "
+        "entropy of the model's top-20 token distribution, not back-propagated through."))
+    eaft_alpha: float = Field(1.0, ge=0.0, description="Exponent of EAFT's entropy weight.")
     # preference optimisation and RL (the preference issue implements these)
     pref_beta: float = Field(0.1, description="β of the preference losses.")
     pref_ftx: float = Field(0.0, description="Weight of an SFT term on the chosen response.")
     pref_loss: Literal["sigmoid", "hinge", "ipo", "kto_pair", "orpo", "simpo"] = Field(
-        "sigmoid", description="Preference loss."
+        "sigmoid", description="Preference loss. kto_pair: paired KTO (each response against the other half's "
+        "mean log-ratio)."
     )
+    pref_bco_weight: float = Field(0.0, description=(
+        "Weight w of a BCO term (each response's reward classified against a running mean of the rewards) added "
+        "to a reference loss: (loss + w·BCO) / (1 + w). 0 = off."))
+    ld_alpha: float | None = Field(None, description=(
+        "LD-DPO: the policy's log-probs of the response tokens beyond the pair's shorter length count ld_alpha "
+        "times (in [0, 1]; null = fully)."))
     dpo_label_smoothing: float = Field(0.0, description="Label smoothing of the DPO loss.")
     kto_chosen_weight: float = Field(1.0, description="KTO weight of desirable examples.")
     kto_rejected_weight: float = Field(1.0, description="KTO weight of undesirable examples.")
@@ -201,8 +253,8 @@ class FinetuningArguments(_Group):
     vf_coef: float = Field(0.1, ge=0.0, description="PPO value loss coefficient.")
 
     _lists = field_validator(
-        "lora_target", "additional_target", "freeze_trainable_modules", "freeze_extra_modules",
-        "galore_target", mode="before",
+        "lora_target", "additional_target", "oft_target", "freeze_trainable_modules", "freeze_extra_modules",
+        "galore_target", "apollo_target", mode="before",
     )(_split_list)
 
     @field_validator("freeze_trainable_layers")

@@ -164,7 +164,7 @@ def token_logps_fused(hidden: torch.Tensor, weight: torch.Tensor, targets: torch
     return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
 
-def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
+def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None) -> tuple[
         torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Per sequence: summed log-probs of the labelled tokens, their count, and their mean logit.
 
@@ -178,6 +178,8 @@ def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
             `attention_mask` (one sequence per row) or neat-packed rows: `position_ids` restarting
             at 0 for each sequence and `sequence_index` (which sequence each token belongs to,
             -1 for padding).
+        ld_alpha: LD-DPO's weight of the tokens beyond a pair's shared length (`length_desensitised`): the
+            sequences are then S/2 chosen followed by S/2 rejected. Default None (every token counts fully).
 
     Returns:
         (logps [S] float32, token counts [S] (at least 1), mean logits [S] detached), S being the
@@ -198,14 +200,19 @@ def sequence_logps_fused(model: nn.Module, batch: dict[str, torch.Tensor]) -> tu
     else:
         sequence, count = keep.nonzero()[:, 0], batch["input_ids"].shape[0]
     device = per_token.device
+    counts = torch.zeros(count, dtype=torch.long, device=device).index_add(0, sequence, torch.ones_like(sequence))
+    if ld_alpha is not None:
+        from kubetune.losses.length_desensitised import ld_token_weights
+
+        per_token = per_token * ld_token_weights(sequence, keep.nonzero()[:, 1], counts, ld_alpha)
     logps = torch.zeros(count, dtype=per_token.dtype, device=device).index_add(0, sequence, per_token)
-    counts = torch.zeros(count, dtype=torch.long, device=device).index_add(
-        0, sequence, torch.ones_like(sequence)).clamp(min=1)
+    counts = counts.clamp(min=1)
     mean_logits = torch.zeros(count, dtype=torch.float32, device=device).index_add(0, sequence, mean_logit)
     return logps, counts, mean_logits / counts
 
 
-def scored_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def scored_logps(model: nn.Module, batch: dict[str, torch.Tensor], ld_alpha: float | None = None) -> tuple[
+        torch.Tensor, torch.Tensor, torch.Tensor]:
     """Summed log-probs of each sequence's labelled tokens, their count, and their mean logit (detached).
 
     Runs the output head only at labelled positions when the model allows it
@@ -216,14 +223,15 @@ def scored_logps(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torc
     Args:
         model: the policy or a reference model (possibly wrapped for distributed training).
         batch: `input_ids`, `labels` and `attention_mask`, or a packed batch (`PairwiseCollator(pack_to=...)`).
+        ld_alpha: LD-DPO's length desensitisation of a batch of pairs (see `sequence_logps_fused`). Default None.
     """
     from accelerate.utils import extract_model_from_parallel
 
     inner = extract_model_from_parallel(model)
     if causal_lm_parts(inner) is not None:
-        return forward_through_wrapper(model, lambda: sequence_logps_fused(inner, batch))
+        return forward_through_wrapper(model, lambda: sequence_logps_fused(inner, batch, ld_alpha))
     if "sequence_index" in batch:
         raise ValueError("packed pairs need the fused log-probs path; this model computes more than head(hidden)")
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    logps, counts = sequence_logps(logits, batch["labels"])
+    logps, counts = sequence_logps(logits, batch["labels"], ld_alpha)
     return logps, counts, mean_response_logits(logits, batch["labels"])

@@ -39,12 +39,14 @@ def token_logps(logits: Tensor, targets: Tensor, chunk_rows: int = CHUNK_ROWS) -
     return torch.cat(parts)
 
 
-def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
+def sequence_logps(logits: Tensor, labels: Tensor, ld_alpha: float | None = None) -> tuple[Tensor, Tensor]:
     """Sum of the log-probs of the labelled tokens of each row, and how many there are.
 
     Args:
         logits: [B, T, V] model outputs.
         labels: [B, T] token ids, `IGNORE_INDEX` (-100) where not scored (prompt, padding).
+        ld_alpha: LD-DPO's weight of the tokens beyond a pair's shared length (`length_desensitised`); the rows
+            are then B/2 chosen followed by B/2 rejected. Default None (every token counts fully).
 
     Returns:
         (logps [B], token counts [B], at least 1 so a mean never divides by zero).
@@ -52,7 +54,13 @@ def sequence_logps(logits: Tensor, labels: Tensor) -> tuple[Tensor, Tensor]:
     logits, labels = logits[:, :-1], labels[:, 1:]  # position t predicts token t + 1
     mask = labels != IGNORE_INDEX
     logps = token_logps(logits, labels.masked_fill(~mask, 0))
-    return (logps * mask).sum(-1), mask.sum(-1).clamp(min=1)
+    weights = mask.to(logps.dtype)
+    if ld_alpha is not None:
+        from kubetune.losses.length_desensitised import ld_token_weights
+
+        row, column = mask.nonzero(as_tuple=True)
+        weights = weights.index_put((row, column), ld_token_weights(row, column, mask.sum(-1), ld_alpha))
+    return (logps * weights).sum(-1), mask.sum(-1).clamp(min=1)
 
 
 def mean_response_logits(logits: Tensor, labels: Tensor) -> Tensor:

@@ -10,6 +10,8 @@ The formulas follow LLaMA-Factory (which follows the papers):
 | sigmoid (DPO) | −(1−ε)·log σ(β·Δr) − ε·log σ(−β·Δr), r = log π − log π_ref | β·(log π − log π_ref) |
 | hinge (SLiC) | max(0, 1 − β·Δr) | as DPO |
 | ipo | (Δr̄ − 1/(2β))², r̄ on mean token log-probs | as DPO, on means |
+| kto_pair | ½·[(1 − σ(β·(r_w − z_l))) + (1 − σ(β·(z_w − r_l)))], z = max(0, batch mean of r) | as DPO |
+| + BCO (`pref_bco_weight` w) | (loss + w·[−log σ(β·r_w − δ) − log σ(δ − β·r_l)]) / (1 + w), δ running mean | as DPO |
 | orpo | −c̄ + β·(−log σ(log odds(c̄) − log odds(r̄))), odds(p) = p/(1−p) | β·(mean log π) |
 | simpo | −log σ(β·Δ(mean log π) − γ) | β·(mean log π) |
 | kto | w_D·(1 − σ(β·(r − z))) if desirable, w_U·(1 − σ(β·(z − r))) if not; z = max(0, KL est.) | β·r |
@@ -24,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo")
+REFERENCE_LOSSES = ("sigmoid", "hinge", "ipo", "kto_pair")
 """Losses of log-ratios against a reference model."""
 REFERENCE_FREE_LOSSES = ("orpo", "simpo")
 """Losses of the policy's own likelihoods: no reference model is loaded for them."""
@@ -62,6 +64,60 @@ def ipo_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) 
     return (chosen_logratios - rejected_logratios - 1 / (2 * beta)) ** 2
 
 
+def kto_pair_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float) -> Tensor:
+    """Paired KTO (eqn 7 of the HALOs report), as TRL had it before moving KTO to a trainer of its own.
+
+    Each half's reference point is the other half's mean log-ratio, clamped at 0 (the KL estimate). TRL returned
+    the 2B chosen and rejected terms; their mean is the mean over pairs of the two terms' average, which is what
+    this returns per pair (so BCO and the SFT term add per pair as for the other losses).
+
+    Args:
+        chosen_logratios, rejected_logratios: log π − log π_ref per pair, shape [B].
+        beta: β.
+    """
+    chosen_kl = chosen_logratios.mean().clamp(min=0)
+    rejected_kl = rejected_logratios.mean().clamp(min=0)
+    chosen_losses = 1 - torch.sigmoid(beta * (chosen_logratios - rejected_kl))
+    rejected_losses = 1 - torch.sigmoid(beta * (chosen_kl - rejected_logratios))
+    return (chosen_losses + rejected_losses) / 2
+
+
+def bco_loss(chosen_logratios: Tensor, rejected_logratios: Tensor, beta: float, delta: Tensor | float) -> Tensor:
+    """BCO (Jung et al., 2024): each response classified against the reward baseline δ, per pair.
+
+    Args:
+        chosen_logratios, rejected_logratios: log π − log π_ref per pair, shape [B].
+        beta: β.
+        delta: δ, the running mean of the rewards (`RunningMean`).
+    """
+    return -F.logsigmoid(beta * chosen_logratios - delta) - F.logsigmoid(-(beta * rejected_logratios - delta))
+
+
+class RunningMean:
+    """The mean of every value seen so far (across ranks): BCO's reward baseline δ.
+
+    LLaMA-Factory keeps it with TRL 0.x's `RunningMoments`, fed each batch's mean reward (chosen and rejected
+    together, detached); TRL 1.x has dropped it, so it is kept here: after k updates δ is the mean of the k batch
+    means (under torch.distributed, of every rank's). It is not saved in checkpoints (as in LLaMA-Factory), so a
+    resumed run starts it afresh.
+    """
+
+    def __init__(self) -> None:
+        self.mean = 0.0
+        self.count = 0.0
+
+    @torch.no_grad()
+    def update(self, value: Tensor) -> Tensor:
+        """Add one value (a scalar tensor, this rank's) and return the new mean as a tensor on its device."""
+        total = torch.stack([value.detach().float().sum(), value.new_tensor(float(value.numel()), dtype=torch.float)])
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        batch_sum, batch_count = total.tolist()
+        self.count += batch_count
+        self.mean += (batch_sum / batch_count - self.mean) * batch_count / self.count
+        return value.new_tensor(self.mean, dtype=torch.float)
+
+
 def orpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, beta: float) -> Tensor:
     """ORPO (Hong et al., 2024): SFT on the chosen response plus β × a log-odds-ratio penalty.
 
@@ -90,12 +146,13 @@ def simpo_loss(chosen_logps: Tensor, rejected_logps: Tensor, beta: float, gamma:
 
 def pairwise_loss(loss_type: str, chosen_logps: Tensor, rejected_logps: Tensor,
                   ref_chosen_logps: Tensor | None = None, ref_rejected_logps: Tensor | None = None, *,
-                  beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5
+                  beta: float, label_smoothing: float = 0.0, simpo_gamma: float = 0.5,
+                  bco_weight: float = 0.0, bco_baseline: RunningMean | None = None
                   ) -> tuple[Tensor, Tensor, Tensor]:
     """One of the pairwise losses, with the rewards it implies.
 
     Args:
-        loss_type: `sigmoid`, `hinge`, `ipo`, `orpo` or `simpo` (`pref_loss`).
+        loss_type: `sigmoid`, `hinge`, `ipo`, `kto_pair`, `orpo` or `simpo` (`pref_loss`).
         chosen_logps, rejected_logps: policy log-probs per pair, shape [B]; sums, or means for
             the losses in `MEAN_LOGPS_LOSSES`.
         ref_chosen_logps, ref_rejected_logps: the reference model's, in the same form; required by
@@ -103,6 +160,9 @@ def pairwise_loss(loss_type: str, chosen_logps: Tensor, rejected_logps: Tensor,
         beta: β (`pref_beta`).
         label_smoothing: ε of the sigmoid loss (`dpo_label_smoothing`). Default 0.0.
         simpo_gamma: γ of the simpo loss. Default 0.5.
+        bco_weight: w (`pref_bco_weight`): a reference loss becomes (loss + w·BCO) / (1 + w). Default 0.0 (off).
+        bco_baseline: BCO's δ, updated with this batch's mean reward (evaluation batches too, as in
+            LLaMA-Factory); required when `bco_weight` > 0. Default None.
 
     Returns:
         (losses [B], chosen_rewards [B], rejected_rewards [B]); the rewards are detached.
@@ -115,9 +175,18 @@ def pairwise_loss(loss_type: str, chosen_logps: Tensor, rejected_logps: Tensor,
             losses = sigmoid_loss(chosen_ratios, rejected_ratios, beta, label_smoothing)
         elif loss_type == "hinge":
             losses = hinge_loss(chosen_ratios, rejected_ratios, beta)
+        elif loss_type == "kto_pair":
+            losses = kto_pair_loss(chosen_ratios, rejected_ratios, beta)
         else:
             losses = ipo_loss(chosen_ratios, rejected_ratios, beta)
-        return losses, beta * chosen_ratios.detach(), beta * rejected_ratios.detach()
+        chosen_rewards, rejected_rewards = beta * chosen_ratios.detach(), beta * rejected_ratios.detach()
+        if bco_weight > 0:
+            if bco_baseline is None:
+                raise ValueError("pref_bco_weight needs the running reward baseline (RunningMean)")
+            delta = bco_baseline.update(torch.cat([chosen_rewards, rejected_rewards]).mean())
+            bco = bco_loss(chosen_ratios, rejected_ratios, beta, delta.to(chosen_ratios.device))
+            losses = (losses + bco_weight * bco) / (1 + bco_weight)
+        return losses, chosen_rewards, rejected_rewards
     if loss_type == "orpo":
         losses = orpo_loss(chosen_logps, rejected_logps, beta)
     elif loss_type == "simpo":

@@ -1,10 +1,11 @@
-"""Decide which parameters train: a LoRA adapter, the last few layers (freeze), or everything.
+"""Decide which parameters train: a LoRA or OFT adapter, the last few layers (freeze), or everything.
 
 Loaded adapters (`adapter_name_or_path`) are merged into the base in order, except the last
 one when training LoRA: that one keeps training, as a user resuming an adapter expects, unless
 `create_new_adapter` asks for a fresh adapter on top of them all. New adapters may be DoRA,
 rsLoRA or PiSSA-initialised; LoRA+ (optimizer groups) and PiSSA conversion happen in training,
-see `kubetune.model.loraplus` and `kubetune.model.pissa`.
+see `kubetune.model.loraplus` and `kubetune.model.pissa`. OFT adapters (`finetuning_type: oft`) are loaded,
+merged and resumed the same way.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from peft import LoraConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
+from peft import LoraConfig, OFTConfig, PeftModel, TaskType, get_peft_model, prepare_model_for_kbit_training
 
 from kubetune.config import FinetuningArguments, ModelArguments
 from kubetune.model.loader import count_parameters
@@ -64,10 +65,10 @@ def prepare_for_training(model: Any, model_args: ModelArguments, method: Finetun
     if is_trainable and model_args.upcast_layernorm:
         upcast_layernorms(model)
 
-    if method.finetuning_type == "lora":
+    if method.finetuning_type in ("lora", "oft"):
         model = _apply_lora(model, model_args, method, is_trainable)
     elif model_args.adapter_name_or_path:
-        raise ValueError("adapter_name_or_path needs finetuning_type: lora")
+        raise ValueError("adapter_name_or_path needs finetuning_type: lora (or oft)")
     elif not is_trainable:
         model.requires_grad_(False)
     elif method.finetuning_type == "freeze":
@@ -112,6 +113,12 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
         logger.info("continuing to train adapter %s (its adapter_config.json decides rank, DoRA, ...)", adapters[-1])
         return load_adapter(model, adapters[-1], is_trainable=True)
 
+    if method.finetuning_type == "oft":
+        config = oft_config(model, method)
+        model = get_peft_model(model, config)
+        logger.info("%sOFT r=%d block size %d (module dropout %g) on %s", "new " if adapters else "", config.r,
+                    config.oft_block_size, config.module_dropout, ", ".join(sorted(config.target_modules)))
+        return model
     config = lora_config(model, method)
     model = get_peft_model(model, config)
     variant = [name for name, on in (("DoRA", config.use_dora), ("rsLoRA", config.use_rslora),
@@ -131,6 +138,8 @@ def lora_config(model: Any, method: FinetuningArguments) -> LoraConfig:
     targets = method.lora_target
     if targets == ["all"]:
         targets = linear_module_names(model)
+    if method.use_llama_pro:
+        targets = _expanded_targets(model, targets, method)
     init: bool | str = True  # A random, B zero: the adapter starts as a no-op
     if method.pissa_init:
         # PiSSA moves the top-r singular directions of W into A, B and leaves the residual in the base
@@ -147,6 +156,29 @@ def lora_config(model: Any, method: FinetuningArguments) -> LoraConfig:
         use_rslora=method.use_rslora,
         init_lora_weights=init,
     )
+
+
+def oft_targets(method: FinetuningArguments) -> list[str]:
+    """OFT's target modules: `oft_target`, unless left at `all` while `lora_target` names modules — LLaMA-Factory
+    0.9.5 adapts `lora_target`'s modules with OFT, so configs written for it name them there."""
+    return method.lora_target if method.oft_target == ["all"] else method.oft_target
+
+
+def oft_config(model: Any, method: FinetuningArguments) -> OFTConfig:
+    """The PEFT OFTConfig for a new adapter: targets, `oft_rank` or `oft_block_size`, `module_dropout`.
+
+    Args:
+        model: the base (for `all`, resolved to its linear layers).
+        method: finetuning arguments (`oft_*`, `module_dropout`, `additional_target`).
+    """
+    targets = oft_targets(method)
+    if targets == ["all"]:
+        targets = linear_module_names(model)
+    if method.use_llama_pro:
+        targets = _expanded_targets(model, targets, method)
+    return OFTConfig(task_type=TaskType.CAUSAL_LM, r=method.oft_rank, oft_block_size=method.oft_block_size,
+                     target_modules=targets, module_dropout=method.module_dropout,
+                     modules_to_save=method.additional_target)
 
 
 def load_adapter(model: Any, path: str, *, is_trainable: bool) -> Any:
@@ -188,11 +220,46 @@ def _untie_embeddings_if_adapted(model: Any, path: str) -> None:
     logger.info("adapter %s adapts the tied input embeddings: untied the output head before merging", path)
 
 
+def llama_pro_layers(num_layers: int, expanded: int) -> range:
+    """The decoder layers LLaMA Pro added: the last of each of `expanded` equal groups (LLaMA-Factory's
+    scripts/llama_pro.py inserts one copy after every num_layers/expanded original layers).
+
+    Args:
+        num_layers: the expanded model's layer count.
+        expanded: `freeze_trainable_layers`, the number of added layers.
+
+    Raises:
+        ValueError: when `expanded` does not divide `num_layers`, as no expansion can have made that model.
+    """
+    if expanded <= 0 or num_layers % expanded:
+        raise ValueError(f"use_llama_pro: freeze_trainable_layers {expanded} must divide the model's "
+                         f"{num_layers} layers (it is the number of layers the expansion added)")
+    stride = num_layers // expanded
+    return range(stride - 1, num_layers, stride)
+
+
+def _expanded_targets(model: Any, targets: list[str], method: FinetuningArguments) -> list[str]:
+    """LLaMA Pro with an adapter: the full names of the targeted linear layers inside the added layers only."""
+    layers = llama_pro_layers(model.config.num_hidden_layers, method.freeze_trainable_layers)
+    layer_re = re.compile(r"\.layers\.(\d+)\.")
+    names = []
+    for name, module in model.named_modules():
+        match = layer_re.search(name)
+        if (isinstance(module, torch.nn.Linear) and match and int(match.group(1)) in layers
+                and any(f".{t}." in f".{name}." for t in targets)):
+            names.append(name)
+    logger.info("LLaMA Pro: adapting layers %s only", list(layers))
+    return names
+
+
 def _apply_freeze(model: Any, method: FinetuningArguments) -> None:
-    """Train the last (or first) n decoder layers, optionally only some of their modules."""
+    """Train the last (or first) n decoder layers, optionally only some of their modules; with `use_llama_pro`,
+    the n layers the expansion added."""
     num_layers = model.config.num_hidden_layers
     n = method.freeze_trainable_layers
     layer_ids = range(max(0, num_layers - n), num_layers) if n > 0 else range(min(-n, num_layers))
+    if method.use_llama_pro:
+        layer_ids = llama_pro_layers(num_layers, n)
     modules = method.freeze_trainable_modules
     extra = method.freeze_extra_modules or []
     layer_re = re.compile(r"\.layers\.(\d+)\.")

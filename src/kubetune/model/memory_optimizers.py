@@ -1,4 +1,4 @@
-"""Memory-saving optimisers for full fine-tuning: GaLore and BAdam.
+"""Memory-saving optimisers for full fine-tuning: GaLore and BAdam (APOLLO, Adam-mini, Muon: `extra_optimizers`).
 
 GaLore (Zhao et al., 2024) keeps Adam's moments in a low-rank projection of each targeted weight's
 gradient (`galore_rank`), re-taking the projection by SVD every `galore_update_interval` steps; the
@@ -25,8 +25,8 @@ import torch
 from transformers import Trainer, TrainingArguments, get_scheduler
 
 from kubetune.config import FinetuningArguments
-from kubetune.model.adapters import linear_module_names
 from kubetune.model.loraplus import loraplus_optimizer
+from kubetune.model.optimizer_groups import decay_split, layerwise, linear_weights
 
 logger = logging.getLogger(__name__)
 
@@ -39,19 +39,29 @@ GALORE_OPTIMIZERS = {
 
 
 def custom_optimizer(model: Any, args: TrainingArguments, method: FinetuningArguments) -> torch.optim.Optimizer | None:
-    """The optimizer `method` asks for (GaLore, BAdam or LoRA+), or None for the Trainer's own.
+    """The optimizer `method` asks for (GaLore, APOLLO, BAdam, Adam-mini, Muon or LoRA+), or None for the
+    Trainer's own. The rules let at most one be chosen.
 
     Pass it as `Trainer(optimizers=(custom_optimizer(...), None))`, then call `attach(trainer, method)`.
 
     Args:
         model: the model to train, after `prepare_for_training`.
         args: the TrainingArguments (`optim`, `learning_rate`, `weight_decay`, Adam's betas and ε).
-        method: finetuning arguments (`use_galore`, `use_badam`, `loraplus_lr_ratio` and their settings).
+        method: finetuning arguments (`use_galore`, `use_apollo`, `use_badam`, `use_adam_mini`, `use_muon`,
+            `loraplus_lr_ratio` and their settings).
     """
+    from kubetune.model import extra_optimizers
+
     if method.use_galore:
         return galore_optimizer(model, args, method)
+    if method.use_apollo:
+        return extra_optimizers.apollo_optimizer(model, args, method)
     if method.use_badam:
         return badam_optimizer(model, args, method)
+    if method.use_adam_mini:
+        return extra_optimizers.adam_mini_optimizer(model, args)
+    if method.use_muon:
+        return extra_optimizers.muon_optimizer(model, args)
     return loraplus_optimizer(model, args, method)
 
 
@@ -90,33 +100,13 @@ def attach(trainer: Trainer, method: FinetuningArguments) -> None:
         trainer.accelerator.clip_grad_norm_ = MethodType(clip_grad_norm_old_version, trainer.accelerator)
 
 
-def _decay_split(model: Any, params: dict[str, torch.nn.Parameter]) -> tuple[list, list]:
-    """(decayed, not decayed) parameters, as the Trainer splits them (no decay on biases and norms)."""
-    decay = set(Trainer.get_decay_parameter_names(None, model))  # does not read self
-    return ([p for n, p in params.items() if n in decay], [p for n, p in params.items() if n not in decay])
-
-
-def _matches(module_name: str, targets: list[str]) -> bool:
-    """A target names a module (`q_proj`), a parent (`mlp`) or a dotted path (`layers.0.mlp`)."""
-    dotted = f".{module_name}."
-    return any(f".{t}." in dotted for t in targets)
-
-
 def galore_parameters(model: Any, method: FinetuningArguments) -> dict[str, torch.nn.Parameter]:
     """The trainable 2-D weights of the linear layers `galore_target` names (`all`: every linear but the head).
 
     Raises:
         ValueError: when the targets match no linear layer of this model.
     """
-    targets = linear_module_names(model) if method.galore_target == ["all"] else method.galore_target
-    found: dict[str, torch.nn.Parameter] = {}
-    for name, module in model.named_modules():
-        if isinstance(module, torch.nn.Linear) and _matches(name, targets) and module.weight.requires_grad:
-            found[f"{name}.weight"] = module.weight
-    if not found:
-        raise ValueError(f"galore_target {method.galore_target} matches no linear layer of this model; "
-                         f"its linear layers are {', '.join(linear_module_names(model))}")
-    return found
+    return linear_weights(model, method.galore_target, "galore_target")
 
 
 def galore_optimizer(model: Any, args: TrainingArguments, method: FinetuningArguments) -> torch.optim.Optimizer:
@@ -144,7 +134,7 @@ def galore_optimizer(model: Any, args: TrainingArguments, method: FinetuningArgu
     galore = galore_parameters(model, method)
     galore_ids = {id(p) for p in galore.values()}
     rest = {n: p for n, p in model.named_parameters() if p.requires_grad and id(p) not in galore_ids}
-    decay, no_decay = _decay_split(model, rest)
+    decay, no_decay = decay_split(model, rest)
     projection = {"rank": method.galore_rank, "update_proj_gap": method.galore_update_interval,
                   "scale": method.galore_scale, "proj_type": method.galore_proj_type}
     groups = [
@@ -158,23 +148,7 @@ def galore_optimizer(model: Any, args: TrainingArguments, method: FinetuningArgu
                 len(galore), len(rest), ", layer-wise" if method.galore_layerwise else "")
     if not method.galore_layerwise:
         return optimizer_cls(groups, **kwargs)
-
-    from transformers.trainer_pt_utils import LayerWiseDummyOptimizer
-
-    per_param: dict[torch.nn.Parameter, torch.optim.Optimizer] = {}
-    for group in groups:
-        for param in group["params"]:
-            per_param[param] = optimizer_cls([{**group, "params": [param]}], **kwargs)
-
-    def step_now(param: torch.nn.Parameter) -> None:
-        # runs once per backward: each micro-batch would step (hence no gradient accumulation, see rules_optim)
-        if param.grad is not None:
-            per_param[param].step()
-            per_param[param].zero_grad(set_to_none=True)
-
-    for param in per_param:
-        param.register_post_accumulate_grad_hook(step_now)
-    return LayerWiseDummyOptimizer(optimizer_dict=per_param, lr=args.learning_rate)
+    return layerwise(groups, optimizer_cls, kwargs, args.learning_rate)
 
 
 def badam_optimizer(model: Any, args: TrainingArguments, method: FinetuningArguments) -> torch.optim.Optimizer:
@@ -187,7 +161,7 @@ def badam_optimizer(model: Any, args: TrainingArguments, method: FinetuningArgum
 
     named = list(model.named_parameters())
     params = {n: p for n, p in named if p.requires_grad}
-    decay, no_decay = _decay_split(model, params)
+    decay, no_decay = decay_split(model, params)
     # BlockOptimizer reads the weight decay of the first group: the decayed one goes first
     groups = [g for g in ({"params": decay, "weight_decay": args.weight_decay},
                           {"params": no_decay, "weight_decay": 0.0}) if g["params"]]

@@ -1,4 +1,4 @@
-"""π_ref, the reference model of dpo's log-ratio losses (sigmoid, hinge, ipo) and of kto.
+"""π_ref, the reference model of dpo's log-ratio losses (sigmoid, hinge, ipo), of kto, and of sft's ASFT loss.
 
 Which model the config asks for:
 
@@ -52,6 +52,25 @@ class Reference:
             raise TypeError("a reference without a model needs a LoRA policy (PeftModel) whose adapter it disables")
         with peft_model.disable_adapter():
             return scored_logps(policy, batch)[0]
+
+    @torch.no_grad()
+    def label_rows(self, policy: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor | None]:
+        """The reference at the batch's learnt positions, for ASFT's KL term (`sft_objectives.label_rows`):
+        (hidden states, detached head weight), or (logits, None) for a model that is more than head(hidden)."""
+        from accelerate.utils import extract_model_from_parallel
+
+        from kubetune.losses.sft_objectives import label_rows
+
+        if self.model is not None:
+            rows, weight = label_rows(self.model, batch)
+        else:
+            peft_model = extract_model_from_parallel(policy)
+            if not hasattr(peft_model, "disable_adapter"):
+                raise TypeError("a reference without a model needs a LoRA policy (PeftModel) whose adapter it "
+                                "disables")
+            with peft_model.disable_adapter():
+                rows, weight = label_rows(peft_model, batch)
+        return rows, None if weight is None else weight.detach()
 
 
 def load_reference(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device | str) -> Reference:

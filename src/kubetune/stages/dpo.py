@@ -1,4 +1,5 @@
-"""Direct preference optimisation and its family: `pref_loss` sigmoid (DPO), hinge, ipo, orpo, simpo.
+"""Direct preference optimisation and its family: `pref_loss` sigmoid (DPO), hinge, ipo, kto_pair, orpo, simpo;
+with `pref_bco_weight` (a BCO term) and `ld_alpha` (LD-DPO's length desensitisation).
 
 Reads top to bottom: set up tokenizer, data (chosen/rejected pairs) and policy; pick the reference
 (none for orpo/simpo); decide the batch layout (`kubetune.train.layout.plan_pairs`); train with
@@ -17,7 +18,7 @@ Why a transformers.Trainer subclass and not TRL's DPOTrainer: see `kubetune.trai
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import Tensor, nn
 
@@ -26,7 +27,7 @@ from kubetune.data.collator import PairwiseCollator
 from kubetune.data.setup import stage_data
 from kubetune.evaluate.generate import predict_preferred
 from kubetune.losses.causal_lm import scored_logps
-from kubetune.losses.preference import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, pairwise_loss
+from kubetune.losses.preference import MEAN_LOGPS_LOSSES, REFERENCE_LOSSES, RunningMean, pairwise_loss
 from kubetune.model.loader import pad_token_id, weight_dtype
 from kubetune.model.policy import load_preference_policy
 from kubetune.model.reference import Reference, load_reference
@@ -68,7 +69,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     apply_layout(layout, models)
     objective = PairwiseObjective(m.pref_loss, beta=m.pref_beta, ftx=m.pref_ftx,
                                   label_smoothing=m.dpo_label_smoothing, simpo_gamma=m.simpo_gamma,
-                                  reference=reference)
+                                  bco_weight=m.pref_bco_weight, ld_alpha=m.ld_alpha, reference=reference)
     collator = PairwiseCollator(pad_token_id(s.tokenizer), pack_to=layout.pack_to, one_row=layout.one_row)
     trainer = preference_trainer(model, s.tokenizer, s.data, args, objective, collator, do_train=steps.train,
                                  do_eval=steps.eval, out=out, callbacks=callbacks)
@@ -111,7 +112,11 @@ class PairwiseObjective:
         ftx: `pref_ftx`, weight of an SFT term (mean token NLL of the chosen response). Default 0.0.
         label_smoothing: `dpo_label_smoothing` (sigmoid only). Default 0.0.
         simpo_gamma: `simpo_gamma` (simpo only). Default 0.5.
-        reference: the reference model; required by sigmoid/hinge/ipo. Default None.
+        bco_weight: `pref_bco_weight`, weight of a BCO term against a running reward baseline (reference losses
+            only). Default 0.0.
+        ld_alpha: `ld_alpha`, LD-DPO's weight of the policy's response tokens beyond the pair's shared length.
+            Default None (off).
+        reference: the reference model; required by sigmoid/hinge/ipo/kto_pair. Default None.
     """
 
     loss_type: str
@@ -119,10 +124,13 @@ class PairwiseObjective:
     ftx: float = 0.0
     label_smoothing: float = 0.0
     simpo_gamma: float = 0.5
+    bco_weight: float = 0.0
+    ld_alpha: float | None = None
     reference: Reference | None = None
+    bco_baseline: RunningMean = field(default_factory=RunningMean)
 
     def __call__(self, model: nn.Module, batch: dict[str, Tensor]) -> ObjectiveResult:
-        logps, lengths, mean_logits = scored_logps(model, batch)
+        logps, lengths, mean_logits = scored_logps(model, batch, self.ld_alpha)  # the reference's: never LD
         # IPO, ORPO and SimPO compare mean token log-probs, so long responses are not favoured
         use_mean = self.loss_type in MEAN_LOGPS_LOSSES
         scores = logps / lengths if use_mean else logps
@@ -136,7 +144,8 @@ class PairwiseObjective:
         losses, chosen_rewards, rejected_rewards = pairwise_loss(
             self.loss_type, scores[:n], scores[n:],
             None if ref_scores is None else ref_scores[:n], None if ref_scores is None else ref_scores[n:],
-            beta=self.beta, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma)
+            beta=self.beta, label_smoothing=self.label_smoothing, simpo_gamma=self.simpo_gamma,
+            bco_weight=self.bco_weight, bco_baseline=self.bco_baseline)
         loss = losses.mean()
         sft_loss = -(logps[:n] / lengths[:n]).mean()
         if self.ftx > 0:

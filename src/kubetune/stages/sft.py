@@ -16,9 +16,12 @@ from kubetune.data.setup import stage_data
 from kubetune.evaluate.generate import predict
 from kubetune.evaluate.metrics import perplexity
 from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts
+from kubetune.losses.sft_objectives import SftObjective, sft_objective, sft_objective_loss_sum
+from kubetune.model.loader import weight_dtype
 from kubetune.model.memory_optimizers import attach, custom_optimizer
 from kubetune.model.pissa import pissa_callbacks
 from kubetune.model.policy import load_policy
+from kubetune.model.reference import Reference, load_reference
 from kubetune.model.wrapper_forward import forward_through_wrapper
 from kubetune.tracking import JsonlLogCallback
 from kubetune.train import recipe
@@ -38,17 +41,41 @@ class SupervisedTrainer(Trainer):
     `fused_loss.causal_lm_loss_sum`: the output head runs only where a label is learnt, a
     chunk at a time. Evaluation, and models whose logits are more than `head(hidden)`, keep
     the usual path.
+
+    With `objective` (DFT, EAFT, ASFT: `losses.sft_objectives`), training sums that objective's token losses
+    instead, divided the same way; evaluation still reports cross-entropy (so eval_loss and eval_perplexity
+    stay comparable across objectives). `reference` is ASFT's π_ref.
     """
 
+    def __init__(self, *args, objective: SftObjective | None = None, reference: Reference | None = None,
+                 **kwargs) -> None:  # noqa: ANN002, ANN003
+        super().__init__(*args, **kwargs)
+        self.objective = objective
+        self.reference = reference
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):  # noqa: ANN001, ANN201
-        parts = None
-        if model.training and not return_outputs and "labels" in inputs:
-            parts = causal_lm_parts(self.accelerator.unwrap_model(model))
+        training = model.training and not return_outputs and "labels" in inputs
+        if training and self.objective is not None:
+            loss_sum, learnt = self._objective_loss_sum(model, inputs)
+            return self._normalised(loss_sum, learnt, num_items_in_batch)
+        parts = causal_lm_parts(self.accelerator.unwrap_model(model)) if training else None
         if parts is None:
             return super().compute_loss(model, inputs, return_outputs=return_outputs,
                                         num_items_in_batch=num_items_in_batch)
         with self.accelerator.autocast():  # bf16/fp16 autocast wraps the model's forward, which this bypasses
             loss_sum, learnt = forward_through_wrapper(model, lambda: causal_lm_loss_sum(*parts, inputs))
+        return self._normalised(loss_sum, learnt, num_items_in_batch)
+
+    def _objective_loss_sum(self, model, inputs):  # noqa: ANN001, ANN202
+        inner = self.accelerator.unwrap_model(model)
+        with self.accelerator.autocast():
+            ref_rows = None
+            if self.objective.needs_reference:
+                ref_rows = (self.reference or Reference(None)).label_rows(model, inputs)
+            return forward_through_wrapper(model, lambda: sft_objective_loss_sum(self.objective, inner, inputs,
+                                                                                 ref_rows))
+
+    def _normalised(self, loss_sum, learnt, num_items_in_batch):  # noqa: ANN001, ANN202
         if num_items_in_batch is None or not self.model_accepts_loss_kwargs:
             return loss_sum / max(learnt, 1)  # a per-batch mean: the Trainer divides by accumulation steps
         loss = loss_sum / num_items_in_batch
@@ -77,6 +104,12 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     model, _ = load_policy(cfg, s.model_path, trainable=steps.train)
     layout = plan_sft(cfg, model)
     apply_layout(layout, {"policy": model})
+    objective = sft_objective(cfg.method)
+    reference = None
+    if objective is not None and objective.needs_reference and steps.train:
+        reference = load_reference(cfg, s.model_path, weight_dtype(cfg), args.device)
+        if reference.model is not None:  # the same batches reach π_ref: the same attention kernel
+            apply_layout(layout, {"policy": reference.model})
 
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
     trainer = SupervisedTrainer(
@@ -89,6 +122,8 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
         optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
+        objective=objective,
+        reference=reference,
     )
     attach(trainer, cfg.method)
     metrics: dict[str, float] = {}

@@ -135,7 +135,8 @@ def sharded_parameters_limits(cfg: RunConfig) -> list[Problem]:
                                 "head is saved from the unsharded model (it would save empty shards)",
                                 "use ZeRO-2 (examples/deepspeed/ds_z2_config.json) or plain DDP for rm"))
     separate = bool(m.ref_model) or m.finetuning_type != "lora"
-    if separate and (stage == "kto" or (stage == "dpo" and m.pref_loss in REFERENCE_LOSSES)):
+    asft = stage in ("sft", "pt") and m.use_asft_loss  # ASFT's KL term runs a reference model too
+    if separate and (stage == "kto" or (stage == "dpo" and m.pref_loss in REFERENCE_LOSSES) or asft):
         problems.append(Problem(key, value, where, f"{name} shards the policy, but the separate reference model "
                                 f"({'ref_model' if m.ref_model else 'a frozen copy for ' + m.finetuning_type}) is "
                                 "not set up for sharded inference (it would run on partitions it never gathers)",

@@ -1,4 +1,5 @@
-"""World rules about this machine: are the kernels a config asks for installed, and can they run here?"""
+"""World rules about this machine: are the kernels and optimizer packages a config asks for installed, and can
+they run here?"""
 
 from __future__ import annotations
 
@@ -23,6 +24,21 @@ def kernels_installed(cfg: RunConfig) -> list[Problem]:
         problems.append(Problem("enable_liger_kernel", True, cfg.origin("enable_liger_kernel"),
                                 "Liger kernels are Triton GPU kernels, and this machine has no CUDA GPU",
                                 "remove enable_liger_kernel here (keep it in configs that run on a GPU)"))
+    return problems
+
+
+# switch → (module, pip package, kubetune extra) of the optimisers that come from their own package
+OPTIMIZER_PACKAGES = {"use_apollo": ("apollo_torch", "apollo-torch", "apollo"),
+                      "use_adam_mini": ("adam_mini", "adam-mini", "adam-mini")}
+
+
+def optimizer_packages_installed(cfg: RunConfig) -> list[Problem]:
+    """APOLLO and Adam-mini come from their authors' packages, kubetune's optional extras."""
+    problems = []
+    for key, (module, package, extra) in OPTIMIZER_PACKAGES.items():
+        if getattr(cfg.method, key) and importlib.util.find_spec(module) is None:
+            problems.append(Problem(key, True, cfg.origin(key), f"needs the package {package}, not installed here",
+                                    f"pip install kubetune[{extra}] (or {package}), or remove {key}"))
     return problems
 
 

@@ -15,8 +15,9 @@ from kubetune.validate import datasets, distributed, machine, models
 Rule = Callable[[RunConfig], list[Problem]]
 
 # Every stage, every command: what the machine must have, and the files that say how training is spread.
-EVERY_STAGE: tuple[Rule, ...] = (machine.kernels_installed, distributed.deepspeed_config, distributed.fsdp_config_file,
-                                  distributed.sharded_parameters_limits)
+EVERY_STAGE: tuple[Rule, ...] = (machine.kernels_installed, machine.optimizer_packages_installed,
+                                 distributed.deepspeed_config, distributed.fsdp_config_file,
+                                 distributed.sharded_parameters_limits)
 
 STAGE_RULES: dict[str, tuple[Rule, ...]] = {
     "pt": (),
