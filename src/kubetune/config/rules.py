@@ -14,6 +14,7 @@ from kubetune.config import (
     rules_distributed,
     rules_dpo,
     rules_kto,
+    rules_lf_keys,
     rules_optim,
     rules_peft,
     rules_ppo,
@@ -157,7 +158,7 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 RULES: list[Rule] = [
     not_implemented, stage_specific, rules_peft.check, rules_optim.check, rules_distributed.check,
     quantization_needs_lora, history_vs_prompt, eval_needs_data, val_size_shape, packing_flags, length_grouping,
-    shuffling, precision, warmup,
+    shuffling, precision, warmup, rules_lf_keys.check,
 ]
 
 

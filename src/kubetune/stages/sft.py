@@ -13,6 +13,7 @@ from transformers import Trainer
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
 from kubetune.data.setup import stage_data
+from kubetune.evaluate.accuracy import TokenAccuracy, argmax_logits
 from kubetune.evaluate.generate import predict
 from kubetune.evaluate.metrics import perplexity
 from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts
@@ -57,6 +58,13 @@ class SupervisedTrainer(Trainer):
         return loss
 
 
+def accuracy_metrics(cfg: RunConfig) -> dict:
+    """The Trainer's metric hooks for `compute_accuracy` (eval_accuracy from argmax ids), or none."""
+    if not cfg.train.compute_accuracy:
+        return {}
+    return {"compute_metrics": TokenAccuracy(), "preprocess_logits_for_metrics": argmax_logits}
+
+
 def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """Run the configured `do_train` / `do_eval` / `do_predict` steps of an sft or pt stage.
 
@@ -74,7 +82,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     s = stage_data(cfg, cfg.method.stage, train=steps.train, evaluate=steps.needs_eval_split)
     tokenizer, template, data = s.tokenizer, s.template, s.data
     args = training_arguments(cfg, out)  # before the model: under ZeRO-3 it loads partitioned (see its docstring)
-    model, _ = load_policy(cfg, s.model_path, trainable=steps.train)
+    model, _ = load_policy(cfg, s.model_path, trainable=steps.train, tokenizer=tokenizer)
     layout = plan_sft(cfg, model)
     apply_layout(layout, {"policy": model})
 
@@ -89,6 +97,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         processing_class=tokenizer,
         callbacks=[JsonlLogCallback(out), *pissa_callbacks(cfg.method, out), *(callbacks or [])],
         optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
+        **accuracy_metrics(cfg),
     )
     attach(trainer, cfg.method)
     metrics: dict[str, float] = {}

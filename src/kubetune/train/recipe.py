@@ -88,6 +88,8 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
         tokenizer.save_pretrained(str(out))
     trainer.save_state()
     train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit), "preprocess_seconds": data.seconds}
+    if cfg.train.include_effective_tokens_per_second:
+        train_metrics["effective_tokens_per_sec"] = effective_tokens_per_second(data.train, result.metrics)
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", train_metrics)
     metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in train_metrics.items()}
@@ -96,6 +98,25 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
         for path in plot_loss(trainer.state.log_history, out, keys=plotted):
             files[path.stem] = str(path)
     return metrics, files
+
+
+def effective_tokens_per_second(rows: Any, metrics: dict[str, float]) -> float:
+    """`include_effective_tokens_per_second`: the training rows' tokens times the epochs run, over the train
+    runtime, per process — LLaMA-Factory's number.
+
+    A row's tokens are its `input_ids` (sft, pt, kto), or its `chosen_input_ids` and `rejected_input_ids`
+    (rm, dpo); padding is never counted, as rows are stored unpadded.
+
+    Args:
+        rows: the training split (a `datasets.Dataset`).
+        metrics: the Trainer's train metrics (`epoch`, `train_runtime`).
+    """
+    columns = [c for c in ("input_ids", "chosen_input_ids", "rejected_input_ids") if c in rows.column_names]
+    if "input_ids" in columns:
+        columns = ["input_ids"]
+    tokens = sum(len(ids) for column in columns for ids in rows[column])
+    world = current_world().size
+    return tokens * metrics.get("epoch", 0.0) / max(metrics.get("train_runtime", 0.0), 1e-9) / world
 
 
 def evaluate(trainer: Any, eval_set: Any, derived: Callable[[dict[str, float]], dict[str, float]] | None = None
