@@ -182,7 +182,11 @@ def test_lora_trains_the_resized_embeddings_and_head_in_full(tiny_model_dir: Pat
                              "lora_rank": 4, "gradient_checkpointing": False})
     model, dtype = load_policy(cfg, str(tiny_model_dir), trainable=True)
     assert dtype == torch.float32
-    assert model.peft_config["default"].modules_to_save == embedding_module_names(model.get_base_model())
-    assert set(model.peft_config["default"].modules_to_save) == {"embed_tokens", "lm_head"}
+    assert embedding_module_names(model.get_base_model()) == ["embed_tokens", "lm_head"]
+    # tied: PEFT keeps one entry for the shared weight
+    assert any(name.endswith("embed_tokens") for name in model.peft_config["default"].modules_to_save)
     trained = {name for name, p in model.named_parameters() if p.requires_grad}
     assert any("embed_tokens.modules_to_save" in name for name in trained)
+    base = model.get_base_model()  # tied: the lookup and the head train one shared copy
+    assert base.get_output_embeddings().weight is base.get_input_embeddings().weight
+    assert model.peft_config["default"].ensure_weight_tying

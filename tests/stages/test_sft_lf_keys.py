@@ -57,12 +57,24 @@ def test_new_special_token_is_one_id_trained_under_lora_and_saved(tiny_model_dir
     embed = next(v for k, v in adapter.items() if "embed_tokens" in k)
     assert embed.shape[0] == start.shape[0] > len(s.tokenizer)  # resized, in blocks of 64
     assert not torch.allclose(embed[tool_id], start[tool_id]), "the new token's row must be trained"
-    unused = start.shape[0] - 1  # a padding row no data touches keeps its start (Adam moves no zero-grad row)
-    torch.testing.assert_close(embed[unused], start[unused])
-    assert any("lm_head" in k for k in adapter)
+    # the tiny llama ties its head to the embeddings: one trained copy serves both (ensure_weight_tying)
+    assert json.loads((out / "adapter_config.json").read_text())["ensure_weight_tying"] is True
     saved = AutoTokenizer.from_pretrained(out)
     assert saved.convert_tokens_to_ids(TOOL) == tool_id
     assert json.loads((out / "adapter_config.json").read_text())["modules_to_save"] is not None
+
+    # export: the base is resized before the adapter loads, and the merged model keeps the trained row
+    from transformers import AutoModelForCausalLM
+
+    from kubetune.export import export
+
+    merged_dir = tmp_path / "merged"
+    export(load_config(None, {"model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": str(out),
+                              "add_special_tokens": TOOL, "export_dir": str(merged_dir)}))
+    merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    torch.testing.assert_close(merged.get_input_embeddings().weight[tool_id], embed[tool_id])
+    assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
+    assert AutoTokenizer.from_pretrained(merged_dir).convert_tokens_to_ids(TOOL) == tool_id
 
 
 def _stop_step(evals: list[float], patience: int) -> int | None:

@@ -112,13 +112,19 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
         logger.info("continuing to train adapter %s (its adapter_config.json decides rank, DoRA, ...)", adapters[-1])
         return load_adapter(model, adapters[-1], is_trainable=True)
 
-    if model_args.resize_vocab and method.additional_target is None:
+    trains_vocabulary = model_args.resize_vocab and method.additional_target is None
+    if trains_vocabulary:
         # the new tokens' rows must learn: train the embeddings and head in full, as LLaMA-Factory does
         from kubetune.model.vocabulary import embedding_module_names
 
         method = method.model_copy(update={"additional_target": embedding_module_names(model)})
         logger.info("resize_vocab: training %s in full with the adapter", ", ".join(method.additional_target))
     config = lora_config(model, method)
+    if trains_vocabulary and getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        # Tied embeddings: one trained copy shared by the lookup and the head. Two separate copies (PEFT's
+        # default) would untie them in training, yet the saved and merged model says "tied" and drops the
+        # head's copy on reload, so the exported model would not be the one trained.
+        config.ensure_weight_tying = True
     model = get_peft_model(model, config)
     variant = [name for name, on in (("DoRA", config.use_dora), ("rsLoRA", config.use_rslora),
                                      (f"PiSSA init {config.init_lora_weights}", method.pissa_init)) if on]
