@@ -168,6 +168,17 @@ def test_bad_special_tokens_config_names_the_key(tiny_model_dir: Path, tmp_path:
         load_tokenizer(_model_args(tiny_model_dir, new_special_tokens_config=str(listed)))
 
 
+def test_preflight_checks_the_special_tokens_file(tmp_path: Path) -> None:
+    from kubetune.validate.models import special_tokens_file
+
+    cfg = load_config(None, {"model_name_or_path": "m", "new_special_tokens_config": str(tmp_path / "no.yaml")})
+    [problem] = special_tokens_file(cfg)
+    assert problem.key == "new_special_tokens_config" and "does not exist" in problem.message
+    (tmp_path / "ok.yaml").write_text("<t>: a token\n")
+    assert special_tokens_file(load_config(None, {"model_name_or_path": "m",
+                                                  "new_special_tokens_config": str(tmp_path / "ok.yaml")})) == []
+
+
 def test_resize_vocab_on_a_quantised_base_is_refused() -> None:
     with pytest.raises(ConfigError, match="add_tokens.*quantised model cannot be resized"):
         load_config(None, {"model_name_or_path": "m", "add_tokens": "x", "quantization_bit": 4})

@@ -11,40 +11,16 @@ from __future__ import annotations
 
 import logging
 import math
-from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from kubetune.config import ModelArguments
+from kubetune.model.special_tokens_file import special_token_descriptions
 
 logger = logging.getLogger(__name__)
 
 PAD_TO_MULTIPLE_OF = 64  # rows are added in blocks of 64, as LLaMA-Factory does (faster matmuls on GPUs)
-
-
-def special_token_descriptions(args: ModelArguments) -> dict[str, str] | None:
-    """`new_special_tokens_config` read: token -> description; None when the key is not set.
-
-    Raises:
-        ValueError: the file is missing, is not YAML, or is not a mapping of tokens to texts.
-    """
-    path = args.new_special_tokens_config
-    if path is None:
-        return None
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise ValueError(f"new_special_tokens_config: {path!r} does not exist — give a YAML file mapping each "
-                         "new special token to its description (`<tool>: marks a tool call`)")
-    try:
-        loaded = yaml.safe_load(file.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        raise ValueError(f"new_special_tokens_config: {path!r} is not valid YAML ({err})") from None
-    if not isinstance(loaded, dict) or not loaded or not all(isinstance(k, str) for k in loaded):
-        raise ValueError(f"new_special_tokens_config: {path!r} must map each new token to a description, e.g. "
-                         f"`<tool>: marks a tool call`; got {type(loaded).__name__} {loaded!r:.80}")
-    return {token: "" if text is None else str(text) for token, text in loaded.items()}
 
 
 def new_special_tokens(args: ModelArguments) -> list[str]:
