@@ -136,3 +136,27 @@ def test_token_accuracy_is_the_mean_of_each_rows_learnt_share() -> None:
     preds = np.array([[5, 0, 7, 0], [0, 1, 9, 0], [1, 1, 1, 1]])
     result = TokenAccuracy()(EvalPrediction(predictions=preds, label_ids=labels))
     assert result == {"accuracy": pytest.approx((2 / 3 + 1 / 2) / 2)}  # the row with nothing learnt is skipped
+
+
+def test_eval_on_each_dataset_reports_one_loss_per_eval_dataset(tiny_model_dir: Path, tmp_path: Path,
+                                                               cache_dir: Path) -> None:
+    out = tmp_path / "run"
+    result = run_stage(tiny_cfg(tiny_model_dir, out, max_steps=2, max_samples=8, eval_dataset="kubi_sft_eval,kubi_sft",
+                                eval_on_each_dataset=True, eval_strategy="steps", eval_steps=2, do_eval=True))
+    m = result.metrics
+    assert "eval_loss" not in m
+    assert m["eval_kubi_sft_eval_loss"] > 0 and m["eval_kubi_sft_loss"] > 0
+    assert m["eval_kubi_sft_eval_loss"] != m["eval_kubi_sft_loss"]  # two datasets, two losses
+    assert m["eval_kubi_sft_perplexity"] == pytest.approx(np.exp(m["eval_kubi_sft_loss"]))
+    logged = {key for line in log_lines(out) if line["current_steps"] == 2 for key in line}
+    assert {"eval_kubi_sft_eval_loss", "eval_kubi_sft_loss"} <= logged  # evaluated in training too, each on its own
+
+
+def test_eval_on_each_dataset_needs_eval_dataset_names() -> None:
+    base = {"model_name_or_path": "m", "eval_on_each_dataset": True}
+    with pytest.raises(ConfigError, match="eval_on_each_dataset.*none is named"):
+        load_config(None, {**base, "val_size": 0.1, "do_eval": True})
+    with pytest.raises(ConfigError, match="metric_for_best_model: a_loss"):
+        load_config(None, {**base, "eval_dataset": "a,b", "eval_strategy": "steps", "early_stopping_steps": 2})
+    with pytest.raises(ConfigError, match="not dpo"):
+        load_config(None, {**base, "eval_dataset": "a", "stage": "dpo"})

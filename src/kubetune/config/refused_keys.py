@@ -88,7 +88,6 @@ REFUSED: dict[str, Refusal] = {
     # DataArguments
     "buffer_size": Refusal(f"read by streaming, which is {_NOT_YET}", _REMOVE, 16384),
     "interleave_probs": Refusal(f"read by mix_strategy interleave_under/over, which is {_NOT_YET}", _REMOVE),
-    "eval_on_each_dataset": Refusal(f"evaluating each dataset separately: {_NOT_YET}", _REMOVE, False),
     "eval_num_beams": Refusal("not read by kubetune's predictions", "set num_beams: do_predict generates with it"),
     "ignore_pad_token_for_loss": Refusal("counting padding in the loss: not supported",
                                          "remove it: padding never counts", True),

@@ -17,7 +17,8 @@ ACCURACY_STAGES = ("sft", "pt")
 
 def check(cfg: RunConfig) -> list[Problem]:
     """Every problem with `cfg`'s vocabulary, train_from_scratch, early-stopping and eval-metric keys."""
-    return [*quantised_base(cfg), *early_stopping(cfg), *best_model(cfg), *accuracy(cfg), *ppo_trains_alone(cfg)]
+    return [*quantised_base(cfg), *early_stopping(cfg), *best_model(cfg), *accuracy(cfg), *ppo_trains_alone(cfg),
+            *each_dataset(cfg)]
 
 
 def quantised_base(cfg: RunConfig) -> list[Problem]:
@@ -91,3 +92,23 @@ def ppo_trains_alone(cfg: RunConfig) -> list[Problem]:
     return [Problem(key, True if key != "early_stopping_steps" else cfg.train.early_stopping_steps, cfg.origin(key),
                     "ppo trains in its own loop, without evaluations or this metric", "remove it")
             for key, on in keys.items() if on]
+
+
+def each_dataset(cfg: RunConfig) -> list[Problem]:
+    """eval_on_each_dataset: sft/pt only, needs eval_dataset names, and renames the metrics a best model reads."""
+    if not cfg.data.eval_on_each_dataset:
+        return []
+    key, origin = "eval_on_each_dataset", cfg.origin("eval_on_each_dataset")
+    if cfg.method.stage not in ACCURACY_STAGES:
+        return [Problem(key, True, origin, f"evaluates each dataset in the sft and pt stages, not "
+                        f"{cfg.method.stage} (not implemented yet)", "remove it")]
+    if not cfg.data.eval_dataset:
+        return [Problem(key, True, origin, "evaluates each eval_dataset on its own, but none is named "
+                        "(a val_size split is one set)", "list the datasets in eval_dataset, or remove it")]
+    t = cfg.train
+    if (t.early_stopping_steps is not None or t.load_best_model_at_end) and t.metric_for_best_model is None:
+        first = cfg.data.eval_dataset[0]
+        return [Problem("metric_for_best_model", None, cfg.origin("metric_for_best_model"),
+                        "with eval_on_each_dataset there is no single eval_loss to watch, only one per dataset",
+                        f"name one, e.g. metric_for_best_model: {first}_loss")]
+    return []

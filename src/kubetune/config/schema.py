@@ -266,6 +266,10 @@ class DataArguments(_Group):
     val_size: float = Field(
         0.0, ge=0.0, description="Validation split: a fraction in (0, 1) or a row count (≥ 1)."
     )
+    eval_on_each_dataset: bool = Field(False, description=(
+        "sft/pt: evaluate each eval_dataset on its own: eval_<name>_loss (and _perplexity, _accuracy) per "
+        "dataset instead of one eval_loss; name metric_for_best_model after one of them (e.g. <name>_loss) "
+        "for early stopping or load_best_model_at_end."))
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
     mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
     packing: bool | None = Field(None, description=(

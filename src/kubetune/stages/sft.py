@@ -12,6 +12,7 @@ from transformers import Trainer
 
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
+from kubetune.data.eval_sets import eval_splits, metric_name
 from kubetune.data.setup import stage_data
 from kubetune.evaluate.accuracy import TokenAccuracy, argmax_logits
 from kubetune.evaluate.generate import predict
@@ -65,6 +66,12 @@ def accuracy_metrics(cfg: RunConfig) -> dict:
     return {"compute_metrics": TokenAccuracy(), "preprocess_logits_for_metrics": argmax_logits}
 
 
+def _perplexities(metrics: dict[str, float]) -> dict[str, float]:
+    """eval_perplexity from eval_loss (and eval_<name>_perplexity from each eval_<name>_loss)."""
+    return {f"{key.removesuffix('_loss')}_perplexity": perplexity(value) for key, value in metrics.items()
+            if key.startswith("eval") and key.endswith("_loss")}
+
+
 def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """Run the configured `do_train` / `do_eval` / `do_predict` steps of an sft or pt stage.
 
@@ -87,6 +94,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     apply_layout(layout, {"policy": model})
 
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
+    if eval_set is not None and steps.eval and cfg.data.eval_on_each_dataset:  # one split per eval_dataset name
+        eval_set = {metric_name(name): split.select_columns(["input_ids", "labels"])
+                    for name, split in eval_splits(cfg, tokenizer, template, cfg.method.stage).items()}
     trainer = SupervisedTrainer(
         model=model,
         args=args,
@@ -112,8 +122,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- evaluate ---
     if steps.eval and eval_set is not None:
-        metrics.update(recipe.evaluate(trainer, eval_set,
-                                       derived=lambda m: {"eval_perplexity": perplexity(m["eval_loss"])}))
+        metrics.update(recipe.evaluate(trainer, eval_set, derived=_perplexities))
 
     # --- predict ---
     if steps.generates and data.eval is not None:

@@ -125,10 +125,16 @@ def evaluate(trainer: Any, eval_set: Any, derived: Callable[[dict[str, float]], 
 
     Args:
         trainer: a transformers `Trainer`.
-        eval_set: the held-out split.
+        eval_set: the held-out split, or {name: split} to evaluate each (`eval_on_each_dataset`: metrics
+            `eval_<name>_loss`, ...).
         derived: adds metrics computed from the Trainer's (sft: `eval_perplexity` from `eval_loss`). Default None.
     """
-    metrics = trainer.evaluate(eval_set)
+    if isinstance(eval_set, dict):
+        metrics = {}
+        for name, split in eval_set.items():
+            metrics.update(trainer.evaluate(split, metric_key_prefix=f"eval_{name}"))
+    else:
+        metrics = trainer.evaluate(eval_set)
     if derived is not None:
         metrics.update(derived(metrics))
     trainer.log_metrics("eval", metrics)
