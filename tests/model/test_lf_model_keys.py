@@ -50,6 +50,15 @@ def test_rope_scaling_stretches_the_rotary_embedding_for_cutoff_len(tiny_model_d
         assert not torch.allclose(scaled(ids).logits, plain(ids).logits)
 
 
+def test_a_stage_sizes_rope_scaling_for_its_cutoff_len(tiny_model_dir: Path) -> None:
+    from kubetune.model.policy import load_policy
+
+    cfg = load_config(None, {"model_name_or_path": str(tiny_model_dir), "rope_scaling": "linear", "cutoff_len": 1100,
+                             "finetuning_type": "full", "gradient_checkpointing": False})
+    model, _ = load_policy(cfg, str(tiny_model_dir), trainable=True)
+    assert model.config.rope_parameters["factor"] == 3.0 and model.model.rotary_emb.rope_type == "linear"
+
+
 def test_rope_scaling_is_off_when_cutoff_len_fits_and_doubles_at_inference(tiny_model_dir: Path) -> None:
     args = _model_args(tiny_model_dir, rope_scaling="linear")
     fits = load_base_model(args, model_max_length=512)

@@ -108,6 +108,16 @@ def test_early_stopping_needs_evaluations_in_training() -> None:
                            "val_size": 0.1, "eval_steps": 3, "save_steps": 10})
     with pytest.raises(ConfigError, match="compute_accuracy.*not dpo"):
         load_config(None, {"model_name_or_path": "m", "stage": "dpo", "compute_accuracy": True})
+    with pytest.raises(ConfigError, match="save_strategy equal to eval_strategy"):
+        load_config(None, {"model_name_or_path": "m", "load_best_model_at_end": True, "eval_strategy": "epoch",
+                           "val_size": 0.1})
+    with pytest.raises(ConfigError, match="include_effective_tokens_per_second.*ppo trains in its own loop"):
+        load_config(None, {"model_name_or_path": "m", "stage": "ppo", "reward_model": "r",
+                           "include_effective_tokens_per_second": True})
+    with pytest.raises(ConfigError, match="eval_accuracy is reported only with compute_accuracy"):
+        load_config(None, {"model_name_or_path": "m", "metric_for_best_model": "eval_accuracy"})
+    load_config(None, {"model_name_or_path": "m", "load_best_model_at_end": True, "eval_strategy": "steps",
+                       "val_size": 0.1, "eval_steps": 5, "save_steps": 10, "early_stopping_steps": 2})
 
 
 def test_compute_accuracy_reports_eval_accuracy_that_moves_with_training(tiny_model_dir: Path, tmp_path: Path,
