@@ -72,6 +72,9 @@ def test_new_special_token_is_one_id_trained_under_lora_and_saved(tiny_model_dir
     export(load_config(None, {"model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": str(out),
                               "add_special_tokens": TOOL, "export_dir": str(merged_dir)}))
     merged = AutoModelForCausalLM.from_pretrained(merged_dir)
+    with pytest.raises(ValueError, match="trained with added tokens — set the same add_tokens"):
+        export(load_config(None, {"model_name_or_path": str(tiny_model_dir), "adapter_name_or_path": str(out),
+                                  "export_dir": str(tmp_path / "forgot")}))
     torch.testing.assert_close(merged.get_input_embeddings().weight[tool_id], embed[tool_id])
     assert merged.get_output_embeddings().weight is merged.get_input_embeddings().weight
     assert AutoTokenizer.from_pretrained(merged_dir).convert_tokens_to_ids(TOOL) == tool_id

@@ -178,7 +178,26 @@ def load_adapter(model: Any, path: str, *, is_trainable: bool) -> Any:
                     else "retrain with pissa_convert: true (or pissa_iter: -1), then load its pissa_converted folder")
             raise ValueError(f"adapter {path} was trained with PiSSA fast SVD ({init}): it only fits the residual "
                              f"base it was trained on, which cannot be rebuilt exactly — {hint}")
+    _check_vocabulary_fits(model, path)
     return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+
+
+def _check_vocabulary_fits(model: Any, path: str) -> None:
+    """Refuse, naming the keys, an adapter whose saved embeddings have more rows than the base: it was trained
+    with added tokens that this config does not add (PEFT would fail with a bare size mismatch)."""
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    with safe_open(str(weights), framework="pt") as f:
+        names = [k for k in f.keys() if "embed_tokens" in k]  # noqa: SIM118 (safe_open is not a mapping)
+        trained = max((f.get_slice(k).get_shape()[0] for k in names), default=0)
+    if trained > rows:
+        raise ValueError(f"adapter {path} was trained with {trained} embedding rows, the base has {rows}: it was "
+                         "trained with added tokens — set the same add_tokens / add_special_tokens / "
+                         "new_special_tokens_config as in training")
 
 
 def _untie_embeddings_if_adapted(model: Any, path: str) -> None:
