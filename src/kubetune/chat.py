@@ -23,7 +23,7 @@ def chat(cfg: RunConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout)
     """Run the chat loop until `exit` or end of input; answers stream as they are generated."""
     path = resolve_model_path(cfg.model)
     tokenizer, template = tokenizer_and_template(cfg, path)
-    model = load_base_model(cfg.model, path=path)
+    model = load_base_model(cfg.model, path=path, tokenizer=tokenizer)  # rope_scaling at inference: factor 2
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
     kwargs = generation_kwargs(cfg.generation, tokenizer, template.stop_token_ids(tokenizer))
     system = ""  # the template supplies its default_system (the config's, if set) when this is empty

@@ -29,7 +29,10 @@ def export(cfg: RunConfig) -> Path | str:
     defer_deepspeed_import()  # save_pretrained unwraps the model; a merge never needs DeepSpeed
     path = resolve_model_path(cfg.model)
     tokenizer = load_tokenizer(cfg.model, path)
-    model = load_base_model(cfg.model, path=path, quantize=False)
+    # rope_scaling: sized for cutoff_len when it is not the default, else factor 2, as LLaMA-Factory's export
+    default_length = type(cfg.data).model_fields["cutoff_len"].default
+    length = cfg.data.cutoff_len if cfg.data.cutoff_len != default_length else None
+    model = load_base_model(cfg.model, path=path, quantize=False, model_max_length=length, tokenizer=tokenizer)
     # is_trainable=False merges every adapter in order into the base weights
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
     if hasattr(model, "merge_and_unload"):

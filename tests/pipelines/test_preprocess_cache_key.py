@@ -76,6 +76,16 @@ def test_a_changed_tokenizer_changes_the_key(model_copy: Path) -> None:
     assert _key(_config(model_copy)) != before
 
 
+def test_added_tokens_change_the_key_with_or_without_the_tokenizer(tiny_model_dir: Path) -> None:
+    from kubetune.data.stage_key import CacheKeyWarning
+
+    assert _key(_config(tiny_model_dir, add_special_tokens="<|kt|>")) != _key(_config(tiny_model_dir))
+    with pytest.warns(CacheKeyWarning):  # a stand-in (no tokenizer to read) names the tokens
+        offline = _key(_config(Path("nobody/no-such-model")))
+    with pytest.warns(CacheKeyWarning):
+        assert _key(_config(Path("nobody/no-such-model"), add_tokens="kt")) != offline
+
+
 def test_the_compiled_key_is_the_key_the_step_computes(tiny_model_dir: Path, tmp_path: Path,
                                                        cache_dir: Path) -> None:
     config = _config(tiny_model_dir)

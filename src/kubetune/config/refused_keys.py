@@ -62,14 +62,10 @@ REFUSED: dict[str, Refusal] = {
             f"GPTQ-quantised export: {_NOT_YET}", "export in 16 bits and quantise the exported model separately"),
     "quantization_device_map": Refusal("a device map for 4-bit inference: not supported",
                                        "remove it: kubetune places the quantised model itself"),
-    # ModelArguments: vocabulary
-    **_each({"add_tokens": None, "add_special_tokens": None, "new_special_tokens_config": None,
-             "init_special_tokens": "noise_init"},
-            f"adding tokens to the vocabulary: {_NOT_YET}", _REMOVE),
+    # ModelArguments: vocabulary (add_tokens, add_special_tokens, ... are fields)
     "split_special_tokens": Refusal(f"splitting special tokens: {_NOT_YET}", "remove it: they are kept whole",
                                     False),
     # ModelArguments: architecture changes
-    "rope_scaling": Refusal(f"RoPE scaling: {_NOT_YET}", "remove it, and keep cutoff_len within the model's context"),
     "shift_attn": Refusal("LongLoRA's shift short attention (S²-Attn): not supported", _REMOVE, False),
     # LLaMA-Factory's MoD library (PyPI mixture-of-depth 1.2.0) imports transformers 4's TRANSFORMERS_CACHE at
     # import time, so it cannot load beside the transformers 5 that kubetune pins (checked with 1.2.0)
@@ -77,7 +73,6 @@ REFUSED: dict[str, Refusal] = {
                                  "4.x and does not import with the transformers 5 kubetune runs on", _REMOVE),
     "moe_aux_loss_coef": Refusal(f"setting the MoE router's auxiliary-loss coefficient: {_NOT_YET}",
                                  "remove it: the model's own coefficient is used"),
-    "train_from_scratch": Refusal(f"random initialisation (train_from_scratch): {_NOT_YET}", _REMOVE, False),
     "use_unsloth_gc": Refusal("Unsloth's offloaded gradient checkpointing: not supported (nor is Unsloth)",
                               "remove it: gradient_checkpointing (on by default) recomputes activations", False),
     "use_v1_kernels": Refusal("LLaMA-Factory's v1 kernel plugins (mostly Ascend NPU fused ops): not supported",
@@ -96,13 +91,10 @@ REFUSED: dict[str, Refusal] = {
     # DataArguments
     "buffer_size": Refusal("streaming's shuffle buffer; streaming is not supported (the tokenised data is an "
                            "Arrow cache, preprocessed in bounded memory)", _REMOVE, 16384),
-    "eval_on_each_dataset": Refusal(f"evaluating each dataset separately: {_NOT_YET}", _REMOVE, False),
     "eval_num_beams": Refusal("not read by kubetune's predictions", "set num_beams: do_predict generates with it"),
     "ignore_pad_token_for_loss": Refusal("counting padding in the loss: not supported",
                                          "remove it: padding never counts", True),
     # FinetuningArguments: optimisers and losses
-    "compute_accuracy": Refusal(f"token accuracy at evaluation: {_NOT_YET}", "eval_loss is reported", False),
-    "early_stopping_steps": Refusal(f"early stopping: {_NOT_YET}", "set max_steps or num_train_epochs"),
     # FinetuningArguments: distributed back ends
     **_each({"use_mca": False, "use_megatron_bridge": False, "megatron_bridge_args": None},
             "Megatron: use the scale-out path (deepspeed/fsdp, nodes)", _REMOVE),
@@ -131,9 +123,6 @@ REFUSED: dict[str, Refusal] = {
 
 # Keys whose request kubetune already fulfils, whatever their value: accepted and dropped, with why.
 NO_EFFECT: dict[str, str] = {
-    "include_effective_tokens_per_second": (
-        "every training line of trainer_log.jsonl (and MLflow) carries `throughput`, non-padding input tokens per "
-        "second, and `total_tokens`; LLaMA-Factory's flag adds one run-average number instead"),
     "data_shared_file_system": (
         "the pipeline's preprocess step tokenises once, for every rank and node, whatever the file system"),
     "max_length": (

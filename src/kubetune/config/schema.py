@@ -87,7 +87,27 @@ class ModelArguments(_Group):
     model_revision: str = Field("main", description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint.")
     use_fast_tokenizer: bool = Field(True, description="Use the tokenizers-backed fast tokenizer.")
-    resize_vocab: bool = Field(False, description="Resize embeddings to the tokenizer's length.")
+    resize_vocab: bool = Field(False, description=(
+        "Resize the input embeddings (and an untied output head) to the tokenizer's length, rounded up to a "
+        "multiple of 64, when the tokenizer has more tokens than the model has rows; new rows start as "
+        "init_special_tokens says. On by itself when add_tokens, add_special_tokens or new_special_tokens_config "
+        "is set. A new LoRA adapter then trains the embeddings and the head in full and saves them with it "
+        "(unless additional_target names the modules). Not with quantization_bit."))
+    add_tokens: list[str] | None = Field(None, description=(
+        "Plain (non-special) tokens to add to the tokenizer's vocabulary, comma-separated; each then encodes as "
+        "one id. Saved with the tokenizer."))
+    add_special_tokens: list[str] | None = Field(None, description=(
+        "Special tokens to add to the tokenizer, comma-separated (kept whole, dropped by skip_special_tokens). "
+        "Ignored when new_special_tokens_config is set."))
+    new_special_tokens_config: str | None = Field(None, description=(
+        "A YAML file mapping each new special token to a description (`<tool>: marks a tool call`); its tokens "
+        "take the place of add_special_tokens, and init_special_tokens: desc_init starts each one's embedding "
+        "from its description's."))
+    init_special_tokens: Literal["noise_init", "desc_init", "desc_init_w_noise"] = Field("noise_init", description=(
+        "How the embedding rows of new tokens start: noise_init (the mean of the old rows plus Gaussian noise of "
+        "std 1/sqrt(hidden size)), desc_init (the mean embedding of the token's description in "
+        "new_special_tokens_config), desc_init_w_noise (that plus the noise). The desc_ ones need "
+        "new_special_tokens_config; without it noise_init is used, as in LLaMA-Factory."))
     low_cpu_mem_usage: bool = Field(True, description="Load weights without a full extra copy in RAM.")
     flash_attn: Literal["auto", "disabled", "sdpa", "fa2"] = Field(
         "auto", description="Attention kernel: auto picks fa2 when installed on GPU, else sdpa."
@@ -96,6 +116,14 @@ class ModelArguments(_Group):
     use_unsloth: bool = Field(False, description="Unsloth kernels (not supported).")
     upcast_layernorm: bool = Field(False, description="Keep layer norms in float32.")
     upcast_lmhead_output: bool = Field(False, description="Compute the LM head output in float32.")
+    rope_scaling: Literal["linear", "dynamic", "yarn", "llama3"] | None = Field(None, description=(
+        "Stretch the model's RoPE context: in training, when cutoff_len exceeds the model's (original) "
+        "max_position_embeddings, by factor ceil(cutoff_len / that length), else not at all; at inference "
+        "(chat, export), by 2. The loaded config's rope_parameters and max_position_embeddings say so, and the "
+        "saved model keeps them. dynamic (NTK) may not suit fine-tuning."))
+    train_from_scratch: bool = Field(False, description=(
+        "Train randomly initialised weights built from the model's config (seeded by `seed`) instead of loading "
+        "its checkpoint; the tokenizer is still the model's. Not with quantization_bit."))
     use_reentrant_gc: bool = Field(False, description=(
         "Gradient checkpointing in PyTorch's reentrant form (LLaMA-Factory's default is true). Off by default: "
         "PyTorch recommends the non-reentrant form, the same gradients without needing an input that requires grad."))
@@ -114,7 +142,14 @@ class ModelArguments(_Group):
     hf_hub_token: str | None = Field(None, description="Token for private hub models.")
     print_param_status: bool = Field(False, description="Log every parameter's dtype and trainability.")
 
-    _lists = field_validator("adapter_name_or_path", mode="before")(_split_list)
+    _lists = field_validator("adapter_name_or_path", "add_tokens", "add_special_tokens", mode="before")(_split_list)
+
+    @model_validator(mode="after")
+    def _new_tokens_resize(self) -> ModelArguments:
+        # LLaMA-Factory turns resize_vocab on once it adds a token; asking for tokens is asking for their rows
+        if self.add_tokens or self.add_special_tokens or self.new_special_tokens_config:
+            self.resize_vocab = True
+        return self
 
 
 class FinetuningArguments(_Group):
@@ -288,6 +323,10 @@ class DataArguments(_Group):
     val_size: float = Field(
         0.0, ge=0.0, description="Validation split: a fraction in (0, 1) or a row count (≥ 1)."
     )
+    eval_on_each_dataset: bool = Field(False, description=(
+        "sft/pt: evaluate each eval_dataset on its own: eval_<name>_loss (and _perplexity, _accuracy) per "
+        "dataset instead of one eval_loss; name metric_for_best_model after one of them (e.g. <name>_loss) "
+        "for early stopping or load_best_model_at_end."))
     train_on_prompt: bool = Field(False, description="Also train on prompt tokens.")
     mask_history: bool = Field(False, description="Train only on the last turn of each conversation.")
     packing: bool | None = Field(None, description=(
@@ -381,12 +420,31 @@ class TrainArguments(_Group):
     save_only_model: bool = Field(False, description="Checkpoints without optimiser state (cannot resume).")
     eval_strategy: Literal["no", "steps", "epoch"] = Field("no", description="When to evaluate.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every n steps (default: logging_steps).")
+    compute_accuracy: bool = Field(False, description=(
+        "sft/pt: also report eval_accuracy, the share of learnt tokens the model predicts exactly (argmax), "
+        "averaged over the evaluated rows (a packed row counts as one), as LLaMA-Factory computes it."))
+    early_stopping_steps: int | None = Field(None, gt=0, description=(
+        "Stop training once metric_for_best_model (default: eval_loss) has not improved for this many "
+        "evaluations in a row (transformers' EarlyStoppingCallback patience). Needs eval_strategy steps or epoch."))
+    load_best_model_at_end: bool = Field(False, description=(
+        "After training, load the checkpoint with the best metric_for_best_model and save it as the result. "
+        "Needs save_strategy equal to eval_strategy (and, with steps, save_steps a multiple of eval_steps)."))
+    metric_for_best_model: str | None = Field(None, description=(
+        "The eval metric that decides the best checkpoint and early stopping, with or without `eval_` "
+        "(loss, accuracy with compute_accuracy); default: loss when load_best_model_at_end or "
+        "early_stopping_steps is set."))
+    greater_is_better: bool | None = Field(None, description=(
+        "Whether a larger metric_for_best_model is better (default: false for a loss, true otherwise)."))
     plot_loss: bool = Field(False, description="Write training_loss.png (and training_eval_loss.png).")
     report_to: list[str] = Field(["none"], description="Trackers: none, mlflow, tensorboard, wandb.")
     run_name: str | None = Field(None, description="Run name for trackers.")
     dataloader_num_workers: int = Field(0, ge=0, description="Data-loading processes.")
     predict_with_generate: bool = Field(True, description="Generate text in do_predict.")
     disable_tqdm: bool = Field(False, description="Hide progress bars.")
+    include_effective_tokens_per_second: bool = Field(False, description=(
+        "Add effective_tokens_per_sec to the final train metrics: the training rows' tokens (input_ids; both "
+        "responses of a pair) times the epochs run, over the train runtime, per process; as in LLaMA-Factory. "
+        "Every log line carries `throughput` (non-padding tokens per second) whatever this says."))
 
     _lists = field_validator("report_to", mode="before")(_split_list)
 

@@ -111,7 +111,10 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
         except (ModelLoadError, OSError, ValueError) as err:
             why = f"the tokenizer or template could not be loaded here ({err})"
     stand_in = json.dumps({"model_name_or_path": name, "model_revision": model.model_revision,
-                           "gguf_file": model.gguf_file, "use_fast_tokenizer": model.use_fast_tokenizer})
+                           "gguf_file": model.gguf_file, "use_fast_tokenizer": model.use_fast_tokenizer,
+                           # the tokens load_tokenizer adds change the ids (a file's tokens: by its name)
+                           "add_tokens": model.add_tokens, "add_special_tokens": model.add_special_tokens,
+                           "new_special_tokens_config": model.new_special_tokens_config})
     data = cfg.data
     template = json.dumps({"template": data.template, "default_system": data.default_system,
                            "tool_format": data.tool_format,

@@ -113,6 +113,13 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
         logger.info("continuing to train adapter %s (its adapter_config.json decides rank, DoRA, ...)", adapters[-1])
         return load_adapter(model, adapters[-1], is_trainable=True)
 
+    trains_vocabulary = model_args.resize_vocab and method.additional_target is None
+    if trains_vocabulary:
+        # the new tokens' rows must learn: train the embeddings and head in full, as LLaMA-Factory does
+        from kubetune.model.vocabulary import embedding_module_names
+
+        method = method.model_copy(update={"additional_target": embedding_module_names(model)})
+        logger.info("resize_vocab: training %s in full with the adapter", ", ".join(method.additional_target))
     if method.finetuning_type == "oft":
         config = oft_config(model, method)
         model = get_peft_model(model, config)
@@ -120,6 +127,11 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
                     config.oft_block_size, config.module_dropout, ", ".join(sorted(config.target_modules)))
         return model
     config = lora_config(model, method)
+    if trains_vocabulary and getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+        # Tied embeddings: one trained copy shared by the lookup and the head. Two separate copies (PEFT's
+        # default) would untie them in training, yet the saved and merged model says "tied" and drops the
+        # head's copy on reload, so the exported model would not be the one trained.
+        config.ensure_weight_tying = True
     model = get_peft_model(model, config)
     variant = [name for name, on in (("DoRA", config.use_dora), ("rsLoRA", config.use_rslora),
                                      (f"PiSSA init {config.init_lora_weights}", method.pissa_init)) if on]
@@ -198,7 +210,26 @@ def load_adapter(model: Any, path: str, *, is_trainable: bool) -> Any:
                     else "retrain with pissa_convert: true (or pissa_iter: -1), then load its pissa_converted folder")
             raise ValueError(f"adapter {path} was trained with PiSSA fast SVD ({init}): it only fits the residual "
                              f"base it was trained on, which cannot be rebuilt exactly — {hint}")
+    _check_vocabulary_fits(model, path)
     return PeftModel.from_pretrained(model, path, is_trainable=is_trainable)
+
+
+def _check_vocabulary_fits(model: Any, path: str) -> None:
+    """Refuse, naming the keys, an adapter whose saved embeddings have more rows than the base: it was trained
+    with added tokens that this config does not add (PEFT would fail with a bare size mismatch)."""
+    weights = Path(path) / "adapter_model.safetensors"
+    if not weights.is_file():
+        return
+    from safetensors import safe_open
+
+    rows = model.get_input_embeddings().weight.shape[0]
+    with safe_open(str(weights), framework="pt") as f:
+        names = [k for k in f.keys() if "embed_tokens" in k]  # noqa: SIM118 (safe_open is not a mapping)
+        trained = max((f.get_slice(k).get_shape()[0] for k in names), default=0)
+    if trained > rows:
+        raise ValueError(f"adapter {path} was trained with {trained} embedding rows, the base has {rows}: it was "
+                         "trained with added tokens — set the same add_tokens / add_special_tokens / "
+                         "new_special_tokens_config as in training")
 
 
 def _untie_embeddings_if_adapted(model: Any, path: str) -> None:

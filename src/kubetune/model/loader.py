@@ -59,7 +59,10 @@ def pad_token_id(tokenizer: Any) -> int | None:
 
 
 def load_tokenizer(args: ModelArguments, path: str | None = None) -> Any:
-    """Load the tokenizer with right padding (training); generation switches to left padding itself."""
+    """Load the tokenizer with right padding (training; generation switches to left padding itself), with the
+    config's new tokens (`add_tokens`, `add_special_tokens`, `new_special_tokens_config`) added."""
+    from kubetune.model.vocabulary import add_new_tokens
+
     path = path or resolve_model_path(args)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=args.use_fast_tokenizer,
@@ -67,6 +70,7 @@ def load_tokenizer(args: ModelArguments, path: str | None = None) -> Any:
     except OSError as err:
         raise ModelLoadError(_not_found(args.model_name_or_path, err)) from None
     tokenizer.padding_side = "right"
+    add_new_tokens(tokenizer, args)
     return tokenizer
 
 
@@ -91,12 +95,14 @@ def weight_dtype(cfg: RunConfig) -> torch.dtype:
     the adapters in float32 and casts around them, so generation outside autocast works too. Measured
     on SmolLM2-135M LoRA (2-core AMX CPU, bf16): 10-15% less time per step and 0.2-0.4 GB less RSS.
     float32 otherwise: full and freeze train the weights themselves (their own master copy), and
-    `additional_target` modules and PiSSA's residual weights are trained or rewritten in place.
+    `additional_target` modules (and `resize_vocab`'s embeddings and head) and PiSSA's residual weights
+    are trained or rewritten in place.
     """
     t, m = cfg.train, cfg.method
     if t.pure_bf16:
         return torch.bfloat16
-    plain_lora = m.finetuning_type == "lora" and not m.additional_target and not m.pissa_init
+    plain_lora = (m.finetuning_type == "lora" and not m.additional_target and not m.pissa_init
+                  and not cfg.model.resize_vocab)  # resize_vocab trains the embeddings and head in full
     if plain_lora and (t.bf16 or t.fp16):
         return torch.bfloat16 if t.bf16 else torch.float16
     return torch.float32
@@ -117,31 +123,50 @@ def quantization_config(args: ModelArguments, dtype: torch.dtype) -> BitsAndByte
 
 
 def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32, path: str | None = None,
-                    quantize: bool = True) -> Any:
-    """Load the base causal LM.
+                    quantize: bool = True, model_max_length: int | None = None, from_scratch: bool = False,
+                    tokenizer: Any | None = None) -> Any:
+    """Load the base causal LM, with `rope_scaling` applied and the vocabulary resized (`resize_vocab`).
 
     Args:
         args: model arguments.
         dtype: weight dtype for unquantised layers (float32 on CPU; bf16/fp16 on GPUs when asked).
         path: an already-resolved path (skips resolution).
         quantize: apply `quantization_bit` (False for export, which must not merge into a quantised base).
+        model_max_length: the training length (`cutoff_len`) `rope_scaling` sizes its factor for; None at
+            inference (factor 2). Default None.
+        from_scratch: build random weights from the config instead of loading the checkpoint
+            (`train_from_scratch`; the caller seeds). Default False.
+        tokenizer: the tokenizer the embeddings are resized to with `resize_vocab`; None loads it
+            (`load_tokenizer`, which adds the config's new tokens). Default None.
     """
+    from kubetune.model.rope import configure_rope
+    from kubetune.model.vocabulary import resize_embeddings
+
     path = path or resolve_model_path(args)
     kwargs = _from_pretrained_kwargs(args)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
     except OSError as err:
         raise ModelLoadError(_not_found(args.model_name_or_path, err)) from None
+    configure_rope(config, args.rope_scaling, model_max_length)
     qconfig = quantization_config(args, dtype) if quantize else None
     if qconfig is not None:
         kwargs["quantization_config"] = qconfig
         kwargs["device_map"] = {"": quantised_device()}
-    model = AutoModelForCausalLM.from_pretrained(
-        path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
-        low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
-    )
+    if from_scratch:
+        logger.info("train_from_scratch: random weights from %s's config (its checkpoint is not read)",
+                    args.model_name_or_path)
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=pick_attention(args),
+                                                 trust_remote_code=args.trust_remote_code)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(
+            path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
+            low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
+        )
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
+    if args.resize_vocab:
+        resize_embeddings(model, tokenizer if tokenizer is not None else load_tokenizer(args, path), args)
     return model
 
 

@@ -12,12 +12,13 @@ from kubetune.model.adapters import prepare_for_training
 from kubetune.model.loader import load_base_model, weight_dtype
 
 
-def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool,
-                gradient_checkpointing: bool | None = None) -> tuple[Any, torch.dtype]:
+def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool, gradient_checkpointing: bool | None = None,
+                tokenizer: Any | None = None) -> tuple[Any, torch.dtype]:
     """Load the base from `model_path` and apply `finetuning_type` (LoRA / freeze / full, adapters, quantisation).
 
     The seed is set first: adapter (and later value-head) initialisation draws from the global RNG,
-    so the same seed gives the same run.
+    so the same seed gives the same run (and the same random weights with `train_from_scratch`).
+    `rope_scaling` is sized for `cutoff_len`, as LLaMA-Factory does for every training run.
 
     Args:
         cfg: the run config (model, method, seed, precision).
@@ -25,13 +26,16 @@ def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool,
         trainable: make the fine-tuned parameters trainable (LoRA keeps its last adapter unmerged).
         gradient_checkpointing: enable activation checkpointing; None = `trainable and
             cfg.train.gradient_checkpointing`.
+        tokenizer: the stage's tokenizer, which `resize_vocab` sizes the embeddings to; None loads the model's
+            (with the config's new tokens).
 
     Returns:
         (the model, its weight dtype: a LoRA base is 16-bit under bf16/fp16, see `weight_dtype`).
     """
     dtype = weight_dtype(cfg)
     set_seed(cfg.train.seed)
-    model = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    model = load_base_model(cfg.model, dtype=dtype, path=model_path, model_max_length=cfg.data.cutoff_len,
+                            from_scratch=cfg.model.train_from_scratch, tokenizer=tokenizer)
     if gradient_checkpointing is None:
         gradient_checkpointing = trainable and cfg.train.gradient_checkpointing
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=trainable,

@@ -88,7 +88,7 @@ def load_reference(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: 
         ref_args = cfg.model.model_copy(update={
             "model_name_or_path": m.ref_model, "adapter_name_or_path": adapters or None,
             "quantization_bit": m.ref_model_quantization_bit, "gguf_file": None})
-        model = load_base_model(ref_args, dtype=dtype)
+        model = load_base_model(ref_args, dtype=dtype, model_max_length=cfg.data.cutoff_len)
         # LoRA + not trainable merges the adapters into the base (or keeps one frozen on a quantised base)
         model = prepare_for_training(model, ref_args, m.model_copy(update={"finetuning_type": "lora"}),
                                      gradient_checkpointing=False, is_trainable=False)
@@ -97,7 +97,7 @@ def load_reference(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: 
         logger.info("reference: the policy with its LoRA adapter disabled")
         return Reference(None)
     else:
-        model = load_base_model(cfg.model, dtype=dtype, path=model_path)
+        model = load_base_model(cfg.model, dtype=dtype, path=model_path, model_max_length=cfg.data.cutoff_len)
         logger.info("reference: a frozen copy of %s", cfg.model.model_name_or_path)
     model.requires_grad_(False)
     model.eval()

@@ -374,7 +374,7 @@ def _sync_gradients(model: Any, sync: bool) -> contextlib.AbstractContextManager
 
 def _frozen_base(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device) -> Any:
     """The reference for full/freeze fine-tuning: the base model again, frozen."""
-    reference = load_base_model(cfg.model, dtype=dtype, path=model_path)
+    reference = load_base_model(cfg.model, dtype=dtype, path=model_path, model_max_length=cfg.data.cutoff_len)
     reference.requires_grad_(False)
     return reference.eval().to(device)
 

@@ -12,7 +12,9 @@ from transformers import Trainer
 
 from kubetune.config import RunConfig
 from kubetune.data.collator import DataCollatorForSupervised
+from kubetune.data.eval_sets import eval_splits, metric_name
 from kubetune.data.setup import stage_data
+from kubetune.evaluate.accuracy import TokenAccuracy, argmax_logits
 from kubetune.evaluate.generate import predict
 from kubetune.evaluate.metrics import perplexity
 from kubetune.losses.causal_lm import causal_lm_loss_sum, causal_lm_parts
@@ -84,6 +86,19 @@ class SupervisedTrainer(Trainer):
         return loss
 
 
+def accuracy_metrics(cfg: RunConfig) -> dict:
+    """The Trainer's metric hooks for `compute_accuracy` (eval_accuracy from argmax ids), or none."""
+    if not cfg.train.compute_accuracy:
+        return {}
+    return {"compute_metrics": TokenAccuracy(), "preprocess_logits_for_metrics": argmax_logits}
+
+
+def _perplexities(metrics: dict[str, float]) -> dict[str, float]:
+    """eval_perplexity from eval_loss (and eval_<name>_perplexity from each eval_<name>_loss)."""
+    return {f"{key.removesuffix('_loss')}_perplexity": perplexity(value) for key, value in metrics.items()
+            if key.startswith("eval") and key.endswith("_loss")}
+
+
 def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """Run the configured `do_train` / `do_eval` / `do_predict` steps of an sft or pt stage.
 
@@ -101,7 +116,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     s = stage_data(cfg, cfg.method.stage, train=steps.train, evaluate=steps.needs_eval_split)
     tokenizer, template, data = s.tokenizer, s.template, s.data
     args = training_arguments(cfg, out)  # before the model: under ZeRO-3 it loads partitioned (see its docstring)
-    model, _ = load_policy(cfg, s.model_path, trainable=steps.train)
+    model, _ = load_policy(cfg, s.model_path, trainable=steps.train, tokenizer=tokenizer)
     layout = plan_sft(cfg, model)
     apply_layout(layout, {"policy": model})
     objective = sft_objective(cfg.method)
@@ -112,6 +127,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
             apply_layout(layout, {"policy": reference.model})
 
     eval_set = data.eval.select_columns(["input_ids", "labels"]) if data.eval is not None else None
+    if eval_set is not None and steps.eval and cfg.data.eval_on_each_dataset:  # one split per eval_dataset name
+        eval_set = {metric_name(name): split.select_columns(["input_ids", "labels"])
+                    for name, split in eval_splits(cfg, tokenizer, template, cfg.method.stage).items()}
     trainer = SupervisedTrainer(
         model=model,
         args=args,
@@ -124,6 +142,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         optimizers=(custom_optimizer(model, args, cfg.method), None),  # GaLore/BAdam/LoRA+, or None: the Trainer's
         objective=objective,
         reference=reference,
+        **accuracy_metrics(cfg),
     )
     attach(trainer, cfg.method)
     metrics: dict[str, float] = {}
@@ -138,8 +157,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
 
     # --- evaluate ---
     if steps.eval and eval_set is not None:
-        metrics.update(recipe.evaluate(trainer, eval_set,
-                                       derived=lambda m: {"eval_perplexity": perplexity(m["eval_loss"])}))
+        metrics.update(recipe.evaluate(trainer, eval_set, derived=_perplexities))
 
     # --- predict ---
     if steps.generates and data.eval is not None:

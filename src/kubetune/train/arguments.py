@@ -69,6 +69,7 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
         save_only_model=t.save_only_model,
         eval_strategy=t.eval_strategy,
         eval_steps=t.eval_steps or t.logging_steps,
+        **best_model_arguments(cfg),
         report_to=report_to,
         run_name=t.run_name,
         dataloader_num_workers=t.dataloader_num_workers,
@@ -90,6 +91,20 @@ def training_arguments(cfg: RunConfig, output_dir: Path) -> TrainingArguments:
     if t.deepspeed:
         deepspeed_comm_over_torch_group()
     return args
+
+
+def best_model_arguments(cfg: RunConfig) -> dict[str, Any]:
+    """`load_best_model_at_end`, `metric_for_best_model` and `greater_is_better` for TrainingArguments.
+
+    transformers' EarlyStoppingCallback needs a metric; with `early_stopping_steps` and none named, the eval
+    loss is watched (transformers' own default once load_best_model_at_end is on).
+    """
+    t = cfg.train
+    metric = t.metric_for_best_model
+    if metric is None and t.early_stopping_steps is not None:
+        metric = "loss"
+    return {"load_best_model_at_end": t.load_best_model_at_end, "metric_for_best_model": metric,
+            "greater_is_better": t.greater_is_better}
 
 
 def deepspeed_comm_over_torch_group() -> None:

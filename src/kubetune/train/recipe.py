@@ -88,6 +88,8 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
         tokenizer.save_pretrained(str(out))
     trainer.save_state()
     train_metrics = {**result.metrics, "tokenized_cache_hit": float(data.cache_hit), "preprocess_seconds": data.seconds}
+    if cfg.train.include_effective_tokens_per_second:
+        train_metrics["effective_tokens_per_sec"] = effective_tokens_per_second(data.train, result.metrics)
     trainer.log_metrics("train", train_metrics)
     trainer.save_metrics("train", train_metrics)
     metrics = {k if k.startswith("train") else f"train_{k}": v for k, v in train_metrics.items()}
@@ -98,16 +100,41 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
     return metrics, files
 
 
+def effective_tokens_per_second(rows: Any, metrics: dict[str, float]) -> float:
+    """`include_effective_tokens_per_second`: the training rows' tokens times the epochs run, over the train
+    runtime, per process — LLaMA-Factory's number.
+
+    A row's tokens are its `input_ids` (sft, pt, kto), or its `chosen_input_ids` and `rejected_input_ids`
+    (rm, dpo); padding is never counted, as rows are stored unpadded.
+
+    Args:
+        rows: the training split (a `datasets.Dataset`).
+        metrics: the Trainer's train metrics (`epoch`, `train_runtime`).
+    """
+    columns = [c for c in ("input_ids", "chosen_input_ids", "rejected_input_ids") if c in rows.column_names]
+    if "input_ids" in columns:
+        columns = ["input_ids"]
+    tokens = sum(len(ids) for column in columns for ids in rows[column])
+    world = current_world().size
+    return tokens * metrics.get("epoch", 0.0) / max(metrics.get("train_runtime", 0.0), 1e-9) / world
+
+
 def evaluate(trainer: Any, eval_set: Any, derived: Callable[[dict[str, float]], dict[str, float]] | None = None
              ) -> dict[str, float]:
     """Evaluate held-out rows; log the metrics and write eval_results.json.
 
     Args:
         trainer: a transformers `Trainer`.
-        eval_set: the held-out split.
+        eval_set: the held-out split, or {name: split} to evaluate each (`eval_on_each_dataset`: metrics
+            `eval_<name>_loss`, ...).
         derived: adds metrics computed from the Trainer's (sft: `eval_perplexity` from `eval_loss`). Default None.
     """
-    metrics = trainer.evaluate(eval_set)
+    if isinstance(eval_set, dict):
+        metrics = {}
+        for name, split in eval_set.items():
+            metrics.update(trainer.evaluate(split, metric_key_prefix=f"eval_{name}"))
+    else:
+        metrics = trainer.evaluate(eval_set)
     if derived is not None:
         metrics.update(derived(metrics))
     trainer.log_metrics("eval", metrics)

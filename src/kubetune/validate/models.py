@@ -24,6 +24,19 @@ def is_adapter_dir(location: str) -> bool:
     return location.startswith("s3://") or (Path(location) / "adapter_config.json").is_file()
 
 
+def special_tokens_file(cfg: RunConfig) -> list[Problem]:
+    """new_special_tokens_config: an existing YAML file mapping each new token to its description."""
+    from kubetune.model.special_tokens_file import special_token_descriptions
+
+    try:
+        special_token_descriptions(cfg.model)
+    except ValueError as err:
+        key = "new_special_tokens_config"
+        return [Problem(key, cfg.model.new_special_tokens_config, cfg.origin(key),
+                        str(err).removeprefix(f"{key}: "), "fix the file, or use add_special_tokens")]
+    return []
+
+
 def reference_model_folders(cfg: RunConfig) -> list[Problem]:
     """dpo/kto: a local ref_model must exist, and each of its adapters must be a PEFT adapter folder."""
     m = cfg.method
