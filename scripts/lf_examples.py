@@ -5,9 +5,10 @@ and `data/` folders. Each text-model example under train_lora, train_qlora, trai
 inference is loaded and preflighted from the distribution's root (so `dataset_dir: data` and
 `deepspeed: examples/deepspeed/...` resolve as they do for LLaMA-Factory), with only its model path changed to a
 local model (and an adapter path, for merge and inference examples, to a LoRA adapter of that model). Examples out of
-scope (an Ascend NPU, a multimodal model, a pre-quantised AWQ/GPTQ/AQLM checkpoint) are listed with why and not
-counted. With `--train`, the sft / dpo / kto / reward / pretrain LoRA examples also train a few steps on LLaMA-Factory's
-own demo data (`kubetune train`, from the distribution's root).
+scope (an Ascend NPU, a multimodal model, a pre-quantised AWQ/GPTQ/AQLM checkpoint, a dataset name LLaMA-Factory's
+own data/ does not register) are listed with why and not counted. With `--train`, the sft / dpo / kto / reward /
+pretrain LoRA examples also train a few steps on LLaMA-Factory's own demo data (`kubetune train`, from the
+distribution's root).
 
     python scripts/lf_examples.py [--lf-root tools/lf-src/llamafactory-0.9.5] [--model DIR] [--json OUT] [--train]
 """
@@ -39,9 +40,20 @@ SHORT_RUN = ["max_steps=3", "max_samples=24", "cutoff_len=128", "per_device_trai
              "bf16=null"]
 
 
-def out_of_scope(path: Path, config: dict) -> str:
-    """Why an example is not a text-model config kubetune should run ("" when it is one)."""
+def out_of_scope(path: Path, config: dict, registered: set[str]) -> str:
+    """Why an example is not a text-model config kubetune should run ("" when it is one).
+
+    Args:
+        path: the example.
+        config: its keys.
+        registered: the dataset names of LLaMA-Factory's own data/dataset_info.json.
+    """
     name = path.name.lower()
+    if str(config.get("dataset_dir", "data")) == "data":
+        missing = [d.strip() for d in str(config.get("dataset") or "").split(",") if d.strip()
+                   and d.strip() not in registered]
+        if missing:  # a placeholder for the user's own data: LLaMA-Factory cannot run the example either
+            return f"needs data LLaMA-Factory does not ship ({', '.join(missing)})"
     model = str(config.get("model_name_or_path", "")).lower()
     template = str(config.get("template", "")).lower()
     if "npu" in name:
@@ -112,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
         from kubetune.model.embedded import embedded_model_dir
 
         args.model = str(embedded_model_dir())
+    registered = set(json.loads((root / "data" / "dataset_info.json").read_text()))
     work = Path(tempfile.mkdtemp(prefix="lf-examples-"))
     adapter = lora_adapter(args.model, work / "adapter")
     results = []
@@ -120,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             config = yaml.safe_load(path.read_text()) or {}
             if not isinstance(config, dict) or "model_name_or_path" not in config:
                 continue  # e.g. extras/multi_tokens/tokens_cfg.yaml: a file an example points to
-            skip = out_of_scope(path, config)
+            skip = out_of_scope(path, config, registered)
             error = "" if skip else check(path, root, model_overrides(config, args.model, adapter))
             results.append({"example": str(path.relative_to(root / "examples")), "skipped": skip, "error": error})
     if args.train:

@@ -246,3 +246,11 @@ def test_a_hub_copy_reads_the_subset_folder_and_says_when_there_is_none(tmp_path
     with pytest.raises(DataError, match=r"subset 'fr' was asked for, but the local copy .*org/multi has no folder "
                                         r"'fr' \(nor data/fr\)\. Point file_name at that subset's files"):
         resolve_datasets("fr", tmp_path)
+
+
+def test_llama_factorys_hub_dataset_dirs_say_what_to_download() -> None:
+    with pytest.raises(DataError, match="dataset repo 'llamafactory/demo_data'.*download that repo"):
+        resolve_datasets("identity", "REMOTE:llamafactory/demo_data")
+    with pytest.raises(DataError, match="'ONLINE' reads every dataset from a hub"):
+        resolve_datasets("alpaca_en", "ONLINE")
+    assert resolve_datasets("s3://bucket/rows.jsonl", "ONLINE")[0].load_from == "cloud_file"  # no hub needed

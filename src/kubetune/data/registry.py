@@ -209,11 +209,28 @@ def resolve_datasets(
             entry without a local copy.
     """
     wanted = _split_names(names)
+    hub_folder = _hub_dataset_dir(str(dataset_dir))
+    if hub_folder and any(not name.startswith("s3://") for name in wanted):
+        raise DataError(hub_folder)
     registry = _Registry(Path(dataset_dir))
     attrs = [_resolve_one(name, registry) for name in wanted]
     if data_path:
         attrs.append(_resolve_data_path(data_path))
     return attrs
+
+
+def _hub_dataset_dir(dataset_dir: str) -> str:
+    """Why LLaMA-Factory's hub forms of `dataset_dir` cannot be read here ("" for a folder): `REMOTE:<repo>` (a
+    dataset repo holding dataset_info.json and the data) and `ONLINE` (every name a hub dataset) need a hub."""
+    if dataset_dir.startswith("REMOTE:"):
+        repo = dataset_dir[len("REMOTE:"):]
+        return (f"dataset_dir = {dataset_dir!r} names the Hugging Face dataset repo {repo!r}, and no model or "
+                f"dataset hub is reachable from where kubetune runs: download that repo (dataset_info.json and its "
+                f"data files) into a folder and set dataset_dir to it, or copy it to s3:// and name the files")
+    if dataset_dir == "ONLINE":
+        return ("dataset_dir = 'ONLINE' reads every dataset from a hub, and no hub is reachable from where kubetune "
+                "runs: download the datasets, register them in a dataset_info.json and set dataset_dir to its folder")
+    return ""
 
 
 def _split_names(names: str | list[str] | None) -> list[str]:
