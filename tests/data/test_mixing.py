@@ -77,3 +77,8 @@ def test_the_pipeline_mixes_the_train_datasets(tmp_path: Path, cache_dir: Path, 
     assert Counter(train_rows(mix_strategy="interleave_over")) == {"few": 6, "many": 6}
     skewed = Counter(train_rows(mix_strategy="interleave_over", interleave_probs="0.1,0.9"))
     assert skewed["few"] < skewed["many"] and skewed["many"] >= 6
+
+
+def test_no_datasets_mix_to_no_rows() -> None:
+    # an eval-only build has no training datasets, whatever the strategy
+    assert mix([], "interleave_under", None, 0) == [] and mix([], "interleave_over", [0.5, 0.5], 0) == []

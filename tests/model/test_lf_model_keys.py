@@ -160,12 +160,21 @@ def test_initialise_rows_with_noise_and_descriptions() -> None:
         def __call__(self, text: str, add_special_tokens: bool = False) -> dict:
             return {"input_ids": [0, 1, 9]}  # 9 is a new id: left out of the mean
 
+        def convert_tokens_to_ids(self, token: str) -> int:
+            return {"<x>": 8, "<y>": 9, "<old>": 3}[token]
+
     weight = torch.arange(40, dtype=torch.float32).reshape(10, 4).clone()
     inputs = weight.clone()
     initialise_rows(weight, 2, "desc_init_w_noise", {"<x>": "text"}, Ids(), inputs)
     assert not torch.allclose(weight[8], inputs[[0, 1]].mean(dim=0))  # noise added
     assert torch.allclose(weight[8], inputs[[0, 1]].mean(dim=0), atol=2.5)
     torch.testing.assert_close(weight[9], inputs[9])  # a padding row past the descriptions keeps its start
+
+    # each description reaches its own token's row, whatever the order; a token the vocabulary had keeps its row
+    weight = inputs.clone()
+    initialise_rows(weight, 2, "desc_init", {"<old>": "text", "<y>": "text"}, Ids(), inputs)
+    torch.testing.assert_close(weight[9], inputs[[0, 1]].mean(dim=0))
+    torch.testing.assert_close(weight[[3, 8]], inputs[[3, 8]])
 
 
 def test_bad_special_tokens_config_names_the_key(tiny_model_dir: Path, tmp_path: Path) -> None:

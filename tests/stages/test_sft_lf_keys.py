@@ -154,8 +154,11 @@ def test_token_accuracy_is_the_mean_of_each_rows_learnt_share() -> None:
 def test_eval_on_each_dataset_reports_one_loss_per_eval_dataset(tiny_model_dir: Path, tmp_path: Path,
                                                                cache_dir: Path) -> None:
     out = tmp_path / "run"
+    # with tokenized_path, as a pipeline's train step runs it: that folder holds the main splits, the per-dataset
+    # ones are built beside them in the cache
     result = run_stage(tiny_cfg(tiny_model_dir, out, max_steps=2, max_samples=8, eval_dataset="kubi_sft_eval,kubi_sft",
-                                eval_on_each_dataset=True, eval_strategy="steps", eval_steps=2, do_eval=True))
+                                eval_on_each_dataset=True, eval_strategy="steps", eval_steps=2, do_eval=True,
+                                tokenized_path=str(tmp_path / "tokenized")))
     m = result.metrics
     assert "eval_loss" not in m
     assert m["eval_kubi_sft_eval_loss"] > 0 and m["eval_kubi_sft_loss"] > 0

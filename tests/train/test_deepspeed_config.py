@@ -230,6 +230,7 @@ def test_keys_lists_the_new_keys_with_descriptions(capsys: pytest.CaptureFixture
     ({"stage": "kto", "dataset": "kubi_kto", "ref_model": "m"}, "the separate reference model (ref_model)"),
     ({"stage": "sft", "dataset": "kubi_sft", "do_predict": True, "eval_dataset": "kubi_sft_eval"},
      "generation runs on rank 0 alone"),
+    ({"stage": "sft", "dataset": "kubi_sft", "add_special_tokens": "<tool>"}, "shards the embeddings"),
 ])
 def test_what_sharded_parameters_cannot_run_yet_is_refused_up_front(keys: dict, message: str) -> None:
     from kubetune.validate.distributed import sharded_parameters_limits

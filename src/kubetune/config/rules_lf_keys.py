@@ -110,5 +110,11 @@ def each_dataset(cfg: RunConfig) -> list[Problem]:
         first = cfg.data.eval_dataset[0]
         return [Problem("metric_for_best_model", None, cfg.origin("metric_for_best_model"),
                         "with eval_on_each_dataset there is no single eval_loss to watch, only one per dataset",
-                        f"name one, e.g. metric_for_best_model: {first}_loss")]
+                        f"name one, e.g. metric_for_best_model: {metric_name(first)}_loss")]
     return []
+
+
+def metric_name(name: str) -> str:
+    """The metric prefix transformers gives a dict eval dataset's key (`eval_<name>_loss`), with the
+    characters a path-like dataset name holds (`/`, `.`) made safe for trackers (`data.eval_sets`)."""
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

@@ -319,7 +319,8 @@ class DataArguments(_Group):
     preserve_thinking: bool = Field(False, description=(
         "Thinking templates: keep the thoughts of earlier assistant turns in the history (default: dropped)."))
     cutoff_len: int = Field(2048, gt=0, description="Maximum tokens per example after tokenisation.")
-    max_samples: int | None = Field(None, gt=0, description="Use at most this many rows per dataset.")
+    max_samples: int | None = Field(None, gt=0, description=(
+        "Use at most this many rows per dataset: its first rows, in file order, as in LLaMA-Factory."))
     val_size: float = Field(
         0.0, ge=0.0, description="Validation split: a fraction in (0, 1) or a row count (≥ 1)."
     )

@@ -25,13 +25,8 @@ def eval_splits(cfg: RunConfig, tokenizer: Any, template: Any, stage: str) -> di
     """
     splits: dict[str, Any] = {}
     for name in cfg.data.eval_dataset or []:
-        data = cfg.data.model_copy(update={"eval_dataset": [name]})
+        # each in the content-addressed cache: tokenized_path (a pipeline step's input) holds the main split
+        data = cfg.data.model_copy(update={"eval_dataset": [name], "tokenized_path": None})
         built = tokenized(data, tokenizer, template, stage=stage, seed=cfg.train.seed, train=False, evaluate=True)
         splits[name] = built.eval
     return splits
-
-
-def metric_name(name: str) -> str:
-    """The metric prefix transformers gives a dict eval dataset's key (`eval_<name>_loss`), with the
-    characters a path-like dataset name holds (`/`, `.`) made safe for trackers."""
-    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)

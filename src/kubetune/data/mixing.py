@@ -45,6 +45,8 @@ def mix(parts: Sequence[Sequence[T]], strategy: str = "concat", probs: Sequence[
     Raises:
         ValueError: an unknown strategy, or probabilities that do not fit the datasets.
     """
+    if not parts:  # no datasets (an eval-only build has no training datasets): nothing to mix
+        return []
     if len(parts) == 1:
         return list(parts[0])
     if strategy == "concat":

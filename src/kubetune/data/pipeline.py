@@ -81,7 +81,7 @@ def tokenized(data: DataArguments, tokenizer: Any, template: Any, *, stage: str,
             rm/dpo: chosen_input_ids, chosen_labels, rejected_input_ids, rejected_labels;
             kto: input_ids, labels, kto_tag, kl_input_ids, kl_labels (KL partner: the previous row's response);
             ppo: input_ids (the prompt, ending with the generation prompt), reference.
-        seed: seed of the validation split and of `max_samples` sampling.
+        seed: seed of the validation split, of `num_samples` sampling and of interleaving.
         train: build the training split (from `dataset`).
         evaluate: build an eval split (from `eval_dataset`, or `val_size` of `dataset`).
     """
@@ -219,11 +219,12 @@ def _samples(attrs: list[DatasetAttr], data: DataArguments, stage: str, seed: in
     kind = CONVERTER_KIND[stage]
     for attr in attrs:
         rows = read_rows(attr, data.dataset_dir)
-        # as in LLaMA-Factory: the entry's num_samples first (repeating rows to reach it), then max_samples
+        # as in LLaMA-Factory: the entry's num_samples first (a seeded random pick, repeating rows to reach it),
+        # then max_samples: the first rows, in file order (LF's `select(range(max_samples))`)
         if attr.num_samples:
             rows = take(rows, attr.num_samples, seed, repeat=True)
         if data.max_samples:
-            rows = take(rows, data.max_samples, None if attr.num_samples else seed)  # shuffled once already
+            rows = take(rows, data.max_samples)
         result = convert(rows, attr, kind, on_bad_rows=data.on_bad_rows)
         parts.append(result.samples)
         if result.bad_rows:
@@ -249,15 +250,15 @@ class _Encoder:
         one batch, as in LF; with workers, each takes whole batches, at most two each ahead of the writer, so
         memory holds a few batches' rows."""
         batches = preprocessing_batches(len(samples), self.plan.batch_size, self.plan.workers)
-        work = partial(self._one_batch, for_eval=for_eval)
         workers = self.plan.workers or 1
         if workers < 2 or len(batches) < 2:
-            yield from (work(samples[b.start:b.stop]) for b in batches)
+            yield from (self._one_batch(samples[b.start:b.stop], for_eval=for_eval) for b in batches)
             return
-        with ProcessPoolExecutor(workers) as pool:
+        # each worker gets the encoder (tokenizer and all) once, then only each batch's samples
+        with ProcessPoolExecutor(workers, initializer=_install_encoder, initargs=(self,)) as pool:
             pending: deque[Future[list[dict]]] = deque()
             for b in batches:
-                pending.append(pool.submit(work, samples[b.start:b.stop]))
+                pending.append(pool.submit(_encode_in_worker, samples[b.start:b.stop], for_eval))
                 if len(pending) >= 2 * workers:
                     yield pending.popleft().result()
             while pending:
@@ -270,6 +271,19 @@ class _Encoder:
     def _one_batch(self, samples: list[Sample], *, for_eval: bool) -> list[dict]:
         one_batch = dataclasses.replace(self.plan, batch_size=max(1, len(samples)), workers=None)
         return stage_rows(samples, partial(self.batch.encode, for_eval=for_eval), one_batch, for_eval=for_eval)
+
+
+_WORKER_ENCODER: _Encoder | None = None  # the encoder of this worker process (`_Encoder.batch_rows`)
+
+
+def _install_encoder(encoder: _Encoder) -> None:
+    global _WORKER_ENCODER
+    _WORKER_ENCODER = encoder
+
+
+def _encode_in_worker(samples: list[Sample], for_eval: bool) -> list[dict]:
+    assert _WORKER_ENCODER is not None, "the pool's initializer installs the encoder"
+    return _WORKER_ENCODER._one_batch(samples, for_eval=for_eval)
 
 
 class _CacheEntry:

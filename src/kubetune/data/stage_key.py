@@ -112,14 +112,21 @@ def _tokenizer_and_template(cfg: RunConfig) -> tuple[str, str, str]:
             why = f"the tokenizer or template could not be loaded here ({err})"
     stand_in = json.dumps({"model_name_or_path": name, "model_revision": model.model_revision,
                            "gguf_file": model.gguf_file, "use_fast_tokenizer": model.use_fast_tokenizer,
-                           # the tokens load_tokenizer adds change the ids (a file's tokens: by its name)
+                           # the tokens load_tokenizer adds change the ids (a file's tokens: by its bytes)
                            "add_tokens": model.add_tokens, "add_special_tokens": model.add_special_tokens,
-                           "new_special_tokens_config": model.new_special_tokens_config})
+                           "new_special_tokens_config": _file_or_name(model.new_special_tokens_config)})
     data = cfg.data
     template = json.dumps({"template": data.template, "default_system": data.default_system,
                            "tool_format": data.tool_format,
                            "enable_thinking": data.enable_thinking, "preserve_thinking": data.preserve_thinking})
     return stand_in, template, why
+
+
+def _file_or_name(path: str | None) -> str | None:
+    """A file's content digest where it is readable here, else its name (the step reads it where it runs)."""
+    from kubetune.data.cache_key import file_digest
+
+    return file_digest(Path(path)) if path and Path(path).is_file() else path
 
 
 def _is_embedded(name: str) -> bool:

@@ -120,14 +120,21 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
 
         method = method.model_copy(update={"additional_target": embedding_module_names(model)})
         logger.info("resize_vocab: training %s in full with the adapter", ", ".join(method.additional_target))
+    tied = getattr(model.config.get_text_config(), "tie_word_embeddings", False)
     if method.finetuning_type == "oft":
+        if trains_vocabulary and tied:
+            # PEFT's OFTConfig has no ensure_weight_tying: the embeddings and the head would train as two copies,
+            # and the merged model (its config says "tied") would keep only one of them on reload
+            raise ValueError("resize_vocab with finetuning_type: oft on a model with tied embeddings: OFT cannot keep "
+                             "the new tokens' embedding and head rows tied. Use finetuning_type: lora, which trains one "
+                             "shared copy")
         config = oft_config(model, method)
         model = get_peft_model(model, config)
         logger.info("%sOFT r=%d block size %d (module dropout %g) on %s", "new " if adapters else "", config.r,
                     config.oft_block_size, config.module_dropout, ", ".join(sorted(config.target_modules)))
         return model
     config = lora_config(model, method)
-    if trains_vocabulary and getattr(model.config.get_text_config(), "tie_word_embeddings", False):
+    if trains_vocabulary and tied:
         # Tied embeddings: one trained copy shared by the lookup and the head. Two separate copies (PEFT's
         # default) would untie them in training, yet the saved and merged model says "tied" and drops the
         # head's copy on reload, so the exported model would not be the one trained.

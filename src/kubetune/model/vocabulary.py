@@ -107,9 +107,9 @@ def initialise_rows(weight: torch.Tensor, new_rows: int, method: str, descriptio
     """Fill the last `new_rows` rows of `weight` in place, as LLaMA-Factory's `init_special_tokens` does.
 
     - noise_init: the mean of the old rows plus Gaussian noise with std 1/sqrt(hidden size).
-    - desc_init: row i of the new tokens (in `descriptions`' order) is the mean input embedding of its
-      description's tokens (those that are not new); the mean of the old rows when none are. Rows past the
-      descriptions (the padding up to a multiple of 64) keep resize_token_embeddings' initialisation.
+    - desc_init: each new token's row is the mean input embedding of its description's tokens (those that
+      are not new); the mean of the old rows when none are. Other new rows (tokens without a description,
+      the padding up to a multiple of 64) keep resize_token_embeddings' initialisation.
     - desc_init_w_noise: desc_init plus the noise.
 
     Args:
@@ -127,13 +127,18 @@ def initialise_rows(weight: torch.Tensor, new_rows: int, method: str, descriptio
         noise = torch.empty_like(weight[old_rows:]).normal_(mean=0.0, std=std)
         weight[old_rows:] = mean + noise
         return
-    for i, text in enumerate(list(descriptions.values())[:new_rows]):
+    for token, text in descriptions.items():
+        # each description to its own token's row (LLaMA-Factory writes them to the last rows in order, which
+        # misplaces them when add_tokens also adds tokens, or when some of the special tokens existed already)
+        target = tokenizer.convert_tokens_to_ids(token)
+        if not isinstance(target, int) or target < old_rows or target >= weight.size(0):
+            continue  # a token the vocabulary had: its trained row stays
         ids = torch.tensor(tokenizer(text, add_special_tokens=False)["input_ids"], dtype=torch.long)
         ids = ids[ids < old_rows].to(input_embeddings.device)
         row = input_embeddings[ids].mean(dim=0) if len(ids) else mean[0]
         if method == "desc_init_w_noise":
             row = row + torch.randn_like(row) * std
-        weight[old_rows + i] = row.to(weight.dtype)
+        weight[target] = row.to(weight.dtype)
 
 
 def embedding_module_names(model: Any) -> list[str]:

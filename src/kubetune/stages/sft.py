@@ -11,8 +11,9 @@ import logging
 from transformers import Trainer
 
 from kubetune.config import RunConfig
+from kubetune.config.rules_lf_keys import metric_name
 from kubetune.data.collator import DataCollatorForSupervised
-from kubetune.data.eval_sets import eval_splits, metric_name
+from kubetune.data.eval_sets import eval_splits
 from kubetune.data.setup import stage_data
 from kubetune.evaluate.accuracy import TokenAccuracy, argmax_logits
 from kubetune.evaluate.generate import predict

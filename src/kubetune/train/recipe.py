@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pyarrow.compute as pc
+
 from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
@@ -114,7 +116,10 @@ def effective_tokens_per_second(rows: Any, metrics: dict[str, float]) -> float:
     columns = [c for c in ("input_ids", "chosen_input_ids", "rejected_input_ids") if c in rows.column_names]
     if "input_ids" in columns:
         columns = ["input_ids"]
-    tokens = sum(len(ids) for column in columns for ids in rows[column])
+    # summed in Arrow: the rows stay memory-mapped instead of becoming Python lists (a selection's table holds
+    # every row, its indices say which: flattened first)
+    table = (rows.flatten_indices() if getattr(rows, "_indices", None) is not None else rows).data
+    tokens = sum(pc.sum(pc.list_value_length(table.column(column))).as_py() or 0 for column in columns)
     world = current_world().size
     return tokens * metrics.get("epoch", 0.0) / max(metrics.get("train_runtime", 0.0), 1e-9) / world
 

@@ -142,6 +142,12 @@ def sharded_parameters_limits(cfg: RunConfig) -> list[Problem]:
                                 "not set up for sharded inference (it would run on partitions it never gathers)",
                                 "use LoRA (the reference is the policy with its adapter off), ZeRO-2, or a "
                                 "reference-free pref_loss (orpo, simpo)"))
+    if cfg.model.resize_vocab:
+        # a partitioned embedding's local tensor is empty: its size and new rows are only seen when gathered
+        problems.append(Problem("resize_vocab", True, cfg.origin("resize_vocab"), f"{name} shards the embeddings, "
+                                "and kubetune resizes and initialises new tokens' rows on the unsharded model only",
+                                "add the tokens in a run without sharding (ZeRO-2 or DDP) and train on from its "
+                                "output, or use ZeRO-2"))
     if cfg.train.do_predict and stage in ("sft", "pt", "dpo", "kto"):
         problems.append(Problem("do_predict", True, cfg.origin("do_predict"), f"generation runs on rank 0 alone, "
                                 f"and {name} needs every rank for each forward of a sharded model",
