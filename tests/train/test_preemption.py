@@ -30,6 +30,7 @@ from kubetune.train.preemption import (
     Preempted,
     PreemptionCallback,
     preemption_callbacks,
+    released,
 )
 
 REPO = Path(__file__).resolve().parents[2]
@@ -140,12 +141,13 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     keys = sft_keys(tiny_model_dir, out, stage=stage, max_steps=3, per_device_train_batch_size=4, **STAGES[stage])
     if stage == "ppo":
         keys["reward_model"] = str(reward)
+    before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(Preempted, match="run the same command again to resume") as stopped:
         run_stage(load_config(None, keys), callbacks=[SigtermAt(1)])
     assert stopped.value.step == 1 and stopped.value.checkpoint == out / "checkpoint-1"
     assert (out / "checkpoint-1" / MARKER.get(stage, "trainer_state.json")).is_file()
     assert not (out / "run_summary.json").exists()  # the stage did not finish
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is handed back
+    assert signal.getsignal(signal.SIGTERM) == before  # the handler is handed back
     if stage == "ppo":  # the Trainer stages resume from checkpoint-N as sft does (above); ppo has its own loop
         run_stage(load_config(None, keys))
         assert [line["current_steps"] for line in log_lines(out)] == [1, 2, 3]  # 2 and 3 resumed
@@ -155,6 +157,15 @@ def test_save_on_sigterm_grace_zero_adds_no_handler(tiny_model_dir: Path, tmp_pa
     assert preemption_callbacks(load_config(None, sft_keys(tiny_model_dir, tmp_path, save_on_sigterm_grace=0))) == []
     [callback] = preemption_callbacks(load_config(None, sft_keys(tiny_model_dir, tmp_path)))
     assert isinstance(callback, PreemptionCallback) and callback.grace == GRACE
+
+
+def test_sigterm_is_handed_back_when_training_ends_with_an_exception() -> None:
+    callback, before = PreemptionCallback(GRACE), signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt), released([callback]):
+        callback.on_train_begin(None, None, None)
+        assert signal.getsignal(signal.SIGTERM) == callback._on_sigterm
+        raise KeyboardInterrupt  # on_train_end never comes
+    assert signal.getsignal(signal.SIGTERM) == before
 
 
 @pytest.mark.slow

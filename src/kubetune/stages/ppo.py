@@ -70,7 +70,7 @@ from kubetune.train import recipe
 from kubetune.train.arguments import find_resume_checkpoint, training_arguments
 from kubetune.train.layout import apply as apply_layout
 from kubetune.train.layout import plan_padded
-from kubetune.train.preemption import raise_if_preempted
+from kubetune.train.preemption import raise_if_preempted, released
 from kubetune.train.recipe import write_bad_rows
 from kubetune.train.result import StageResult, finish
 
@@ -117,9 +117,10 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         policy = ModelWithValueHead(lm)  # the critic: a value head on the policy's own hidden states
         # LoRA: the reference is the policy with its adapter disabled; otherwise a frozen copy of the base
         reference = None if cfg.method.finetuning_type == "lora" else _frozen_base(cfg, model_path, dtype, device)
-        train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
-                              eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
-                              stop_token_ids=stop_token_ids, callbacks=callbacks, args=args, ranks=ranks)
+        with released(callbacks or []):  # SIGTERM handed back however the loop ends
+            train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
+                                  eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
+                                  stop_token_ids=stop_token_ids, callbacks=callbacks, args=args, ranks=ranks)
         if ranks.is_main:
             save_policy(policy, out)
             tokenizer.save_pretrained(str(out))

@@ -23,7 +23,8 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -125,11 +126,17 @@ class PreemptionCallback(TrainerCallback):
                 "pre-emption checkpoint %s written %.1fs after the SIGTERM (save_on_sigterm_grace %gs%s)",
                 self.checkpoint, elapsed, self.grace, ": too late, a SIGKILL may have cut it" if late else "")
 
-    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+    def release(self) -> None:
+        """Hand SIGTERM back to the handler before training and end the watchdog (at the end of training, or
+        when an exception ends it: `released`)."""
         if self._installed:
             signal.signal(signal.SIGTERM, self._previous)
             self._installed = False
         self._saved.set()  # the watchdog has nothing more to wait for
+        self._signalled.set()
+
+    def on_train_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.release()
         if self.stopped_step is not None and state.is_world_process_zero:
             record = {"step": self.stopped_step, "checkpoint": str(self.checkpoint) if self.checkpoint else None}
             (Path(args.output_dir) / PREEMPTED_FILE).write_text(json.dumps(record) + "\n")
@@ -153,6 +160,17 @@ def preemption_callbacks(cfg: RunConfig) -> list[TrainerCallback]:
     """[PreemptionCallback(save_on_sigterm_grace)] unless it is 0 (off)."""
     grace = cfg.train.save_on_sigterm_grace
     return [PreemptionCallback(grace)] if grace > 0 else []
+
+
+@contextmanager
+def released(callbacks: Iterable[Any]) -> Iterator[None]:
+    """Run the training loop; however it ends (an exception skips `on_train_end`), give SIGTERM back."""
+    try:
+        yield
+    finally:
+        for callback in callbacks:
+            if isinstance(callback, PreemptionCallback):
+                callback.release()
 
 
 def raise_if_preempted(callbacks: Iterable[Any]) -> None:

@@ -12,7 +12,7 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
-from kubetune.train.preemption import raise_if_preempted
+from kubetune.train.preemption import raise_if_preempted, released
 from kubetune.train.strategy import strategy_name
 from kubetune.train.world import World, current_world
 
@@ -86,7 +86,8 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
     Returns:
         (metrics prefixed `train_`, files written by name).
     """
-    result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
+    with released(trainer.callback_handler.callbacks):
+        result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
     raise_if_preempted(trainer.callback_handler.callbacks)  # a checkpoint, not a final model: the rerun resumes
     trainer.save_model(str(out))  # the Trainer saves on the main process only
     main = trainer.is_world_process_zero()
