@@ -168,6 +168,18 @@ def test_sigterm_is_handed_back_when_training_ends_with_an_exception() -> None:
     assert signal.getsignal(signal.SIGTERM) == before
 
 
+def test_the_log_says_when_the_grace_passes_before_the_checkpoint(caplog: pytest.LogCaptureFixture) -> None:
+    callback = PreemptionCallback(0.2)
+    with caplog.at_level("WARNING"), released([callback]):
+        callback.on_train_begin(None, None, None)
+        os.kill(os.getpid(), signal.SIGTERM)  # caught: this test goes on
+        deadline = time.monotonic() + 10
+        while "has passed" not in caplog.text and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert callback.signalled_at is not None
+    assert "save_on_sigterm_grace (0.2s) has passed and the pre-emption checkpoint is not complete" in caplog.text
+
+
 @pytest.mark.slow
 def test_sigterm_to_a_two_rank_launch_saves_one_step_on_both_ranks(tiny_model_dir: Path, tmp_path: Path,
                                                                    cache_dir: Path) -> None:

@@ -70,7 +70,7 @@ from kubetune.train import recipe
 from kubetune.train.arguments import find_resume_checkpoint, training_arguments
 from kubetune.train.layout import apply as apply_layout
 from kubetune.train.layout import plan_padded
-from kubetune.train.preemption import raise_if_preempted, released
+from kubetune.train.preemption import preemption_requested, raise_if_preempted, released
 from kubetune.train.recipe import write_bad_rows
 from kubetune.train.result import StageResult, finish
 
@@ -245,7 +245,7 @@ def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any 
         bar.update(1)
         events("on_step_end")
 
-        preempted = events.control.should_training_stop and events.control.should_save  # kubetune.train.preemption
+        preempted = preemption_requested(events.callbacks)  # a SIGTERM on any rank: save now, then stop
         if (_due(t.eval_strategy, t.eval_steps or t.logging_steps, step, total, sampler) and eval_rows is not None
                 and not preempted):
             with _autocast(cfg, device):

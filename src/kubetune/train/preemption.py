@@ -173,6 +173,11 @@ def released(callbacks: Iterable[Any]) -> Iterator[None]:
                 callback.release()
 
 
+def preemption_requested(callbacks: Iterable[Any]) -> bool:
+    """Whether a `PreemptionCallback` among `callbacks` has decided to stop (the same answer on every rank)."""
+    return any(isinstance(c, PreemptionCallback) and c.stopped_step is not None for c in callbacks)
+
+
 def raise_if_preempted(callbacks: Iterable[Any]) -> None:
     """Raise `Preempted` if a `PreemptionCallback` among `callbacks` stopped the training (after it returned).
 
