@@ -123,6 +123,9 @@ class SigtermAt(TrainerCallback):
 
 # every stage's smallest run; the Trainer stages share the pre-emption path (train.recipe), ppo has its own loop
 STAGES = {
+    # by epochs, evaluated and saved at each epoch's end: the epoch it stops in ends without either
+    "sft": {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "epoch", "eval_strategy": "epoch",
+            "val_size": 4},
     "rm": {"dataset": "kubi_pref", "max_samples": 8},
     "dpo": {"dataset": "kubi_pref", "max_samples": 8},
     "kto": {"dataset": "kubi_kto", "max_samples": 8},
@@ -138,7 +141,7 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     out = tmp_path / stage
     reward = tmp_path / "length.py"
     reward.write_text("def reward_func(prompts, responses):\n    return [len(r) / 10 for r in responses]\n")
-    keys = sft_keys(tiny_model_dir, out, stage=stage, max_steps=3, per_device_train_batch_size=4, **STAGES[stage])
+    keys = {**sft_keys(tiny_model_dir, out, stage=stage, max_steps=3, per_device_train_batch_size=4), **STAGES[stage]}
     if stage == "ppo":
         keys["reward_model"] = str(reward)
     before = signal.getsignal(signal.SIGTERM)
@@ -147,6 +150,7 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     assert stopped.value.step == 1 and stopped.value.checkpoint == out / "checkpoint-1"
     assert (out / "checkpoint-1" / MARKER.get(stage, "trainer_state.json")).is_file()
     assert not (out / "run_summary.json").exists()  # the stage did not finish
+    assert [line["current_steps"] for line in log_lines(out)] == [1]  # no evaluation after the SIGTERM
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is handed back
     if stage == "ppo":  # the Trainer stages resume from checkpoint-N as sft does (above); ppo has its own loop
         run_stage(load_config(None, keys))

@@ -77,7 +77,8 @@ class PreemptionCallback(TrainerCallback):
         self._signalled = threading.Event()
         self._saved = threading.Event()
 
-    # --- the signal: the handler notes the time and nothing else ---
+    # --- the signal: the handler notes the time and wakes the watchdog, nothing else (a second SIGTERM does
+    # nothing; SIGINT and SIGKILL still stop the run at once) ---
     def _on_sigterm(self, _signum: int, _frame: object) -> None:
         if self.signalled_at is None:
             self.signalled_at = time.monotonic()
@@ -112,6 +113,13 @@ class PreemptionCallback(TrainerCallback):
         control.should_evaluate = False  # the grace is for the checkpoint, not for an evaluation due now
         if state.is_world_process_zero:
             logger.warning("pre-empted: saving checkpoint-%d and stopping", state.global_step)
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> Any:
+        # the Trainer ends the epoch it broke out of: no evaluation, nor a second save of the same step, is due
+        if self.stopped_step is not None:
+            control.should_evaluate = False
+            control.should_save = control.should_save and self.checkpoint is None
         return control
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
