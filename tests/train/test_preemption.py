@@ -123,9 +123,10 @@ class SigtermAt(TrainerCallback):
 
 # every stage's smallest run; the Trainer stages share the pre-emption path (train.recipe), ppo has its own loop
 STAGES = {
-    # by epochs, evaluated and saved at each epoch's end: the epoch it stops in ends without either
-    "sft": {"max_steps": -1, "num_train_epochs": 1, "save_strategy": "epoch", "eval_strategy": "epoch",
-            "val_size": 4},
+    # by epochs (3 steps each), evaluated and saved at each epoch's end, the best checkpoint kept alone: stopped
+    # in the second, that epoch ends without an evaluation, and the Trainer keeps the pre-emption checkpoint
+    "sft": {"max_steps": -1, "num_train_epochs": 2, "save_strategy": "epoch", "eval_strategy": "epoch",
+            "val_size": 4, "load_best_model_at_end": True, "save_total_limit": 1},
     "rm": {"dataset": "kubi_pref", "max_samples": 8},
     "dpo": {"dataset": "kubi_pref", "max_samples": 8},
     "kto": {"dataset": "kubi_kto", "max_samples": 8},
@@ -133,6 +134,7 @@ STAGES = {
             "reward_model_type": "api", "top_p": 1.0, "temperature": 1.0},
 }
 MARKER = {"ppo": "ppo_state.json"}
+SIGTERM_AT = {"sft": 4}
 
 
 @pytest.mark.parametrize("stage", list(STAGES))
@@ -144,13 +146,15 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     keys = {**sft_keys(tiny_model_dir, out, stage=stage, max_steps=3, per_device_train_batch_size=4), **STAGES[stage]}
     if stage == "ppo":
         keys["reward_model"] = str(reward)
-    before = signal.getsignal(signal.SIGTERM)
+    before, at = signal.getsignal(signal.SIGTERM), SIGTERM_AT.get(stage, 1)
     with pytest.raises(Preempted, match="run the same command again to resume") as stopped:
-        run_stage(load_config(None, keys), callbacks=[SigtermAt(1)])
-    assert stopped.value.step == 1 and stopped.value.checkpoint == out / "checkpoint-1"
-    assert (out / "checkpoint-1" / MARKER.get(stage, "trainer_state.json")).is_file()
+        run_stage(load_config(None, keys), callbacks=[SigtermAt(at)])
+    assert stopped.value.step == at and stopped.value.checkpoint == out / f"checkpoint-{at}"
+    assert (out / f"checkpoint-{at}" / MARKER.get(stage, "trainer_state.json")).is_file()
     assert not (out / "run_summary.json").exists()  # the stage did not finish
-    assert [line["current_steps"] for line in log_lines(out)] == [1]  # no evaluation after the SIGTERM
+    lines = log_lines(out)
+    assert [line["current_steps"] for line in lines if "loss" in line] == list(range(1, at + 1))
+    assert not [line for line in lines if "eval_loss" in line and line["current_steps"] == at]  # no eval after it
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is handed back
     if stage == "ppo":  # the Trainer stages resume from checkpoint-N as sft does (above); ppo has its own loop
         run_stage(load_config(None, keys))

@@ -127,6 +127,10 @@ class PreemptionCallback(TrainerCallback):
             return
         self.checkpoint = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self._saved.set()
+        # its trainer_state.json has the best checkpoint written; forgotten now, the Trainer's end of training
+        # neither loads it (load_best_model_at_end: time the grace lacks) nor deletes this checkpoint for it
+        # (save_total_limit 1 keeps the best alone)
+        state.best_model_checkpoint = None
         elapsed = time.monotonic() - self.signalled_at if self.signalled_at is not None else 0.0
         if state.is_world_process_zero:
             late = elapsed > self.grace
