@@ -63,7 +63,7 @@ def only_checkpoint(out: Path) -> Path:
     return found[0]
 
 
-@pytest.mark.slow  # ~25 s alone, ~50 s on a loaded 2-core box: a process start-up and two 10-step runs
+@pytest.mark.slow  # 41-70 s measured on a loaded 2-core box: a process start-up and two 10-step runs
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_uninterrupted_weights(
         tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
@@ -189,7 +189,7 @@ def test_the_log_says_when_the_grace_passes_before_the_checkpoint(caplog: pytest
     assert "save_on_sigterm_grace (0.2s) has passed and the pre-emption checkpoint is not complete" in caplog.text
 
 
-@pytest.mark.slow  # two ranks' start-up: ~45 s
+@pytest.mark.slow  # two ranks start up: 41-50 s measured here
 def test_sigterm_to_a_two_rank_launch_saves_one_step_on_both_ranks(tiny_model_dir: Path, tmp_path: Path,
                                                                    cache_dir: Path) -> None:
     out = tmp_path / "ranks"
