@@ -95,8 +95,16 @@ def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
         return 2
     if plan is None:
         return None
+    from kubetune.train.preemption import PREEMPTED_EXIT_CODE, clear_preempted_marker, was_preempted
+
     print(f"kubetune train: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
-    return run_torchrun(plan, ["train", *args])
+    clear_preempted_marker(cfg.train.output_dir)
+    code = run_torchrun(plan, ["train", *args], shutdown_timeout=cfg.train.save_on_sigterm_grace)
+    if code != 0 and was_preempted(cfg.train.output_dir):  # torchrun's own code after a SIGTERM is not the ranks'
+        print(f"kubetune train: pre-empted (SIGTERM): the ranks saved a checkpoint in {cfg.train.output_dir}; "
+              f"run the same command again to resume (exit code {PREEMPTED_EXIT_CODE})", file=sys.stderr)
+        return PREEMPTED_EXIT_CODE
+    return code
 
 
 def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig:
@@ -121,9 +129,17 @@ def _dispatch(command: str, cfg: RunConfig) -> int:
         return 0
     if command in ("train", "eval"):
         from kubetune.stages import run_stage
+        from kubetune.train.preemption import PREEMPTED_EXIT_CODE, Preempted, clear_preempted_marker
         from kubetune.train.world import is_main_process
 
-        result = run_stage(cfg)
+        if is_main_process():  # a previous run's pre-emption is not this one's (rank 0 writes it again if so)
+            clear_preempted_marker(cfg.train.output_dir)
+        try:
+            result = run_stage(cfg)
+        except Preempted as err:
+            if is_main_process():
+                print(f"kubetune {command}: {err}", file=sys.stderr, flush=True)
+            return PREEMPTED_EXIT_CODE
         if not is_main_process():  # every rank returns; one prints
             return 0
         print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics, "files": result.files},

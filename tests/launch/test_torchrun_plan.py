@@ -150,7 +150,7 @@ def test_a_deepspeed_config_launches_torchrun_even_for_one_process(monkeypatch: 
     plan = torchrun_plan({}, gpu_count=0, force=True)
     assert plan is not None and plan.world_size == 1
     launched: list[TorchrunPlan] = []
-    monkeypatch.setattr("kubetune.launch.torchrun.run_torchrun", lambda plan, args: launched.append(plan) or 0)
+    monkeypatch.setattr("kubetune.launch.torchrun.run_torchrun", lambda plan, args, **_: launched.append(plan) or 0)
     monkeypatch.setattr("torch.cuda.device_count", lambda: 0)  # one device, as on a 1-GPU box
     for name in ("FORCE_TORCHRUN", "NPROC_PER_NODE", "NNODES", "RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
@@ -160,3 +160,12 @@ def test_a_deepspeed_config_launches_torchrun_even_for_one_process(monkeypatch: 
                           [f"deepspeed={REPO / 'examples' / 'deepspeed' / 'ds_z2_config.json'}"])
     assert cli._launch_ranks(sharded, ["sft_lora.yaml"]) == 0
     assert [plan.world_size for plan in launched] == [1]
+
+
+def test_the_ranks_get_save_on_sigterm_grace_before_torchrun_kills_them() -> None:
+    plan = torchrun_plan({"FORCE_TORCHRUN": "1"}, gpu_count=0)
+    assert plan is not None
+    assert child_environment(plan, {}, shutdown_timeout=60)["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "65"
+    assert "TORCH_ELASTIC_SHUTDOWN_TIMEOUT" not in child_environment(plan, {})  # off: torchrun's own 30 s
+    kept = child_environment(plan, {"TORCH_ELASTIC_SHUTDOWN_TIMEOUT": "7"}, shutdown_timeout=60)
+    assert kept["TORCH_ELASTIC_SHUTDOWN_TIMEOUT"] == "7"

@@ -419,6 +419,10 @@ class TrainArguments(_Group):
     save_steps: int = Field(500, gt=0, description="Checkpoint every n steps.")
     save_total_limit: int | None = Field(None, gt=0, description="Keep at most n checkpoints.")
     save_only_model: bool = Field(False, description="Checkpoints without optimiser state (cannot resume).")
+    save_on_sigterm_grace: float = Field(30.0, ge=0.0, description=(
+        "kubetune's own: seconds a pre-empted run (SIGTERM, as Kubernetes sends) has to finish its optimiser "
+        "step and save checkpoint-N before it exits with code 75 and a rerun resumes; match the pod's "
+        "terminationGracePeriodSeconds. 0 = off (SIGTERM kills at once)."))
     eval_strategy: Literal["no", "steps", "epoch"] = Field("no", description="When to evaluate.")
     eval_steps: int | None = Field(None, gt=0, description="Evaluate every n steps (default: logging_steps).")
     compute_accuracy: bool = Field(False, description=(

@@ -9,6 +9,7 @@ those variables too. A process torchrun (or any launcher) started already has `R
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import socket
@@ -114,14 +115,25 @@ def node_plan(env: Mapping[str, str] | None = None, gpu_count: int | None = None
     return plan
 
 
-def child_environment(plan: TorchrunPlan, env: Mapping[str, str] | None = None) -> dict[str, str]:
+def child_environment(plan: TorchrunPlan, env: Mapping[str, str] | None = None, *,
+                      shutdown_timeout: float | None = None) -> dict[str, str]:
     """The environment of the torchrun process: threads split between a CPU node's ranks.
 
     torchrun sets `OMP_NUM_THREADS=1` when it is unset, which on a CPU-only node leaves all but one
     core per rank idle; an explicit `OMP_NUM_THREADS` is kept.
+
+    Args:
+        plan: the launch.
+        env: the environment to start from (default `os.environ`).
+        shutdown_timeout: seconds the ranks get after a SIGTERM before torchrun SIGKILLs them
+            (`TORCH_ELASTIC_SHUTDOWN_TIMEOUT`, torchrun's default 30), for `save_on_sigterm_grace`: a few
+            seconds more than it, so that the ranks' own late-checkpoint message comes first. An explicit
+            `TORCH_ELASTIC_SHUTDOWN_TIMEOUT` is kept. Default None: torchrun's.
     """
     child = dict(os.environ if env is None else env)
     child.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.nproc_per_node)))
+    if shutdown_timeout:
+        child.setdefault("TORCH_ELASTIC_SHUTDOWN_TIMEOUT", str(math.ceil(shutdown_timeout) + 5))
     return child
 
 
@@ -162,15 +174,16 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def run_torchrun(plan: TorchrunPlan, args: Sequence[str], module: str = "kubetune.cli") -> int:
-    """Run `plan.command(args, module)` with `child_environment(plan)` and wait; its exit code.
+def run_torchrun(plan: TorchrunPlan, args: Sequence[str], module: str = "kubetune.cli", *,
+                 shutdown_timeout: float | None = None) -> int:
+    """Run `plan.command(args, module)` with `child_environment(plan, shutdown_timeout=...)` and wait; its exit code.
 
     A SIGTERM to this process is passed on to torchrun, which passes it on to its ranks. That is how
     Kubernetes pre-empts a pod (SIGTERM to its first process, SIGKILL after the grace period):
     without the hand-over the ranks would never hear of it and die mid-step at the SIGKILL.
     (Ctrl-C needs no hand-over: the terminal sends SIGINT to the whole process group.)
     """
-    command, env = plan.command(args, module=module), child_environment(plan)
+    command, env = plan.command(args, module=module), child_environment(plan, shutdown_timeout=shutdown_timeout)
     if threading.current_thread() is not threading.main_thread():  # signal handlers live in the main thread
         return subprocess.call(command, env=env)
     children: list[subprocess.Popen] = []

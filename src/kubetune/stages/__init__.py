@@ -15,6 +15,7 @@ from kubetune.model.deepspeed_unwrap import defer_deepspeed_import
 from kubetune.stages import dpo, kto, ppo, rm, sft
 from kubetune.tracking.trainjob_status import trainjob_status_callbacks
 from kubetune.train.early_stopping import early_stopping_callbacks
+from kubetune.train.preemption import preemption_callbacks
 from kubetune.train.result import StageResult
 
 RECIPES: dict[str, Callable[..., StageResult]] = {
@@ -26,8 +27,9 @@ def run_stage(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     """Run `cfg.method.stage`'s recipe.
 
     An unset `bf16` is decided here, on the device that trains (`model.auto_precision`), and
-    `early_stopping_steps` adds its callback to every recipe, as LLaMA-Factory's tuner does.
+    `early_stopping_steps` adds its callback to every recipe, as LLaMA-Factory's tuner does, and
+    `save_on_sigterm_grace` its pre-emption callback (`kubetune.train.preemption`).
     """
     defer_deepspeed_import()  # a run without a DeepSpeed config never imports it (model.deepspeed_unwrap)
     return RECIPES[cfg.method.stage](with_bf16_decided(cfg), callbacks=[
-        *(callbacks or []), *trainjob_status_callbacks(), *early_stopping_callbacks(cfg)])
+        *(callbacks or []), *trainjob_status_callbacks(), *early_stopping_callbacks(cfg), *preemption_callbacks(cfg)])

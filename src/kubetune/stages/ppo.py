@@ -70,6 +70,7 @@ from kubetune.train import recipe
 from kubetune.train.arguments import find_resume_checkpoint, training_arguments
 from kubetune.train.layout import apply as apply_layout
 from kubetune.train.layout import plan_padded
+from kubetune.train.preemption import preemption_requested, raise_if_preempted, released
 from kubetune.train.recipe import write_bad_rows
 from kubetune.train.result import StageResult, finish
 
@@ -116,9 +117,10 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
         policy = ModelWithValueHead(lm)  # the critic: a value head on the policy's own hidden states
         # LoRA: the reference is the policy with its adapter disabled; otherwise a frozen copy of the base
         reference = None if cfg.method.finetuning_type == "lora" else _frozen_base(cfg, model_path, dtype, device)
-        train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
-                              eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
-                              stop_token_ids=stop_token_ids, callbacks=callbacks, args=args, ranks=ranks)
+        with released(callbacks or []):  # SIGTERM handed back however the loop ends
+            train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
+                                  eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
+                                  stop_token_ids=stop_token_ids, callbacks=callbacks, args=args, ranks=ranks)
         if ranks.is_main:
             save_policy(policy, out)
             tokenizer.save_pretrained(str(out))
@@ -243,7 +245,9 @@ def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any 
         bar.update(1)
         events("on_step_end")
 
-        if _due(t.eval_strategy, t.eval_steps or t.logging_steps, step, total, sampler) and eval_rows is not None:
+        preempted = preemption_requested(events.callbacks)  # a SIGTERM on any rank: save now, then stop
+        if (_due(t.eval_strategy, t.eval_steps or t.logging_steps, step, total, sampler) and eval_rows is not None
+                and not preempted):
             with _autocast(cfg, device):
                 scored = score_generations_on_ranks(ranks, policy.pretrained_model, tokenizer,
                                                     list(eval_rows["input_ids"]), reward, cfg.generation,
@@ -259,7 +263,7 @@ def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any 
             bar.set_postfix(reward=f"{logs['reward/mean']:.3f}", kl=f"{logs['objective/kl']:.3f}")
             window.clear()
             window_tokens, window_start = 0.0, time.perf_counter()
-        if _due(t.save_strategy, t.save_steps, step, total, sampler):
+        if _due(t.save_strategy, t.save_steps, step, total, sampler) or preempted:
             save_checkpoint(out, step, policy, optimizer, scheduler,
                             {"step": step, "kl_controller": kl_ctl.state_dict(),
                              "score_normalizer": score_norm.state_dict(), "log_history": state.log_history},
@@ -269,6 +273,7 @@ def train(cfg: RunConfig, out: Path, policy: ModelWithValueHead, reference: Any 
             break
     bar.close()
     events("on_train_end")
+    raise_if_preempted(events.callbacks)  # a checkpoint, not a final policy: the rerun resumes
 
     last = state.log_history[-1] if state.log_history else {}
     return {"train_runtime": round(time.perf_counter() - started, 3), "train_steps": float(state.global_step),

@@ -8,12 +8,12 @@ knows the difference.
 from __future__ import annotations
 
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import TrainingArguments
-from transformers.trainer_utils import get_last_checkpoint
 
 from kubetune.config import ConfigError, Problem, RunConfig
 from kubetune.data.packing import packing_mode
@@ -170,13 +170,38 @@ def groups_by_length(cfg: RunConfig) -> bool:
     return bool(cfg.train.group_by_length) and cfg.method.stage in ("sft", "pt") and not packed
 
 
+# What a finished checkpoint holds last: the Trainer's `_save_checkpoint` writes the weights, then the optimizer,
+# scheduler and RNG state, and `trainer_state.json` at the very end (transformers 5.23); a PPO checkpoint is
+# renamed into place whole, with `ppo_state.json` (`kubetune.rl.checkpoint`).
+COMPLETION_MARKERS = ("trainer_state.json", "ppo_state.json")
+# transformers' `enable_jit_checkpoint` leaves this in a checkpoint until its save finishes
+INCOMPLETE_SENTINEL = "checkpoint-is-incomplete.txt"
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+
+
 def find_resume_checkpoint(cfg: RunConfig, output_dir: Path) -> str | None:
-    """The checkpoint to resume from: the explicit one, else the last in output_dir (unless overwriting)."""
+    """The checkpoint to resume from: the explicit one, else the last complete one in output_dir (unless overwriting).
+
+    A `checkpoint-N` folder without its completion marker (`COMPLETION_MARKERS`) was cut short, by a SIGKILL
+    mid-save for one: it is skipped, with a warning, for the last complete one before it.
+    """
     if cfg.train.resume_from_checkpoint:
         return cfg.train.resume_from_checkpoint
     if cfg.train.overwrite_output_dir or not output_dir.is_dir():
         return None
-    last = get_last_checkpoint(str(output_dir))
+    last = last_complete_checkpoint(output_dir)
     if last:
         logger.info("resuming from %s (set overwrite_output_dir: true to start over)", last)
     return last
+
+
+def last_complete_checkpoint(output_dir: Path) -> str | None:
+    """The highest-numbered `checkpoint-N` in `output_dir` that a save finished; None if there is none."""
+    found = sorted(((int(m.group(1)), p) for p in output_dir.iterdir()
+                    if (m := _CHECKPOINT.match(p.name)) and p.is_dir()), reverse=True)
+    for _, path in found:
+        if any((path / name).is_file() for name in COMPLETION_MARKERS) and not (path / INCOMPLETE_SENTINEL).exists():
+            return str(path)
+        logger.warning("%s is incomplete (no %s: its save was cut short): not resuming from it", path,
+                       " or ".join(COMPLETION_MARKERS))
+    return None

@@ -14,6 +14,7 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
+from kubetune.train.preemption import raise_if_preempted, released
 from kubetune.train.strategy import strategy_name
 from kubetune.train.world import World, current_world
 
@@ -72,6 +73,10 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
                    plotted: Sequence[str] = ("loss", "eval_loss")) -> tuple[dict[str, float], dict[str, str]]:
     """Train (resuming from the last checkpoint in `out`), then save the model, state, metrics and loss plots.
 
+    Raises:
+        Preempted: a SIGTERM stopped training after a checkpoint (`kubetune.train.preemption`); nothing else is
+            saved, so the output folder never holds a final model the run did not finish.
+
     Args:
         trainer: a transformers `Trainer`.
         cfg: the run config (resume and plot settings).
@@ -83,7 +88,9 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
     Returns:
         (metrics prefixed `train_`, files written by name).
     """
-    result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
+    with released(trainer.callback_handler.callbacks):
+        result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
+    raise_if_preempted(trainer.callback_handler.callbacks)  # a checkpoint, not a final model: the rerun resumes
     trainer.save_model(str(out))  # the Trainer saves on the main process only
     main = trainer.is_world_process_zero()
     if tokenizer is not None and main:
