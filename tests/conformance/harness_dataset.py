@@ -17,12 +17,16 @@ input_ids and labels, and neat packing its positions too.
 from __future__ import annotations
 
 import copy
+from datetime import datetime
 from typing import Any
+from unittest import mock
 
+from cases import TODAY
 from cases_dataset import DATASET_VARIANTS, dataset_rows_for, lf_dataset_row, our_dataset_sample
 from harness import CaseResult, _show
 
 from kubetune.config import DataArguments
+from kubetune.data import tool_formats
 from kubetune.data.encode import IGNORE_INDEX
 from kubetune.data.pipeline import _Encoder
 from kubetune.data.template_registry import get_template
@@ -50,13 +54,15 @@ def run_ours_dataset(tokenizer: Any, cases: list[dict[str, Any]]) -> dict[str, A
     except ValueError as err:
         return {case["id"]: {"error": str(err)} for case in cases}
     out = {}
+    today = datetime.strptime(TODAY, "%Y-%m-%d").strftime("%d %b %Y")  # llama3's tool prompt: LF's fixed date
     for case in cases:
         template.enable_thinking = case.get("enable_thinking", True)
         data = DataArguments(template=case["template"], **{k: case[k] for k in OPTIONS if k in case})
         samples = [our_dataset_sample(r, case["stage"], i) for i, r in enumerate(dataset_rows_for(case["stage"]))]
         try:
             encoder = _Encoder(tokenizer, template, data, case["stage"])
-            out[case["id"]] = {"rows": encoder.encode_all(samples, for_eval=False)}
+            with mock.patch.object(tool_formats, "today", lambda: today):
+                out[case["id"]] = {"rows": encoder.encode_all(samples, for_eval=False)}
         except ValueError as err:
             out[case["id"]] = {"error": str(err)}
     return out

@@ -199,7 +199,8 @@ def test_qlora_on_two_ranks_trains_one_adapter_like_one_rank_with_twice_the_batc
     one, two = tmp_path / "one", tmp_path / "two"
     script = tmp_path / "record_every_rank.py"
     script.write_text(RECORD_EVERY_RANK)
-    done = launch(stage_keys(tiny_model_dir, two, "sft", quantization_bit=4), tmp_path, script=script)
+    # two epochs of the 16 rows: the second sees the rows the first did, so its loss is comparable (and lower)
+    done = launch(stage_keys(tiny_model_dir, two, "sft", quantization_bit=4, max_steps=8), tmp_path, script=script)
     assert done.returncode == 0, done.stderr[-4000:]
     assert json.loads((two / "run_summary.json").read_text())["distributed"]["strategy"] == "ddp"
     for rank in (0, 1):
@@ -210,9 +211,9 @@ def test_qlora_on_two_ranks_trains_one_adapter_like_one_rank_with_twice_the_batc
     assert ranks[0].keys() == ranks[1].keys()
     for name in ranks[0]:  # the same averaged gradient on both ranks, so the same Adam steps, bit for bit
         assert torch.equal(ranks[0][name], ranks[1][name]), name
-    lines = log_lines(two)
-    assert lines[-1]["loss"] < lines[0]["loss"] - 0.05
+    losses = [line["loss"] for line in log_lines(two) if "loss" in line]
+    assert len(losses) == 8 and sum(losses[4:]) / 4 < sum(losses[:4]) / 4 - 0.05, losses
     # and the same training as one rank with twice the batch (losses within 3%, LoRA B within 5%)
-    run_stage(load_config(None, stage_keys(tiny_model_dir, one, "sft", quantization_bit=4,
+    run_stage(load_config(None, stage_keys(tiny_model_dir, one, "sft", quantization_bit=4, max_steps=8,
                                            per_device_train_batch_size=4)))
     assert_same_training(one, two)
