@@ -286,7 +286,7 @@ def test_every_stage_gets_the_callback_from_run_stage_beside_the_callers_own(tra
     stages.run_stage(load_config(None, {"model_name_or_path": "some/model", "dataset": "kubi_sft",
                                         "dataset_dir": str(DATA), "finetuning_type": "full", "bf16": False}),
                      callbacks=[mine])
-    assert given[0] is mine and [type(c) for c in given[1:]] == [TrainJobStatusCallback]
+    assert given[0] is mine and [type(c) for c in given[1:]].count(TrainJobStatusCallback) == 1
 
 
 def test_metrics_stay_within_the_trainer_apis_bounds() -> None:
