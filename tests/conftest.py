@@ -28,6 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from mlflow_server import start_mlflow_server  # noqa: E402
 from moto_server import start_moto_server  # noqa: E402
 
+# the `make chaos` table (the chaos_row fixture, the chaos marker, --chaos-table)
+pytest_plugins = ["chaos_table"]
+
 
 @pytest.fixture(scope="session")
 def smollm2_dir() -> Path:
