@@ -248,9 +248,11 @@ def test_a_hub_copy_reads_the_subset_folder_and_says_when_there_is_none(tmp_path
         resolve_datasets("fr", tmp_path)
 
 
-def test_llama_factorys_hub_dataset_dirs_say_what_to_download() -> None:
-    with pytest.raises(DataError, match="dataset repo 'llamafactory/demo_data'.*download that repo"):
+def test_llama_factorys_hub_dataset_dirs_say_what_to_download_when_offline() -> None:
+    with pytest.raises(DataError, match=r"dataset repo 'llamafactory/demo_data', and the hub is not reachable from "
+                                        r"here: HF_HUB_OFFLINE=1 is set\. Download that repo"):
         resolve_datasets("identity", "REMOTE:llamafactory/demo_data")
-    with pytest.raises(DataError, match="'ONLINE' reads every dataset from a hub"):
-        resolve_datasets("alpaca_en", "ONLINE")
+    with pytest.raises(DataError, match=r"hf_hub_url 'llamafactory/alpaca_en' is on the Hugging Face Hub, which is "
+                                        r"not reachable from here \(HF_HUB_OFFLINE=1 is set\)"):
+        resolve_datasets("llamafactory/alpaca_en", "ONLINE")
     assert resolve_datasets("s3://bucket/rows.jsonl", "ONLINE")[0].load_from == "cloud_file"  # no hub needed

@@ -237,6 +237,10 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
         logger.warning("max_length = %r (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
                        "does not cut training rows. For the training sequence length set cutoff_len (default %d)",
                        raw["max_length"][0], raw["max_length"][1], groups["data"].cutoff_len)
+    if groups["train"].fp8_enable_fsdp_float8_all_gather and not groups["train"].fp8:
+        logger.warning("fp8_enable_fsdp_float8_all_gather = true (%s) needs fp8: training with fp8: true, as "
+                       "LLaMA-Factory does", origins.get("fp8_enable_fsdp_float8_all_gather", source))
+        groups["train"] = groups["train"].model_copy(update={"fp8": True})
     cfg = RunConfig(**groups, source=source, origins=origins)
     from kubetune.config.rules import check_rules
 

@@ -116,9 +116,6 @@ REFUSED: dict[str, Refusal] = {
              "profiler_record_shapes": True, "profiler_profile_memory": True, "profiler_with_stack": True,
              "profile_modules": None},
             f"the torch profiler: {_NOT_YET}", _REMOVE),
-    **_each({"fp8": False, "fp8_backend": "auto", "fp8_enable_fsdp_float8_all_gather": False},
-            "FP8 training (accelerate with torchao or Transformer Engine) needs an FP8 GPU (NVIDIA Ada or Hopper) and "
-            f"is {_NOT_YET}: it has not been run on one", "use bf16"),
 }
 
 # Keys whose request kubetune already fulfils, whatever their value: accepted and dropped, with why.

@@ -14,6 +14,7 @@ from kubetune.config import (
     rules_data,
     rules_distributed,
     rules_dpo,
+    rules_fp8,
     rules_kto,
     rules_lf_keys,
     rules_optim,
@@ -170,7 +171,7 @@ def stage_specific(cfg: RunConfig) -> list[Problem]:
 
 RULES: list[Rule] = [
     not_implemented, stage_specific, rules_data.check, rules_peft.check, rules_optim.check, rules_sft_loss.check,
-    rules_distributed.check, quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template,
+    rules_fp8.check, rules_distributed.check, quantization_needs_lora, history_vs_prompt, tool_format_needs_a_template,
     eval_needs_data, val_size_shape, packing_flags, length_grouping,
     shuffling, precision, warmup, rules_lf_keys.check,
 ]

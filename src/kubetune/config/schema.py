@@ -393,6 +393,18 @@ class TrainArguments(_Group):
     )
     fp16: bool = Field(False, description="Mixed precision in float16 (GPU).")
     pure_bf16: bool = Field(False, description="Train in pure bfloat16 (no float32 master weights).")
+    fp8: bool = Field(
+        False, description="Train the linear layers with FP8 matmuls (torchao float8, rowwise scaling; embeddings "
+                           "and heads stay in high precision). Needs a GPU with FP8 tensor cores (Ada, Hopper); "
+                           "see model/fp8.py.",
+    )
+    fp8_backend: Literal["auto", "torchao", "te", "msamp"] = Field(
+        "auto", description="FP8 implementation: auto and torchao are torchao's float8 training; te (Transformer "
+                            "Engine) and msamp are refused (not dependencies of kubetune).",
+    )
+    fp8_enable_fsdp_float8_all_gather: bool = Field(
+        False, description="Under FSDP2, all-gather the sharded weights in FP8 (tensorwise scaling); implies fp8.",
+    )
     gradient_checkpointing: bool = Field(True, description="Recompute activations to save memory.")
     group_by_length: bool = Field(
         False, description="Batch unpacked sft/pt rows of similar length together: less padding computed, "

@@ -28,9 +28,11 @@ from __future__ import annotations
 import difflib
 import json
 import logging
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Literal
+
+from kubetune.paths import cache_root
 
 logger = logging.getLogger(__name__)
 
@@ -209,28 +211,52 @@ def resolve_datasets(
             entry without a local copy.
     """
     wanted = _split_names(names)
-    hub_folder = _hub_dataset_dir(str(dataset_dir))
-    if hub_folder and any(not name.startswith("s3://") for name in wanted):
-        raise DataError(hub_folder)
-    registry = _Registry(Path(dataset_dir))
-    attrs = [_resolve_one(name, registry) for name in wanted]
+    hub_names = [name for name in wanted if not name.startswith("s3://")]
+    if str(dataset_dir).startswith("REMOTE:") and hub_names:
+        attrs = _resolve_remote(str(dataset_dir), wanted)
+    elif str(dataset_dir) == "ONLINE":
+        # every name is a hub dataset repo, read as an alpaca-layout hf_hub_url entry (as LLaMA-Factory does)
+        attrs = [_resolve_one(name, _Registry(Path("."))) if name.startswith("s3://") else
+                 parse_entry(name, {"hf_hub_url": name}, cache_root(), "dataset_dir = 'ONLINE'") for name in wanted]
+    else:
+        registry = _Registry(Path(dataset_dir))
+        attrs = [_resolve_one(name, registry) for name in wanted]
     if data_path:
         attrs.append(_resolve_data_path(data_path))
     return attrs
 
 
-def _hub_dataset_dir(dataset_dir: str) -> str:
-    """Why LLaMA-Factory's hub forms of `dataset_dir` cannot be read here ("" for a folder): `REMOTE:<repo>` (a
-    dataset repo holding dataset_info.json and the data) and `ONLINE` (every name a hub dataset) need a hub."""
-    if dataset_dir.startswith("REMOTE:"):
-        repo = dataset_dir[len("REMOTE:"):]
-        return (f"dataset_dir = {dataset_dir!r} names the Hugging Face dataset repo {repo!r}, and no model or "
-                f"dataset hub is reachable from where kubetune runs: download that repo (dataset_info.json and its "
-                f"data files) into a folder and set dataset_dir to it, or copy it to s3:// and name the files")
-    if dataset_dir == "ONLINE":
-        return ("dataset_dir = 'ONLINE' reads every dataset from a hub, and no hub is reachable from where kubetune "
-                "runs: download the datasets, register them in a dataset_info.json and set dataset_dir to its folder")
-    return ""
+def _resolve_remote(dataset_dir: str, wanted: list[str]) -> list[DatasetAttr]:
+    """`dataset_dir: REMOTE:<repo>`: the repo's dataset_info.json, then the files its wanted entries name, from the
+    hub into the cache; their paths are made absolute (the rest of kubetune sees ordinary local files)."""
+    repo = dataset_dir[len("REMOTE:"):]
+    snapshot = _download(repo, [DATASET_INFO], f"dataset_dir = {dataset_dir!r}",
+                         "download that repo (dataset_info.json and its data files) into a folder and set dataset_dir "
+                         "to it, or copy it to s3:// and name the files")
+    registry = _Registry(snapshot)
+    entries = registry.entries()
+    files = [entries[name]["file_name"] for name in wanted
+             if isinstance(entries.get(name), dict) and isinstance(entries[name].get("file_name"), str)
+             and "://" not in entries[name]["file_name"] and not any(entries[name].get(k) for k in _HUB_KEYS)]
+    if files:
+        _download(repo, [pattern for f in files for pattern in (f, f"{f}/*")], f"dataset_dir = {dataset_dir!r}",
+                  "download the repo's data files next to its dataset_info.json and set dataset_dir to that folder")
+    attrs = [_resolve_one(name, registry) for name in wanted]
+    return [replace(a, path=str(snapshot / a.path)) if a.load_from == "file" else a for a in attrs]
+
+
+def _download(repo: str, patterns: list[str] | None, what: str, how: str) -> Path:
+    """`hub_download.download_dataset_files`, its failures as DataErrors that name `what` and say `how` to fix it."""
+    from kubetune.data.hub_download import HubRepoMissing, HubUnreachable, download_dataset_files
+
+    try:
+        return download_dataset_files(repo, patterns)
+    except HubRepoMissing as err:
+        raise DataError(f"{what}: the Hugging Face Hub has no dataset repo {repo!r} ({err}); check the name, or set "
+                        f"HF_TOKEN if it is private or gated.") from err
+    except HubUnreachable as err:
+        raise DataError(f"{what} names the Hugging Face dataset repo {repo!r}, and the hub is not reachable from "
+                        f"here: {err}. {how[0].upper()}{how[1:]}.") from err
 
 
 def _split_names(names: str | list[str] | None) -> list[str]:
@@ -480,8 +506,23 @@ def _local_hub_copy(
     how = (f"`hf download {hub_id} --repo-type dataset --local-dir {target}`" if hub_key == "hf_hub_url"
            else f"`modelscope download --dataset {hub_id} --local_dir {target}`" if hub_key == "ms_hub_url"
            else "the hub's download tool")
+    why = "kubetune downloads from the Hugging Face Hub only"  # ModelScope's and Modelers' clients are not deps
+    if hub_key == "hf_hub_url":
+        from kubetune.data.hub_download import HubRepoMissing, HubUnreachable, download_dataset_files
+
+        folder = entry.get("folder")
+        try:
+            snapshot = download_dataset_files(hub_id, [f"{folder}/*"] if folder else None)
+        except HubRepoMissing as err:
+            raise DataError(f"{where}: the Hugging Face Hub has no dataset repo {hub_id!r} ({err}); check "
+                            f"hf_hub_url, or set HF_TOKEN if it is private or gated.") from err
+        except HubUnreachable as err:
+            why = str(err)
+        else:
+            path = snapshot / folder if folder else snapshot
+            return "file", str(_subset_folder(path, entry.get("subset"), dataset_dir, where)), hub_id
     raise DataError(
-        f"{where}: {hub_key} {hub_id!r} is on the {_HUB_KEYS[hub_key]}, which is not reachable from here. "
+        f"{where}: {hub_key} {hub_id!r} is on the {_HUB_KEYS[hub_key]}, which is not reachable from here ({why}). "
         f"On a machine that can reach it, download it into {target} (e.g. {how}) and copy that folder here, "
         f"or upload the files to S3 and set \"file_name\": \"s3://<bucket>/<key>\". "
         f"Looked for a local copy at: {', '.join(str(dataset_dir / c) for c in candidates)}."

@@ -126,8 +126,8 @@ def _apply_lora(model: Any, model_args: ModelArguments, method: FinetuningArgume
             # PEFT's OFTConfig has no ensure_weight_tying: the embeddings and the head would train as two copies,
             # and the merged model (its config says "tied") would keep only one of them on reload
             raise ValueError("resize_vocab with finetuning_type: oft on a model with tied embeddings: OFT cannot keep "
-                             "the new tokens' embedding and head rows tied. Use finetuning_type: lora, which trains one "
-                             "shared copy")
+                             "the new tokens' embedding and head rows tied. Use finetuning_type: lora, which trains "
+                             "one shared copy")
         config = oft_config(model, method)
         model = get_peft_model(model, config)
         logger.info("%sOFT r=%d block size %d (module dropout %g) on %s", "new " if adapters else "", config.r,

@@ -9,6 +9,7 @@ from transformers import set_seed
 
 from kubetune.config import RunConfig
 from kubetune.model.adapters import prepare_for_training
+from kubetune.model.fp8 import convert_linear_layers, emulated, require_fp8_device
 from kubetune.model.loader import load_base_model, weight_dtype
 
 
@@ -18,7 +19,8 @@ def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool, gradient_ch
 
     The seed is set first: adapter (and later value-head) initialisation draws from the global RNG,
     so the same seed gives the same run (and the same random weights with `train_from_scratch`).
-    `rope_scaling` is sized for `cutoff_len`, as LLaMA-Factory does for every training run.
+    `rope_scaling` is sized for `cutoff_len`, as LLaMA-Factory does for every training run. With `fp8`, the
+    device is checked first and the linear layers are converted last (`kubetune.model.fp8`).
 
     Args:
         cfg: the run config (model, method, seed, precision).
@@ -32,6 +34,9 @@ def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool, gradient_ch
     Returns:
         (the model, its weight dtype: a LoRA base is 16-bit under bf16/fp16, see `weight_dtype`).
     """
+    fp8 = trainable and cfg.train.fp8
+    if fp8:
+        require_fp8_device()  # before the model loads: a node without FP8 tensor cores stops here
     dtype = weight_dtype(cfg)
     set_seed(cfg.train.seed)
     model = load_base_model(cfg.model, dtype=dtype, path=model_path, model_max_length=cfg.data.cutoff_len,
@@ -40,6 +45,8 @@ def load_policy(cfg: RunConfig, model_path: str, *, trainable: bool, gradient_ch
         gradient_checkpointing = trainable and cfg.train.gradient_checkpointing
     model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=trainable,
                                  gradient_checkpointing=gradient_checkpointing)
+    if fp8:
+        convert_linear_layers(model, all_gather=cfg.train.fp8_enable_fsdp_float8_all_gather, emulate=emulated())
     return model, dtype
 
 
