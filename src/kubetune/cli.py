@@ -20,7 +20,8 @@ USAGE = """kubetune <command> [config.yaml] [key=value | --key value ...]
 
 commands:
   train     run the configured stage (sft, pt, rm, dpo, kto, ppo): train, then evaluate/predict if asked
-  eval      loss/perplexity and generation metrics (BLEU-4, ROUGE) on a dataset, as JSON
+  eval      loss/perplexity and generation metrics (BLEU-4, ROUGE) on a dataset, as JSON; with `task`
+            (e.g. mmlu_test) a multiple-choice benchmark, as a table [--json]
   export    merge the adapter into the base and save safetensors shards (export_dir)
   chat      talk to a model (+ adapter) in the terminal
   validate  check a config and the files it names, as the job its keys describe (train, export with
@@ -70,6 +71,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # under torchrun every rank runs this: the others log warnings only, so each line appears once
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")
+    as_json = command == "eval" and "--json" in rest  # a benchmark prints a table, or its JSON with --json
+    rest = [arg for arg in rest if not (as_json and arg == "--json")]
     path = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     overrides = rest[1:] if path else rest
     try:
@@ -81,7 +84,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         launched = _launch_ranks(cfg, rest)
         if launched is not None:
             return launched
+    if command == "eval" and cfg.benchmark.task:
+        return _benchmark(cfg, as_json)
     return _dispatch(command, cfg)
+
+
+def _benchmark(cfg: RunConfig, as_json: bool) -> int:
+    from kubetune.evaluate.benchmark import run_benchmark
+
+    result = run_benchmark(cfg)
+    if as_json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+        return 0
+    print(f"{result['task']}: {result['questions']} questions, {result['n_shot']}-shot, lang {result['lang']}")
+    print(f"{'':>15}  accuracy %")
+    for name, value in result["categories"].items():
+        print(f"{name:>15}: {value:6.2f}")
+    return 0
 
 
 def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
@@ -110,13 +129,28 @@ def _launch_ranks(cfg: RunConfig, args: Sequence[str]) -> int | None:
 def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig:
     defaults = {"train": {}, "validate": {}, "export": {}, "chat": {"do_train": False},
                 "eval": {"do_train": False, "do_eval": True, "do_predict": True}}[command]
+    if command == "eval" and _names_a_task(path, overrides):
+        defaults = {"do_train": False}  # a benchmark reads its task folder, not a held-out split
     # command defaults go last so that `kubetune eval train.yaml` evaluates instead of retraining
     cfg = load_config(path, list(overrides) + [f"{k}={json.dumps(v)}" for k, v in defaults.items()])
+    if command == "eval" and cfg.benchmark.task:  # LLaMA-Factory's benchmark evaluation (`llamafactory-cli eval`)
+        preflight(cfg, "benchmark")
+        return cfg
     if command == "eval" and not cfg.data.eval_dataset and cfg.data.dataset:
         cfg.data.eval_dataset, cfg.data.val_size = cfg.data.dataset, 0.0
     # `validate` checks a config as what it is for: an LLaMA-Factory merge config as an export, and so on
     preflight(cfg, purpose(cfg) if command == "validate" else command)  # type: ignore[arg-type]
     return cfg
+
+
+def _names_a_task(path: str | None, overrides: Sequence[str]) -> bool:
+    """Whether the file or the command line sets `task` (LLaMA-Factory's benchmark key), before validation."""
+    from pathlib import Path
+
+    from kubetune.config.loader import parse_overrides, read_config_file
+
+    given = {**(read_config_file(Path(path)) if path else {}), **parse_overrides(list(overrides), [])}
+    return bool(given.get("task"))
 
 
 def _dispatch(command: str, cfg: RunConfig) -> int:

@@ -3,6 +3,7 @@
 from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.loader import load_config, parse_overrides
 from kubetune.config.schema import (
+    BenchmarkArguments,
     DataArguments,
     ExportArguments,
     FinetuningArguments,
@@ -15,4 +16,5 @@ from kubetune.config.schema import (
 __all__ = [
     "ConfigError", "Problem", "load_config", "parse_overrides", "RunConfig", "ModelArguments",
     "FinetuningArguments", "DataArguments", "TrainArguments", "GeneratingArguments", "ExportArguments",
+    "BenchmarkArguments",
 ]

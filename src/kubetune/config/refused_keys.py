@@ -105,11 +105,6 @@ REFUSED: dict[str, Refusal] = {
              "swanlab_run_name": None, "swanlab_mode": "cloud", "swanlab_api_key": None, "swanlab_logdir": None,
              "swanlab_lark_webhook_url": None, "swanlab_lark_secret": None},
             "SwanLab tracking: not supported", "use report_to: mlflow (or tensorboard, wandb)"),
-    # EvaluationArguments: `llamafactory-cli eval` runs MMLU / C-Eval / CMMLU; `seed` is shared with training
-    **_each({"task": None, "task_dir": "evaluation", "batch_size": 4, "lang": "en", "n_shot": 5, "save_dir": None,
-             "download_mode": "reuse_dataset_if_exists"},
-            "benchmark evaluation (MMLU, C-Eval, CMMLU): not supported",
-            "evaluate on a dataset with kubetune eval (eval_dataset, do_predict)"),
     # TrainingArguments extras: Ray, the torch profiler, FP8
     **_each({"enable_torch_profiler": False, "profiler_output_dir": None, "profiler_wait_steps": 1,
              "profiler_warmup_steps": 1, "profiler_active_steps": 1, "profiler_repeat": 1,

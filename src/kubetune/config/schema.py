@@ -510,6 +510,31 @@ class ExportArguments(_Group):
     export_hub_model_id: str | None = Field(None, description="Push to the hub (not supported).")
 
 
+class BenchmarkArguments(_Group):
+    """LLaMA-Factory's `llamafactory-cli eval` keys (EvaluationArguments): a multiple-choice benchmark (MMLU's
+    layout) scored by the next-token logits over the choice letters; `kubetune.evaluate.benchmark`."""
+
+    task: str | None = Field(
+        None, description="`<folder>_<split>` under task_dir, e.g. mmlu_test (split test, validation or val); "
+                          "setting it makes `kubetune eval` run the benchmark.",
+    )
+    task_dir: str = Field(
+        "evaluation", description="Folder (or s3:// prefix) holding one folder per benchmark: mapping.json and "
+                                  "dev/, val/, test/ folders of <subject>_<split>.csv.",
+    )
+    batch_size: int = Field(4, gt=0, description="Questions per forward pass.")
+    lang: Literal["en", "zh"] = Field("en", description="Prompt layout: English or Chinese instructions.")
+    n_shot: int = Field(5, ge=0, description="Solved examples from the subject's dev split before each question.")
+    save_dir: str | None = Field(
+        None, description="Write results.json (every answer) and results.log (accuracy per category) here; it must "
+                          "not exist yet.",
+    )
+    download_mode: Literal["reuse_dataset_if_exists", "reuse_cache_if_exists", "force_redownload"] = Field(
+        "reuse_dataset_if_exists", description="Accepted for LLaMA-Factory configs: the CSV files are read as "
+                                               "they are each run (an s3:// task_dir is cached by its ETags).",
+    )
+
+
 GROUPS: dict[str, type[_Group]] = {
     "model": ModelArguments,
     "method": FinetuningArguments,
@@ -517,6 +542,7 @@ GROUPS: dict[str, type[_Group]] = {
     "train": TrainArguments,
     "generation": GeneratingArguments,
     "export": ExportArguments,
+    "benchmark": BenchmarkArguments,
 }
 
 
@@ -535,7 +561,7 @@ class RunConfig:
     """A validated run configuration.
 
     Attributes:
-        model, method, data, train, generation, export: the argument groups.
+        model, method, data, train, generation, export, benchmark: the argument groups.
         source: the file the config came from ("" when built in code).
         origins: where each key the user set (after aliasing) came from: the config file, "command line",
             a pipeline section. Problems name it, and it tells "left at the default" from "asked for".
@@ -547,6 +573,7 @@ class RunConfig:
     train: TrainArguments
     generation: GeneratingArguments
     export: ExportArguments
+    benchmark: BenchmarkArguments
     source: str = ""
     origins: dict[str, str] = field(default_factory=dict)
 

@@ -14,7 +14,7 @@ from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.schema import RunConfig
 from kubetune.validate.rules import stage_problems
 
-Command = Literal["train", "eval", "export", "chat"]
+Command = Literal["train", "eval", "benchmark", "export", "chat"]
 
 
 def preflight(cfg: RunConfig, command: Command) -> None:
@@ -34,6 +34,8 @@ def purpose(cfg: RunConfig) -> Command:
     """
     if cfg.export.export_dir:  # its value, not its presence: a round-tripped config (`to_flat`) holds every key
         return "export"
+    if cfg.benchmark.task:  # LLaMA-Factory's `llamafactory-cli eval` configs: a benchmark task
+        return "benchmark"
     if "infer_backend" in cfg.explicit and "stage" not in cfg.explicit:
         return "chat"
     t, d = cfg.train, cfg.data
@@ -54,8 +56,10 @@ def world_problems(cfg: RunConfig, command: Command) -> list[Problem]:
     problems: list[Problem] = []
     origin = _Origins(cfg)
     problems += _model_path(cfg, origin)
-    if command in ("train", "eval"):
+    if command in ("train", "eval", "benchmark"):
         problems += _template(cfg, origin)
+    if command == "benchmark":
+        problems += _benchmark(cfg, origin)
     if command == "train":
         problems += _train(cfg, origin)
     if command == "eval":
@@ -66,6 +70,23 @@ def world_problems(cfg: RunConfig, command: Command) -> list[Problem]:
     if command == "export":
         problems += _export(cfg, origin)
     return problems + stage_problems(cfg)
+
+
+def _benchmark(cfg: RunConfig, origin: _Origins) -> list[Problem]:
+    """The task folder reads: mapping.json and every subject's CSV files (an s3:// task_dir is read when run)."""
+    from kubetune.evaluate.benchmark_data import BenchmarkDataError, read_benchmark
+
+    b = cfg.benchmark
+    if b.task_dir.startswith("s3://"):
+        return []
+    try:
+        read_benchmark(b.task_dir, b.task or "")
+    except BenchmarkDataError as err:
+        return [Problem("task", b.task, origin("task"), str(err), "")]
+    if b.save_dir and Path(b.save_dir).exists():
+        return [Problem("save_dir", b.save_dir, origin("save_dir"), "exists already (results are never overwritten)",
+                        "choose a new folder, or remove it")]
+    return []
 
 
 class _Origins:
