@@ -84,22 +84,35 @@ def main(argv: Sequence[str] | None = None) -> int:
         launched = _launch_ranks(cfg, rest)
         if launched is not None:
             return launched
-    if command == "eval" and cfg.benchmark.task:
-        return _benchmark(cfg, as_json)
+    if command == "eval" and (cfg.benchmark.task or cfg.benchmark.lm_eval_tasks):
+        return _benchmarks(cfg, as_json)
     return _dispatch(command, cfg)
 
 
-def _benchmark(cfg: RunConfig, as_json: bool) -> int:
-    from kubetune.evaluate.benchmark import run_benchmark
+def _benchmarks(cfg: RunConfig, as_json: bool) -> int:
+    from kubetune.evaluate.suites import run_suites
 
-    result = run_benchmark(cfg)
+    try:
+        result = run_suites(cfg)
+    except (ValueError, FileExistsError) as err:  # a task not found, a bad row, save_dir taken: said before loading
+        print(f"kubetune eval: {err}", file=sys.stderr)
+        return 2
     if as_json:
         print(json.dumps(result, indent=2, ensure_ascii=False))
         return 0
-    print(f"{result['task']}: {result['questions']} questions, {result['n_shot']}-shot, lang {result['lang']}")
-    print(f"{'':>15}  accuracy %")
-    for name, value in result["categories"].items():
-        print(f"{name:>15}: {value:6.2f}")
+    if "benchmark" in result:
+        bench = result["benchmark"]
+        print(f"{bench['task']}: {bench['questions']} questions, {bench['n_shot']}-shot, lang {bench['lang']}")
+        print(f"{'':>15}  accuracy %")
+        for name, value in bench["categories"].items():
+            print(f"{name:>15}: {value:6.2f}")
+    if "lm_eval" in result:
+        metrics = result["lm_eval"]["metrics"]
+        print("lm-eval:")
+        for name, value in metrics.items():
+            if not name.endswith("_stderr"):
+                stderr = metrics.get(f"{name}_stderr")
+                print(f"  {name}: {value:.4f}" + (f" ± {stderr:.4f}" if stderr is not None else ""))
     return 0
 
 
@@ -133,7 +146,7 @@ def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig
         defaults = {"do_train": False}  # a benchmark reads its task folder, not a held-out split
     # command defaults go last so that `kubetune eval train.yaml` evaluates instead of retraining
     cfg = load_config(path, list(overrides) + [f"{k}={json.dumps(v)}" for k, v in defaults.items()])
-    if command == "eval" and cfg.benchmark.task:  # LLaMA-Factory's benchmark evaluation (`llamafactory-cli eval`)
+    if command == "eval" and (cfg.benchmark.task or cfg.benchmark.lm_eval_tasks):  # benchmarks, not a split
         preflight(cfg, "benchmark")
         return cfg
     if command == "eval" and not cfg.data.eval_dataset and cfg.data.dataset:
@@ -144,13 +157,13 @@ def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig
 
 
 def _names_a_task(path: str | None, overrides: Sequence[str]) -> bool:
-    """Whether the file or the command line sets `task` (LLaMA-Factory's benchmark key), before validation."""
+    """Whether the file or the command line names a benchmark (`task`, `lm_eval_tasks`), before validation."""
     from pathlib import Path
 
     from kubetune.config.loader import parse_overrides, read_config_file
 
     given = {**(read_config_file(Path(path)) if path else {}), **parse_overrides(list(overrides), [])}
-    return bool(given.get("task"))
+    return bool(given.get("task") or given.get("lm_eval_tasks"))
 
 
 def _dispatch(command: str, cfg: RunConfig) -> int:

@@ -19,8 +19,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from kubetune.config import ConfigError, load_config
-from kubetune.evaluate.benchmark import run_benchmark
 from kubetune.evaluate.benchmark_data import BenchmarkDataError, read_benchmark
+from kubetune.evaluate.suites import run_suites
 
 SUBJECTS = {
     "arithmetic": {"name": "arithmetic", "category": "STEM"},
@@ -86,7 +86,7 @@ def _cfg(model_dir: Path, task_dir: Path, **keys):
 def test_letters_and_accuracies_match_an_independent_reading(tiny_model_dir: Path, tmp_path: Path, n_shot: int,
                                                             lang: str) -> None:
     task_dir = write_task(tmp_path / "bench")
-    result = run_benchmark(_cfg(tiny_model_dir, task_dir, n_shot=n_shot, lang=lang))
+    result = run_suites(_cfg(tiny_model_dir, task_dir, n_shot=n_shot, lang=lang))["benchmark"]
     model = AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
     tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
     expected = {s: by_hand(model, tokenizer, s, n_shot, lang) for s in ROWS}
@@ -102,7 +102,7 @@ def test_letters_and_accuracies_match_an_independent_reading(tiny_model_dir: Pat
 
 def test_save_dir_holds_every_answer_and_the_category_log(tiny_model_dir: Path, tmp_path: Path) -> None:
     task_dir = write_task(tmp_path / "bench")
-    result = run_benchmark(_cfg(tiny_model_dir, task_dir, n_shot=1, save_dir=str(tmp_path / "results")))
+    result = run_suites(_cfg(tiny_model_dir, task_dir, n_shot=1, save_dir=str(tmp_path / "results")))["benchmark"]
     answers = json.loads((tmp_path / "results" / "results.json").read_text())
     assert answers["rivers"] == {"0": result["subjects"]["rivers"]["answers"][0],
                                  "1": result["subjects"]["rivers"]["answers"][1]}
@@ -133,5 +133,5 @@ def test_kubetune_eval_prints_the_table_or_json(tiny_model_dir: Path, tmp_path: 
     run = subprocess.run([sys.executable, "-m", "kubetune.cli", "eval", str(config), "--json"], capture_output=True,
                          text=True, timeout=300)
     assert run.returncode == 0, run.stderr
-    result = json.loads(run.stdout)
+    result = json.loads(run.stdout)["benchmark"]
     assert result["task"] == "quiz_validation" and result["questions"] == 6  # val/: two rows per subject

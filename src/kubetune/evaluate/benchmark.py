@@ -125,36 +125,34 @@ def results_log(scores: dict[str, Any]) -> str:
     return "\n".join(f"{name:>15}: {value:.2f}" for name, value in scores["categories"].items())
 
 
-def run_benchmark(cfg: RunConfig) -> dict[str, Any]:
-    """Score `cfg`'s model (base + adapters) on `cfg.benchmark.task`; write save_dir's files when set.
+def check_save_dir(cfg: RunConfig) -> None:
+    """Raise before any work if `save_dir` exists: as in LLaMA-Factory, results are never overwritten."""
+    if cfg.benchmark.save_dir and Path(cfg.benchmark.save_dir).exists():
+        raise FileExistsError(f"save_dir {cfg.benchmark.save_dir} exists already: choose a new folder, or remove it")
+
+
+def read_task(cfg: RunConfig) -> list[Subject]:
+    """The subjects of `cfg.benchmark.task` (from a local task_dir, or an s3:// one downloaded first)."""
+    return read_benchmark(_local_task_dir(cfg.benchmark.task_dir), cfg.benchmark.task or "")
+
+
+def score_task(cfg: RunConfig, subjects: list[Subject], model: Any, tokenizer: Any, template: Any) -> dict[str, Any]:
+    """Score `model` on the task's subjects; write save_dir's results.json and results.log when set.
 
     Returns:
         {"task", "n_shot", "lang", "questions", "categories": {name: %}, "subjects": {key: {...}}}.
     """
-    from kubetune.data.setup import tokenizer_and_template
-    from kubetune.model.adapters import prepare_for_training
-    from kubetune.model.loader import load_base_model, resolve_model_path
-
     b = cfg.benchmark
-    save_dir = Path(b.save_dir) if b.save_dir else None
-    if save_dir is not None and save_dir.exists():  # as LLaMA-Factory: results are never overwritten
-        raise FileExistsError(f"save_dir {save_dir} exists already: choose a new folder, or remove it")
-    subjects = read_benchmark(_local_task_dir(b.task_dir), b.task)
-    path = resolve_model_path(cfg.model)
-    tokenizer, template = tokenizer_and_template(cfg, path)
-    model = load_base_model(cfg.model, path=path, tokenizer=tokenizer)
-    model = prepare_for_training(model, cfg.model, cfg.method, is_trainable=False, gradient_checkpointing=False)
-    model.eval()
     scores = score_subjects(model, tokenizer, template, subjects, n_shot=b.n_shot, lang=b.lang,
                             batch_size=b.batch_size, progress=not cfg.train.disable_tqdm)
-    result = {"task": b.task, "n_shot": b.n_shot, "lang": b.lang, **scores}
-    if save_dir is not None:
+    if b.save_dir:
+        save_dir = Path(b.save_dir)
         save_dir.mkdir(parents=True)
         answers = {key: {str(i): a for i, a in enumerate(s["answers"])} for key, s in scores["subjects"].items()}
         (save_dir / "results.json").write_text(json.dumps(answers, indent=2, ensure_ascii=False), encoding="utf-8")
         (save_dir / "results.log").write_text(results_log(scores), encoding="utf-8")
         logger.info("benchmark results in %s", save_dir)
-    return result
+    return {"task": b.task, "n_shot": b.n_shot, "lang": b.lang, **scores}
 
 
 def _local_task_dir(task_dir: str) -> Path:

@@ -34,7 +34,7 @@ def purpose(cfg: RunConfig) -> Command:
     """
     if cfg.export.export_dir:  # its value, not its presence: a round-tripped config (`to_flat`) holds every key
         return "export"
-    if cfg.benchmark.task:  # LLaMA-Factory's `llamafactory-cli eval` configs: a benchmark task
+    if cfg.benchmark.task or cfg.benchmark.lm_eval_tasks:  # `llamafactory-cli eval` configs; lm-eval suites
         return "benchmark"
     if "infer_backend" in cfg.explicit and "stage" not in cfg.explicit:
         return "chat"
@@ -77,10 +77,14 @@ def _benchmark(cfg: RunConfig, origin: _Origins) -> list[Problem]:
     from kubetune.evaluate.benchmark_data import BenchmarkDataError, read_benchmark
 
     b = cfg.benchmark
-    if b.task_dir.startswith("s3://"):
+    include = b.lm_eval_include_path
+    if include and "://" not in include and not Path(include).is_dir():
+        return [Problem("lm_eval_include_path", include, origin("lm_eval_include_path"), "is not a folder",
+                        "give the folder of your lm-eval task YAMLs (or an s3:// prefix)")]
+    if not b.task or b.task_dir.startswith("s3://"):
         return []
     try:
-        read_benchmark(b.task_dir, b.task or "")
+        read_benchmark(b.task_dir, b.task)
     except BenchmarkDataError as err:
         return [Problem("task", b.task, origin("task"), str(err), "")]
     if b.save_dir and Path(b.save_dir).exists():
