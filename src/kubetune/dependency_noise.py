@@ -3,7 +3,7 @@
 transformers and peft import torchao whenever it is installed (it is, for `fp8`). On a CPU build of torch,
 torchao's CUDA kernels cannot load and it logs "Failed to load .../_C*.so" for each, on every command. The filter
 drops exactly those lines, and only where torch has no CUDA: on a CUDA build a kernel that fails to load is a
-real problem, and the warning stays. torchao also registers enums with torch's pytree in a way torch 2.13
+real problem, and the warning stays (as does its "no triton" notice). torchao also registers enums with torch's pytree in a way torch 2.13
 deprecates, and torch logs a notice for each: one for torchao's authors, dropped everywhere.
 """
 
@@ -15,7 +15,9 @@ import logging
 class _CudaKernelsOnCpuTorch(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        if not (message.startswith("Failed to load ") and "/torchao/_C" in message):
+        cuda_only = (message.startswith("Failed to load ") and "/torchao/_C" in message) or (
+            "Detected no triton" in message)  # Triton compiles GPU kernels: a CPU torch has none to compile
+        if not cuda_only:
             return True
         import torch  # imported by then: torchao imports it first
 
@@ -27,7 +29,9 @@ class _EnumRegistrationNotice(logging.Filter):
         return "Calling register_constant() on Enum subclasses is deprecated" not in record.getMessage()
 
 
-_FILTERS = {"torchao": _CudaKernelsOnCpuTorch, "torch.utils._pytree": _EnumRegistrationNotice}
+# a logger's filters see only the records logged to it, not its children's: each logger is named
+_FILTERS = {"torchao": _CudaKernelsOnCpuTorch, "torchao.kernel.intmm": _CudaKernelsOnCpuTorch,
+            "torch.utils._pytree": _EnumRegistrationNotice}
 
 
 def install_filters() -> None:
