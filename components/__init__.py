@@ -13,7 +13,7 @@ from typing import Any
 
 from kfp import dsl
 
-from kubetune.components.evaluate import evaluate, evaluate_base
+from kubetune.components.evaluate import evaluate, evaluate_with_reward
 from kubetune.components.export import export
 from kubetune.components.finalize import finalize
 from kubetune.components.preprocess import preprocess
@@ -25,7 +25,7 @@ from kubetune.components.validate import validate
 RUNTIME_STEPS = {"validate": validate, "preprocess": preprocess, "export": export, "register": register,
                  "promote": promote, "finalize": finalize}
 TRAINER_STEPS = {"sft": sft, "pt": pt, "rm": rm, "dpo": dpo, "kto": kto, "ppo": ppo, "evaluate": evaluate,
-                 "evaluate_base": evaluate_base}
+                 "evaluate_with_reward": evaluate_with_reward}
 
 
 @dataclass(frozen=True)

@@ -206,26 +206,47 @@ def _copy_outputs(work: Path, target: Path) -> None:
 # --- evaluate ---------------------------------------------------------------
 
 def evaluate(config: str, adapter_path: str | None, report_path: str, predictions_path: str, *, run_id: str = "",
-             parent_run_id: str = "", step_name: str = "evaluate") -> dict[str, float]:
-    """Loss/perplexity and generation metrics on the evaluation rows (see `PipelineConfig.eval_config`).
+             parent_run_id: str = "", html_path: str | None = None, reward_model_path: str | None = None,
+             step_name: str = "evaluate") -> dict[str, float]:
+    """The candidate and its baseline on the evaluation rows, in one step (`kubetune.evaluate.candidate_vs_baseline`).
 
     Args:
-        adapter_path: the trained adapter; None scores the base as configured (the evaluate-base step).
-        step_name: evaluate or evaluate-base (the work directory, MLflow run and log line).
+        adapter_path: the trained adapter to score.
+        report_path: the Markdown report (the candidate's metrics and predictions).
+        html_path: the HTML report, candidate beside baseline (also logged to the step's MLflow run).
+        reward_model_path: a reward model trained in this run (rlhf: the rm stage's) scoring both sides' answers.
     """
     with step(step_name) as record:
         cfg = parse(config)
         work = work_dir(run_id, step_name)
-        run_cfg = cfg.eval_config(adapter_path, output_dir=str(work))
+        run_cfg = cfg.eval_config(adapter_path, output_dir=str(work / "candidate"))
+        from kubetune.evaluate.candidate_vs_baseline import compare, find_baseline, read_predictions
+        from kubetune.evaluate.report import write_report
         from kubetune.stages import run_stage
-        from kubetune.tracking.pipeline_tracking import stage_tracking
+        from kubetune.tracking.pipeline_tracking import stage_tracking, tracking_uri
 
         with stage_tracking(cfg, run_cfg, parent_run_id, step_name) as tracking:
-            result = run_stage(run_cfg, callbacks=tracking.callbacks)
-            tracking.log_result(result.metrics, result.files)
-        metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
-        Path(report_path).write_text(eval_report(cfg, metrics, work), encoding="utf-8")
-        predictions = work / "generated_predictions.jsonl"
+            def run_eval(side_cfg: Any, side: str) -> tuple[dict[str, float], list[dict[str, str]]]:
+                # the candidate's numbers go to the step's run as it evaluates; the baseline's only in the result
+                result = run_stage(side_cfg, callbacks=tracking.callbacks if side == "candidate" else [])
+                metrics = {k: float(v) for k, v in result.metrics.items() if isinstance(v, int | float)}
+                return metrics, read_predictions(Path(side_cfg.train.output_dir) / "generated_predictions.jsonl")
+
+            if cfg.evaluation.baseline:
+                baseline = find_baseline(cfg, tracking_uri(cfg) if parent_run_id else None)
+                comparison = compare(cfg, run_cfg, baseline, run_eval, reward_model=reward_model_path)
+                metrics, report = comparison.metrics, comparison.report
+                record["baseline"] = baseline.label + (f" ({baseline.note})" if baseline.note else "")
+            else:
+                metrics, _ = run_eval(run_cfg, "candidate")
+                report = None
+            files = {}
+            if html_path and report is not None:
+                files["report"] = str(write_report(report, work / "evaluation.html"))
+                shutil.copy2(files["report"], html_path)
+            tracking.log_result(metrics, files)
+        Path(report_path).write_text(eval_report(cfg, metrics, work / "candidate"), encoding="utf-8")
+        predictions = work / "candidate" / "generated_predictions.jsonl"
         if predictions.is_file():
             shutil.copy2(predictions, predictions_path)
         else:
@@ -233,14 +254,20 @@ def evaluate(config: str, adapter_path: str | None, report_path: str, prediction
         record["metrics"] = metrics
         gate = cfg.promotion.metric
         if gate in metrics:
-            record["note"] = f"{gate} {metrics[gate]:.4f}"
+            record["note"] = f"{gate} {metrics[gate]:.4f}" + (
+                f" (baseline {metrics['baseline/' + gate]:.4f})" if f"baseline/{gate}" in metrics else "")
         return metrics
 
 
 def eval_report(cfg: PipelineConfig, metrics: dict[str, float], work: Path, examples: int = 5) -> str:
-    """A Markdown report the KFP UI renders: metrics table and a few predictions."""
-    lines = [f"# Evaluation — {cfg.name}", "", "| metric | value |", "|---|---|"]
-    lines += [f"| {k} | {v:.4f} |" for k, v in sorted(metrics.items()) if not k.endswith(("runtime", "per_second"))]
+    """A Markdown report the KFP UI renders: the metrics (candidate, baseline, delta) and a few predictions."""
+    lines = [f"# Evaluation — {cfg.name}", "", "| metric | candidate | baseline | delta |", "|---|---|---|---|"]
+    for name, value in sorted(metrics.items()):
+        if name.startswith(("baseline/", "delta/")) or name.endswith(("runtime", "per_second")):
+            continue
+        base, delta = metrics.get(f"baseline/{name}"), metrics.get(f"delta/{name}")
+        lines.append(f"| {name} | {value:.4f} | {'' if base is None else f'{base:.4f}'} | "
+                     f"{'' if delta is None else f'{delta:+.4f}'} |")
     predictions = work / "generated_predictions.jsonl"
     if predictions.is_file():
         lines += ["", "## Sample predictions", "", "| prediction | reference |", "|---|---|"]

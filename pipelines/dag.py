@@ -55,16 +55,6 @@ class Dag:
         self.mlflow_run_id, self.last = task.outputs["Output"], task
         return task
 
-    def evaluate_base(self) -> Any:
-        """The base model scored on the evaluation rows (`evaluation.baseline`): the "before" of the run."""
-        if not self.cfg.evaluation.baseline:
-            return None
-        task = self._place(self.c.evaluate_base(config=self.config, run_id=RUN_ID, mlflow_run_id=self.mlflow_run_id),
-                           "evaluate")
-        task.set_display_name("evaluate-base")
-        task.set_caching_options(enable_caching=False)
-        return task
-
     def preprocess(self, stage: str) -> Any:
         task = self._place(self.c.preprocess(config=self.config, stage=stage), "preprocess").after(self.last)
         task.set_display_name(f"preprocess-{stage}")
@@ -77,10 +67,20 @@ class Dag:
         task = step(config=self.config, run_id=RUN_ID, mlflow_run_id=self.mlflow_run_id, **inputs)
         return self._place(task, stage, training=True)
 
-    def finish(self, adapter: Any) -> Any:
-        """evaluate → export → register → promote: the tail every pipeline shares."""
+    def finish(self, adapter: Any, reward_model: Any = None) -> Any:
+        """evaluate → export → register → promote: the tail every pipeline shares.
+
+        Args:
+            adapter: the trained adapter (the candidate).
+            reward_model: a reward model this run trained (rlhf): it also scores both sides' answers.
+        """
         common = {"config": self.config, "run_id": RUN_ID, "mlflow_run_id": self.mlflow_run_id}
-        evaluation = self._place(self.c.evaluate(adapter=adapter, **common), "evaluate")
+        if reward_model is not None:
+            evaluation = self._place(self.c.evaluate_with_reward(adapter=adapter, reward_model=reward_model, **common),
+                                     "evaluate")
+            evaluation.set_display_name("evaluate")
+        else:
+            evaluation = self._place(self.c.evaluate(adapter=adapter, **common), "evaluate")
         evaluation.set_caching_options(enable_caching=False)
         exported = self._place(self.c.export(config=self.config, adapter=adapter), "export")
         registered = self._place(self.c.register(merged=exported.outputs["merged"],

@@ -21,13 +21,12 @@ def build(cfg: PipelineConfig, components: Components, local: bool = False) -> A
              mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         with Dag(cfg, components, config, s3_secret, mlflow_secret, local) as dag:
             dag.validate()
-            dag.evaluate_base()
             policy = dag.train("sft", dataset=dag.preprocess("sft")).outputs["adapter"]
             with dsl.If(alignment == "ppo", name="ppo"):
                 reward = dag.train("rm", dataset=dag.preprocess("rm"))
                 ppo = dag.train("ppo", dataset=dag.preprocess("ppo"), sft_adapter=policy,
                                 reward_model=reward.outputs["reward_model"])
-                dag.finish(ppo.outputs["adapter"])
+                dag.finish(ppo.outputs["adapter"], reward_model=reward.outputs["reward_model"])
             with dsl.Elif(alignment == "dpo", name="dpo"):
                 dag.finish(dag.train("dpo", dataset=dag.preprocess("dpo"), sft_adapter=policy).outputs["adapter"])
             with dsl.Elif(alignment == "kto", name="kto"):

@@ -23,7 +23,6 @@ def build(cfg: PipelineConfig, components: Components, stage: str, local: bool =
                    mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         with Dag(cfg, components, config, s3_secret, mlflow_secret, local) as dag:
             dag.validate()
-            dag.evaluate_base()
             inputs: dict[str, Any] = {}
             if with_sft:
                 inputs["sft_adapter"] = dag.train("sft", dataset=dag.preprocess("sft")).outputs["adapter"]

@@ -17,11 +17,10 @@ def build(cfg: PipelineConfig, components: Components, local: bool = False) -> A
              mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         with Dag(cfg, components, config, s3_secret, mlflow_secret, local) as dag:
             dag.validate()
-            dag.evaluate_base()
             policy = dag.train("sft", dataset=dag.preprocess("sft"))
             reward = dag.train("rm", dataset=dag.preprocess("rm"))  # runs beside sft: they share no inputs
             aligned = dag.train("ppo", dataset=dag.preprocess("ppo"), sft_adapter=policy.outputs["adapter"],
                                 reward_model=reward.outputs["reward_model"])
-            dag.finish(aligned.outputs["adapter"])
+            dag.finish(aligned.outputs["adapter"], reward_model=reward.outputs["reward_model"])
 
     return rlhf

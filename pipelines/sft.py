@@ -20,7 +20,6 @@ def build(cfg: PipelineConfig, components: Components, local: bool = False) -> A
             s3_secret: str = cfg.s3.credentials_secret, mlflow_secret: str = cfg.mlflow.credentials_secret) -> None:
         with Dag(cfg, components, config, s3_secret, mlflow_secret, local) as dag:
             dag.validate()
-            dag.evaluate_base()
             trained = dag.train("sft", dataset=dag.preprocess("sft"), learning_rate=learning_rate,
                                 num_train_epochs=num_train_epochs, max_steps=max_steps)
             dag.finish(trained.outputs["adapter"])

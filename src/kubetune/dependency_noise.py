@@ -3,8 +3,9 @@
 transformers and peft import torchao whenever it is installed (it is, for `fp8`). On a CPU build of torch,
 torchao's CUDA kernels cannot load and it logs "Failed to load .../_C*.so" for each, on every command. The filter
 drops exactly those lines, and only where torch has no CUDA: on a CUDA build a kernel that fails to load is a
-real problem, and the warning stays (as does its "no triton" notice). torchao also registers enums with torch's pytree in a way torch 2.13
-deprecates, and torch logs a notice for each: one for torchao's authors, dropped everywhere.
+real problem, and the warning stays (as does its "no triton" notice). torchao also registers enums with torch's
+pytree in a way torch 2.13 deprecates, and torch logs a notice for each: one for torchao's authors, dropped
+everywhere.
 """
 
 from __future__ import annotations

@@ -48,7 +48,8 @@ def test_sft_pipeline_compiles_and_loads_back(tmp_path: Path) -> None:
     assert spec["pipelineInfo"]["name"] == "kubetune-sft-kubi"
     assert set(spec["root"]["dag"]["tasks"]) == {"exit-handler-1", "finalize"}
     tasks = _steps(spec)
-    assert {"validate", "evaluate-base", "preprocess", "sft", "evaluate", "export", "register", "promote"} <= set(tasks)
+    assert {"validate", "preprocess", "sft", "evaluate", "export", "register", "promote"} <= set(tasks)
+    assert "evaluate-base" not in tasks  # the baseline is scored inside evaluate, on the same rows
     params = spec["root"]["inputDefinitions"]["parameters"]
     assert params["learning_rate"]["defaultValue"] == pytest.approx(2e-4)
     assert {"config", "s3_secret", "mlflow_secret", "max_steps"} <= set(params)

@@ -47,12 +47,12 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     text = summary(first, good)
     assert first.ok, text
     order = [s["step"] for s in first.steps]
-    assert sorted(order) == sorted(["validate", "evaluate-base", "preprocess-sft", "sft", "evaluate", "export",
-                                    "register", "promote", "finalize"])
+    assert sorted(order) == sorted(["validate", "preprocess-sft", "sft", "evaluate", "export", "register", "promote",
+                                    "finalize"])
     # evaluate and export both follow sft and are independent of each other: kfp.local may run either first
     for before, after in (("validate", "preprocess-sft"), ("preprocess-sft", "sft"), ("sft", "evaluate"),
                           ("sft", "export"), ("evaluate", "register"), ("export", "register"), ("register", "promote"),
-                          ("validate", "evaluate-base"), ("promote", "finalize"), ("evaluate-base", "finalize")):
+                          ("promote", "finalize")):
         assert order.index(before) < order.index(after), order
     assert "champion" in text and "registered: tiny-assistant version 1" in text
 
@@ -61,14 +61,17 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     assert "executorInput" not in shown and "Warning" not in shown, shown
     assert shown.count(" started") == len(order) and shown.count(" succeeded in ") == len(order)
     assert "step 8/8 (100%)" in shown and len(shown.splitlines()) < 40, shown
-    assert {"validate", "sft", "evaluate", "evaluate-base"} <= set(first.step_logs)
+    assert {"validate", "sft", "evaluate"} <= set(first.step_logs)
     assert "Got executor_input" in first.step_logs["sft"].read_text()
-    # held-out metrics before (the base, evaluate-base) and after training, on the same rows
-    before = first.find("evaluate-base")["metrics"]
-    after = first.find("evaluate")["metrics"]
-    assert before["eval_loss"] > after["eval_loss"], (before, after)
+    # the evaluate step scored the baseline (no champion yet: the base model) beside the candidate, same rows
+    evaluated = first.find("evaluate")
+    scored = evaluated["metrics"]
+    assert evaluated["baseline"].startswith("base model"), evaluated["baseline"]
+    assert scored["baseline/eval_loss"] > scored["eval_loss"], scored
+    assert scored["delta/eval_loss"] == pytest.approx(scored["eval_loss"] - scored["baseline/eval_loss"])
     row = next(line for line in text.splitlines() if line.strip().startswith("eval_loss"))
-    assert f"{before['eval_loss']:.4f}" in row and f"{after['eval_loss']:.4f}" in row and "promotion gate" in row
+    assert f"{scored['baseline/eval_loss']:.4f}" in row and f"{scored['eval_loss']:.4f}" in row
+    assert "promotion gate" in row
     assert f"{mlflow_server}/#/models/tiny-assistant" in text and "/runs" in text
 
     # every artifact is present
@@ -76,6 +79,8 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     assert list(kfp_root.rglob("adapter_model.safetensors")), "the sft adapter artifact"
     assert list(kfp_root.rglob("model.safetensors")), "the merged model artifact"
     assert list(kfp_root.rglob("training_loss.png"))
+    html = next(p for p in kfp_root.rglob("html") if p.is_file()).read_text()  # the KFP UI's HTML artifact
+    assert "<h2>Metrics</h2>" in html and "base model" in html
 
     # MLflow: one parent run with nested stage runs holding step metrics
     client = MlflowClient(mlflow_server)
@@ -84,11 +89,14 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     nested = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert len(parent) == 1
-    assert {r.data.tags.get("mlflow.runName", "") for r in nested} >= {"sft", "evaluate", "evaluate-base"}
+    assert {r.data.tags.get("mlflow.runName", "") for r in nested} >= {"sft", "evaluate"}
     assert {r.info.status for r in runs} == {"FINISHED"}, "the exit step closed the parent run"
     sft_run = next(r for r in nested if r.data.tags.get("mlflow.runName") == "sft")
     assert len(client.get_metric_history(sft_run.info.run_id, "loss")) == 8
     assert sft_run.data.params["lora_rank"] == "4"
+    evaluate_run = next(r for r in nested if r.data.tags.get("mlflow.runName") == "evaluate")
+    assert "baseline/eval_loss" in evaluate_run.data.metrics
+    assert "evaluation.html" in {a.path for a in client.list_artifacts(evaluate_run.info.run_id)}
 
     # the registry: version 1 is champion
     version = client.get_model_version_by_alias("tiny-assistant", "champion")
@@ -96,10 +104,12 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
 
     # a second, worse run: registered, not promoted; preprocessing came from the cache
     bad = pipeline_config(tiny_model_dir, mlflow_server, learning_rate=1e-9, max_steps=1)
-    bad.evaluation.baseline = False  # the base was scored in the first run; the gate compares with the champion
     second = run_local(bad, tmp_path / "run2")
     assert second.ok, summary(second, bad)
-    assert second.find("evaluate-base") is None, "evaluation.baseline: false skips the base's scoring"
+    # the baseline is now the champion's merged model, scored in the same step on the same rows
+    assert second.find("evaluate")["baseline"] == "champion v1"
+    scored = second.find("evaluate")["metrics"]
+    assert scored["baseline/eval_loss"] == pytest.approx(first.find("evaluate")["metrics"]["eval_loss"], rel=1e-3)
     assert client.get_model_version_by_alias("tiny-assistant", "champion").version == "1"
     assert client.get_model_version_by_alias("tiny-assistant", "challenger").version == "2"
     preprocess_meta = next(kfp for kfp in (tmp_path / "run2" / "kfp").rglob("executor_output.json")

@@ -73,6 +73,14 @@ class Promotion(_Section):
     metric: str = Field("eval_loss", description="Gate metric compared with the current champion.")
     greater_is_better: bool = Field(False, description="Direction of the gate metric.")
     min_delta: float = Field(0.0, ge=0.0, description="How much better the candidate must be to become champion.")
+    no_regression: dict[str, float] = Field(
+        default_factory=dict, description="metric → tolerance: none may be worse than the baseline's by more "
+                                          "(e.g. {benchmark/Average: 0.5}); loss/perplexity lower is better.")
+    min_judge_win_rate: float | None = Field(
+        None, ge=0.0, le=1.0, description="The judge's win rate of the candidate over the baseline must reach this "
+                                          "(needs evaluation.judge_model).")
+    min_reward_delta: float | None = Field(
+        None, description="The mean reward gap, candidate − baseline, under the reward model must reach this.")
 
 
 class MLflowSettings(_Section):
@@ -118,8 +126,19 @@ class Evaluation(_Section):
 
     model_config = ConfigDict(extra="allow")
 
-    baseline: bool = Field(True, description="Also score the base model on the same rows (evaluate-base), so the "
-                                             "run reports its held-out metrics before and after training.")
+    baseline: bool = Field(True, description="Score the baseline in the same step on the same rows: the registered "
+                                             "champion's model if there is one, else the base model.")
+    judge_model: str | None = Field(
+        None, description="Judge the candidate's answers against the baseline's: a local model path, or an "
+                          "OpenAI-compatible endpoint URL (https://host/v1).")
+    judge_endpoint_model: str = Field("judge", description="The model name the judge endpoint serves.")
+    judge_api_key_env: str = Field(
+        "JUDGE_API_KEY", description="The environment variable holding the judge endpoint's key (from a Secret).")
+    judge_max_prompts: int = Field(50, gt=0, description="Judge at most this many prompts (the first ones).")
+    reward_model: str | None = Field(
+        None, description="A reward model (rm output_dir) scoring both sides' answers; the rlhf pipeline's own rm "
+                          "stage output when unset there.")
+    reward_model_type: Literal["lora", "full"] = Field("lora", description="How reward_model was trained.")
 
 
 class PipelineConfig(_Section):

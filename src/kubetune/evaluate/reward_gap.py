@@ -62,3 +62,22 @@ def reward_model_scorer(model: Any, tokenizer: Any, template: Any, *, batch_size
         return score_ids(model, ids, pad_token_id=pad_token_id(tokenizer), batch_size=batch_size).tolist()
 
     return score
+
+
+def templated_scorer(model: Any, tokenizer: Any, template: Any, *, batch_size: int = 8) -> Any:
+    """`score(prompts, answers)` where each prompt is already written out in the chat template (the `prompt` of
+    generated_predictions.jsonl, generation header included): the answer follows as the template's assistant turn."""
+    from kubetune.model.loader import pad_token_id
+    from kubetune.model.reward import score_ids
+
+    def answer_ids(answer: str) -> list[int]:
+        # the assistant turn alone: its ids do not depend on the prompt before it
+        return template.encode_oneturn(tokenizer, [{"role": "user", "content": "?"},
+                                                   {"role": "assistant", "content": answer}])[1]
+
+    def score(prompts: Sequence[str], answers: Sequence[str]) -> list[float]:
+        ids = [tokenizer.encode(p, add_special_tokens=False) + answer_ids(a)
+               for p, a in zip(prompts, answers, strict=True)]
+        return score_ids(model, ids, pad_token_id=pad_token_id(tokenizer), batch_size=batch_size).tolist()
+
+    return score

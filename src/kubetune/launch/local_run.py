@@ -166,13 +166,17 @@ def summary(result: LocalRunResult, cfg: PipelineConfig) -> str:
 
 
 def _metrics_table(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
-    before = (result.find("evaluate-base") or {}).get("metrics") or {}
-    after = (result.find("evaluate") or {}).get("metrics") or {}
+    step = result.find("evaluate") or {}
+    scored = step.get("metrics") or {}
+    # the evaluate step scores the baseline (the champion, else the base model) beside the candidate
+    before = {k.removeprefix("baseline/"): v for k, v in scored.items() if k.startswith("baseline/")}
+    after = {k: v for k, v in scored.items() if not k.startswith(("baseline/", "delta/"))}
     names = sorted(k for k in {*before, *after} if not k.endswith(_NOISE))
     if not names:
         return []
     rows = ", ".join(cfg.eval_config().data.eval_dataset or []) or "val_size of the sft data"
-    lines = ["", f"held-out metrics ({rows}):", f"  {'metric':26} {'before':>10} {'after':>10}"]
+    lines = ["", f"held-out metrics ({rows}); baseline: {step.get('baseline', 'the base model')}",
+             f"  {'metric':26} {'baseline':>10} {'candidate':>10}"]
     for name in names:
         cells = [f"{m[name]:10.4f}" if name in m else f"{'—':>10}" for m in (before, after)]
         gate = "  ← promotion gate" if name == cfg.promotion.metric else ""

@@ -1,0 +1,178 @@
+"""The pipeline's evaluate step: the candidate and its baseline scored on the same data in the same step.
+
+The baseline is the registered model's `champion` when there is one and its files can be read, else the base
+model the run started from (said in the result, with the reason). Both sides get the same evaluation (held-out
+loss, generation metrics), the same benchmarks (`task`, `lm_eval_tasks` in the evaluation section), and then,
+when configured, a judge compares their answers (`evaluation.judge_model`) and a reward model scores them
+(`evaluation.reward_model`, or the rlhf pipeline's rm stage). Everything lands in one metrics dict (the
+candidate's `<name>`, `baseline/<name>`, `delta/<name>`, `judge/*`, `reward/*`) and one HTML report.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from kubetune.config import RunConfig
+from kubetune.config.pipeline import PipelineConfig
+from kubetune.evaluate.gates import with_baseline
+from kubetune.evaluate.report import ReportData, most_different
+
+logger = logging.getLogger(__name__)
+
+# run_eval(run_cfg, side) -> (metrics, rows of generated_predictions.jsonl): the step's own evaluation run
+RunEval = Callable[[RunConfig, str], tuple[dict[str, float], list[dict[str, str]]]]
+
+
+@dataclass
+class Baseline:
+    """What the candidate is compared with: `model_path` None means the base model as configured."""
+
+    label: str
+    model_path: str | None = None
+    note: str = ""
+
+
+@dataclass
+class Comparison:
+    """The step's outcome: one metrics dict (see the module docstring) and what the report shows."""
+
+    metrics: dict[str, float]
+    baseline: Baseline
+    report: ReportData
+    samples: list[dict[str, str]] = field(default_factory=list)
+
+
+def find_baseline(cfg: PipelineConfig, tracking_uri: str | None) -> Baseline:
+    """The registered champion's model when it can be read here, else the base model (with the reason)."""
+    base = Baseline(f"base model {cfg.shared.get('model_name_or_path', '')}")
+    if not tracking_uri:
+        return base
+    try:
+        from mlflow import MlflowClient
+        from mlflow.exceptions import MlflowException
+
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        try:
+            champion = client.get_model_version_by_alias(cfg.promotion.registered_model, "champion")
+        except MlflowException:
+            return Baseline(base.label, note="no champion registered yet")
+    except Exception as err:  # the registry is unreachable: score against the base and say so
+        return Baseline(base.label, note=f"the registry could not be read ({type(err).__name__}: {err})")
+    source = champion.source or ""
+    local = _readable_model(source)
+    if local is None:
+        return Baseline(base.label, note=f"champion v{champion.version}'s model {source!r} cannot be read here")
+    return Baseline(f"champion v{champion.version}", model_path=local)
+
+
+def _readable_model(source: str) -> str | None:
+    if source.startswith("s3://"):
+        return source  # the loader fetches s3:// models into the cache
+    path = Path(source.removeprefix("file://"))
+    return str(path) if (path / "config.json").is_file() else None
+
+
+def compare(cfg: PipelineConfig, candidate_cfg: RunConfig, baseline: Baseline, run_eval: RunEval, *,
+            reward_model: str | None = None) -> Comparison:
+    """Score both sides and compare them (see the module docstring)."""
+    baseline_cfg = _baseline_config(candidate_cfg, baseline)
+    ours, our_rows = run_eval(candidate_cfg, "candidate")
+    theirs, their_rows = run_eval(baseline_cfg, "baseline")
+    if candidate_cfg.benchmark.task or candidate_cfg.benchmark.lm_eval_tasks:
+        ours.update(_suite_metrics(candidate_cfg))
+        theirs.update(_suite_metrics(baseline_cfg))
+    metrics = with_baseline(ours, theirs)
+    samples = _paired_samples(our_rows, their_rows)
+    if cfg.evaluation.judge_model and samples:
+        metrics.update(_judge_metrics(cfg, samples[:cfg.evaluation.judge_max_prompts]))
+    reward = reward_model or cfg.evaluation.reward_model
+    if reward and samples:
+        metrics.update(_reward_metrics(cfg, candidate_cfg, reward, samples))
+    categories = {name.split("/", 1)[1]: (value, theirs[name]) for name, value in ours.items()
+                  if name.startswith("benchmark/") and name in theirs}
+    shown = {k: (v, theirs.get(k)) for k, v in sorted(ours.items()) if not k.endswith(("runtime", "per_second"))}
+    shown.update({k: (v, None) for k, v in metrics.items() if k.startswith(("judge/", "reward/"))})
+    report = ReportData(title=f"Evaluation — {cfg.name}", candidate="candidate (this run)", baseline=baseline.label,
+                        metrics=shown, categories=categories, samples=most_different(samples, 5))
+    return Comparison(metrics, baseline, report, samples)
+
+
+def _baseline_config(candidate_cfg: RunConfig, baseline: Baseline) -> RunConfig:
+    """The candidate's evaluation config pointed at the baseline: its model, no adapter of this run."""
+    flat = candidate_cfg.to_flat()
+    flat["adapter_name_or_path"] = None
+    if baseline.model_path:  # a merged champion: a whole model, no adapter, no quantisation of ours
+        flat["model_name_or_path"] = baseline.model_path
+    flat["output_dir"] = str(Path(candidate_cfg.train.output_dir).parent / "baseline")
+    from kubetune.config import load_config
+
+    return load_config(None, flat)
+
+
+def _suite_metrics(run_cfg: RunConfig) -> dict[str, float]:
+    from kubetune.evaluate.suites import run_suites
+
+    result = run_suites(_without_save_dir(run_cfg))
+    metrics = dict(result.get("lm_eval", {}).get("metrics", {}))
+    for name, value in result.get("benchmark", {}).get("categories", {}).items():
+        metrics[f"benchmark/{name}"] = value
+    return metrics
+
+
+def _without_save_dir(run_cfg: RunConfig) -> RunConfig:
+    run_cfg.benchmark = run_cfg.benchmark.model_copy(update={"save_dir": None})  # two sides, one step: no files
+    return run_cfg
+
+
+def _paired_samples(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> list[dict[str, str]]:
+    """{prompt, candidate, baseline} per prompt both sides answered (the same rows, in the same order)."""
+    return [{"prompt": a["prompt"], "candidate": a["predict"], "baseline": b["predict"]}
+            for a, b in zip(ours, theirs, strict=False) if a["prompt"] == b["prompt"]]
+
+
+def _judge_metrics(cfg: PipelineConfig, samples: list[dict[str, str]]) -> dict[str, float]:
+    from kubetune.evaluate.judge import EndpointJudge, LocalJudge
+    from kubetune.evaluate.judge import compare as judge_compare
+
+    e = cfg.evaluation
+    if e.judge_model.startswith(("http://", "https://")):
+        judge = EndpointJudge(e.judge_model, e.judge_endpoint_model, api_key=os.environ.get(e.judge_api_key_env, ""))
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        from kubetune.storage import localize
+
+        path = localize(e.judge_model)
+        judge = LocalJudge(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path))
+    result = judge_compare(judge, [s["prompt"] for s in samples], [s["candidate"] for s in samples],
+                           [s["baseline"] for s in samples], seed=int(cfg.shared.get("seed", 42)))
+    return result.as_metrics()
+
+
+def _reward_metrics(cfg: PipelineConfig, run_cfg: RunConfig, reward_model: str,
+                    samples: list[dict[str, str]]) -> dict[str, float]:
+    from kubetune.data.setup import tokenizer_and_template
+    from kubetune.evaluate.reward_gap import reward_gap, templated_scorer
+    from kubetune.model.loader import resolve_model_path
+    from kubetune.model.reward import load_reward_model
+
+    base_args = run_cfg.model.model_copy(update={"adapter_name_or_path": None})
+    rm = load_reward_model(reward_model, base_model_args=base_args,
+                           reward_model_type=cfg.evaluation.reward_model_type)
+    tokenizer, template = tokenizer_and_template(run_cfg, resolve_model_path(run_cfg.model))
+    score = templated_scorer(rm, tokenizer, template)
+    gap = reward_gap(score, [s["prompt"] for s in samples], [s["candidate"] for s in samples],
+                     [s["baseline"] for s in samples], seed=int(cfg.shared.get("seed", 42)))
+    return gap.as_metrics()
+
+
+def read_predictions(path: Path) -> list[dict[str, str]]:
+    """The rows of a generated_predictions.jsonl ([] when the step wrote none)."""
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
