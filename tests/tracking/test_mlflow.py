@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kubetune.export_marker import mark_complete
 from kubetune.tracking.offline import BUFFER_FILE, replay_buffer
 from kubetune.tracking.parent_run import start_pipeline_run
-from kubetune.export_marker import mark_complete
 from kubetune.tracking.registry import promote, register_model
 from kubetune.tracking.stage_run import MLflowTracker
 
