@@ -125,6 +125,7 @@ class Worker:
 
 
 @pytest.mark.chaos
+@pytest.mark.s3
 def test_an_unfinished_export_is_never_registered_nor_promoted(chaos_row: Any, store: str, backend: str,
                                                                tmp_path: Path, unique: str, bucket: str,
                                                                client: Any) -> None:
