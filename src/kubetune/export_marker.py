@@ -94,7 +94,8 @@ def require_complete(model: str | os.PathLike[str]) -> str:
     if not marker.is_file():
         raise IncompleteExportError(
             f"{path} has no {EXPORT_MARKER} marker: the export that wrote it did not finish (killed, or still "
-            "running). Rerun the export step; it writes the marker after the last file.")
+            "running). Rerun the export step; it writes the marker after the last file. (A complete folder not made "
+            "by kubetune export: write one with kubetune.export_marker.mark_complete.)")
     manifest = _read_manifest(marker)
     problems = []
     for rel, size in manifest.get("files", {}).items():

@@ -54,19 +54,21 @@ def _export(command: dict) -> dict:
     return {"exported": command["out"]}
 
 
+OPS = {"promote": _promote, "register": _register, "export": _export}
+
+
 def main() -> None:
     import mlflow  # noqa: F401  (imported before `ready`: the race starts after the slow imports)
 
     import kubetune.tracking.registry  # noqa: F401
 
     print("ready", flush=True)
-    ops = {"promote": _promote, "register": _register, "export": _export}
     for line in sys.stdin:
         if not line.strip():
             continue
         command = json.loads(line)
         try:
-            answer = ops[command["op"]](command)
+            answer = OPS[command["op"]](command)
         except Exception as err:  # the test reads the error; the worker stays up for the next command
             answer = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()[-3000:]}
         print(json.dumps(answer), flush=True)

@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -285,12 +286,48 @@ def _is_alias_write(method: str, path: str) -> bool:
     return method == "POST" and path.split("?")[0].endswith("/registered-models/alias")
 
 
-class Racers:
-    """Two worker processes promoting versions of one model at the same instant (started once, raced often)."""
+class ThisProcess:
+    """A racer in the test's own process (a thread), with a `Worker`'s send/answer: one mlflow import fewer."""
 
-    def __init__(self, store: str, name: str, run: str, tmp_path: Path, row: Any) -> None:
+    def __init__(self) -> None:
+        self._answer: dict[str, Any] = {}
+        self._thread: threading.Thread | None = None
+
+    def ready(self) -> ThisProcess:
+        return self
+
+    def send(self, **command: Any) -> None:
+        from registry_worker import OPS
+
+        def run() -> None:
+            try:
+                self._answer = OPS[command["op"]](command)
+            except Exception as err:  # as the worker answers
+                self._answer = {"error": f"{type(err).__name__}: {err}"}
+
+        self._thread = threading.Thread(target=run)
+        self._thread.start()
+
+    def answer(self) -> dict[str, Any]:
+        assert self._thread is not None
+        self._thread.join(timeout=120)
+        return self._answer
+
+    def close(self) -> None:
+        pass
+
+
+class Racers:
+    """Two processes promoting versions of one model at the same instant (started once, raced often).
+
+    Args:
+        in_process (`bool`): the first racer is the test's own process, the second a `Worker`; else both are
+            workers.
+    """
+
+    def __init__(self, store: str, name: str, run: str, tmp_path: Path, row: Any, in_process: bool = False) -> None:
         self.store, self.name, self.run, self.tmp_path, self.row = store, name, run, tmp_path, row
-        self.workers = [Worker(), Worker()]
+        self.workers: list[Any] = [ThisProcess() if in_process else Worker(), Worker()]
         for worker in self.workers:
             worker.ready()
 
@@ -319,7 +356,7 @@ def test_two_racing_promotions_leave_the_better_model_champion(chaos_row: Any, s
                                                                tmp_path: Path, unique: str) -> None:
     row = chaos_row(f"two promotions race for champion, the worse write lands last ({backend} store)")
     mlflow, name = _client(store), f"race-{unique}"
-    racers = Racers(store, name, _run(mlflow, f"faults-{unique}"), tmp_path, row)
+    racers = Racers(store, name, _run(mlflow, f"faults-{unique}"), tmp_path, row, in_process=True)
     try:
         old = racers.version(50.0)
         promote(store, name, old, "rouge")
