@@ -88,3 +88,15 @@ def test_claims_are_read_with_their_gate_value(mlflow_server: str, mlflow_client
     _claim(mlflow_client, name, version, time.time())
     [claim] = fresh_claims(mlflow_client, name, "rouge", True)
     assert (claim.version, claim.value, claim.forced) == (version, value, False)
+
+
+def test_a_nan_champion_does_not_look_like_a_moving_one(mlflow_server: str, mlflow_client: Any, tmp_path: Path,
+                                                        unique: str) -> None:
+    from kubetune.tracking.registry import promote
+
+    name = f"nan-champion-{unique}"
+    champion, candidate = (_version(mlflow_server, mlflow_client, name, tmp_path, v) for v in (math.nan, 1.0))
+    promote(mlflow_server, name, champion, "rouge", force=True)
+    decision = promote(mlflow_server, name, candidate, "rouge")  # the re-read sees NaN again: no endless retry
+    assert decision.champion_version == champion
+    assert alias_version(mlflow_client, name, CHAMPION) == (candidate if decision.promoted else champion)

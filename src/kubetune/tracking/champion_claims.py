@@ -38,6 +38,15 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.tracking.registry_reads import (
+    CHALLENGER,
+    CHAMPION,
+    GATE_METRIC_TAG,
+    GATE_VALUE_TAG,
+    alias_version,
+    recorded_value,
+)
+
 logger = logging.getLogger(__name__)
 
 CLAIM_TAG = "champion_claim"
@@ -86,8 +95,6 @@ def fresh_claims(client: Any, name: str, metric: str, greater_is_better: bool,
     Returns:
         `list[Claim]`: oldest first.
     """
-    from kubetune.tracking.registry import GATE_METRIC_TAG, GATE_VALUE_TAG
-
     now = time.time() if now is None else now
     claims = []
     # the tag filter keeps this one indexed query, however many versions the model has
@@ -158,8 +165,6 @@ def reconcile(client: Any, name: str, metric: str, greater_is_better: bool) -> s
     Raises:
         RuntimeError: the alias still moved after `_ROUNDS` rounds (something else keeps rewriting it).
     """
-    from kubetune.tracking.registry import CHALLENGER, CHAMPION, alias_version, recorded_value
-
     for _ in range(_ROUNDS):
         current = alias_version(client, name, CHAMPION)
         claims = fresh_claims(client, name, metric, greater_is_better)

@@ -28,14 +28,20 @@ import kubetune
 from kubetune.export_marker import IncompleteExportError, require_complete
 from kubetune.tracking.champion_claims import reconcile, write_claim
 from kubetune.tracking.connection import http_limits
+from kubetune.tracking.registry_reads import (
+    BASELINE_RUN,
+    CHALLENGER,
+    CHAMPION,
+    GATE_METRIC_TAG,
+    GATE_VALUE_TAG,
+    alias_version,
+    recorded_value,
+    registry_client,
+)
 
 logger = logging.getLogger(__name__)
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
 LINEAGE_TAGS = ("kfp_run_id", "data_hash", "config_hash", "base_model", "stage", "kubetune_version")
-GATE_METRIC_TAG = "gate_metric"
-GATE_VALUE_TAG = "gate_metric_value"
 REGISTRATION_KEY_TAG = "registration_key"  # what makes a retried registration the same one (see register_model)
 EXPORT_COMPLETE_TAG = "export_complete"  # "true": register checked the export's marker
 _UPLOAD_TAG_PREFIX = "kubetune.registration_upload."  # run tag: where that registration uploads its files
@@ -47,6 +53,7 @@ _RETRIES = 2
 _UPLOAD_TIMEOUT_S = 600.0  # a merged model's shard of gigabytes, proxied through the server to its store
 
 __all__ = [
+    "BASELINE_RUN",
     "CHALLENGER",
     "CHAMPION",
     "GateMetricMissing",
@@ -149,7 +156,7 @@ def register_model(
     stamp = require_complete(model)  # before anything is created: a half-written model never gets a version
     lineage = _lineage(tags or {})
     key = _registration_key(name, model, stamp, run_id, lineage.get("kfp_run_id", ""))
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     with http_limits(_TIMEOUT_S, _RETRIES):
         existing = _versions_with_key(client, name, key)
         if existing:
@@ -316,7 +323,7 @@ def promote(
     if min_delta < 0:
         raise ValueError(f"min_delta must be >= 0 (an improvement threshold), got {min_delta}")
     version = str(version)
-    client = _client(tracking_uri)
+    client = registry_client(tracking_uri)
     with http_limits(_TIMEOUT_S, _RETRIES):
         candidate = client.get_model_version(name, version)
         _require_complete_version(candidate)
@@ -336,7 +343,7 @@ def _decide_and_set(client: Any, name: str, version: str, value: float | None, m
         champion, rival, rival_value = seen
         promoted, reason = _judge(version, value, champion, rival_value, metric, greater_is_better, min_delta, force)
         now = _champion_state(client, name, version, metric)  # compare ...
-        if now != seen:
+        if repr(now) != repr(seen):  # repr: a NaN gate value equals itself
             logger.info("%s: champion moved from v%s to v%s while v%s was judged: judging again", name,
                         champion, now[0], version)
             seen = now
@@ -462,36 +469,6 @@ def _apply(client: Any, name: str, decision: PromotionDecision, force: bool) -> 
 # --- reading gate values ---------------------------------------------------------------------------
 
 
-def alias_version(client_or_uri: Any, name: str, alias: str) -> str | None:
-    """The version an alias points at, or `None` when the alias (or the registered model) is not there.
-
-    Read from the registered model's alias map: asking for a missing alias directly returns the same error
-    code as a bad request, and an unreachable server must not look like "no champion yet".
-
-    Args:
-        client_or_uri (`MlflowClient` or `str`):
-            A client, or a tracking URI to make one.
-        name (`str`):
-            Registered model name.
-        alias (`str`):
-            E.g. `"champion"`.
-
-    Returns:
-        `str` or `None`: the version number.
-    """
-    from mlflow.exceptions import MlflowException
-
-    client = _client(client_or_uri) if isinstance(client_or_uri, str) else client_or_uri
-    try:
-        aliases = client.get_registered_model(name).aliases
-    except MlflowException as err:
-        if err.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return None
-        raise
-    found = aliases.get(alias)
-    return str(found) if found is not None else None
-
-
 def _candidate_value(client: Any, candidate: Any, metric: str, metrics: Mapping[str, float] | None,
                      required: bool) -> float | None:
     """The candidate's gate value; recorded in its tags so later comparisons (and people) can read it."""
@@ -510,41 +487,6 @@ def _candidate_value(client: Any, candidate: Any, metric: str, metrics: Mapping[
     client.set_model_version_tag(candidate.name, candidate.version, GATE_METRIC_TAG, metric)
     client.set_model_version_tag(candidate.name, candidate.version, GATE_VALUE_TAG, repr(value))
     return value
-
-
-BASELINE_RUN = "evaluate-base"  # the pipeline step scoring the base model, nested like the version's own steps
-
-
-def recorded_value(client: Any, model_version: Any, metric: str) -> tuple[float | None, set[str]]:
-    """A version's value of `metric`: its tag, else its run's metrics, else its run's nested runs' (newest first).
-
-    Returns:
-        `(value or None, the metric names that were available)`.
-    """
-    tags = model_version.tags or {}
-    if tags.get(GATE_METRIC_TAG) == metric and GATE_VALUE_TAG in tags:
-        return float(tags[GATE_VALUE_TAG]), {metric}
-    if not model_version.run_id:
-        return None, {tags[GATE_METRIC_TAG]} if GATE_METRIC_TAG in tags else set()
-    run = client.get_run(model_version.run_id)
-    available = set(run.data.metrics)
-    if metric in run.data.metrics:
-        return float(run.data.metrics[metric]), available
-    children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{run.info.run_id}'",
-                                  order_by=["attributes.start_time DESC"])
-    for child in children:
-        if child.data.tags.get("mlflow.runName") == BASELINE_RUN:
-            continue  # the base model's scores (evaluate-base), not this version's
-        available |= set(child.data.metrics)
-        if metric in child.data.metrics:
-            return float(child.data.metrics[metric]), available
-    return None, available
-
-
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _fmt(value: float | None) -> str:
