@@ -189,8 +189,12 @@ def _ensure_user() -> str:
     try:
         pwd.getpwnam(PG_USER)
     except KeyError:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
-                       check=True, capture_output=True)
+        done = subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", PG_USER],
+                              capture_output=True, text=True)
+        try:
+            pwd.getpwnam(PG_USER)  # made by us, or by a parallel test worker that got there first
+        except KeyError:
+            raise RuntimeError(f"could not create the user {PG_USER} to run PostgreSQL: {done.stderr}") from None
     return PG_USER
 
 

@@ -21,7 +21,8 @@ What it does not guarantee, honestly:
 - between a stale write and its writer's reconcile (milliseconds: two or three requests), a reader may see
   the worse racer as champion; serving should read `champion` when a promotion has finished;
 - a promoter killed between its alias write and its reconcile leaves a possibly worse champion until the
-  next promotion of that model reconciles;
+  next promotion of that model reconciles; one killed between its claim and its alias write leaves a claim
+  that the next reconcile within the window honours if it is the best;
 - claims count for `CLAIM_WINDOW_S` (10 minutes) by the promoters' clocks: promotions further apart than
   that, or on clocks skewed by more, are treated as sequential ones, judged one after the other;
 - among racing claims the higher value wins even by less than `min_delta` (each claim already beat the
