@@ -302,7 +302,11 @@ def export(config: str, adapter_path: str, model_path: str) -> dict[str, Any]:
 
 def register(config: str, model_path: str, metrics: dict[str, float], *, run_id: str = "",
              parent_run_id: str = "", data_hash: str = "", model_uri: str = "") -> str:
-    """Register the merged model as a new version in the MLflow registry; returns the version."""
+    """Register the merged model as a new version in the MLflow registry; returns the version.
+
+    An export without its `_SUCCESS` marker (killed, or its upload cut short) is refused with
+    `IncompleteExportError` naming the path; a retried step returns the version its first attempt made.
+    """
     with step("register") as record:
         cfg = parse(config)
         from kubetune.tracking.pipeline_tracking import register_version
@@ -314,7 +318,11 @@ def register(config: str, model_path: str, metrics: dict[str, float], *, run_id:
 
 
 def promote(config: str, version: str, metrics: dict[str, float]) -> dict[str, Any]:
-    """Move the `champion` alias to `version` only if its gate metric beats the champion's."""
+    """Move the `champion` alias to `version` only if its gate metric beats the champion's.
+
+    Safe against a promotion of another pipeline racing for `champion` (the better one ends there) and
+    refuses a version whose export did not finish (`kubetune.tracking.registry.promote`).
+    """
     with step("promote") as record:
         cfg = parse(config)
         from kubetune.tracking.pipeline_tracking import promote_version

@@ -18,8 +18,9 @@ def export(cfg: RunConfig) -> Path | str:
     """Merge `adapter_name_or_path` into `model_name_or_path` and save it to `export_dir`.
 
     Shards are at most `export_size` GB; `export_legacy_format` writes .bin instead of safetensors.
-    An `s3://` export_dir is written locally first, then uploaded with a completion marker.
-    Returns the export location.
+    The `_SUCCESS` marker (`kubetune.export_marker`) is removed before the first file and written after the
+    last, so a killed export is never registered. An `s3://` export_dir is written locally first, then
+    uploaded with S3's own marker last. Returns the export location.
     """
     if cfg.model.quantization_bit is not None:
         raise ValueError("refusing to merge into a quantised base: remove quantization_bit "
@@ -53,11 +54,15 @@ def export(cfg: RunConfig) -> Path | str:
 
 
 def _save(model, tokenizer, out: Path, cfg: RunConfig) -> None:  # noqa: ANN001
+    from kubetune.export_marker import clear_marker, mark_complete
+
     out.mkdir(parents=True, exist_ok=True)
+    clear_marker(out)  # an earlier export's marker must not vouch for this one's half-written files
     model.save_pretrained(out, max_shard_size=f"{cfg.export.export_size}GB")
     tokenizer.save_pretrained(out)
     if cfg.export.export_legacy_format:
         to_legacy_format(out)
+    mark_complete(out)  # last: register refuses a folder without it
 
 
 def to_legacy_format(out: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow import MlflowClient
 
+from kubetune.export_marker import mark_complete
 from kubetune.tracking.offline import BUFFER_FILE, replay_buffer
 from kubetune.tracking.parent_run import start_pipeline_run
 from kubetune.tracking.registry import promote, register_model
@@ -70,6 +71,7 @@ def _version(server: str, name: str, tmp_path: Path) -> str:
     model = tmp_path / f"model-{run.info.run_id}"
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    mark_complete(model)  # as `kubetune export` ends
     return register_model(server, name, str(model), run_id=run.info.run_id, tags={"data_hash": "d"})
 
 

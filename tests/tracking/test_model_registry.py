@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from kubetune.export_marker import mark_complete
 from kubetune.tracking.registry import (
     CHALLENGER,
     CHAMPION,
@@ -30,6 +31,7 @@ def _model_dir(tmp_path: Path, name: str = "merged") -> Path:
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "llama"}))
     (folder / "model.safetensors").write_bytes(b"\0" * 64)
+    mark_complete(folder)  # as `kubetune export` ends (register refuses a folder without the marker)
     return folder
 
 
@@ -67,15 +69,18 @@ def test_a_local_model_is_uploaded_to_its_run_with_lineage_tags(mlflow_server: s
     assert v1.run_id == run and v1.status == "READY"
     assert {k: v1.tags[k] for k in LINEAGE} == LINEAGE and v1.tags["kubetune_version"]
     files = sorted(a.path for a in mlflow_client.list_artifacts(run, "model"))
-    assert files == ["model/config.json", "model/model.safetensors"]
+    assert files == ["model/_SUCCESS", "model/config.json", "model/model.safetensors"]
 
 
-def test_a_uri_is_referenced_not_copied(mlflow_server: str, mlflow_client: Any, unique: str,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_uri_is_referenced_not_copied(mlflow_server: str, mlflow_client: Any, unique: str, bucket: str,
+                                        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kubetune.storage import upload_dir
+
     monkeypatch.setenv("KFP_RUN_ID", "kfp-env")
-    version = register_model(mlflow_server, f"s3-{unique}", "s3://models/kubi/20250101-000000")
+    uri = upload_dir(_model_dir(tmp_path), f"s3://{bucket}/kubi/20250101-000000")  # its _SUCCESS last
+    version = register_model(mlflow_server, f"s3-{unique}", uri)
     registered = mlflow_client.get_model_version(f"s3-{unique}", version)
-    assert registered.source == "s3://models/kubi/20250101-000000"
+    assert registered.source == uri
     assert registered.tags["kfp_run_id"] == "kfp-env"
 
 
