@@ -110,6 +110,10 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     assert second.find("evaluate")["baseline"] == "champion v1"
     scored = second.find("evaluate")["metrics"]
     assert scored["baseline/eval_loss"] == pytest.approx(first.find("evaluate")["metrics"]["eval_loss"], rel=1e-3)
+    # ... and the gate says which gate failed, with the numbers of both
+    reason = second.find("promote")["decision"]["reason"]
+    assert "eval_loss beats the baseline by more than 0: FAILED" in reason, reason
+    assert f"{scored['eval_loss']:.4g} vs {scored['baseline/eval_loss']:.4g}" in reason, reason
     assert client.get_model_version_by_alias("tiny-assistant", "champion").version == "1"
     assert client.get_model_version_by_alias("tiny-assistant", "challenger").version == "2"
     preprocess_meta = next(kfp for kfp in (tmp_path / "run2" / "kfp").rglob("executor_output.json")

@@ -2,7 +2,8 @@
 
 A user's YAML is flat (`lora_rank: 8`, `learning_rate: 1e-4`, ...), as LLaMA-Factory's is.
 We split it into groups by field name so each part of the library receives only what it
-reads: `cfg.model`, `cfg.method`, `cfg.data`, `cfg.train`, `cfg.generation`, `cfg.export`.
+reads: `cfg.model`, `cfg.method`, `cfg.data`, `cfg.train`, `cfg.generation`, `cfg.export`, `cfg.benchmark`
+(`benchmark_args.py`; the groups share `group.ArgumentGroup`).
 Field names are unique across groups; `loader.py` routes each key to its group.
 
 Every field's `description` is its documentation (`kubetune keys` prints them).
@@ -10,12 +11,14 @@ Every field's `description` is its documentation (`kubetune keys` prints them).
 
 from __future__ import annotations
 
-import types
-import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
+
+from kubetune.config.benchmark_args import BenchmarkArguments
+from kubetune.config.group import ArgumentGroup as _Group
+from kubetune.config.group import bool_words  # noqa: F401  (re-exported: tests and docs read it here)
 
 
 def _split_list(value: object) -> object:
@@ -25,53 +28,7 @@ def _split_list(value: object) -> object:
     return value
 
 
-# YAML 1.1 (PyYAML, as LLaMA-Factory reads its configs) turns the bare words no/off/false and yes/on/true into
-# booleans, so `eval_strategy: no` arrives as False. A choice key whose choices hold such a word takes the bool
-# back as that word; which one the user typed is lost, so the first of each list present among the choices wins.
-_FALSE_WORDS = ("no", "off", "false", "n")
-_TRUE_WORDS = ("yes", "on", "true", "y")
 
-
-def _string_choices(annotation: object) -> tuple[str, ...]:
-    """The string choices of a `Literal[...]` annotation, also inside `X | None`; () for anything else."""
-    if typing.get_origin(annotation) is Literal:
-        return tuple(a for a in typing.get_args(annotation) if isinstance(a, str))
-    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
-        return tuple(c for arg in typing.get_args(annotation) for c in _string_choices(arg))
-    return ()
-
-
-def bool_words(annotation: object) -> dict[bool, str]:
-    """How a YAML boolean reads for a choice key: {False: "no", True: ...} for the words among its choices.
-
-    Empty for a key whose choices hold no such word, and for keys that accept a bool themselves.
-    """
-    choices = _string_choices(annotation)
-    args = typing.get_args(annotation)
-    if not choices or bool in args:
-        return {}
-    words: dict[bool, str] = {}
-    for flag, spellings in ((False, _FALSE_WORDS), (True, _TRUE_WORDS)):
-        word = next((w for w in spellings if w in choices), None)
-        if word is not None:
-            words[flag] = word
-    return words
-
-
-class _Group(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True, protected_namespaces=())
-
-    @model_validator(mode="before")
-    @classmethod
-    def _yaml_booleans_as_words(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for key, value in data.items():
-            info = cls.model_fields.get(key)
-            if isinstance(value, bool) and info is not None:
-                out[key] = bool_words(info.annotation).get(value, value)
-        return out
 
 
 class ModelArguments(_Group):
@@ -508,49 +465,6 @@ class ExportArguments(_Group):
     export_legacy_format: bool = Field(False, description="Save .bin instead of safetensors.")
     export_quantization_bit: int | None = Field(None, description="Quantise the export (not supported).")
     export_hub_model_id: str | None = Field(None, description="Push to the hub (not supported).")
-
-
-class BenchmarkArguments(_Group):
-    """LLaMA-Factory's `llamafactory-cli eval` keys (EvaluationArguments): a multiple-choice benchmark (MMLU's
-    layout) scored by the next-token logits over the choice letters (`kubetune.evaluate.benchmark`); and
-    lm-evaluation-harness tasks (`lm_eval_*`, `kubetune.evaluate.lm_eval_suite`)."""
-
-    task: str | None = Field(
-        None, description="`<folder>_<split>` under task_dir, e.g. mmlu_test (split test, validation or val); "
-                          "setting it makes `kubetune eval` run the benchmark.",
-    )
-    task_dir: str = Field(
-        "evaluation", description="Folder (or s3:// prefix) holding one folder per benchmark: mapping.json and "
-                                  "dev/, val/, test/ folders of <subject>_<split>.csv.",
-    )
-    batch_size: int = Field(4, gt=0, description="Questions per forward pass.")
-    lang: Literal["en", "zh"] = Field("en", description="Prompt layout: English or Chinese instructions.")
-    n_shot: int = Field(5, ge=0, description="Solved examples from the subject's dev split before each question.")
-    save_dir: str | None = Field(
-        None, description="Write results.json (every answer) and results.log (accuracy per category) here; it must "
-                          "not exist yet.",
-    )
-    lm_eval_tasks: str | list[str] | None = Field(
-        None, description="lm-evaluation-harness tasks to run on the model (a list, or comma-separated); with "
-                          "lm_eval_include_path for task YAMLs of your own (kubetune.evaluate.lm_eval_suite).",
-    )
-    lm_eval_include_path: str | None = Field(
-        None, description="A folder (or s3:// prefix) of lm-eval task YAMLs; their relative data_files are read "
-                          "from it.",
-    )
-    lm_eval_num_fewshot: int | None = Field(None, ge=0, description="lm-eval's num_fewshot (None: each task's own).")
-    lm_eval_limit: float | None = Field(
-        None, gt=0, description="lm-eval's limit: at most this many documents per task (below 1: a fraction).",
-    )
-    lm_eval_batch_size: int = Field(4, gt=0, description="lm-eval's batch size.")
-    lm_eval_bootstrap_iters: int = Field(
-        100000, ge=0, description="lm-eval's bootstrap iterations for the standard errors of non-mean metrics "
-                                  "(0: none).",
-    )
-    download_mode: Literal["reuse_dataset_if_exists", "reuse_cache_if_exists", "force_redownload"] = Field(
-        "reuse_dataset_if_exists", description="Accepted for LLaMA-Factory configs: the CSV files are read as "
-                                               "they are each run (an s3:// task_dir is cached by its ETags).",
-    )
 
 
 GROUPS: dict[str, type[_Group]] = {

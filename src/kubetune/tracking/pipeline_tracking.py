@@ -143,9 +143,17 @@ def register_version(cfg: PipelineConfig, model_uri: str, metrics: dict[str, flo
 
 
 def promote_version(cfg: PipelineConfig, version: str, metrics: dict[str, float]) -> dict[str, Any]:
+    """Promote by the registry's comparison and, when the evaluate step scored a baseline beside the candidate,
+    by every gate of the promotion section over those numbers (`kubetune.evaluate.gates`)."""
+    from kubetune.evaluate.gates import BASELINE, GateSettings, check_gates
     from kubetune.tracking.registry import promote
 
     p = cfg.promotion
+    gates = None
+    if any(name.startswith(BASELINE) for name in metrics):
+        gates = check_gates(metrics, GateSettings(p.metric, p.greater_is_better, p.min_delta, p.no_regression,
+                                                  p.min_judge_win_rate, p.min_reward_delta))
     decision = promote(tracking_uri(cfg), p.registered_model, version, p.metric,
-                       greater_is_better=p.greater_is_better, min_delta=p.min_delta, metrics=metrics)
-    return {"promoted": decision.promoted, "alias": decision.alias, "reason": decision.reason, "version": version}
+                       greater_is_better=p.greater_is_better, min_delta=p.min_delta, metrics=metrics, gates=gates)
+    return {"promoted": decision.promoted, "alias": decision.alias, "reason": decision.reason, "version": version,
+            "gates": [{"name": g.name, "passed": g.passed, "detail": g.detail} for g in gates or []]}

@@ -19,7 +19,7 @@ import json
 import logging
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -275,6 +275,7 @@ def promote(
     metrics: Mapping[str, float] | None = None,
     *,
     force: bool = False,
+    gates: Sequence[Any] | None = None,
 ) -> PromotionDecision:
     """Gate `version` of `name` against the current `champion` on `metric`, and move the aliases accordingly.
 
@@ -310,6 +311,10 @@ def promote(
         force (`bool`, *optional*, defaults to `False`):
             Make the candidate champion whatever the metrics say (tagged `promotion_forced=true`); a missing
             metric is then no error.
+        gates (sequence, *optional*):
+            The evaluate step's gates over the candidate and its baseline measured together
+            (`kubetune.evaluate.gates.check_gates`: items with `name`, `passed`, `detail`). Every one must hold
+            as well; the reason names each, and the `promotion_gates` tag keeps them.
 
     Returns:
         `PromotionDecision`: what was decided and why.
@@ -328,7 +333,8 @@ def promote(
         candidate = client.get_model_version(name, version)
         _require_complete_version(candidate)
         value = _candidate_value(client, candidate, metric, metrics, required=not force)
-        decision = _decide_and_set(client, name, version, value, metric, greater_is_better, min_delta, force)
+        decision = _decide_and_set(client, name, version, value, metric, greater_is_better, min_delta, force,
+                                   gates)
         if decision.promoted:
             decision = _after_race(client, name, decision, greater_is_better)
     logger.info("%s v%s -> %s: %s", name, version, decision.alias, decision.reason)
@@ -336,12 +342,15 @@ def promote(
 
 
 def _decide_and_set(client: Any, name: str, version: str, value: float | None, metric: str,
-                    greater_is_better: bool, min_delta: float, force: bool) -> PromotionDecision:
+                    greater_is_better: bool, min_delta: float, force: bool,
+                    gates: Sequence[Any] | None = None) -> PromotionDecision:
     """Judge against the champion read now; write only if a re-read just before shows the same champion."""
     seen = _champion_state(client, name, version, metric)
     for _ in range(_CAS_ATTEMPTS):
         champion, rival, rival_value = seen
         promoted, reason = _judge(version, value, champion, rival_value, metric, greater_is_better, min_delta, force)
+        if gates and not force:
+            promoted, reason = _with_gates(promoted, reason, gates)
         now = _champion_state(client, name, version, metric)  # compare ...
         if repr(now) != repr(seen):  # repr: a NaN gate value equals itself
             logger.info("%s: champion moved from v%s to v%s while v%s was judged: judging again", name,
@@ -448,6 +457,15 @@ def _judge(version: str, value: float | None, champion_version: str | None, cham
     if math.isnan(value):
         return False, f"{comparison}: the candidate's value is NaN, stays challenger"
     return False, f"{comparison}: not better enough, stays challenger"
+
+
+def _with_gates(promoted: bool, reason: str, gates: Sequence[Any]) -> tuple[bool, str]:
+    """The registry's judgement and the evaluate step's gates together: promoted only if all hold."""
+    failed = [g for g in gates if not g.passed]
+    listed = "; ".join(f"{g.name}: {'held' if g.passed else 'FAILED'} ({g.detail})" for g in gates)
+    if failed:
+        return False, f"gates — {listed}; stays challenger ({len(failed)} of {len(gates)} failed). Registry: {reason}"
+    return promoted, f"{reason}; gates — {listed}"
 
 
 def _apply(client: Any, name: str, decision: PromotionDecision, force: bool) -> None:
