@@ -64,17 +64,49 @@ def find_baseline(cfg: PipelineConfig, tracking_uri: str | None) -> Baseline:
     except Exception as err:  # the registry is unreachable: score against the base and say so
         return Baseline(base.label, note=f"the registry could not be read ({type(err).__name__}: {err})")
     source = champion.source or ""
-    local = _readable_model(source)
+    try:
+        local = _readable_model(source, tracking_uri, cfg.promotion.registered_model, champion.version)
+    except Exception as err:  # an artifact store that does not answer: the base, and the reason
+        return Baseline(base.label, note=f"champion v{champion.version}'s model {source!r} could not be fetched "
+                                         f"({type(err).__name__}: {err})")
     if local is None:
         return Baseline(base.label, note=f"champion v{champion.version}'s model {source!r} cannot be read here")
     return Baseline(f"champion v{champion.version}", model_path=local)
 
 
-def _readable_model(source: str) -> str | None:
+def _readable_model(source: str, tracking_uri: str, name: str, version: str) -> str | None:
+    """A path (or s3:// URI) the loader reads the champion's model from. A model kept in MLflow's artifact store
+    is downloaded once per version into the cache (into a temporary folder renamed when complete, so a killed
+    download is fetched again, never used)."""
     if source.startswith("s3://"):
         return source  # the loader fetches s3:// models into the cache
-    path = Path(source.removeprefix("file://"))
-    return str(path) if (path / "config.json").is_file() else None
+    if source.startswith(("mlflow-artifacts:", "runs:", "models:")):
+        import shutil
+        import tempfile
+
+        from mlflow.artifacts import download_artifacts
+
+        from kubetune.paths import cache_root
+
+        target = cache_root() / "champions" / name / str(version)
+        if _model_dir(target) is None:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            partial = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
+            download_artifacts(artifact_uri=source, dst_path=str(partial), tracking_uri=tracking_uri)
+            shutil.rmtree(target, ignore_errors=True)
+            partial.rename(target)
+        found = _model_dir(target)
+        return str(found) if found else None
+    found = _model_dir(Path(source.removeprefix("file://")))
+    return str(found) if found else None
+
+
+def _model_dir(folder: Path) -> Path | None:
+    """`folder`, or its one sub-folder (an artifact downloaded under its own name), holding a model's config."""
+    for candidate in (folder, *sorted(p for p in folder.glob("*") if p.is_dir())):
+        if (candidate / "config.json").is_file():
+            return candidate
+    return None
 
 
 def compare(cfg: PipelineConfig, candidate_cfg: RunConfig, baseline: Baseline, run_eval: RunEval, *,
