@@ -162,10 +162,10 @@ def kill_and_rerun(chaos_row, stage: str, seed: int, kind: str, signal_name: str
     assert row.data_lost == 0, (mismatched[:5], resumed)
 
 
-# make test: four sft kills, each point drawn from its seed
+# make test: two sft kills (20-45 s each on a loaded 2-core box: one start-up, two short runs), each point drawn
+# from its seed: the SIGKILL that cuts trainer_state.json in half, and a SIGTERM mid-step
 @pytest.mark.chaos
-@pytest.mark.parametrize(("seed", "kind", "signal_name"), [(1, "save", "SIGKILL"), (2, "step", "SIGTERM"),
-                                                           (3, "step", "SIGKILL"), (4, "state", "SIGKILL")])
+@pytest.mark.parametrize(("seed", "kind", "signal_name"), [(4, "state", "SIGKILL"), (2, "step", "SIGTERM")])
 def test_sft_killed_at_a_random_point_resumes_to_the_uninterrupted_weights(
         chaos_row, seed: int, kind: str, signal_name: str, tiny_model_dir: Path, tmp_path: Path, cache_dir: Path,
         straight_runs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
@@ -180,6 +180,4 @@ def test_sft_killed_at_a_random_point_resumes_to_the_uninterrupted_weights(
 def test_every_stage_killed_at_a_random_point_resumes_to_the_uninterrupted_weights(
         chaos_row, stage: str, seed: int, kind: str, signal_name: str, tiny_model_dir: Path, tmp_path: Path,
         cache_dir: Path, straight_runs: dict[str, Path], caplog: pytest.LogCaptureFixture) -> None:
-    if stage == "sft" and kind == "step":
-        pytest.skip("sft mid-step kills run in make test (above)")
     kill_and_rerun(chaos_row, stage, seed, kind, signal_name, tiny_model_dir, tmp_path, straight_runs, caplog)
