@@ -155,7 +155,10 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         reward_model: the rm stage's output, for ppo.
         overrides: per-run knobs from pipeline parameters (0 / "" values mean "use the config").
     """
-    with step(stage) as record:
+    from kubetune.train.preemption import exit_when_preempted
+
+    # a pre-empted step exits 75 (not 1) with a message; KFP's retry runs the same command, which resumes
+    with step(stage) as record, exit_when_preempted(stage):
         cfg = parse(config)
         extra: dict[str, Any] = {k: v for k, v in (overrides or {}).items() if v not in (0, 0.0, "", None)}
         work = work_dir(run_id, stage)

@@ -58,18 +58,28 @@ def run_on_ranks(plan: TorchrunPlan, config: str, stage: str, extra: dict[str, A
     """Run `train_here` on every rank of `plan`; the metrics rank 0 wrote to `<work>/run_summary.json`.
 
     Raises:
+        Preempted: a SIGTERM stopped the ranks after they saved a checkpoint (rank 0's `preempted.json`).
         RuntimeError: a rank failed (torchrun stops the others); its log is in the step's log above.
     """
+    from kubetune.config.pipeline import load_pipeline_config
+    from kubetune.train.preemption import clear_preempted_marker, read_preempted
     from kubetune.train.result import SUMMARY_FILE
 
+    # torchrun gives the ranks this long after a SIGTERM before it kills them (a few seconds more, so the ranks'
+    # own late-checkpoint message comes first): without it, torchrun's 30 s default would cut a longer grace
+    grace = load_pipeline_config(text=config).stage_config(stage, **extra).train.save_on_sigterm_grace
     spec = write_rank_spec(work, config, stage, extra, parent_run_id)
     summary = work / SUMMARY_FILE
     summary.unlink(missing_ok=True)  # a retried step's old summary must not pass for this run's
+    clear_preempted_marker(work)  # only this launch's pre-emption is read back below
     print(f"kubetune {stage}: launching torchrun: {plan.describe()}", file=sys.stderr, flush=True)
     try:
-        code = run_torchrun(plan, [str(spec)], module="kubetune.components.train_ranks")
+        code = run_torchrun(plan, [str(spec)], module="kubetune.components.train_ranks", shutdown_timeout=grace)
     finally:
         spec.unlink(missing_ok=True)  # it holds the whole config, tokens included: not left on the volume
+    preempted = read_preempted(work) if code != 0 else None
+    if preempted is not None:  # the ranks stopped on a SIGTERM after saving: torchrun's own code says nothing
+        raise preempted
     if code != 0:
         raise RuntimeError(f"the {stage} step's torchrun ({plan.describe()}) exited with code {code}; "
                            "the failing rank's traceback is in the log above")
@@ -95,8 +105,15 @@ def main(argv: list[str]) -> int:
 
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")
+    from kubetune.train.preemption import PREEMPTED_EXIT_CODE, Preempted
+
     spec = json.loads(Path(argv[0]).read_text())
-    train_here(spec["config"], spec["stage"], spec["extra"], spec["parent_run_id"])
+    try:
+        train_here(spec["config"], spec["stage"], spec["extra"], spec["parent_run_id"])
+    except Preempted as err:  # a clean stop with a checkpoint, not a crash: no traceback, the step says it once
+        if os.environ.get("RANK", "0") == "0":
+            print(f"kubetune {spec['stage']} (rank 0): {err}", file=sys.stderr, flush=True)
+        return PREEMPTED_EXIT_CODE
     return 0
 
 

@@ -365,3 +365,19 @@ def _mixed_precision(t: TrainArguments) -> bool:
     if t.bf16 is None:
         return not t.pure_bf16
     return t.bf16 or t.fp16
+
+
+def checkpoint_bytes(est: Estimate, method: str, *, save_only_model: bool = False) -> float:
+    """Bytes one checkpoint of the run takes on disk, by the estimate: the saved weights plus the optimizer state.
+
+    A LoRA/OFT checkpoint saves the adapter (float32, `est.trainable`); a full or freeze one the whole model
+    (`est.weights`, unsharded). AdamW's two moments (`est.optimizer`) come with it unless `save_only_model`.
+    The scheduler, generator and trainer state files are kilobytes, and left out.
+
+    Args:
+        est: the run's estimate on one device, unsharded (`estimate_config` with zero_stage 0).
+        method: the finetuning_type (lora, oft, freeze, full).
+        save_only_model: checkpoints without the optimizer state.
+    """
+    weights = est.trainable if method in ("lora", "oft") else est.weights
+    return weights + (0.0 if save_only_model else est.optimizer)

@@ -3,7 +3,9 @@
 A pre-empted pod gets SIGTERM, then SIGKILL a grace period later. The run must finish its optimiser step,
 save `checkpoint-N`, exit with code 75 (`PREEMPTED_EXIT_CODE`) without writing a final model, and the same
 config run again must resume from N to the weights of a run never interrupted. A checkpoint a SIGKILL cut
-short (no `trainer_state.json`, which the Trainer writes last) is never resumed from.
+short (no `trainer_state.json`, which the Trainer writes last, or still holding `checkpoint-is-incomplete.txt`,
+which `kubetune.train.checkpoint_guard` removes only once every rank finished) is never resumed from. The fault
+cases are rows of `make chaos` (random kill points, SIGKILL included: test_kill_faults.py).
 """
 
 from __future__ import annotations
@@ -63,10 +65,13 @@ def only_checkpoint(out: Path) -> Path:
     return found[0]
 
 
+@pytest.mark.chaos
 @pytest.mark.slow  # 41-70 s measured on a loaded 2-core box: a process start-up and two 10-step runs
 def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_uninterrupted_weights(
-        tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+        chaos_row, tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    row = chaos_row("kubetune train SIGTERM at step 2, rerun (a later checkpoint cut short)")
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    row.runs += 1
     proc = start_train(sft_keys(tiny_model_dir, resumed), tmp_path)
     code, seconds = preempt(proc, resumed)
     log = (tmp_path / "resumed.log").read_text()
@@ -86,29 +91,36 @@ def test_sigterm_saves_a_checkpoint_and_the_rerun_resumes_to_the_uninterrupted_w
     (cut / "trainer_state.json").unlink()
 
     # the same config again (in this process: it spares a second start-up) resumes from `step`, not the cut one
+    row.runs += 1
     run_stage(load_config(str(tmp_path / "resumed.yaml")))
     run_stage(load_config(None, sft_keys(tiny_model_dir, straight)))
     steps = [line["current_steps"] for line in log_lines(resumed)]
     assert steps == list(range(1, 11))  # continued after `step`, nothing repeated or lost
     a, b = load_file(straight / "adapter_model.safetensors"), load_file(resumed / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    for key in a:  # float32 on one CPU, the same seed and data order: equal up to last-bit rounding
-        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    # float32 on one CPU, the same seed and data order: equal up to last-bit rounding
+    row.data_lost = sum(not torch.allclose(a[key], b[key], rtol=0, atol=1e-6) for key in a)
+    assert row.data_lost == 0
 
 
-def test_a_checkpoint_without_its_completion_marker_is_skipped(tmp_path: Path, caplog: pytest.LogCaptureFixture
-                                                               ) -> None:
+@pytest.mark.chaos
+def test_a_checkpoint_without_its_completion_marker_is_skipped(chaos_row, tmp_path: Path,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    row = chaos_row("checkpoints cut short (no completion marker, or the incomplete sentinel) are skipped")
     for step, files in {2: ["trainer_state.json"], 4: ["ppo_state.json"], 6: ["adapter_model.safetensors"],
                         8: ["trainer_state.json", "checkpoint-is-incomplete.txt"]}.items():
         folder = tmp_path / f"checkpoint-{step}"
         folder.mkdir()
         for name in files:
             (folder / name).write_text("{}")
+    row.runs += 2
     with caplog.at_level("WARNING"):
-        assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-4")
+        first = last_complete_checkpoint(tmp_path)
     assert "checkpoint-8 is incomplete" in caplog.text and "checkpoint-6 is incomplete" in caplog.text
     shutil.rmtree(tmp_path / "checkpoint-4")
-    assert last_complete_checkpoint(tmp_path) == str(tmp_path / "checkpoint-2")
+    second = last_complete_checkpoint(tmp_path)
+    row.data_lost = (first != str(tmp_path / "checkpoint-4")) + (second != str(tmp_path / "checkpoint-2"))
+    assert row.data_lost == 0, (first, second)
 
 
 class SigtermAt(TrainerCallback):
@@ -138,9 +150,11 @@ MARKER = {"ppo": "ppo_state.json"}
 SIGTERM_AT = {"sft": 4}
 
 
+@pytest.mark.chaos
 @pytest.mark.parametrize("stage", list(STAGES))
 def test_every_stage_saves_the_step_it_was_pre_empted_at(
-        stage: str, tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+        chaos_row, stage: str, tiny_model_dir: Path, tmp_path: Path, cache_dir: Path) -> None:
+    row = chaos_row(f"{stage}: SIGTERM (in-process) saves the step it came at")
     out = tmp_path / stage
     reward = tmp_path / "length.py"
     reward.write_text("def reward_func(prompts, responses):\n    return [len(r) / 10 for r in responses]\n")
@@ -148,8 +162,10 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     if stage == "ppo":
         keys["reward_model"] = str(reward)
     before, at = signal.getsignal(signal.SIGTERM), SIGTERM_AT.get(stage, 1)
+    row.runs += 1
     with pytest.raises(Preempted, match="run the same command again to resume") as stopped:
         run_stage(load_config(None, keys), callbacks=[SigtermAt(at)])
+    row.data_lost = at - stopped.value.step  # optimiser steps done but not in the checkpoint
     assert stopped.value.step == at and stopped.value.checkpoint == out / f"checkpoint-{at}"
     assert (out / f"checkpoint-{at}" / MARKER.get(stage, "trainer_state.json")).is_file()
     assert not (out / "run_summary.json").exists()  # the stage did not finish
@@ -158,6 +174,7 @@ def test_every_stage_saves_the_step_it_was_pre_empted_at(
     assert not [line for line in lines if "eval_loss" in line and line["current_steps"] == at]  # no eval after it
     assert signal.getsignal(signal.SIGTERM) == before  # the handler is handed back
     if stage == "ppo":  # the Trainer stages resume from checkpoint-N as sft does (above); ppo has its own loop
+        row.runs += 1
         run_stage(load_config(None, keys))
         assert [line["current_steps"] for line in log_lines(out)] == [1, 2, 3]  # 2 and 3 resumed
 
@@ -189,9 +206,12 @@ def test_the_log_says_when_the_grace_passes_before_the_checkpoint(caplog: pytest
     assert "save_on_sigterm_grace (0.2s) has passed and the pre-emption checkpoint is not complete" in caplog.text
 
 
+@pytest.mark.chaos
 @pytest.mark.slow  # two ranks start up: 41-50 s measured here
-def test_sigterm_to_a_two_rank_launch_saves_one_step_on_both_ranks(tiny_model_dir: Path, tmp_path: Path,
+def test_sigterm_to_a_two_rank_launch_saves_one_step_on_both_ranks(chaos_row, tiny_model_dir: Path, tmp_path: Path,
                                                                    cache_dir: Path) -> None:
+    row = chaos_row("kubetune train on 2 ranks SIGTERM mid-run")
+    row.runs += 1
     out = tmp_path / "ranks"
     proc = start_train(sft_keys(tiny_model_dir, out, ddp_timeout=120), tmp_path, nproc=2)
     code, seconds = preempt(proc, out)
@@ -201,6 +221,7 @@ def test_sigterm_to_a_two_rank_launch_saves_one_step_on_both_ranks(tiny_model_di
     checkpoint = only_checkpoint(out)
     step = int(checkpoint.name.split("-")[1])
     # each rank wrote its own generators into the same checkpoint: both stopped after the same step
-    assert (checkpoint / "rng_state_0.pth").is_file() and (checkpoint / "rng_state_1.pth").is_file()
+    row.data_lost = sum(not (checkpoint / f"rng_state_{rank}.pth").is_file() for rank in (0, 1))
+    assert row.data_lost == 0
     assert json.loads((checkpoint / "trainer_state.json").read_text())["global_step"] == step
     assert not (out / "adapter_model.safetensors").exists()

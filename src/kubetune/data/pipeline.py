@@ -320,10 +320,14 @@ class _CacheEntry:
         (self.tmp / "meta.json").write_text(json.dumps({
             "key": self.keys.key, "content": self.keys.content, "report": report, "run": _this_run(),
             "version": kubetune.__version__, "train_rows": train_rows, "eval_rows": eval_rows}))
-        if self.out.exists():
-            shutil.rmtree(self.out)
         self.out.parent.mkdir(parents=True, exist_ok=True)
+        # an entry being replaced (overwrite_cache) is renamed aside, not deleted in place: a reader never finds
+        # `out` half-deleted with its meta.json still there, only the old entry whole or the new one
+        old = self.out.with_name(f".{self.out.name}.old{os.getpid()}")
+        if self.out.exists():
+            self.out.rename(old)
         self.tmp.rename(self.out)
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def _load(path: Path, start: float, expected: DataKey | None = None) -> TokenizedData:

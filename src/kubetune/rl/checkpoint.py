@@ -131,14 +131,26 @@ def save_checkpoint(output_dir: Path, step: int, policy: Any, optimizer: torch.o
         torch.save(rng_state(), tmp / rng_file(ranks))
     ranks.barrier()  # every rank's generators are in before the folder is renamed into place
     if ranks.is_main:
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        publish(tmp, final)
         prune_checkpoints(output_dir, save_total_limit)
     ranks.barrier()
     if not (final / STATE_FILE).is_file():  # a rank on another node with its own disk: it could never resume
         raise RuntimeError(f"rank {ranks.rank} cannot see {final}, which rank 0 just wrote: output_dir must be a "
                            "folder every rank shares (a ReadWriteMany volume across nodes)")
     return final
+
+
+def publish(tmp: Path, final: Path) -> None:
+    """Move the finished folder `tmp` to `final` in one rename; an older `final` is renamed out of the way first.
+
+    Deleting an older `final` in place (a rerun saving the same step again) could be cut short by a kill with its
+    `ppo_state.json` still there and its weights gone: renamed aside first, it no longer has a checkpoint's name.
+    """
+    old = final.with_name(f".{final.name}.old{os.getpid()}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def load_checkpoint(directory: str | Path, policy: Any, optimizer: torch.optim.Optimizer,

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
@@ -210,3 +211,47 @@ def clear_preempted_marker(output_dir: str | Path | None) -> None:
 def was_preempted(output_dir: str | Path | None) -> bool:
     """Whether the run into `output_dir` stopped on a SIGTERM (its main process wrote `preempted.json`)."""
     return bool(output_dir) and (Path(output_dir) / PREEMPTED_FILE).is_file()
+
+
+def read_preempted(output_dir: str | Path | None) -> Preempted | None:
+    """The `Preempted` that the run into `output_dir` stopped with (from its `preempted.json`), or None.
+
+    How a launcher whose ranks ran in other processes (torchrun's exit code after a SIGTERM says nothing of
+    them) re-raises what the ranks' main process raised.
+    """
+    if not was_preempted(output_dir):
+        return None
+    record = json.loads((Path(output_dir) / PREEMPTED_FILE).read_text())  # type: ignore[arg-type]
+    return Preempted(int(record["step"]), Path(record["checkpoint"]) if record.get("checkpoint") else None)
+
+
+class StepPreempted(SystemExit):
+    """A pipeline step's exit after a pre-emption: code `PREEMPTED_EXIT_CODE`, its message the `Preempted`'s.
+
+    A `SystemExit`, so that the KFP executor running the step's function lets it through and its process exits
+    with 75 rather than 1 with a traceback; KFP's retry then runs the same command, which resumes.
+    """
+
+    def __init__(self, preempted: Preempted) -> None:
+        super().__init__(PREEMPTED_EXIT_CODE)
+        self.preempted = preempted
+
+    def __str__(self) -> str:
+        return str(self.preempted)
+
+
+@contextmanager
+def exit_when_preempted(step: str) -> Iterator[None]:
+    """Turn a `Preempted` raised in a pipeline step into `StepPreempted` (exit code 75), saying so on stderr.
+
+    Args:
+        step: the step's name, for the message.
+
+    Raises:
+        StepPreempted: the step was pre-empted; anything else passes through unchanged.
+    """
+    try:
+        yield
+    except Preempted as err:
+        print(f"kubetune {step}: {err}", file=sys.stderr, flush=True)
+        raise StepPreempted(err) from err

@@ -14,6 +14,8 @@ from kubetune.config import RunConfig
 from kubetune.data.pipeline import TokenizedData
 from kubetune.plotting import plot_loss
 from kubetune.train.arguments import find_resume_checkpoint
+from kubetune.train.checkpoint_guard import guard_checkpoints
+from kubetune.train.disk_space import check_output_dir
 from kubetune.train.preemption import raise_if_preempted, released
 from kubetune.train.strategy import strategy_name
 from kubetune.train.world import World, current_world
@@ -51,11 +53,14 @@ class Steps:
 
 
 def start(cfg: RunConfig) -> Steps:
-    """Create the output directory, decide which steps run (`Steps`), and log the world that runs them."""
+    """Create the output directory (checked writable, with room for the checkpoints: `check_output_dir`), decide
+    which steps run (`Steps`), and log the world that runs them."""
     out = Path(cfg.train.output_dir or "outputs")
-    out.mkdir(parents=True, exist_ok=True)
     t = cfg.train
     world = current_world(strategy_name(cfg))
+    if world.is_main:  # a read-only or too small output_dir fails now, not at the first checkpoint an hour in
+        check_output_dir(cfg, out)
+    out.mkdir(parents=True, exist_ok=True)
     if world.is_main:
         logger.info("%s: %s", cfg.method.stage, world.describe())
     return Steps(out=out, train=t.do_train is not False, eval=t.evaluates, predict=bool(t.do_predict),
@@ -88,6 +93,7 @@ def train_and_save(trainer: Any, cfg: RunConfig, data: TokenizedData, out: Path,
     Returns:
         (metrics prefixed `train_`, files written by name).
     """
+    guard_checkpoints(trainer)  # a checkpoint a kill cut short is marked so and never resumed from
     with released(trainer.callback_handler.callbacks):
         result = trainer.train(resume_from_checkpoint=find_resume_checkpoint(cfg, out))
     raise_if_preempted(trainer.callback_handler.callbacks)  # a checkpoint, not a final model: the rerun resumes
