@@ -4,10 +4,11 @@
 from kubetune.storage import localize, upload_dir
 
 base = localize("s3://models/qwen2.5-0.5b/")  # a local folder, cached under cache_root()/s3
-upload_dir(out / "merged", "s3://models/my-sft/")  # files first, the `_SUCCESS` marker last
+upload_dir(out / "merged", "s3://models/my-sft/")  # files first, the `_SUCCESS` manifest last; retried through outages
 ```
 """
 
+from kubetune.storage.publish import UploadGaveUpError, upload_dir
 from kubetune.storage.s3 import (
     SUCCESS_MARKER,
     IncompleteUploadError,
@@ -17,7 +18,6 @@ from kubetune.storage.s3 import (
     endpoint_url,
     localize,
     s3_client,
-    upload_dir,
     upload_file,
 )
 from kubetune.storage.uri import is_s3, join, split_s3
@@ -28,6 +28,7 @@ __all__ = [
     "S3AccessError",
     "S3NotFoundError",
     "StorageError",
+    "UploadGaveUpError",
     "endpoint_url",
     "is_s3",
     "join",
