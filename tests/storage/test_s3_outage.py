@@ -1,8 +1,8 @@
 """S3 outages against a real `moto_server`: stopped mid-upload and restarted, or gone for good.
 
-The client talks to moto through a `TcpForwarder` on a fixed port (the endpoint in its environment).
-"Down" is both: the forwarder stops listening (new connections are refused, as from a dead host) and the
-moto_server process is terminated (requests in flight are cut). "Up again" restarts moto_server on its
+The client talks to moto through a `CuttingForwarder` on a fixed port (the endpoint in its environment).
+"Down" is both: the forwarder stops listening (new connections are refused, as from a dead host) and cuts
+the connections it holds, and the moto_server process is terminated. "Up again" restarts moto_server on its
 same port and only then lets the forwarder listen again, as a Service routes to a pod once it is ready.
 
 moto keeps its state in memory, so a restarted moto_server is empty. The bucket is created again before
@@ -25,8 +25,8 @@ from typing import Any
 
 import boto3
 import pytest
-from mlflow_server import TcpForwarder
 from moto_server import MotoServer, _wait_until_up, free_port, moto_server_binary
+from outage_proxies import CuttingForwarder
 
 from kubetune.storage import (
     SUCCESS_MARKER,
@@ -51,7 +51,7 @@ class FlakyS3:
         self.log_dir = log_dir
         self.buckets: list[str] = []
         self.server = self._start_moto()
-        self.proxy = TcpForwarder(("127.0.0.1", self.moto_port))
+        self.proxy = CuttingForwarder(("127.0.0.1", self.moto_port))
         self.proxy.start()
         self.outages = 0
 
@@ -79,7 +79,7 @@ class FlakyS3:
         self.server = self._start_moto()
         for name in self.buckets:
             self.direct().create_bucket(Bucket=name)
-        self.proxy = TcpForwarder(("127.0.0.1", self.moto_port), port=self.proxy.port)
+        self.proxy = CuttingForwarder(("127.0.0.1", self.moto_port), port=self.proxy.port)
         self.proxy.start()
 
     def close(self) -> None:
@@ -332,15 +332,19 @@ def test_s3_outages_at_random_moments_of_a_long_upload(
     at = sorted(rng.sample(range(2, len(expected) + 2), 3))  # PUT counts (over all attempts) to fail at
     outages: list[threading.Thread] = []
 
+    in_outage = threading.Event()  # PUTs retried during an outage count too: one outage at a time
+
     def cut_soon(n: int) -> None:
-        if at and n >= at[0]:
+        if at and n >= at[0] and not in_outage.is_set():
             at.pop(0)
+            in_outage.set()
 
             def outage() -> None:
                 time.sleep(rng.uniform(0.0, 0.05))  # the PUT is on its way
                 flaky_s3.down()
                 time.sleep(rng.uniform(0.5, 3.0))
                 flaky_s3.up()
+                in_outage.clear()
 
             thread = threading.Thread(target=outage, daemon=True)
             outages.append(thread)
@@ -366,6 +370,9 @@ def test_s3_outages_at_random_moments_of_a_long_upload(
         uploader.join(300)
         for thread in outages:
             thread.join(30)
+        deadline = time.monotonic() + 20
+        while not reads["complete"] and time.monotonic() < deadline:  # a reader gets the model once it is whole
+            time.sleep(0.2)
     finally:
         s3_client().meta.events.unregister("before-send.s3.PutObject", handler)
         stop_reading.set()
@@ -375,4 +382,4 @@ def test_s3_outages_at_random_moments_of_a_long_upload(
     copy = localize(uri, require_complete=True, cache_dir=tmp_path / "after", wait_seconds=30)
     row.data_lost = _lost(expected, copy) + reads["partial"]
     row.detail = f"{flaky_s3.outages} outages, reader: {reads}"
-    assert row.data_lost == 0 and flaky_s3.outages == 3
+    assert row.data_lost == 0 and flaky_s3.outages == 3 and reads["complete"] >= 1
