@@ -37,6 +37,7 @@ from kubetune.storage import (
     localize,
     s3_client,
     upload_dir,
+    upload_file,
 )
 from kubetune.storage.manifest import manifest_body
 
@@ -79,6 +80,15 @@ class FlakyS3:
         self.server = self._start_moto()
         for name in self.buckets:
             self.direct().create_bucket(Bucket=name)
+        self.proxy = CuttingForwarder(("127.0.0.1", self.moto_port), port=self.proxy.port)
+        self.proxy.start()
+
+    def cut(self) -> None:
+        """Cut the network only: moto_server (and what it holds) stays."""
+        self.outages += 1
+        self.proxy.stop()
+
+    def reconnect(self) -> None:
         self.proxy = CuttingForwarder(("127.0.0.1", self.moto_port), port=self.proxy.port)
         self.proxy.start()
 
@@ -258,6 +268,56 @@ def test_s3_gone_for_good_fails_after_the_budget_naming_bucket_key_and_local_cop
     assert "bucket 'models'" in message and "prefix 'runs/sft/merged/'" in message
     assert f"still in {local}" in message and "Nothing is lost" in message
     assert "KUBETUNE_S3_RETRY_SECONDS" in message and flaky_s3.endpoint in message
+
+
+def test_s3_network_cut_mid_upload_resumes_without_sending_files_twice(
+    chaos_row: Any, flaky_s3: FlakyS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network cut as the 4th of 8 files goes up, back 1 s later; the store kept what it had received.
+
+    The retry sends only what the prefix lacks: each of the first three files goes up once.
+    """
+    row = chaos_row("S3 network cut mid-upload, back")
+    monkeypatch.setenv("KUBETUNE_S3_RETRY_SECONDS", "60")
+    flaky_s3.create_bucket("models")
+    local = _model_dir(tmp_path / "merged", files=6, size=64 * 1024)
+    expected = _digests(local)
+    puts: list[str] = []
+
+    def outage(n: int) -> None:
+        if n == 4 and not flaky_s3.outages:
+            flaky_s3.cut()
+            threading.Timer(1.0, flaky_s3.reconnect).start()
+
+    client = s3_client()
+    handler = _on_file_put(client, "m/", outage)
+    record = lambda request, **_: puts.append(request.url.split("?")[0].rsplit("/m/", 1)[-1])  # noqa: E731
+    client.meta.events.register("before-send.s3.PutObject", record)
+    try:
+        row.runs += 1
+        uri = upload_dir(local, "s3://models/m/")
+    finally:
+        for registered in (handler, record):
+            client.meta.events.unregister("before-send.s3.PutObject", registered)
+    copy = localize(uri, require_complete=True)
+    row.data_lost = _lost(expected, copy)
+    assert row.data_lost == 0
+    sent_before_cut = sorted(expected)[:3]
+    assert [puts.count(rel) for rel in sent_before_cut] == [1, 1, 1], puts
+    assert puts.count(sorted(expected)[3]) >= 2  # the one cut in flight is tried again until it goes up
+
+
+def test_single_file_upload_gives_up_naming_the_file_kept(flaky_s3: FlakyS3, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KUBETUNE_S3_RETRY_SECONDS", "1")
+    report = tmp_path / "run_summary.json"
+    report.write_text("{}")
+    flaky_s3.down()
+    with pytest.raises(StorageError, match=rf"bucket 'models', key 'r/run_summary.json'.*still at {report}"):
+        upload_file(report, "s3://models/r/")
+    monkeypatch.setenv("KUBETUNE_S3_RETRY_SECONDS", "soon")
+    with pytest.raises(ValueError, match="KUBETUNE_S3_RETRY_SECONDS='soon' is not a number of seconds"):
+        upload_file(report, "s3://models/r/")
 
 
 def test_reader_refuses_a_prefix_whose_objects_do_not_match_the_manifest(

@@ -74,9 +74,9 @@ def upload_dir(local: str | os.PathLike[str], uri: str, *, delete_extra: bool = 
         return UploadGaveUpError(
             f"upload of {root} to {prefix_uri} (bucket {bucket!r}, prefix {prefix!r}) gave up after {spent:.0f} s "
             f"and {attempts} attempts: {s3._where()} is unreachable ({_first_line(err)}). Nothing is lost: "
-            f"the {len(files)} files are still in {root}; the prefix has no {s3.SUCCESS_MARKER} marker, so no "
-            "reader takes it. Re-run the step when S3 answers, or allow a longer outage with "
-            f"KUBETUNE_S3_RETRY_SECONDS (now {budget:.0f})"
+            f"the {len(files)} files are still in {root}, and no reader takes a partial copy of the prefix (its "
+            f"{s3.SUCCESS_MARKER} manifest is written last). Re-run the step when S3 answers, or allow a longer "
+            f"outage with KUBETUNE_S3_RETRY_SECONDS (now {budget:.0f})"
         )
 
     retry_through_outage(attempt, what=f"upload of {root} to {prefix_uri}", budget_s=budget, on_give_up=give_up)
