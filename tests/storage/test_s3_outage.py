@@ -34,6 +34,7 @@ from kubetune.storage import (
     S3NotFoundError,
     StorageError,
     UploadGaveUpError,
+    complete_upload_stamp,
     localize,
     s3_client,
     upload_dir,
@@ -328,15 +329,20 @@ def test_reader_refuses_a_prefix_whose_objects_do_not_match_the_manifest(
     local = _model_dir(tmp_path / "merged", files=2, size=1024)
     uri = upload_dir(local, "s3://models/m/")
     direct = flaky_s3.direct()
+    stamp = complete_upload_stamp(uri)
+    assert stamp and complete_upload_stamp("s3://models/m") == stamp  # the same upload, the same stamp
     direct.put_object(Bucket="models", Key="m/model-00000-of-00002.safetensors", Body=b"overwritten")
     with pytest.raises(IncompleteUploadError, match=r"1 object\(s\) differ from the manifest \(model-00000"):
         localize(uri, require_complete=True)
+    with pytest.raises(IncompleteUploadError, match="differ from the manifest"):
+        complete_upload_stamp(uri)
     direct.delete_object(Bucket="models", Key="m/config.json")
     with pytest.raises(IncompleteUploadError, match=r"1 listed object\(s\) missing \(config.json\)"):
         localize(uri, require_complete=True)
 
     # Objects the manifest does not list (an earlier export's extra shard) are not part of the model.
     fresh = upload_dir(local, "s3://models/n/")
+    assert complete_upload_stamp(fresh) == stamp  # the stamp names the content: the same files as m/
     direct.put_object(Bucket="models", Key="n/model-00002-of-00003.safetensors", Body=b"stale")
     copy = localize(fresh, require_complete=True)
     assert _digests(copy) == _digests(local)

@@ -8,17 +8,17 @@ upload_dir(out / "merged", "s3://models/my-sft/")  # files first, the `_SUCCESS`
 ```
 """
 
-from kubetune.storage.publish import UploadGaveUpError, upload_dir
+from kubetune.storage.publish import UploadGaveUpError, upload_dir, upload_file
 from kubetune.storage.s3 import (
     SUCCESS_MARKER,
     IncompleteUploadError,
     S3AccessError,
     S3NotFoundError,
     StorageError,
+    complete_upload_stamp,
     endpoint_url,
     localize,
     s3_client,
-    upload_file,
 )
 from kubetune.storage.uri import is_s3, join, split_s3
 
@@ -29,6 +29,7 @@ __all__ = [
     "S3NotFoundError",
     "StorageError",
     "UploadGaveUpError",
+    "complete_upload_stamp",
     "endpoint_url",
     "is_s3",
     "join",

@@ -1,4 +1,4 @@
-"""Publish a folder to an S3 prefix atomically for readers, through outages: `upload_dir`.
+"""Upload to S3 through outages: a folder, atomically for readers (`upload_dir`), or one file (`upload_file`).
 
 One attempt: delete the old `_SUCCESS` marker (readers stop trusting the prefix), upload every file the
 prefix does not already hold from an earlier attempt of this call, write the marker with the manifest
@@ -82,6 +82,43 @@ def upload_dir(local: str | os.PathLike[str], uri: str, *, delete_extra: bool = 
     retry_through_outage(attempt, what=f"upload of {root} to {prefix_uri}", budget_s=budget, on_give_up=give_up)
     logger.info("uploaded %d files from %s to %s", len(files), root, prefix_uri)
     return prefix_uri
+
+
+def upload_file(local: str | os.PathLike[str], uri: str) -> str:
+    """Upload one file to S3.
+
+    Args:
+        local (`str` or `os.PathLike`):
+            The file to upload.
+        uri (`str`):
+            `s3://bucket/key`; if it ends with `/`, the file's name is appended.
+
+    Returns:
+        `str`: the URI of the uploaded object.
+    """
+    path = local_path(local)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file: cannot upload it to {uri}")
+    if uri.endswith("/"):
+        uri = uri + path.name
+    bucket, key = split_s3(uri)
+    if not key:
+        raise ValueError(f"{uri!r} has no key: write s3://{bucket}/<key>")
+    size = path.stat().st_size
+
+    def attempt() -> None:
+        with s3._s3_errors_passing_outages(uri), s3._progress(size, f"upload {uri}") as bar:
+            s3.s3_client().upload_file(str(path), bucket, key, Callback=bar.update)
+
+    def give_up(err: BaseException, spent: float, attempts: int) -> Exception:
+        return UploadGaveUpError(
+            f"upload of {path} to {uri} (bucket {bucket!r}, key {key!r}) gave up after {spent:.0f} s and {attempts} "
+            f"attempts: {s3._where()} is unreachable ({err}). Nothing is lost: the file is still at {path}; re-run "
+            "the step when S3 answers, or allow a longer outage with KUBETUNE_S3_RETRY_SECONDS"
+        )
+
+    retry_through_outage(attempt, what=f"upload of {path} to {uri}", budget_s=retry_budget_s(), on_give_up=give_up)
+    return uri
 
 
 def _publish_once(client: Any, bucket: str, prefix: str, files: dict[str, Path],

@@ -1,4 +1,4 @@
-"""Fetch `s3://` objects and prefixes into the node cache, and upload files (folders: `kubetune.storage.publish`).
+"""Fetch `s3://` objects and prefixes into the node cache (uploads are `kubetune.storage.publish`).
 
 Works with AWS S3 and any S3 API (MinIO, moto): the endpoint comes from `AWS_ENDPOINT_URL_S3`,
 `AWS_ENDPOINT_URL` or `S3_ENDPOINT_URL`, credentials from the usual AWS variables (or a profile or
@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from kubetune.paths import cache_root
 from kubetune.storage.manifest import Listed, mismatches, parse_manifest
-from kubetune.storage.retry import is_transient, retry_budget_s, retry_through_outage
+from kubetune.storage.retry import is_transient
 from kubetune.storage.uri import is_s3, local_path, split_s3
 
 logger = logging.getLogger(__name__)
@@ -319,14 +319,40 @@ def localize(
     return dest
 
 
+def complete_upload_stamp(uri: str) -> str:
+    """Check that the prefix `uri` holds a complete `upload_dir` upload now; return a stamp identifying it.
+
+    The check of `localize(uri, require_complete=True)`, without downloading or waiting (e.g. before registering).
+
+    Args:
+        uri (`str`): `s3://bucket/prefix`.
+
+    Returns:
+        `str`: the `_SUCCESS` object's ETag: equal for uploads of the same files, different if any differs.
+
+    Raises:
+        IncompleteUploadError: no marker, or objects its manifest lists are missing or changed.
+        S3NotFoundError: nothing under the prefix.
+    """
+    with _s3_errors(uri):
+        client = s3_client()
+        bucket, key = split_s3(uri)
+        prefix_uri = f"s3://{bucket}/{_prefix_of(key)}"
+        _, objects = _resolve(client, prefix_uri)
+        problem, _, marker_etag = _check_complete(client, bucket, objects)
+        if problem is not None:
+            raise IncompleteUploadError(f"{prefix_uri} {problem} ({_where()}): the upload that wrote it did not "
+                                        "finish, or is still retrying through an outage; re-run the upload")
+        return marker_etag
+
+
 def _complete_upload(
     client: Any, uri: str, objects: list[_RemoteObject], deadline: float
 ) -> tuple[list[_RemoteObject], Callable[[], None]]:
     """The objects of the complete upload at prefix `uri`, waiting until `deadline` for one; raises if none.
 
-    Returns:
-        The objects to fetch (those the manifest lists; all but the marker for an empty marker), and a
-        check that raises `IncompleteUploadError` if the marker changed since (call it after downloading).
+    Returns the objects to fetch (the manifest's; all but the marker for an empty one) and a check that
+    raises `IncompleteUploadError` if the marker changed since (call it after downloading).
     """
     bucket, _ = split_s3(uri)
     while True:
@@ -536,43 +562,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- upload
-
-
-def upload_file(local: str | os.PathLike[str], uri: str) -> str:
-    """Upload one file to S3.
-
-    Args:
-        local (`str` or `os.PathLike`):
-            The file to upload.
-        uri (`str`):
-            `s3://bucket/key`; if it ends with `/`, the file's name is appended.
-
-    Returns:
-        `str`: the URI of the uploaded object.
-    """
-    path = local_path(local)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a file: cannot upload it to {uri}")
-    if uri.endswith("/"):
-        uri = uri + path.name
-    bucket, key = split_s3(uri)
-    if not key:
-        raise ValueError(f"{uri!r} has no key: write s3://{bucket}/<key>")
-    size = path.stat().st_size
-
-    def attempt() -> None:
-        with _s3_errors_passing_outages(uri), _progress(size, f"upload {uri}") as bar:
-            s3_client().upload_file(str(path), bucket, key, Callback=bar.update)
-
-    def give_up(err: BaseException, spent: float, attempts: int) -> Exception:
-        return StorageError(
-            f"upload of {path} to {uri} (bucket {bucket!r}, key {key!r}) gave up after {spent:.0f} s and {attempts} "
-            f"attempts: {_where()} is unreachable ({err}). Nothing is lost: the file is still at {path}; re-run "
-            "the step when S3 answers, or allow a longer outage with KUBETUNE_S3_RETRY_SECONDS"
-        )
-
-    retry_through_outage(attempt, what=f"upload of {path} to {uri}", budget_s=retry_budget_s(), on_give_up=give_up)
-    return uri
