@@ -42,7 +42,7 @@ from kubetune.storage import (
 )
 from kubetune.storage.manifest import manifest_body
 
-pytestmark = [pytest.mark.s3, pytest.mark.chaos]
+pytestmark = pytest.mark.s3
 
 
 class FlakyS3:
@@ -181,6 +181,7 @@ def _upload_in_thread(local: Path, uri: str) -> tuple[threading.Thread, dict[str
     return thread, outcome
 
 
+@pytest.mark.chaos
 def test_s3_stopped_mid_upload_and_restarted_completes_and_readers_never_see_half(
     chaos_row: Any, flaky_s3: FlakyS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture
@@ -236,6 +237,7 @@ def test_s3_stopped_mid_upload_and_restarted_completes_and_readers_never_see_hal
     assert keys == {f"runs/sft/merged/{rel}" for rel in expected} | {f"runs/sft/merged/{SUCCESS_MARKER}"}
 
 
+@pytest.mark.chaos
 def test_s3_gone_for_good_fails_after_the_budget_naming_bucket_key_and_local_copy(
     chaos_row: Any, flaky_s3: FlakyS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -271,6 +273,7 @@ def test_s3_gone_for_good_fails_after_the_budget_naming_bucket_key_and_local_cop
     assert "KUBETUNE_S3_RETRY_SECONDS" in message and flaky_s3.endpoint in message
 
 
+@pytest.mark.chaos
 def test_s3_network_cut_mid_upload_resumes_without_sending_files_twice(
     chaos_row: Any, flaky_s3: FlakyS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -380,6 +383,7 @@ def test_reader_discards_a_copy_whose_upload_is_rewritten_while_it_downloads(
     assert _digests(localize(uri, require_complete=True)) == _digests(local)
 
 
+@pytest.mark.chaos
 @pytest.mark.slow
 def test_s3_outages_at_random_moments_of_a_long_upload(
     chaos_row: Any, flaky_s3: FlakyS3, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
