@@ -4,21 +4,21 @@
 from kubetune.storage import localize, upload_dir
 
 base = localize("s3://models/qwen2.5-0.5b/")  # a local folder, cached under cache_root()/s3
-upload_dir(out / "merged", "s3://models/my-sft/")  # files first, the `_SUCCESS` marker last
+upload_dir(out / "merged", "s3://models/my-sft/")  # files first, the `_SUCCESS` manifest last; retried through outages
 ```
 """
 
+from kubetune.storage.publish import UploadGaveUpError, upload_dir, upload_file
 from kubetune.storage.s3 import (
     SUCCESS_MARKER,
     IncompleteUploadError,
     S3AccessError,
     S3NotFoundError,
     StorageError,
+    complete_upload_stamp,
     endpoint_url,
     localize,
     s3_client,
-    upload_dir,
-    upload_file,
 )
 from kubetune.storage.uri import is_s3, join, split_s3
 
@@ -28,6 +28,8 @@ __all__ = [
     "S3AccessError",
     "S3NotFoundError",
     "StorageError",
+    "UploadGaveUpError",
+    "complete_upload_stamp",
     "endpoint_url",
     "is_s3",
     "join",

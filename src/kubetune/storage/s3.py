@@ -1,4 +1,4 @@
-"""Fetch `s3://` objects and prefixes into the node cache, and upload files and folders.
+"""Fetch `s3://` objects and prefixes into the node cache (uploads are `kubetune.storage.publish`).
 
 Works with AWS S3 and any S3 API (MinIO, moto): the endpoint comes from `AWS_ENDPOINT_URL_S3`,
 `AWS_ENDPOINT_URL` or `S3_ENDPOINT_URL`, credentials from the usual AWS variables (or a profile or
@@ -19,6 +19,7 @@ next download of the same entry removes.
 from __future__ import annotations
 
 import fcntl
+import functools
 import hashlib
 import json
 import logging
@@ -26,7 +27,7 @@ import os
 import shutil
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
@@ -40,12 +41,14 @@ from botocore.exceptions import BotoCoreError, ClientError, EndpointConnectionEr
 from tqdm.auto import tqdm
 
 from kubetune.paths import cache_root
+from kubetune.storage.manifest import Listed, mismatches, parse_manifest
+from kubetune.storage.retry import is_transient
 from kubetune.storage.uri import is_s3, local_path, split_s3
 
 logger = logging.getLogger(__name__)
 
 SUCCESS_MARKER = "_SUCCESS"
-"""Object written last by `upload_dir`: its presence says every other object of the upload is there."""
+"""Object written last by `upload_dir`: the manifest of the upload (`kubetune.storage.manifest`)."""
 
 PROGRESS_MIN_BYTES = 64 * 1024**2
 """Transfers smaller than this (in total) show no progress bar: they finish before one is useful."""
@@ -69,7 +72,8 @@ class S3AccessError(StorageError, PermissionError):
 
 
 class IncompleteUploadError(StorageError):
-    """A prefix has no `_SUCCESS` marker although the caller asked for a complete upload."""
+    """A prefix holds no complete upload (no `_SUCCESS` marker, or objects its manifest lists are missing or
+    changed) although the caller asked for one."""
 
 
 @dataclass(frozen=True)
@@ -101,7 +105,8 @@ def region_name() -> str:
 def s3_client() -> Any:
     """A boto3 S3 client configured from the current environment.
 
-    Clients are cached per (endpoint, region, credentials) so repeated calls are cheap, while a
+    botocore tries each request `AWS_MAX_ATTEMPTS` times (default 5, `standard` mode). Clients are
+    cached per (endpoint, region, credentials) so repeated calls are cheap, while a
     changed environment (another endpoint, rotated keys) gets a fresh client.
     """
     env = os.environ
@@ -112,6 +117,7 @@ def s3_client() -> Any:
         env.get("AWS_SECRET_ACCESS_KEY"),
         env.get("AWS_SESSION_TOKEN"),
         env.get("AWS_PROFILE"),
+        env.get("AWS_MAX_ATTEMPTS", ""),
     )
 
 
@@ -123,10 +129,14 @@ def _client(
     secret_key: str | None,
     session_token: str | None,
     profile: str | None,
+    max_attempts: str = "",
 ) -> Any:
     # Custom endpoints (MinIO, moto, an IP) rarely resolve virtual-hosted bucket names: use paths.
     s3_options = {"addressing_style": "path"} if endpoint else {}
-    config = Config(retries={"max_attempts": 5, "mode": "standard"}, s3=s3_options)
+    # botocore's own variable, honoured here because a Config's value would otherwise override it. An outage
+    # longer than these tries is ridden out by `retry_through_outage` around whole uploads.
+    attempts = int(max_attempts) if max_attempts.strip().isdigit() else 5
+    config = Config(retries={"max_attempts": attempts, "mode": "standard"}, s3=s3_options)
     session = boto3.session.Session(
         aws_access_key_id=access_key,
         aws_secret_access_key=secret_key,
@@ -182,6 +192,18 @@ def _s3_errors(uri: str) -> Iterator[None]:
         raise StorageError(f"upload to {uri} failed ({_where()}): {err}") from err
     except BotoCoreError as err:
         raise StorageError(f"S3 request for {uri} failed ({_where()}): {err}") from err
+
+
+@contextmanager
+def _s3_errors_passing_outages(uri: str) -> Iterator[None]:
+    """Like `_s3_errors`, but an outage's error (`retry.is_transient`) goes up as is, for the retry loop."""
+    try:
+        yield
+    except Exception as err:
+        if is_transient(err):
+            raise
+        with _s3_errors(uri):
+            raise
 
 
 # ----------------------------------------------------------------------------- listing
@@ -245,10 +267,14 @@ def localize(
             Where downloads live, as `<cache_dir>/<bucket>/<key>`.
         require_complete (`bool`, *optional*, defaults to `False`):
             For a prefix: raise `IncompleteUploadError` unless it holds the `_SUCCESS` marker that
-            `upload_dir` writes last. Ignored for single objects and local paths.
+            `upload_dir` writes last and every object its manifest lists, unchanged; only those
+            objects are fetched, and the copy is refused if the marker changes while it downloads
+            (a new upload started). An empty marker (other tools write those) counts as complete.
+            Ignored for single objects and local paths.
         wait_seconds (`float`, *optional*, defaults to `0`):
-            With `require_complete`: wait up to this long for the marker (a writer still
-            uploading) before raising — readers of a step's output never see half of it.
+            With `require_complete`: wait up to this long for a complete upload (a writer still
+            uploading, or retrying through an outage) before raising — readers of a step's output
+            never see half of it.
 
     Returns:
         `Path`: the local file or folder. A folder holds the prefix's objects (minus `_SUCCESS`)
@@ -257,7 +283,8 @@ def localize(
     Raises:
         FileNotFoundError: a local path does not exist (`S3NotFoundError`, a subclass, for S3).
         S3AccessError: no credentials, or access denied.
-        IncompleteUploadError: `require_complete` and no `_SUCCESS` marker.
+        IncompleteUploadError: `require_complete` and no `_SUCCESS` marker, or objects its manifest lists
+            are missing or changed.
         StorageError: any other S3 failure, with the endpoint in the message.
 
     The copy is fetched again only when the remote changed (ETag or size of any object) or the
@@ -275,17 +302,10 @@ def localize(
     with _s3_errors(uri):
         client = s3_client()  # inside: a missing AWS_PROFILE fails here, and gets a clear message
         is_folder, objects = _resolve(client, uri)
-        deadline = time.monotonic() + wait_seconds
-        while is_folder and require_complete and time.monotonic() < deadline and not any(
-                o.rel == SUCCESS_MARKER for o in objects):
-            time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
-            is_folder, objects = _resolve(client, uri)
-        if is_folder:
-            if require_complete and not any(o.rel == SUCCESS_MARKER for o in objects):
-                raise IncompleteUploadError(
-                    f"{uri} has no {SUCCESS_MARKER} marker ({_where()}): the upload that wrote it did "
-                    "not finish, or was not made with kubetune.storage.upload_dir; re-run the upload"
-                )
+        unchanged = None
+        if is_folder and require_complete:
+            objects, unchanged = _complete_upload(client, uri, objects, time.monotonic() + wait_seconds)
+        elif is_folder:
             objects = [o for o in objects if o.rel != SUCCESS_MARKER]
         meta = _entry(root / ".meta", bucket, key)
         with _locked(meta.with_name(meta.name + ".lock")):
@@ -294,9 +314,99 @@ def localize(
             if _is_current(old, dest, is_folder, objects):
                 logger.debug("%s is cached at %s", uri, dest)
                 return dest
-            _fetch(client, uri, bucket, dest, root / ".tmp", is_folder, objects, old)
+            _fetch(client, uri, bucket, dest, root / ".tmp", is_folder, objects, old, unchanged)
             _write_manifest(manifest_path, uri, is_folder, objects)
     return dest
+
+
+def complete_upload_stamp(uri: str) -> str:
+    """Check that the prefix `uri` holds a complete `upload_dir` upload now; return a stamp identifying it.
+
+    The check of `localize(uri, require_complete=True)`, without downloading or waiting (e.g. before registering).
+
+    Args:
+        uri (`str`): `s3://bucket/prefix`.
+
+    Returns:
+        `str`: the `_SUCCESS` object's ETag: equal for uploads of the same files, different if any differs.
+
+    Raises:
+        IncompleteUploadError: no marker, or objects its manifest lists are missing or changed.
+        S3NotFoundError: nothing under the prefix.
+    """
+    with _s3_errors(uri):
+        client = s3_client()
+        bucket, key = split_s3(uri)
+        prefix_uri = f"s3://{bucket}/{_prefix_of(key)}"
+        _, objects = _resolve(client, prefix_uri)
+        problem, _, marker_etag = _check_complete(client, bucket, objects)
+        if problem is not None:
+            raise IncompleteUploadError(f"{prefix_uri} {problem} ({_where()}): the upload that wrote it did not "
+                                        "finish, or is still retrying through an outage; re-run the upload")
+        return marker_etag
+
+
+def _complete_upload(
+    client: Any, uri: str, objects: list[_RemoteObject], deadline: float
+) -> tuple[list[_RemoteObject], Callable[[], None]]:
+    """The objects of the complete upload at prefix `uri`, waiting until `deadline` for one; raises if none.
+
+    Returns the objects to fetch (the manifest's; all but the marker for an empty one) and a check that
+    raises `IncompleteUploadError` if the marker changed since (call it after downloading).
+    """
+    bucket, _ = split_s3(uri)
+    while True:
+        problem, chosen, marker_etag = _check_complete(client, bucket, objects)
+        if problem is None:
+            marker_key = next(o.key for o in objects if o.rel == SUCCESS_MARKER)
+            return chosen, functools.partial(_marker_unchanged, client, uri, bucket, marker_key, marker_etag)
+        if time.monotonic() >= deadline:
+            raise IncompleteUploadError(
+                f"{uri} {problem} ({_where()}): the upload that wrote it did not finish (or was not made with "
+                "kubetune.storage.upload_dir), or is still retrying through an outage; re-run the upload, or "
+                "wait for it (wait_seconds)"
+            )
+        time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
+        _, objects = _resolve(client, uri)
+
+
+def _check_complete(
+    client: Any, bucket: str, objects: list[_RemoteObject]
+) -> tuple[str | None, list[_RemoteObject], str]:
+    """(why the objects are no complete upload or `None`, the objects to fetch, the marker's ETag)."""
+    marker = next((o for o in objects if o.rel == SUCCESS_MARKER), None)
+    if marker is None:
+        return f"has no {SUCCESS_MARKER} marker", [], ""
+    try:
+        response = client.get_object(Bucket=bucket, Key=marker.key)
+    except ClientError as err:
+        if _is_not_found(err):
+            return f"lost its {SUCCESS_MARKER} marker a moment ago (a new upload started)", [], ""
+        raise
+    body, etag = response["Body"].read(), str(response["ETag"])
+    manifest = parse_manifest(body)
+    rest = [o for o in objects if o.rel != SUCCESS_MARKER]
+    if manifest is None:
+        return None, rest, etag
+    problems = mismatches(manifest, [Listed(o.rel, o.etag, o.size) for o in rest])
+    if problems:
+        return f"does not hold the upload its {SUCCESS_MARKER} manifest lists: {'; '.join(problems)}", [], ""
+    return None, [o for o in rest if o.rel in manifest], etag
+
+
+def _marker_unchanged(client: Any, uri: str, bucket: str, marker_key: str, etag: str) -> None:
+    # Every upload deletes the marker before it touches an object: the same marker means the same objects.
+    try:
+        now = str(client.head_object(Bucket=bucket, Key=marker_key)["ETag"])
+    except ClientError as err:
+        if not _is_not_found(err):
+            raise
+        now = ""
+    if now != etag:
+        raise IncompleteUploadError(
+            f"{uri} was rewritten while it was being downloaded ({_where()}: its {SUCCESS_MARKER} marker changed); "
+            "the copy was discarded: fetch it again once the new upload is complete"
+        )
 
 
 def _entry(root: Path, bucket: str, key: str) -> Path:
@@ -375,8 +485,12 @@ def _fetch(
     is_folder: bool,
     objects: list[_RemoteObject],
     old_manifest: dict[str, Any] | None,
+    unchanged: Callable[[], None] | None = None,
 ) -> None:
-    """Download into a temporary path, then swap it in, so `dest` is never half-written."""
+    """Download into a temporary path, then swap it in, so `dest` is never half-written.
+
+    `unchanged`, called after the downloads and before the swap, raises if the remote changed meanwhile.
+    """
     tag = hashlib.sha1(str(dest).encode()).hexdigest()[:16]
     tmp_root.mkdir(parents=True, exist_ok=True)
     # We hold this entry's lock, so leftovers with its tag are from killed downloads.
@@ -402,6 +516,8 @@ def _fetch(
                 _download_object(client, bucket, obj.key, local, bar.update)
         if is_folder:
             target.mkdir(exist_ok=True)  # a prefix whose only object was _SUCCESS
+        if unchanged is not None:
+            unchanged()
         _swap_into_place(target, dest, staging)
         logger.info("fetched %s → %s (%d of %d objects downloaded)", uri, dest, len(pending), len(objects))
     finally:
@@ -446,82 +562,3 @@ def _remove(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- upload
-
-
-def upload_file(local: str | os.PathLike[str], uri: str) -> str:
-    """Upload one file to S3.
-
-    Args:
-        local (`str` or `os.PathLike`):
-            The file to upload.
-        uri (`str`):
-            `s3://bucket/key`; if it ends with `/`, the file's name is appended.
-
-    Returns:
-        `str`: the URI of the uploaded object.
-    """
-    path = local_path(local)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} is not a file: cannot upload it to {uri}")
-    if uri.endswith("/"):
-        uri = uri + path.name
-    bucket, key = split_s3(uri)
-    if not key:
-        raise ValueError(f"{uri!r} has no key: write s3://{bucket}/<key>")
-    size = path.stat().st_size
-    with _s3_errors(uri), _progress(size, f"upload {uri}") as bar:
-        s3_client().upload_file(str(path), bucket, key, Callback=bar.update)
-    return uri
-
-
-def upload_dir(local: str | os.PathLike[str], uri: str, *, delete_extra: bool = False) -> str:
-    """Upload a folder to an S3 prefix, then write the `_SUCCESS` marker last.
-
-    Readers that localize with `require_complete=True` therefore never see a half-finished
-    upload: a marker left by an earlier upload is deleted before the first file goes up.
-
-    Args:
-        local (`str` or `os.PathLike`):
-            The folder; every file under it is uploaded at its relative path.
-        uri (`str`):
-            `s3://bucket/prefix` (a trailing `/` is implied).
-        delete_extra (`bool`, *optional*, defaults to `False`):
-            Also delete objects under the prefix that are not in `local` (e.g. shards of an earlier,
-            larger export), before writing the marker. Off by default: the prefix may be shared.
-
-    Returns:
-        `str`: the prefix URI, ending in `/`.
-    """
-    root = local_path(local)
-    if not root.is_dir():
-        raise NotADirectoryError(f"{root} is not a folder: cannot upload it to {uri}")
-    bucket, key = split_s3(uri)
-    prefix = _prefix_of(key)
-    prefix_uri = f"s3://{bucket}/{prefix}"
-    files = sorted(
-        p for p in root.rglob("*") if p.is_file() and p.relative_to(root).as_posix() != SUCCESS_MARKER
-    )
-    total = sum(p.stat().st_size for p in files)
-    with _s3_errors(prefix_uri), _progress(total, f"upload {prefix_uri}") as bar:
-        client = s3_client()
-        client.delete_object(Bucket=bucket, Key=prefix + SUCCESS_MARKER)
-        keys = set()
-        for path in files:
-            object_key = prefix + path.relative_to(root).as_posix()
-            client.upload_file(str(path), bucket, object_key, Callback=bar.update)
-            keys.add(object_key)
-        if delete_extra:
-            _delete_except(client, bucket, prefix, keys)
-        client.put_object(Bucket=bucket, Key=prefix + SUCCESS_MARKER, Body=b"")
-    logger.info("uploaded %d files from %s to %s", len(files), root, prefix_uri)
-    return prefix_uri
-
-
-def _delete_except(client: Any, bucket: str, prefix: str, keep: set[str]) -> None:
-    extra = [o.key for o in _list_prefix(client, bucket, prefix) if o.key not in keep]
-    for start in range(0, len(extra), 1000):  # DeleteObjects takes at most 1000 keys
-        batch = [{"Key": k} for k in extra[start : start + 1000]]
-        client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})

@@ -5,6 +5,12 @@ Each record is one JSON line of `<fallback_dir>/mlflow_buffer.jsonl`: `op` (`cre
 while the server was down goes by a pending id (`pending-...`) until a replay creates it; the
 `RecordSender` that created it maps the pending id to the real one for the records after it.
 A buffer left behind because the server never came back is sent later with `replay_buffer`.
+
+Sending a record again is harmless: the server keeps one copy of a metric point (key, value, timestamp and
+step are the record's), params and tags get the same values, and a run is created once. A `create_run`
+whose answer was lost (the server wrote the run, then the connection broke) is the one call that would
+not be: so every run is tagged with its pending id (`PENDING_ID_TAG`), and a replay first looks for a
+run carrying it before creating one.
 """
 
 from __future__ import annotations
@@ -29,10 +35,13 @@ logger = logging.getLogger(__name__)
 BUFFER_FILE = "mlflow_buffer.jsonl"
 # The id a stage's run goes by until the server has created it (it may be down when the stage starts).
 PENDING_PREFIX = "pending-"
+# The tag that names the pending id a run was created for: a replayed creation finds the run by it.
+PENDING_ID_TAG = "kubetune_pending_id"
 
 Record = dict[str, Any]
 
-__all__ = ["BUFFER_FILE", "PENDING_PREFIX", "Record", "RecordSender", "append_record", "replay_buffer"]
+__all__ = ["BUFFER_FILE", "PENDING_ID_TAG", "PENDING_PREFIX", "Record", "RecordSender", "append_record",
+           "replay_buffer"]
 
 
 class RecordSender:
@@ -53,6 +62,7 @@ class RecordSender:
         self.artifact_timeout_s = artifact_timeout_s
         self.run_ids: dict[str, str] = {}  # pending id -> created run id
         self._client: Any = None
+        self._replaying = False  # records from the buffer: a first attempt may have reached the server
         self._apply: dict[str, Callable[[Any, str, Record], None]] = {
             "create_run": self._create_run, "params": _log_params, "metrics": _log_metrics, "tags": _set_tags,
             "artifact": _log_artifact, "end": _end_run,
@@ -82,15 +92,19 @@ class RecordSender:
             `int`: the number of records sent.
         """
         records = _read_records(path)
-        for index, record in enumerate(records):
-            try:
-                self.apply(record)
-            except Exception as err:
-                if not is_rejection(err):
-                    _write_records(path, [self._with_known_ids(r) for r in records[index:]])
-                    raise
-                logger.warning("MLflow at %s refused buffered %s for run %s: %s", self.tracking_uri, record["op"],
-                               record["run_id"], short_error(err))
+        self._replaying = True
+        try:
+            for index, record in enumerate(records):
+                try:
+                    self.apply(record)
+                except Exception as err:
+                    if not is_rejection(err):
+                        _write_records(path, [self._with_known_ids(r) for r in records[index:]])
+                        raise
+                    logger.warning("MLflow at %s refused buffered %s for run %s: %s", self.tracking_uri,
+                                   record["op"], record["run_id"], short_error(err))
+        finally:
+            self._replaying = False
         path.unlink()
         return len(records)
 
@@ -105,11 +119,22 @@ class RecordSender:
             experiment_id = client.get_run(record["parent_run_id"]).info.experiment_id
         else:
             experiment_id = training_experiment_id(client, record["experiment"], self.tracking_uri)
+        if self._replaying and (existing := _run_made_for(client, experiment_id, run_id)) is not None:
+            self.run_ids[run_id] = existing  # an earlier attempt created it; its answer was lost
+            logger.info("MLflow run %s (%s) was created by an earlier attempt at %s", existing, record["run_name"],
+                        self.tracking_uri)
+            return
         run = client.create_run(experiment_id, start_time=record["start_time"], tags=record["tags"],
                                 run_name=record["run_name"])
         self.run_ids[record["run_id"]] = run.info.run_id
         logger.info("MLflow run %s (%s) under parent %s at %s", run.info.run_id, record["run_name"],
                     record["parent_run_id"] or "-", self.tracking_uri)
+
+
+def _run_made_for(client: Any, experiment_id: str, pending_id: str) -> str | None:
+    """The id of the run already created for `pending_id` (tagged `PENDING_ID_TAG`), or `None`."""
+    found = client.search_runs([experiment_id], f"tags.{PENDING_ID_TAG} = '{pending_id}'", max_results=1)
+    return found[0].info.run_id if found else None
 
 
 def _log_params(client: Any, run_id: str, record: Record) -> None:

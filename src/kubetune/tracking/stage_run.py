@@ -26,7 +26,14 @@ from typing import Any
 
 from kubetune.tracking.connection import PARENT_RUN_TAG, is_rejection, short_error
 from kubetune.tracking.metric_values import metric_values
-from kubetune.tracking.offline import BUFFER_FILE, PENDING_PREFIX, Record, RecordSender, append_record
+from kubetune.tracking.offline import (
+    BUFFER_FILE,
+    PENDING_ID_TAG,
+    PENDING_PREFIX,
+    Record,
+    RecordSender,
+    append_record,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,7 +124,7 @@ class MLflowTracker:
             `MLflowTracker`: end it with `end()` or use it as a context manager.
         """
         tracker = cls(tracking_uri, PENDING_PREFIX + uuid.uuid4().hex, fallback_dir, **options)
-        run_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}}
+        run_tags = {"stage": stage, **{k: str(v) for k, v in (tags or {}).items()}, PENDING_ID_TAG: tracker._run_id}
         if parent_run_id:
             run_tags[PARENT_RUN_TAG] = parent_run_id
         tracker._send({"op": "create_run", "run_id": tracker._run_id, "parent_run_id": parent_run_id,
