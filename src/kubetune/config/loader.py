@@ -7,7 +7,6 @@ of its mistakes in one run, not one per run.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.config_text import parse_config_text, shape_problem
+from kubetune.config.errors import ConfigError, Problem, shown_value
 from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
 
@@ -74,22 +74,11 @@ def load_config(
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML or JSON config file into a flat mapping."""
+    """Parse a YAML or JSON config file into a flat mapping (`config_text.parse_config_text` says what is refused)."""
     if not path.is_file():
         raise ConfigError([Problem(str(path), None, str(path), "config file not found",
                                    "check the path (relative paths are from the current directory)")])
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError([Problem(str(path), None, str(path), f"cannot parse the file: {err}",
-                                   "fix the syntax at the position shown")]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise ConfigError([Problem(str(path), None, str(path), "expected a mapping of key: value at the top level",
-                                   "write one `key: value` per line, as in examples/sft_lora.yaml")])
-    return data
+    return parse_config_text(path.read_bytes(), str(path), json_file=path.suffix == ".json")
 
 
 def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, Any]:
@@ -107,7 +96,7 @@ def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, A
         elif "=" in arg:
             key, _, value = arg.partition("=")
         else:
-            problems.append(Problem(arg, None, CLI, "not a key=value pair",
+            problems.append(Problem(arg if arg.strip() else repr(arg), None, CLI, "not a key=value pair",
                                     "write overrides as key=value or --key value"))
             i += 1
             continue
@@ -120,7 +109,7 @@ def _parse_scalar(text: str) -> Any:
     # YAML gives `true`, `3`, `null`, lists; numbers like 3e-4 stay strings and pydantic converts them.
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer too long for Python to read
         return text
 
 
@@ -205,12 +194,16 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     origins: dict[str, str] = {}
     for key, (value, origin) in raw.items():
         group = owner.get(key)
+        if (bad_shape := shape_problem(str(key), value, origin)) is not None:  # self-referring, or an alias bomb
+            problems.append(bad_shape)
+            continue
         if key in REFUSED_VALUES and (refused := refusal(key, value)) is not None:
             problems.append(Problem(key, value, origin, refused.reason, refused.hint))  # finetuning_type: oft
             continue
         if group is None and key in IGNORED:
             if (ignored := refusal(key, value)) is not None:
-                logger.warning("%s = %r (%s) is not used: %s — %s", key, value, origin, ignored.reason, ignored.hint)
+                logger.warning("%s = %s (%s) is not used: %s — %s", key, shown_value(value), origin, ignored.reason,
+                               ignored.hint)
             continue
         if group is None and (key in REFUSED or key in NO_EFFECT):
             # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
@@ -234,9 +227,9 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
 
     if "max_length" in raw and "cutoff_len" not in raw:
         # simpler fine-tuning scripts call the training sequence length max_length; LLaMA-Factory does not
-        logger.warning("max_length = %r (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
+        logger.warning("max_length = %s (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
                        "does not cut training rows. For the training sequence length set cutoff_len (default %d)",
-                       raw["max_length"][0], raw["max_length"][1], groups["data"].cutoff_len)
+                       shown_value(raw["max_length"][0]), raw["max_length"][1], groups["data"].cutoff_len)
     cfg = RunConfig(**groups, source=source, origins=origins)
     from kubetune.config.rules import check_rules
 

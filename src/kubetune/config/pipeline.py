@@ -20,6 +20,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import kubetune
+from kubetune.config.config_text import parse_config_text, shape_problem
 from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.loader import known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
@@ -299,17 +300,25 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
     """Parse and validate a pipeline config — every stage it will run included — or raise ConfigError."""
     source = str(path) if path is not None else ""
     if text is not None:
-        data = yaml.safe_load(text) or {}
+        data = parse_config_text(text, source or "pipeline config")
     else:
         data = read_config_file(Path(path)) if path is not None else {}
     data = {**data, **(overrides or {})}
     problems: list[Problem] = []
+    for key, value in data.items():  # overrides are not parsed text: check their shape here
+        if not isinstance(key, str):
+            problems.append(Problem(repr(key), value, source or "pipeline config", "a key must be a name",
+                                    "write each key as a name, e.g. `lora_rank: 8`"))
+        elif (bad_shape := shape_problem(key, value, source or "pipeline config")) is not None:
+            problems.append(bad_shape)
+    if problems:
+        raise ConfigError(problems, source)
     known = set(known_keys())  # aliases and LLaMA-Factory's refused keys too: their steps say why, not "unknown"
     try:
         cfg = PipelineConfig(**data)
     except ValidationError as err:
         for item in err.errors():
-            key = ".".join(str(p) for p in item["loc"])
+            key = ".".join(str(p) if str(p).strip() else repr(p) for p in item["loc"]) or "?"
             problems.append(Problem(key, item.get("input"), source or "pipeline config",
                                     item["msg"].replace("Input should be", "expected")))
         raise ConfigError(problems, source) from None
@@ -319,7 +328,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
             import difflib
 
             close = difflib.get_close_matches(key, [*field_owner(), *PipelineConfig.model_fields], n=1, cutoff=0.75)
-            problems.append(Problem(key, cfg.shared[key], source, "unknown key",
+            problems.append(Problem(key if key.strip() else repr(key), cfg.shared[key], source, "unknown key",
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     # every step is built from the shared keys too: list their other problems in the same report, and an
     # unknown shared key once (above, with the pipeline's own section names among the guesses)
