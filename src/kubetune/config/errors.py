@@ -69,7 +69,9 @@ class Problem:
     hint: str = ""
 
     def __str__(self) -> str:
-        shown = "" if self.value is None else f" = {shown_value(self.value)}"
+        from kubetune.config.secrets import REDACTED, is_secret_key  # secrets.py builds Problems: imported late
+
+        shown = "" if self.value is None else f" = {REDACTED if is_secret_key(self.key) else shown_value(self.value)}"
         where = f" (from {self.origin})" if self.origin else ""
         hint = f" — {self.hint}" if self.hint else ""
         return f"{self.key}{shown}{where}: {self.message}{hint}"

@@ -19,6 +19,7 @@ from kubetune.config.config_text import parse_config_text, shape_problem
 from kubetune.config.errors import ConfigError, Problem, shown_value
 from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
+from kubetune.config.secrets import REDACTED, is_secret_key, url_password_problems
 
 logger = logging.getLogger(__name__)
 
@@ -202,8 +203,8 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
             continue
         if group is None and key in IGNORED:
             if (ignored := refusal(key, value)) is not None:
-                logger.warning("%s = %s (%s) is not used: %s — %s", key, shown_value(value), origin, ignored.reason,
-                               ignored.hint)
+                shown = REDACTED if is_secret_key(str(key)) else shown_value(value)
+                logger.warning("%s = %s (%s) is not used: %s — %s", key, shown, origin, ignored.reason, ignored.hint)
             continue
         if group is None and (key in REFUSED or key in NO_EFFECT):
             # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
@@ -216,6 +217,8 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
         grouped[group][key] = value
         origins[key] = origin
 
+    for key, (value, origin) in raw.items():  # reward_model: https://user:key@host would reach MLflow's params
+        problems += url_password_problems({str(key): value}, origin)
     groups: dict[str, Any] = {}
     for group, model in GROUPS.items():
         try:

@@ -25,6 +25,7 @@ from kubetune.config.errors import ConfigError, Problem
 from kubetune.config.loader import known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
+from kubetune.config.secrets import pipeline_secret_problems
 
 Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
 PIPELINES = ("sft", "dpo", "kto", "rlhf", "full")
@@ -323,6 +324,10 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
                                     item["msg"].replace("Input should be", "expected")))
         raise ConfigError(problems, source) from None
     cfg.source = source
+    problems += pipeline_secret_problems(
+        {"": cfg.shared, **{f"stages.{name}": keys for name, keys in cfg.stages.items()},
+         "evaluation": dict(cfg.evaluation.model_extra or {}), "export": cfg.export,
+         "mlflow": cfg.mlflow.model_dump(), "s3": cfg.s3.model_dump()}, source or "pipeline config")
     for key in cfg.shared:
         if key not in known:
             import difflib

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 
 def _split_list(value: object) -> object:
@@ -146,7 +146,10 @@ class ModelArguments(_Group):
     infer_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="dtype for inference (chat, predict, export)."
     )
-    hf_hub_token: str | None = Field(None, description="Token for private hub models.")
+    hf_hub_token: SecretStr | None = Field(None, description=(
+        "Token for private hub models. A secret: shown as ********** in MLflow params and <redacted> in messages; "
+        "refused in pipeline configs, which are compiled in clear (give the steps HF_TOKEN from a Kubernetes "
+        "secret instead)."))
     print_param_status: bool = Field(False, description="Log every parameter's dtype and trainability.")
 
     _lists = field_validator("adapter_name_or_path", "add_tokens", "add_special_tokens", mode="before")(_split_list)

@@ -77,8 +77,8 @@ def _from_pretrained_kwargs(args: ModelArguments) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, "revision": args.model_revision}
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
-    if args.hf_hub_token:
-        kwargs["token"] = args.hf_hub_token
+    if args.hf_hub_token and args.hf_hub_token.get_secret_value():
+        kwargs["token"] = args.hf_hub_token.get_secret_value()
     if args.gguf_file:
         kwargs["gguf_file"] = args.gguf_file
     return kwargs
