@@ -6,6 +6,8 @@ import reprlib
 from dataclasses import dataclass
 from typing import Any
 
+from kubetune.config.secret_keys import REDACTED, is_secret_key
+
 # Python refuses to print integers of more than 4300 digits; a message shows their size instead
 _MAX_INT_BITS = 4000 * 3
 
@@ -26,6 +28,12 @@ class _BoundedRepr(reprlib.Repr):
 
 
 _REPR = _BoundedRepr()
+
+
+def shown_key(key: object) -> str:
+    """A key as a message names it: plain, or quoted when blank, padded or holding invisible characters."""
+    text = str(key)
+    return text if text and text.strip() == text and text.isprintable() else repr(text)
 
 
 def shown_value(value: Any) -> str:
@@ -69,8 +77,6 @@ class Problem:
     hint: str = ""
 
     def __str__(self) -> str:
-        from kubetune.config.secrets import REDACTED, is_secret_key  # secrets.py builds Problems: imported late
-
         shown = "" if self.value is None else f" = {REDACTED if is_secret_key(self.key) else shown_value(self.value)}"
         where = f" (from {self.origin})" if self.origin else ""
         hint = f" — {self.hint}" if self.hint else ""

@@ -16,7 +16,7 @@ import yaml
 from pydantic import ValidationError
 
 from kubetune.config.config_text import parse_config_text, shape_problem
-from kubetune.config.errors import ConfigError, Problem, shown_value
+from kubetune.config.errors import ConfigError, Problem, shown_key, shown_value
 from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
 from kubetune.config.secrets import REDACTED, is_secret_key, url_password_problems
@@ -97,7 +97,7 @@ def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, A
         elif "=" in arg:
             key, _, value = arg.partition("=")
         else:
-            problems.append(Problem(arg if arg.strip() else repr(arg), None, CLI, "not a key=value pair",
+            problems.append(Problem(shown_key(arg), None, CLI, "not a key=value pair",
                                     "write overrides as key=value or --key value"))
             i += 1
             continue
@@ -252,8 +252,7 @@ def known_keys() -> list[str]:
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
     close = difflib.get_close_matches(str(key), known_keys(), n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
-    shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message
-    return Problem(shown, value, origin, "unknown key", hint)
+    return Problem(shown_key(key), value, origin, "unknown key", hint)  # a blank key must still show
 
 
 def _from_pydantic(err: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str],

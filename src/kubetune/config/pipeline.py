@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import kubetune
 from kubetune.config.config_text import parse_config_text, shape_problem
-from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.errors import ConfigError, Problem, shown_key
 from kubetune.config.loader import known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
@@ -319,7 +319,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
         cfg = PipelineConfig(**data)
     except ValidationError as err:
         for item in err.errors():
-            key = ".".join(str(p) if str(p).strip() else repr(p) for p in item["loc"]) or "?"
+            key = ".".join(shown_key(p) for p in item["loc"]) or "?"
             problems.append(Problem(key, item.get("input"), source or "pipeline config",
                                     item["msg"].replace("Input should be", "expected")))
         raise ConfigError(problems, source) from None
@@ -333,7 +333,7 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
             import difflib
 
             close = difflib.get_close_matches(key, [*field_owner(), *PipelineConfig.model_fields], n=1, cutoff=0.75)
-            problems.append(Problem(key if key.strip() else repr(key), cfg.shared[key], source, "unknown key",
+            problems.append(Problem(shown_key(key), cfg.shared[key], source, "unknown key",
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     # every step is built from the shared keys too: list their other problems in the same report, and an
     # unknown shared key once (above, with the pipeline's own section names among the guesses)

@@ -10,28 +10,20 @@ instead. A password inside a URL (`https://user:pass@host`) is refused everywher
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterator, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
 from kubetune.config.errors import Problem
+from kubetune.config.secret_keys import REDACTED, is_secret_key
 
-REDACTED = "<redacted>"
-_SECRET_KEY = re.compile(r"(^|_)(token|secret|password|api_key)$")
-NOT_SECRETS = {"credentials_secret"}  # the *name* of a Kubernetes Secret (mlflow., s3.), not its contents
+__all__ = ["REDACTED", "is_secret_key", "pipeline_secret_problems", "url_password", "url_password_problems"]
 URL_HINT = ("take the credentials out of the URL: MLflow reads MLFLOW_TRACKING_USERNAME/PASSWORD from the environment "
             "(in a pipeline, from mlflow.credentials_secret); kubetune's HTTP reward source sends no credentials, "
             "so serve a reward endpoint on a private address")
 SECRET_HINT = ("remove it from the config: give it to the steps as an environment variable from a Kubernetes "
                "secret (HF_TOKEN for the Hugging Face hub, which transformers reads; MLFLOW_TRACKING_USERNAME/"
                "PASSWORD in mlflow.credentials_secret; AWS_* in s3.credentials_secret)")
-
-
-def is_secret_key(key: str) -> bool:
-    """Whether a key (also `stages.sft: key` or `evaluation.key` as problems name them) holds a secret."""
-    name = key.rpartition(": ")[2].rpartition(".")[2]
-    return name not in NOT_SECRETS and bool(_SECRET_KEY.search(name))
 
 
 def url_password(value: Any) -> bool:
