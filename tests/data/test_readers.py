@@ -98,9 +98,14 @@ def test_unsupported_missing_and_non_utf8_files(tmp_path: Path) -> None:
         read_file(write(tmp_path / "rows.xlsx", ""))
     with pytest.raises(DataError, match="does not exist"):
         read_file(tmp_path / "nope.json")
+    # a line of a line-based file that is not UTF-8 is one bad row (tests/data/test_hostile_rows.py); a .json
+    # file is parsed whole, so there it is fatal, naming the byte and its line
     (tmp_path / "latin.txt").write_bytes("café\n".encode("latin-1"))
-    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 3\)"):
-        read_file(tmp_path / "latin.txt")
+    assert read_file(tmp_path / "latin.txt").bad_rows == [
+        BadRow(0, "line 1 is not UTF-8 text (byte 0xe9 at column 4)", str(tmp_path / "latin.txt"))]
+    (tmp_path / "latin.json").write_bytes('[{"a": "café"}]'.encode("latin-1"))
+    with pytest.raises(DataError, match=r"is not UTF-8 text \(byte 0xe9 on line 1\)"):
+        read_file(tmp_path / "latin.json")
 
 
 def test_folder_reads_files_in_sorted_order_and_ignores_hidden_and_docs(tmp_path: Path) -> None:

@@ -7,7 +7,6 @@ of its mistakes in one run, not one per run.
 from __future__ import annotations
 
 import difflib
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -16,9 +15,11 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.config_text import parse_config_text, shape_problem
+from kubetune.config.errors import ConfigError, Problem, shown_key, shown_value
 from kubetune.config.refused_keys import IGNORED, NO_EFFECT, REFUSED, REFUSED_VALUES, refusal
 from kubetune.config.schema import GROUPS, RunConfig, field_owner
+from kubetune.config.secrets import REDACTED, is_secret_key, url_password_problems
 
 logger = logging.getLogger(__name__)
 
@@ -74,22 +75,11 @@ def load_config(
 
 
 def read_config_file(path: Path) -> dict[str, Any]:
-    """Parse a YAML or JSON config file into a flat mapping."""
+    """Parse a YAML or JSON config file into a flat mapping (`config_text.parse_config_text` says what is refused)."""
     if not path.is_file():
         raise ConfigError([Problem(str(path), None, str(path), "config file not found",
                                    "check the path (relative paths are from the current directory)")])
-    text = path.read_text(encoding="utf-8")
-    try:
-        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (yaml.YAMLError, json.JSONDecodeError) as err:
-        raise ConfigError([Problem(str(path), None, str(path), f"cannot parse the file: {err}",
-                                   "fix the syntax at the position shown")]) from None
-    if data is None:
-        return {}
-    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
-        raise ConfigError([Problem(str(path), None, str(path), "expected a mapping of key: value at the top level",
-                                   "write one `key: value` per line, as in examples/sft_lora.yaml")])
-    return data
+    return parse_config_text(path.read_bytes(), str(path), json_file=path.suffix == ".json")
 
 
 def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, Any]:
@@ -107,7 +97,7 @@ def parse_overrides(args: Sequence[str], problems: list[Problem]) -> dict[str, A
         elif "=" in arg:
             key, _, value = arg.partition("=")
         else:
-            problems.append(Problem(arg, None, CLI, "not a key=value pair",
+            problems.append(Problem(shown_key(arg), None, CLI, "not a key=value pair",
                                     "write overrides as key=value or --key value"))
             i += 1
             continue
@@ -120,7 +110,7 @@ def _parse_scalar(text: str) -> Any:
     # YAML gives `true`, `3`, `null`, lists; numbers like 3e-4 stay strings and pydantic converts them.
     try:
         return yaml.safe_load(text)
-    except yaml.YAMLError:
+    except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer too long for Python to read
         return text
 
 
@@ -205,12 +195,16 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
     origins: dict[str, str] = {}
     for key, (value, origin) in raw.items():
         group = owner.get(key)
+        if (bad_shape := shape_problem(str(key), value, origin)) is not None:  # self-referring, or an alias bomb
+            problems.append(bad_shape)
+            continue
         if key in REFUSED_VALUES and (refused := refusal(key, value)) is not None:
             problems.append(Problem(key, value, origin, refused.reason, refused.hint))  # finetuning_type: oft
             continue
         if group is None and key in IGNORED:
             if (ignored := refusal(key, value)) is not None:
-                logger.warning("%s = %r (%s) is not used: %s — %s", key, value, origin, ignored.reason, ignored.hint)
+                shown = REDACTED if is_secret_key(str(key)) else shown_value(value)
+                logger.warning("%s = %s (%s) is not used: %s — %s", key, shown, origin, ignored.reason, ignored.hint)
             continue
         if group is None and (key in REFUSED or key in NO_EFFECT):
             # LLaMA-Factory keys without a field: refused unless at LF's default, or already true here
@@ -223,6 +217,8 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
         grouped[group][key] = value
         origins[key] = origin
 
+    for key, (value, origin) in raw.items():  # reward_model: https://user:key@host would reach MLflow's params
+        problems += url_password_problems({str(key): value}, origin)
     groups: dict[str, Any] = {}
     for group, model in GROUPS.items():
         try:
@@ -234,9 +230,9 @@ def validate_raw(raw: dict[str, tuple[Any, str]], source: str, problems: list[Pr
 
     if "max_length" in raw and "cutoff_len" not in raw:
         # simpler fine-tuning scripts call the training sequence length max_length; LLaMA-Factory does not
-        logger.warning("max_length = %r (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
+        logger.warning("max_length = %s (%s) is LLaMA-Factory's generation length, which max_new_tokens overrides: it "
                        "does not cut training rows. For the training sequence length set cutoff_len (default %d)",
-                       raw["max_length"][0], raw["max_length"][1], groups["data"].cutoff_len)
+                       shown_value(raw["max_length"][0]), raw["max_length"][1], groups["data"].cutoff_len)
     if groups["train"].fp8_enable_fsdp_float8_all_gather and not groups["train"].fp8:
         logger.warning("fp8_enable_fsdp_float8_all_gather = true (%s) needs fp8: training with fp8: true, as "
                        "LLaMA-Factory does", origins.get("fp8_enable_fsdp_float8_all_gather", source))
@@ -260,8 +256,7 @@ def known_keys() -> list[str]:
 def _unknown_key(key: str, value: Any, origin: str, owner: Mapping[str, str]) -> Problem:
     close = difflib.get_close_matches(str(key), known_keys(), n=1, cutoff=0.75)
     hint = f"did you mean '{close[0]}'?" if close else "see `kubetune keys` for every accepted key"
-    shown = str(key) if str(key).strip() else repr(key)  # an empty key must still be visible in the message
-    return Problem(shown, value, origin, "unknown key", hint)
+    return Problem(shown_key(key), value, origin, "unknown key", hint)  # a blank key must still show
 
 
 def _from_pydantic(err: ValidationError, values: Mapping[str, Any], origins: Mapping[str, str],

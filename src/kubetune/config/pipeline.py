@@ -20,10 +20,12 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 import kubetune
-from kubetune.config.errors import ConfigError, Problem
+from kubetune.config.config_text import parse_config_text, shape_problem
+from kubetune.config.errors import ConfigError, Problem, shown_key
 from kubetune.config.loader import known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
+from kubetune.config.secrets import pipeline_secret_problems
 
 Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
 PIPELINES = ("sft", "dpo", "kto", "rlhf", "full")
@@ -318,27 +320,39 @@ def load_pipeline_config(path: str | Path | None = None, text: str | None = None
     """Parse and validate a pipeline config — every stage it will run included — or raise ConfigError."""
     source = str(path) if path is not None else ""
     if text is not None:
-        data = yaml.safe_load(text) or {}
+        data = parse_config_text(text, source or "pipeline config")
     else:
         data = read_config_file(Path(path)) if path is not None else {}
     data = {**data, **(overrides or {})}
     problems: list[Problem] = []
+    for key, value in data.items():  # overrides are not parsed text: check their shape here
+        if not isinstance(key, str):
+            problems.append(Problem(repr(key), value, source or "pipeline config", "a key must be a name",
+                                    "write each key as a name, e.g. `lora_rank: 8`"))
+        elif (bad_shape := shape_problem(key, value, source or "pipeline config")) is not None:
+            problems.append(bad_shape)
+    if problems:
+        raise ConfigError(problems, source)
     known = set(known_keys())  # aliases and LLaMA-Factory's refused keys too: their steps say why, not "unknown"
     try:
         cfg = PipelineConfig(**data)
     except ValidationError as err:
         for item in err.errors():
-            key = ".".join(str(p) for p in item["loc"])
+            key = ".".join(shown_key(p) for p in item["loc"]) or "?"
             problems.append(Problem(key, item.get("input"), source or "pipeline config",
                                     item["msg"].replace("Input should be", "expected")))
         raise ConfigError(problems, source) from None
     cfg.source = source
+    problems += pipeline_secret_problems(
+        {"": cfg.shared, **{f"stages.{name}": keys for name, keys in cfg.stages.items()},
+         "evaluation": dict(cfg.evaluation.model_extra or {}), "export": cfg.export,
+         "mlflow": cfg.mlflow.model_dump(), "s3": cfg.s3.model_dump()}, source or "pipeline config")
     for key in cfg.shared:
         if key not in known:
             import difflib
 
             close = difflib.get_close_matches(key, [*field_owner(), *PipelineConfig.model_fields], n=1, cutoff=0.75)
-            problems.append(Problem(key, cfg.shared[key], source, "unknown key",
+            problems.append(Problem(shown_key(key), cfg.shared[key], source, "unknown key",
                                     f"did you mean '{close[0]}'?" if close else "see `kubetune keys`"))
     # every step is built from the shared keys too: list their other problems in the same report, and an
     # unknown shared key once (above, with the pipeline's own section names among the guesses)

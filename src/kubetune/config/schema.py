@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 
 from kubetune.config.benchmark_args import BenchmarkArguments
 from kubetune.config.group import ArgumentGroup as _Group
@@ -42,7 +42,14 @@ class ModelArguments(_Group):
     gguf_file: str | None = Field(None, description="GGUF file inside model_name_or_path to load.")
     cache_dir: str | None = Field(None, description="Where downloaded models go (default: kubetune cache).")
     model_revision: str = Field("main", description="Hub revision (branch, tag or commit).")
-    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint.")
+    trust_remote_code: bool = Field(False, description=(
+        "Run model code shipped with the checkpoint (its own modelling Python files). Off unless set; on, each "
+        "load logs a WARNING naming the model, since that code runs with this process's permissions."))
+    allow_pickle: bool = Field(False, description=(
+        "Load a model whose weights are only a pickle (`pytorch_model.bin`, `*.pt`, `*.ckpt`), which can run "
+        "code when unpickled. Off: such a folder is refused (at validation for a local folder, at load time for "
+        "s3:// and hub models, which must then ship safetensors) with the file named; convert it to safetensors, "
+        "or set allow_pickle: true for a source you trust. A kubetune key (LLaMA-Factory loads pickles)."))
     use_fast_tokenizer: bool = Field(True, description="Use the tokenizers-backed fast tokenizer.")
     resize_vocab: bool = Field(False, description=(
         "Resize the input embeddings (and an untied output head) to the tokenizer's length, rounded up to a "
@@ -96,7 +103,10 @@ class ModelArguments(_Group):
     infer_dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
         "auto", description="dtype for inference (chat, predict, export)."
     )
-    hf_hub_token: str | None = Field(None, description="Token for private hub models.")
+    hf_hub_token: SecretStr | None = Field(None, description=(
+        "Token for private hub models. A secret: shown as ********** in MLflow params and <redacted> in messages; "
+        "refused in pipeline configs, which are compiled in clear (give the steps HF_TOKEN from a Kubernetes "
+        "secret instead)."))
     print_param_status: bool = Field(False, description="Log every parameter's dtype and trainability.")
 
     _lists = field_validator("adapter_name_or_path", "add_tokens", "add_special_tokens", mode="before")(_split_list)

@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from kubetune.data.readers import BadRow, ReadResult
+from kubetune.data.readers import MAX_ROW_BYTES, BadRow, ReadResult, too_large_reason
 from kubetune.data.registry import Columns, DataError, DatasetAttr, Tags
 from kubetune.data.schema import PROMPT_ROLES, RESPONSE_ROLES, Message, Role, Sample
 
@@ -129,6 +129,9 @@ def convert(
                               total_rows=len(read.rows) + len(read.bad_rows))
     bad = list(read.bad_rows)
     for row, (src, number) in zip(read.rows, read.origins, strict=True):
+        if (size := _text_size(row)) > MAX_ROW_BYTES:  # rows of JSON lists, CSV, parquet: before tokenising
+            bad.append(BadRow(number, too_large_reason(size, unit="characters"), src))
+            continue
         try:
             sample = to_sample(row, attr, stage_kind)
         except _RowError as e:
@@ -141,11 +144,29 @@ def convert(
     return result
 
 
+def _text_size(row: Any) -> int:
+    """Characters of text in a row: its keys and strings, nested ones too."""
+    size, stack = 0, [row]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            size += len(item)
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+    return size
+
+
 def _numbered(rows: Sequence[Any], source: str) -> ReadResult:
     return ReadResult(rows=list(rows), origins=[(source, i) for i in range(len(rows))], source=source)
 
 
 def _raise_if_unusable(result: ConversionResult, attr: DatasetAttr, on_bad_rows: OnBadRows) -> None:
+    if not result.samples and not result.total_rows:
+        raise DataError(f"No usable rows in dataset {attr.name!r}: {result.source or attr.path} holds no rows at all "
+                        f"(an empty file?).")
     if not result.samples:
         hint = (f" Check `formatting` ({attr.formatting}) and `columns` for {attr.name!r}"
                 f"{' in ' + attr.origin if attr.origin.endswith('.json') else ''}.")

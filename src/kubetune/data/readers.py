@@ -9,23 +9,34 @@ row in a CSV file (the header is not a row), the row in a parquet file.
 
 A JSONL line that is not valid JSON does not stop the read: it is skipped and reported as a `BadRow`
 with its line number, and `kubetune.data.converters.convert` merges it into its report (and raises on it
-with `on_bad_rows="error"`). A JSON file that does not parse has no usable rows, so it raises `DataError`
-with the line and column.
+with `on_bad_rows="error"`). So is a JSONL, txt or CSV line holding bytes that are not UTF-8, and a JSON
+row that names one key twice (JSON parsers keep the last silently; which one the author meant is unknown).
+JSONL and txt files are read a line at a time, and a line over `MAX_ROW_BYTES` is a bad row that is
+never held whole in memory (`converters.convert` drops rows of other files over the same bound before
+they are tokenised: a 10 MB string costs hundreds of MB as tokens). A JSON file that does not parse has
+no usable rows, so it raises `DataError` with the line and column.
 """
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import random
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar, overload
+from typing import Any, BinaryIO, TypeVar, overload
 
 from kubetune.data.registry import READABLE_SUFFIXES, DataError, DatasetAttr
 
 T = TypeVar("T")
+
+# A row this large is refused (a bad row, reported): 4 MiB of text is about a million tokens, eight times
+# the longest context (128k tokens) models train on, and tokenising it costs hundreds of MB.
+MAX_ROW_BYTES = 4 << 20
+_LINE_CHUNK = 1 << 20
 
 
 @dataclass
@@ -174,24 +185,91 @@ def read_file(path: Path) -> ReadResult:
         raise DataError(f"{path} is not UTF-8 text (byte {e.start}); re-save it as UTF-8.") from None
 
 
-def _read_json(path: Path) -> ReadResult:
-    text = path.read_text(encoding="utf-8-sig")
+class _DuplicateKeys(dict):
+    """A JSON object that named a key more than once (`duplicates`); its row is reported, not used."""
+
+    duplicates: list[str]
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out = dict(pairs)
+    if len(out) == len(pairs):
+        return out
+    seen: set[str] = set()
+    flagged = _DuplicateKeys(out)
+    flagged.duplicates = [k for k, _ in pairs if k in seen or seen.add(k)]  # type: ignore[func-returns-value]
+    return flagged
+
+
+def _loads(text: str) -> Any:
+    """json.loads, marking objects with a repeated key (`_DuplicateKeys`)."""
+    return json.loads(text, object_pairs_hook=_object)
+
+
+def _duplicate_key_reason(row: Any) -> str | None:
+    """Why a parsed row cannot be trusted because an object in it repeats a key, or None."""
+    stack = [row]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, _DuplicateKeys):
+            return f"the key {item.duplicates[0]!r} appears twice in one object (JSON keeps only the last)"
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return None
+
+
+def _not_utf8_reason(raw: bytes, line: int) -> str | None:
     try:
-        data = json.loads(text)
+        raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        return f"line {line} is not UTF-8 text (byte {raw[e.start]:#04x} at column {e.start + 1})"
+    return None
+
+
+def _read_json(path: Path) -> ReadResult:
+    data_bytes = path.read_bytes().removeprefix(codecs.BOM_UTF8)
+    if not data_bytes.strip():
+        return ReadResult(source=str(path))  # an empty file: no rows (convert says so)
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if _first_line_is_object(data_bytes):  # JSON Lines in a .json file: the bad line is one bad row
+            return _read_jsonl_lines(data_bytes.splitlines(), str(path))
+        line = data_bytes[:e.start].count(b"\n") + 1
+        raise DataError(f"{path} is not UTF-8 text (byte {data_bytes[e.start]:#04x} on line {line}); re-save it "
+                        f"as UTF-8.") from None
+    del data_bytes
+    try:
+        data = _loads(text)
     except json.JSONDecodeError as e:
         # JSON Lines saved as .json is common; `datasets` reads it, so do we.
-        if e.msg == "Extra data" and _first_line_is_object(text):
-            return _read_jsonl_text(text, str(path))
+        if e.msg == "Extra data" and _first_line_is_object(text.encode()):
+            return _read_jsonl_lines(text.encode().splitlines(), str(path))
         raise DataError(f"{path} is not valid JSON: {e.msg} at line {e.lineno}, column {e.colno}.") from None
-    rows = _rows_of(data, path)
-    return ReadResult(rows=rows, origins=[(str(path), i) for i in range(len(rows))], source=str(path))
+    except RecursionError:
+        raise DataError(f"{path} nests JSON too deeply to read.") from None
+    result = ReadResult(source=str(path))
+    for i, row in enumerate(_rows_of(data, path)):
+        _add_row(result, row, i, str(path))
+    return result
 
 
-def _first_line_is_object(text: str) -> bool:
-    first = next((line for line in text.splitlines() if line.strip()), "")
+def _add_row(result: ReadResult, row: Any, number: int, source: str, where: str = "") -> None:
+    reason = _duplicate_key_reason(row)
+    if reason is not None:
+        result.bad_rows.append(BadRow(number, f"{where}{reason}", source))
+    else:
+        result.rows.append(row)
+        result.origins.append((source, number))
+
+
+def _first_line_is_object(data: bytes) -> bool:
+    first = next((line for line in data.splitlines() if line.strip()), b"")
     try:
         return isinstance(json.loads(first), dict)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         return False
 
 
@@ -210,30 +288,85 @@ def _rows_of(data: Any, path: Path) -> list[Any]:
 
 
 def _read_jsonl(path: Path) -> ReadResult:
-    return _read_jsonl_text(path.read_text(encoding="utf-8-sig"), str(path))
+    with path.open("rb") as f:  # a line at a time: a file of 10 MB rows holds one raw line at once
+        return _read_jsonl_lines(f, str(path))
 
 
-def _read_jsonl_text(text: str, source: str) -> ReadResult:
+def _lines(lines: Iterable[bytes] | BinaryIO) -> Iterator[tuple[int, bytes | int]]:
+    """(0-based line index, the line without its end and the file's byte-order mark).
+
+    From a file, a line over `MAX_ROW_BYTES` comes as its length instead, read past in chunks, never whole.
+    """
+    source = _bounded_lines(lines) if hasattr(lines, "readline") else lines
+    for i, raw in enumerate(source):
+        if i == 0 and isinstance(raw, bytes):
+            raw = raw.removeprefix(codecs.BOM_UTF8)
+        yield i, raw.rstrip(b"\r\n") if isinstance(raw, bytes) else raw
+
+
+def _bounded_lines(f: BinaryIO) -> Iterator[bytes | int]:
+    while True:
+        raw = f.readline(MAX_ROW_BYTES + 1)
+        if not raw:
+            return
+        if len(raw) <= MAX_ROW_BYTES or raw.endswith(b"\n"):
+            yield raw
+            continue
+        size = len(raw)
+        while raw and not raw.endswith(b"\n"):  # the rest of the long line, a chunk at a time
+            raw = f.readline(_LINE_CHUNK)
+            size += len(raw)
+        yield size - raw.endswith(b"\n")  # the line's own bytes, without its end
+
+
+def too_large_reason(size: int, line: int | None = None, unit: str = "bytes") -> str:
+    """The bad-row reason for a row of `size` bytes (a line) or characters (a parsed row) over `MAX_ROW_BYTES`."""
+    where = f"line {line} " if line is not None else "the row "
+    return (f"{where}holds {size:,} {unit} of text, over the {MAX_ROW_BYTES:,} a row may hold (about a million "
+            f"tokens); split the document into smaller rows")
+
+
+def _read_jsonl_lines(lines: Iterable[bytes], source: str) -> ReadResult:
     result = ReadResult(source=source)
-    for i, line in enumerate(text.splitlines()):
-        if not line.strip():
+    for i, raw in _lines(lines):
+        if isinstance(raw, int):
+            result.bad_rows.append(BadRow(i, too_large_reason(raw, i + 1), source))
+            continue
+        if not raw.strip():
+            continue
+        if (reason := _not_utf8_reason(raw, i + 1)) is not None:
+            result.bad_rows.append(BadRow(i, reason, source))
             continue
         try:
-            result.rows.append(json.loads(line))
-            result.origins.append((source, i))
+            row = _loads(raw.decode("utf-8"))
         except json.JSONDecodeError as e:
             result.bad_rows.append(BadRow(i, f"line {i + 1} is not valid JSON: {e.msg} (column {e.colno})",
                                           source))
+            continue
+        except RecursionError:
+            result.bad_rows.append(BadRow(i, f"line {i + 1} nests JSON too deeply to read", source))
+            continue
+        _add_row(result, row, i, source, where=f"line {i + 1}: ")
     return result
 
 
 def _read_csv(path: Path) -> ReadResult:
     result = ReadResult(source=str(path))
-    with path.open(encoding="utf-8-sig", newline="") as f:
+    # surrogateescape: a byte that is not UTF-8 becomes a lone surrogate, found per row below
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
         reader = csv.DictReader(f)
         width = len(reader.fieldnames or [])
+        if any(_escaped_byte(name) is not None for name in reader.fieldnames or []):
+            raise DataError(f"{path}: the header line is not UTF-8 text; re-save the file as UTF-8.")
         try:
+            start = reader.line_num + 1
             for i, row in enumerate(reader):
+                line, start = start, reader.line_num + 1
+                byte = next((b for v in row.values() if isinstance(v, str) and (b := _escaped_byte(v)) is not None),
+                            None)
+                if byte is not None:
+                    result.bad_rows.append(BadRow(i, f"line {line} is not UTF-8 text (byte {byte:#04x})", str(path)))
+                    continue
                 # DictReader files surplus cells under None and fills missing ones with None.
                 if None in row or None in row.values():
                     cells = width + len(row.get(None) or []) - sum(v is None for v in row.values())
@@ -258,11 +391,28 @@ def _read_parquet(path: Path) -> ReadResult:
     return ReadResult(rows=rows, origins=[(str(path), i) for i in range(len(rows))], source=str(path))
 
 
+_ESCAPED = re.compile("[\udc80-\udcff]")
+
+
+def _escaped_byte(text: str) -> int | None:
+    """The first byte that was not UTF-8 in text decoded with errors="surrogateescape", or None."""
+    found = _ESCAPED.search(text)
+    return None if found is None else ord(found.group()) - 0xDC00
+
+
 def _read_txt(path: Path) -> ReadResult:
     result = ReadResult(source=str(path))
-    for i, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines()):
-        if line.strip():
-            result.rows.append({"text": line})
+    with path.open("rb") as f:
+        for i, raw in _lines(f):
+            if isinstance(raw, int):
+                result.bad_rows.append(BadRow(i, too_large_reason(raw, i + 1), str(path)))
+                continue
+            if not raw.strip():
+                continue
+            if (reason := _not_utf8_reason(raw, i + 1)) is not None:
+                result.bad_rows.append(BadRow(i, reason, str(path)))
+                continue
+            result.rows.append({"text": raw.decode("utf-8")})
             result.origins.append((str(path), i))
     return result
 
@@ -300,14 +450,14 @@ def first_row(path: Path) -> dict[str, Any] | None:
         if path.suffix == ".json":
             return _first_json_row(path)
         if path.suffix == ".jsonl":
-            with path.open(encoding="utf-8-sig") as f:
+            with path.open(encoding="utf-8-sig", errors="replace") as f:  # a peek at the columns only
                 return next((row for row in map(_loads_or_none, f) if isinstance(row, dict)), None)
         if path.suffix == ".csv":
-            with path.open(encoding="utf-8-sig", newline="") as f:
+            with path.open(encoding="utf-8-sig", errors="replace", newline="") as f:
                 return next((row for row in csv.DictReader(f) if None not in row and None not in row.values()),
                             None)
         if path.suffix == ".txt":
-            with path.open(encoding="utf-8-sig") as f:
+            with path.open(encoding="utf-8-sig", errors="replace") as f:
                 return next(({"text": line.rstrip("\r\n")} for line in f if line.strip()), None)
         if path.suffix == ".parquet":
             import pyarrow.parquet as pq

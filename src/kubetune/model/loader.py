@@ -2,7 +2,10 @@
 
 `model_name_or_path` may be a local HF directory, a directory plus `gguf_file`, an `s3://`
 prefix (fetched once into the cache), the embedded SmolLM2 id, or a hub id (only where a hub
-is reachable). Remote code stays off unless `trust_remote_code: true`.
+is reachable). Remote code stays off unless `trust_remote_code: true`, and turning it on logs a
+WARNING naming the model. Weights that are only a pickle are refused unless `allow_pickle: true`
+(`kubetune.model.pickle_files`): a local or fetched folder by its files, a hub model by asking
+transformers for safetensors only.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, BitsAn
 
 from kubetune.config import ModelArguments, RunConfig
 from kubetune.model.embedded import embedded_model_dir, is_embedded
+from kubetune.model.pickle_files import pickle_only_weights, pickle_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +46,39 @@ def resolve_model_path(args: ModelArguments) -> str:
     return name  # a hub id: from_pretrained will try the hub (and say so if it cannot reach it)
 
 
+_WARNED_REMOTE_CODE: set[str] = set()
+
+
+def warn_remote_code(args: ModelArguments, path: str) -> None:
+    """Log, once per model, that `trust_remote_code: true` will run the Python code the model ships."""
+    if not args.trust_remote_code or path in _WARNED_REMOTE_CODE:
+        return
+    _WARNED_REMOTE_CODE.add(path)
+    where = args.model_name_or_path if path == args.model_name_or_path else f"{args.model_name_or_path} ({path})"
+    logger.warning("trust_remote_code: true — the Python code shipped with %s will run in this process, with its "
+                   "permissions and credentials. Set it only for a model whose code you have read.", where)
+
+
+def check_pickle(args: ModelArguments, path: str) -> None:
+    """Refuse a local model folder whose weights are only a pickle, unless `allow_pickle: true`.
+
+    Raises:
+        ModelLoadError: naming the file and the key.
+    """
+    if args.allow_pickle or args.gguf_file:
+        return
+    weights = pickle_only_weights(path)
+    if weights is not None:
+        message, hint = pickle_refusal(weights)
+        raise ModelLoadError(f"model_name_or_path: {args.model_name_or_path!r}: {message} — {hint}")
+
+
 def _from_pretrained_kwargs(args: ModelArguments) -> dict[str, Any]:
     kwargs: dict[str, Any] = {"trust_remote_code": args.trust_remote_code, "revision": args.model_revision}
     if args.cache_dir:
         kwargs["cache_dir"] = args.cache_dir
-    if args.hf_hub_token:
-        kwargs["token"] = args.hf_hub_token
+    if args.hf_hub_token and args.hf_hub_token.get_secret_value():
+        kwargs["token"] = args.hf_hub_token.get_secret_value()
     if args.gguf_file:
         kwargs["gguf_file"] = args.gguf_file
     return kwargs
@@ -64,6 +95,7 @@ def load_tokenizer(args: ModelArguments, path: str | None = None) -> Any:
     from kubetune.model.vocabulary import add_new_tokens
 
     path = path or resolve_model_path(args)
+    warn_remote_code(args, path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, use_fast=args.use_fast_tokenizer,
                                                   **_from_pretrained_kwargs(args))
@@ -143,6 +175,9 @@ def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32,
     from kubetune.model.vocabulary import resize_embeddings
 
     path = path or resolve_model_path(args)
+    warn_remote_code(args, path)
+    if not from_scratch:
+        check_pickle(args, path)
     kwargs = _from_pretrained_kwargs(args)
     try:
         config = AutoConfig.from_pretrained(path, **kwargs)
@@ -159,10 +194,19 @@ def load_base_model(args: ModelArguments, *, dtype: torch.dtype = torch.float32,
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, attn_implementation=pick_attention(args),
                                                  trust_remote_code=args.trust_remote_code)
     else:
-        model = AutoModelForCausalLM.from_pretrained(
-            path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
-            low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
-        )
+        if not args.allow_pickle and not args.gguf_file and not Path(path).is_dir():
+            kwargs["use_safetensors"] = True  # a hub model: its files are only known once fetched
+        try:
+            model = AutoModelForCausalLM.from_pretrained(
+                path, config=config, dtype=dtype, attn_implementation=pick_attention(args),
+                low_cpu_mem_usage=args.low_cpu_mem_usage, **kwargs,
+            )
+        except OSError as err:
+            if kwargs.get("use_safetensors") and "safetensors" in str(err):
+                raise ModelLoadError(f"model_name_or_path: {args.model_name_or_path!r} has no safetensors weights "
+                                     f"(only a pickle, which can run code when loaded): {err}\nSet allow_pickle: "
+                                     f"true if you trust its source, or convert it to safetensors") from None
+            raise
     if getattr(model.generation_config, "pad_token_id", None) is None:
         model.generation_config.pad_token_id = model.config.eos_token_id
     if args.resize_vocab:

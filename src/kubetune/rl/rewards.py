@@ -18,6 +18,8 @@ import inspect
 import json
 import logging
 import math
+import queue
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -101,24 +103,38 @@ class FunctionReward(_TextReward):
         return _as_scores(scores, len(responses), f"reward function {getattr(self.fn, '__name__', self.fn)!r}")
 
 
+class RewardAPIError(RuntimeError):
+    """The scoring endpoint failed for good: unreachable, too slow, an HTTP error, or an answer that is not scores."""
+
+
 class HttpReward(_TextReward):
     """Score with an HTTP endpoint (`reward_model_type: api`).
 
     Sends `POST <url>` with JSON `{"messages": [...], "texts": [...], "prompts": [...], "responses": [...],
     "references": [...]}` — `messages` and `texts` are the same full prompt+response strings
     (`messages` is what servers written for LLaMA-Factory read) — and expects `{"scores": [float, ...]}`,
-    one per text. Connection errors and 5xx answers are retried; anything else fails at once.
+    one per text.
+
+    Every attempt has a wall-clock bound (`timeout`), whatever the server does: one that accepts the
+    connection and never answers, or trickles its answer a byte at a time, is abandoned at the deadline
+    (socket timeouts alone bound each read, not the answer). Connection errors, timeouts, 5xx and 429
+    answers are retried with backoff; other HTTP errors and answers that are not scores (not JSON, not
+    UTF-8, over `MAX_ANSWER_BYTES`, the wrong count, non-finite) fail at once: retrying would not fix them.
 
     Args:
         url: the endpoint.
         tokenizer: decodes the ids into texts.
-        timeout: seconds per request (default 60).
-        retries: further attempts after a connection error or 5xx (default 2, 1 s and 2 s apart).
+        timeout: seconds one attempt may take in all, connecting to the last byte (default 60).
+        retries: further attempts after a retryable failure (default 2, 1 s and 2 s apart).
+        backoff: seconds before the first retry, doubling after each (default 1).
     """
 
-    def __init__(self, url: str, tokenizer: Any, timeout: float = 60.0, retries: int = 2) -> None:
+    MAX_ANSWER_BYTES = 16 << 20  # scores for a batch are a few kB; a server streaming more is broken
+
+    def __init__(self, url: str, tokenizer: Any, timeout: float = 60.0, retries: int = 2,
+                 backoff: float = 1.0) -> None:
         super().__init__(tokenizer)
-        self.url, self.timeout, self.retries = url, timeout, retries
+        self.url, self.timeout, self.retries, self.backoff = url, timeout, retries, backoff
 
     def __call__(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
                  references: list[str]) -> torch.Tensor:
@@ -134,29 +150,93 @@ class HttpReward(_TextReward):
         return _as_scores(answer["scores"], len(full), f"reward API {self.url}")
 
     def _post(self, body: bytes) -> Any:
+        attempts = self.retries + 1
+        for attempt in range(attempts):
+            try:
+                raw = _within(self.timeout, lambda: self._post_once(body))
+            except urllib.error.HTTPError as err:
+                detail = getattr(err, "detail", "")
+                if (err.code < 500 and err.code != 429) or attempt == self.retries:
+                    raise RewardAPIError(f"reward API {self.url} answered HTTP {err.code}"
+                                         f"{f' after {attempts} attempts' if attempt else ''}: {detail}") from None
+                failure = f"HTTP {err.code}"
+            except TimeoutError:
+                if attempt == self.retries:
+                    raise RewardAPIError(f"reward API {self.url} did not answer within {self.timeout:g} s "
+                                         f"({attempts} attempts): is the scoring server overloaded or stuck? Each "
+                                         f"attempt is bounded by HttpReward's timeout") from None
+                failure = f"no answer within {self.timeout:g} s"
+            except (urllib.error.URLError, ConnectionError, OSError) as err:
+                if attempt == self.retries:
+                    raise RewardAPIError(f"reward API {self.url} is unreachable ({err}; {attempts} attempts): is "
+                                         "the scoring server running, and is reward_model the right URL?") from None
+                failure = str(err)
+            else:
+                return self._parse(raw)
+            wait = self.backoff * 2**attempt
+            logger.warning("reward API %s failed (%s; attempt %d/%d); retrying in %g s", self.url, failure,
+                           attempt + 1, attempts, wait)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
+    def _post_once(self, body: bytes) -> bytes:
         request = urllib.request.Request(self.url, data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
-        for attempt in range(self.retries + 1):
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as response:
-                    return json.loads(response.read().decode("utf-8"))
-            except urllib.error.HTTPError as err:
-                detail = err.read().decode("utf-8", "replace")[:300]
-                if err.code < 500 or attempt == self.retries:
-                    raise RuntimeError(f"reward API {self.url} answered HTTP {err.code}: {detail}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as err:
-                if attempt == self.retries:
-                    raise RuntimeError(f"reward API {self.url} is unreachable ({err}): is the scoring server "
-                                       "running, and is reward_model the right URL?") from None
-            except json.JSONDecodeError as err:
-                raise ValueError(f"reward API {self.url} did not answer JSON: {err}") from None
-            logger.warning("reward API %s failed (attempt %d/%d); retrying", self.url, attempt + 1, self.retries + 1)
-            time.sleep(2**attempt)
-        raise AssertionError("unreachable")
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:
+                return response.read(self.MAX_ANSWER_BYTES + 1)  # one byte over the bound: an answer too large
+        except urllib.error.HTTPError as err:
+            err.detail = _read_detail(err)  # type: ignore[attr-defined] — read here, within the deadline
+            raise
+
+    def _parse(self, raw: bytes) -> Any:
+        if len(raw) > self.MAX_ANSWER_BYTES:
+            raise ValueError(f"reward API {self.url} answered more than {self.MAX_ANSWER_BYTES:,} bytes: expected "
+                             '{"scores": [float, ...]}')
+        try:
+            return json.loads(raw.decode("utf-8"))
+        except UnicodeDecodeError as err:
+            raise ValueError(f"reward API {self.url} did not answer UTF-8 text ({err})") from None
+        except json.JSONDecodeError as err:
+            raise ValueError(f"reward API {self.url} did not answer JSON ({err}): {raw[:200]!r}") from None
+
+
+def _read_detail(err: urllib.error.HTTPError) -> str:
+    try:
+        return err.read(300).decode("utf-8", "replace")
+    except (OSError, TimeoutError):
+        return "(no body)"
+
+
+def _within(seconds: float, call: Callable[[], bytes]) -> bytes:
+    """`call()`, or TimeoutError once `seconds` have passed, whatever `call` is blocked on.
+
+    The call runs in a daemon thread: a server that trickles bytes keeps each socket read under its
+    timeout forever, so only a wall clock bounds the attempt. An abandoned thread ends when its socket
+    does (at the latest after one more socket timeout per read) and never holds up the process's exit.
+    """
+    outcome: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=1)
+
+    def run() -> None:
+        try:
+            outcome.put((True, call()))
+        except BaseException as err:  # noqa: BLE001 — handed to the caller's thread as it is
+            outcome.put((False, err))
+
+    threading.Thread(target=run, daemon=True, name="reward-api").start()
+    try:
+        ok, value = outcome.get(timeout=seconds)
+    except queue.Empty:
+        raise TimeoutError(f"no answer within {seconds:g} s") from None
+    if not ok:
+        raise value
+    return value
 
 
 def _as_scores(scores: Any, expected: int, who: str) -> torch.Tensor:
     try:
+        if isinstance(scores, str | bytes | dict) or any(isinstance(s, bool | str) for s in scores):
+            raise TypeError  # `float("3")` and `float(True)` would pass: a score is a JSON number
         values = [float(s) for s in scores]
     except (TypeError, ValueError):
         raise ValueError(f"{who} returned {str(scores)[:200]!r}: expected a list of numbers") from None

@@ -37,6 +37,20 @@ def special_tokens_file(cfg: RunConfig) -> list[Problem]:
     return []
 
 
+def pickle_checkpoints(cfg: RunConfig) -> list[Problem]:
+    """A local model folder (the base, a dpo/kto ref_model) whose weights are only a pickle needs allow_pickle."""
+    from kubetune.model.pickle_files import pickle_only_weights, pickle_refusal
+
+    if cfg.model.allow_pickle or cfg.model.gguf_file or cfg.model.train_from_scratch:
+        return []
+    problems = []
+    for key, location in (("model_name_or_path", cfg.model.model_name_or_path), ("ref_model", cfg.method.ref_model)):
+        weights = pickle_only_weights(Path(location).expanduser()) if location else None
+        if weights is not None:
+            problems.append(Problem(key, location, cfg.origin(key), *pickle_refusal(weights)))
+    return problems
+
+
 def reference_model_folders(cfg: RunConfig) -> list[Problem]:
     """dpo/kto: a local ref_model must exist, and each of its adapters must be a PEFT adapter folder."""
     m = cfg.method

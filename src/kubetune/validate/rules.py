@@ -17,7 +17,8 @@ Rule = Callable[[RunConfig], list[Problem]]
 # Every stage, every command: what the machine must have, and the files that say how training is spread.
 EVERY_STAGE: tuple[Rule, ...] = (machine.kernels_installed, machine.optimizer_packages_installed,
                                  distributed.deepspeed_config, distributed.fsdp_config_file,
-                                 distributed.sharded_parameters_limits, models.special_tokens_file)
+                                 distributed.sharded_parameters_limits, models.special_tokens_file,
+                                 models.pickle_checkpoints)
 
 STAGE_RULES: dict[str, tuple[Rule, ...]] = {
     "pt": (),
