@@ -187,6 +187,10 @@ def _dispatch(command: str, cfg: RunConfig) -> int:
             if is_main_process():
                 print(f"kubetune {command}: {err}", file=sys.stderr, flush=True)
             return PREEMPTED_EXIT_CODE
+        except ConfigError as err:  # found where the stage starts (output_dir not writable, disk too small)
+            if is_main_process():
+                print(f"kubetune {command}: {err}", file=sys.stderr, flush=True)
+            return 2
         if not is_main_process():  # every rank returns; one prints
             return 0
         print(json.dumps({"output_dir": str(result.output_dir), "metrics": result.metrics, "files": result.files},

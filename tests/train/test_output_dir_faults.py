@@ -17,7 +17,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import yaml
 
+from kubetune.cli import main
 from kubetune.config import load_config
 from kubetune.config.errors import ConfigError
 from kubetune.estimate import checkpoint_bytes, estimate_config
@@ -56,8 +58,8 @@ def keys(model_dir: Path, out: Path, **more: object) -> dict:
 
 
 @pytest.mark.chaos
-def test_a_read_only_output_dir_fails_before_training(chaos_row, tmpfs, tiny_model_dir: Path, cache_dir: Path
-                                                      ) -> None:
+def test_a_read_only_output_dir_fails_before_training(chaos_row, tmpfs, tiny_model_dir: Path, cache_dir: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
     row = chaos_row("read-only output_dir")
     out = tmpfs(read_only=True) / "run"
     row.runs += 1
@@ -66,6 +68,12 @@ def test_a_read_only_output_dir_fails_before_training(chaos_row, tmpfs, tiny_mod
         run_stage(load_config(None, keys(tiny_model_dir, out)))
     assert "mount its volume read-write" in str(err.value)
     assert time.monotonic() - start < 30  # at the stage's start: no model loaded, nothing tokenised
+    # the command line says it in one message and exit code 2, no traceback
+    config = out.parent.parent / "ro.yaml"
+    config.write_text(yaml.safe_dump(keys(tiny_model_dir, out)))
+    assert main(["train", str(config)]) == 2
+    printed = capsys.readouterr().err
+    assert "cannot be written (Read-only file system)" in printed and "Traceback" not in printed
     row.data_lost = 0  # nothing trained, so nothing to lose; what matters is the error came first
 
 
