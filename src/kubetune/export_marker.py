@@ -3,8 +3,8 @@
 `kubetune export` removes a stale marker before it writes the first file and writes a new one after the
 last, atomically (a temporary name, then a rename). Locally the marker is a small JSON manifest: an id
 for this export (so registering the same export twice is recognisably the same model) and every file's
-size (so files changed or removed after the export are noticed). On S3 it is `upload_dir`'s own empty
-`_SUCCESS` object, also written last.
+size (so files changed or removed after the export are noticed). On S3 it is `upload_dir`'s `_SUCCESS`
+manifest (every object's ETag and size), also written last.
 
 ```python
 from kubetune.export_marker import clear_marker, mark_complete, require_complete
@@ -124,18 +124,14 @@ def _read_manifest(marker: Path) -> dict[str, Any]:
 
 
 def _require_s3_marker(uri: str) -> str:
-    from botocore.exceptions import ClientError
+    """The upload's stamp when the prefix holds a complete upload: its `_SUCCESS` manifest, written last by
+    `upload_dir`, and every object it lists unchanged (`storage.complete_upload_stamp`)."""
+    from kubetune.storage import IncompleteUploadError
+    from kubetune.storage.s3 import complete_upload_stamp
 
-    from kubetune.storage import s3_client, split_s3
-
-    bucket, key = split_s3(uri)
-    prefix = key if not key or key.endswith("/") else key + "/"
     try:
-        head = s3_client().head_object(Bucket=bucket, Key=prefix + EXPORT_MARKER)
-    except ClientError as err:
-        if str(err.response.get("Error", {}).get("Code")) in {"404", "NoSuchKey", "NotFound"}:
-            raise IncompleteExportError(
-                f"{uri} has no {EXPORT_MARKER} marker: the upload of that export did not finish (the marker "
-                "is written after the last file). Rerun the export step.") from err
-        raise
-    return str(head.get("LastModified", ""))
+        return complete_upload_stamp(uri)
+    except IncompleteUploadError as err:
+        raise IncompleteExportError(
+            f"{uri}: the upload of that export did not finish ({err}); the marker is written after the last "
+            "file. Rerun the export step.") from err
