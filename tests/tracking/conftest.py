@@ -1,7 +1,8 @@
 """Tracking fixtures: one real `mlflow server` per test session (per xdist worker), stopped after it.
 
 The server fixtures (`mlflow_server`, `mlflow_server_process`) live in the root conftest; these add a
-client on it and unique names.
+client on it and unique names, and (from tests/tracking_stores.py) the fault tests' `store`: a real
+`mlflow server` on sqlite or on PostgreSQL, with `backend` naming which.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import uuid
 from typing import Any
 
 import pytest
+from tracking_stores import backend, postgres_mlflow, store  # noqa: F401  (fixtures, shared by the modules here)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""MLflow outages during a real (tiny-model) training run, against a real `mlflow server` (sqlite store).
+"""MLflow outages during a real (tiny-model) training run, against a real `mlflow server` (sqlite store; the fast
+variants also on PostgreSQL, the chart's production store, in `make chaos`).
 
 Two faults. The slow tests terminate the server (SIGTERM to its process group) and start it again on the
 same port over the same database and artifact folder: a tracking pod restarted behind its Service. A
@@ -146,7 +147,7 @@ def compare_with_trainer_log(client: Any, run_id: str, trainer_log: Path) -> tup
 
 
 def test_mlflow_cut_off_during_training_and_back_loses_and_doubles_nothing(
-    chaos_row: Any, mlflow_server: str, tmp_path: Path
+    chaos_row: Any, store: str, backend: str, tmp_path: Path
 ) -> None:
     """The network to the server cut after step 3 of 12 for a second, back after step 6 (fast variant).
 
@@ -155,8 +156,8 @@ def test_mlflow_cut_off_during_training_and_back_loses_and_doubles_nothing(
     """
     from mlflow import MlflowClient
 
-    row = chaos_row("MLflow cut off during training, back")
-    proxy = CuttingForwarder(("127.0.0.1", int(mlflow_server.rsplit(":", 1)[1])))
+    row = chaos_row(f"MLflow cut off during training, back ({backend} store)")
+    proxy = CuttingForwarder(("127.0.0.1", int(store.rsplit(":", 1)[1])))
     proxy.start()
     parent = start_pipeline_run(proxy.url, "cut-off", "pipeline")
     out = tmp_path / "sft"
@@ -183,7 +184,7 @@ def test_mlflow_cut_off_during_training_and_back_loses_and_doubles_nothing(
     assert trainer.state.global_step == 12
     assert seen["buffered"] and not seen["buffer_left_at_step_7"]  # buffered while down, flushed on return
     assert not (out / BUFFER_FILE).exists()
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(store)
     missing, duplicated, notes = compare_with_trainer_log(client, tracker.run_id, out / TRAINER_LOG)
     row.data_lost = missing + duplicated
     row.detail = "down steps 3-6"
@@ -193,7 +194,7 @@ def test_mlflow_cut_off_during_training_and_back_loses_and_doubles_nothing(
 
 
 def test_mlflow_answers_lost_after_the_server_wrote_store_nothing_twice(
-    chaos_row: Any, mlflow_server: str, tmp_path: Path
+    chaos_row: Any, store: str, backend: str, tmp_path: Path
 ) -> None:
     """The answers to the run's creation and to the first batch of metrics are cut after the server wrote them.
 
@@ -202,12 +203,12 @@ def test_mlflow_answers_lost_after_the_server_wrote_store_nothing_twice(
     """
     from mlflow import MlflowClient
 
-    row = chaos_row("MLflow answers lost after the server wrote")
+    row = chaos_row(f"MLflow answers lost after the server wrote ({backend} store)")
     rules = [lambda request: b"/runs/create " in request.split(b"\r\n", 1)[0],
              lambda request: b"/runs/log-batch " in request.split(b"\r\n", 1)[0] and b'"metrics": [{' in request]
-    proxy = AnswerDropper(("127.0.0.1", int(mlflow_server.rsplit(":", 1)[1])), rules)
+    proxy = AnswerDropper(("127.0.0.1", int(store.rsplit(":", 1)[1])), rules)
     proxy.start()
-    parent = start_pipeline_run(mlflow_server, "answers-lost", "pipeline")
+    parent = start_pipeline_run(store, "answers-lost", "pipeline")
     out = tmp_path / "sft"
     try:
         with MLflowTracker.for_stage(proxy.url, parent, "sft", fallback_dir=out, retry_after_s=0) as tracker:
@@ -215,7 +216,7 @@ def test_mlflow_answers_lost_after_the_server_wrote_store_nothing_twice(
     finally:
         proxy.stop()
     row.runs = len(proxy.dropped)
-    client = MlflowClient(mlflow_server)
+    client = MlflowClient(store)
     missing, duplicated, notes = compare_with_trainer_log(client, tracker.run_id, out / TRAINER_LOG)
     runs = client.search_runs([client.get_run(parent).info.experiment_id], f"tags.mlflow.parentRunId = '{parent}'")
     row.data_lost = missing + duplicated

@@ -18,13 +18,11 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from delay_proxy import DelayProxy
-from postgres_server import postgres_missing, start_mlflow_on, start_postgres
 
 from kubetune.export_marker import EXPORT_MARKER, IncompleteExportError, mark_complete
 from kubetune.tracking.registry import (
@@ -38,31 +36,6 @@ from kubetune.tracking.registry import (
 
 WORKER = Path(__file__).with_name("registry_worker.py")
 SRC = Path(__file__).resolve().parents[2] / "src"
-_NO_PG = postgres_missing()
-STORES = ["sqlite", pytest.param("postgresql", marks=[pytest.mark.slow,
-                                                       pytest.mark.skipif(_NO_PG is not None, reason=_NO_PG or "")])]
-
-
-@pytest.fixture(scope="module")
-def postgres_mlflow(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """An `mlflow server` whose backend store is a real PostgreSQL run by an unprivileged user."""
-    with start_postgres() as pg, start_mlflow_on(pg.create_database("mlflow"),
-                                                 tmp_path_factory.mktemp("mlflow-pg")) as server:
-        yield server.url
-
-
-@pytest.fixture(params=STORES)
-def store(request: pytest.FixtureRequest) -> str:
-    """The URL of a real `mlflow server` on the parametrised backend store."""
-    return request.getfixturevalue("mlflow_server" if request.param == "sqlite" else "postgres_mlflow")
-
-
-@pytest.fixture
-def backend(request: pytest.FixtureRequest) -> str:
-    """`sqlite` or `postgresql`: the store behind `store` (for the chaos table's scenario names)."""
-    return request.node.callspec.params["store"]
-
-
 def _client(uri: str) -> Any:
     from mlflow import MlflowClient
 
