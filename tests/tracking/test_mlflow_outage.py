@@ -24,6 +24,7 @@ import mlflow_server as mlflow_server_module
 import pytest
 from mlflow_server import MlflowServer
 from outage_proxies import AnswerDropper, CuttingForwarder
+from tiny_trainer import train_tiny
 
 from kubetune.tracking import TRAINER_LOG, JsonlLogCallback
 from kubetune.tracking.offline import BUFFER_FILE
@@ -92,39 +93,6 @@ class AtSteps:
         self.callback = _Callback()
 
 
-def train_tiny(output_dir: Path, callbacks: list[Any], max_steps: int, step_pause_s: float = 0.0) -> Any:
-    """Train a 2-layer, hidden-32 Llama on random tokens, logging every step and evaluating every 4."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainerCallback, TrainingArguments
-
-    class Pause(TrainerCallback):  # a step of a real model takes longer than this one's
-        def on_step_end(self, *args: Any, **kwargs: Any) -> None:
-            time.sleep(step_pause_s)
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    rows = []
-    for _ in range(16):
-        ids = torch.randint(0, 64, (16,)).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * 16, "labels": ids})
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        learning_rate=1e-2, logging_steps=1, eval_strategy="steps", eval_steps=4, save_strategy="no",
-        report_to="none", use_cpu=True, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
-    )
-    extra = [Pause()] if step_pause_s else []
-    trainer = Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=rows, eval_dataset=rows[:8],
-                      callbacks=[*callbacks, *extra])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # a model this small only loses to thread hand-offs on a busy machine (10x here)
-    try:
-        trainer.train()
-    finally:
-        torch.set_num_threads(threads)
-    return trainer
-
-
 def compare_with_trainer_log(client: Any, run_id: str, trainer_log: Path) -> tuple[int, int, list[str]]:
     """(points missing on the server, points there twice or more, what differs) over `COMPARED` metrics."""
     expected: dict[str, Counter[tuple[int, float]]] = {metric: Counter() for metric in COMPARED.values()}
@@ -178,7 +146,8 @@ def test_mlflow_cut_off_during_training_and_back_loses_and_doubles_nothing(
     outage = AtSteps({3: down, 6: up, 7: after_return})
     try:
         with MLflowTracker.for_stage(proxy.url, parent, "sft", fallback_dir=out, retry_after_s=0.5) as tracker:
-            trainer = train_tiny(out, [outage.callback, JsonlLogCallback(out), tracker.callback()], max_steps=12)
+            trainer = train_tiny(out, [outage.callback, JsonlLogCallback(out), tracker.callback()], max_steps=12,
+                                 eval_steps=4)
     finally:
         proxy.stop()
     assert trainer.state.global_step == 12
@@ -212,7 +181,7 @@ def test_mlflow_answers_lost_after_the_server_wrote_store_nothing_twice(
     out = tmp_path / "sft"
     try:
         with MLflowTracker.for_stage(proxy.url, parent, "sft", fallback_dir=out, retry_after_s=0) as tracker:
-            train_tiny(out, [JsonlLogCallback(out), tracker.callback()], max_steps=6)
+            train_tiny(out, [JsonlLogCallback(out), tracker.callback()], max_steps=6, eval_steps=4)
     finally:
         proxy.stop()
     row.runs = len(proxy.dropped)
@@ -258,7 +227,8 @@ def test_mlflow_stopped_during_training_and_restarted_loses_and_doubles_nothing(
     outage = AtSteps({3: down, 6: up, 8: after_return})
     start = time.monotonic()
     with MLflowTracker.for_stage(server.url, parent, "sft", fallback_dir=out, retry_after_s=1.0) as tracker:
-        trainer = train_tiny(out, [outage.callback, JsonlLogCallback(out), tracker.callback()], max_steps=16)
+        trainer = train_tiny(out, [outage.callback, JsonlLogCallback(out), tracker.callback()], max_steps=16,
+                             eval_steps=4)
     assert trainer.state.global_step == 16  # training was not held up
     assert seen["buffered"] and not seen["buffer_left_at_step_8"]  # buffered while down, flushed on return
     assert not (out / BUFFER_FILE).exists()
@@ -302,7 +272,8 @@ def test_mlflow_cut_off_at_random_moments_of_training(chaos_row: Any, mlflow_ser
     killer = threading.Thread(target=chaos, daemon=True)
     with MLflowTracker.for_stage(proxy.url, parent, "sft", fallback_dir=out, retry_after_s=0.2) as tracker:
         killer.start()
-        trainer = train_tiny(out, [JsonlLogCallback(out), tracker.callback()], max_steps=150, step_pause_s=0.05)
+        trainer = train_tiny(out, [JsonlLogCallback(out), tracker.callback()], max_steps=150, eval_steps=4,
+                             step_pause_s=0.05)
         done.set()
         killer.join(30)
     proxy.stop()

@@ -8,13 +8,13 @@ import logging
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 from mlflow_server import MlflowServer, TcpForwarder, free_port
+from tiny_trainer import train_tiny
 
 from kubetune.config import load_config
 from kubetune.tracking.connection import default_tracking_uri
@@ -26,14 +26,11 @@ CONFIG = {"model_name_or_path": "tiny-llama", "stage": "sft", "finetuning_type":
           "dataset": "kubi_sft", "template": "chatml", "learning_rate": 1e-2, "max_steps": 4}
 
 # The sft stage, as a pod would run it: a fresh interpreter that knows only the parent run id, read from stdin
-# (so that its slow imports overlap the server's start-up). It borrows `train_tiny` from this file, loaded by
-# path: test modules are not importable by name.
+# (so that its slow imports overlap the server's start-up), training with tests/tiny_trainer.py.
 SFT_STAGE = """
-import importlib.util, json, sys
+import json, sys
 sys.path.insert(0, {tests!r})
-spec = importlib.util.spec_from_file_location("tracker_tests", {this_file!r})
-tests = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(tests)
+from tiny_trainer import train_tiny
 from kubetune.config import load_config
 from kubetune.tracking.stage_run import MLflowTracker
 
@@ -41,45 +38,10 @@ cfg = load_config(None, json.loads({config!r}))
 parent = sys.stdin.readline().strip()
 with MLflowTracker.for_stage({uri!r}, parent, "sft", fallback_dir={out!r}) as tracker:
     tracker.log_params(cfg.to_flat())
-    tests.train_tiny({out!r}, [tracker.callback()])
+    train_tiny({out!r}, [tracker.callback()])
     tracker.log_artifact({config_file!r})
 print(tracker.run_id)
 """
-
-
-def train_tiny(output_dir: str | Path, callbacks: Sequence[Any], max_steps: int = 4) -> Any:
-    """Train a 2-layer, hidden-32 Llama on random tokens for `max_steps`, logging every step, evaluating every 2.
-
-    Args:
-        output_dir (`str` or `Path`):
-            The Trainer's output folder (nothing is saved: `save_strategy="no"`).
-        callbacks (`Sequence[TrainerCallback]`):
-            E.g. `[tracker.callback()]`.
-        max_steps (`int`, *optional*, defaults to `4`):
-            Optimiser steps.
-
-    Returns:
-        `Trainer`: after `train()`.
-    """
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, Trainer, TrainingArguments
-
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64)
-    rows = []
-    for _ in range(16):
-        ids = torch.randint(0, 64, (16,)).tolist()
-        rows.append({"input_ids": ids, "attention_mask": [1] * 16, "labels": ids})
-    args = TrainingArguments(
-        output_dir=str(output_dir), max_steps=max_steps, per_device_train_batch_size=4, per_device_eval_batch_size=8,
-        learning_rate=1e-2, logging_steps=1, eval_strategy="steps", eval_steps=2, save_strategy="no",
-        report_to="none", use_cpu=True, disable_tqdm=True, include_num_input_tokens_seen="non_padding",
-    )
-    trainer = Trainer(model=LlamaForCausalLM(config), args=args, train_dataset=rows, eval_dataset=rows[:8],
-                      callbacks=list(callbacks))
-    trainer.train()
-    return trainer
 
 
 def _metric_steps(client: Any, run_id: str, key: str) -> list[int]:
@@ -91,7 +53,7 @@ def _dead_url() -> str:
 
 
 def _start_sft_stage(url: str, out: Path, config_file: Path) -> subprocess.Popen[str]:
-    script = SFT_STAGE.format(tests=str(Path(__file__).resolve().parents[1]), this_file=__file__,
+    script = SFT_STAGE.format(tests=str(Path(__file__).resolve().parents[1]),
                               config=json.dumps(CONFIG), uri=url, out=str(out), config_file=str(config_file))
     return subprocess.Popen([sys.executable, "-c", script], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
