@@ -244,6 +244,8 @@ def evaluate(config: str, adapter_path: str | None, report_path: str, prediction
                 metrics, _ = run_eval(run_cfg, "candidate")
                 report = None
             files = {}
+            if report is not None and adapter_path:
+                report.loss_curve = training_loss_curve(Path(adapter_path))
             if html_path and report is not None:
                 files["report"] = str(write_report(report, work / "evaluation.html"))
                 shutil.copy2(files["report"], html_path)
@@ -260,6 +262,17 @@ def evaluate(config: str, adapter_path: str | None, report_path: str, prediction
             record["note"] = f"{gate} {metrics[gate]:.4f}" + (
                 f" (baseline {metrics['baseline/' + gate]:.4f})" if f"baseline/{gate}" in metrics else "")
         return metrics
+
+
+def training_loss_curve(adapter_dir: Path) -> list[tuple[float, float]]:
+    """(step, loss) of the training step that made the adapter (its trainer_log.jsonl); [] when it has none."""
+    from kubetune.tracking import TRAINER_LOG
+
+    log = adapter_dir / TRAINER_LOG
+    if not log.is_file():
+        return []
+    rows = [json.loads(line) for line in log.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return [(float(r["current_steps"]), float(r["loss"])) for r in rows if "loss" in r and "current_steps" in r]
 
 
 def eval_report(cfg: PipelineConfig, metrics: dict[str, float], work: Path, examples: int = 5) -> str:
