@@ -81,6 +81,7 @@ def test_sft_pipeline_runs_tracks_registers_and_gates_promotion(tiny_model_dir: 
     assert list(kfp_root.rglob("training_loss.png"))
     html = next(p for p in kfp_root.rglob("html") if p.is_file()).read_text()  # the KFP UI's HTML artifact
     assert "<h2>Metrics</h2>" in html and "base model" in html
+    assert "<h2>Training loss</h2>" in html and "data:image/png;base64," in html  # the sft step's curve
 
     # MLflow: one parent run with nested stage runs holding step metrics
     client = MlflowClient(mlflow_server)
