@@ -62,11 +62,14 @@ def run_on_nodes(cfg: PipelineConfig, config: str, stage: str, extra: dict[str, 
         poll_s: seconds between status reads.
 
     Raises:
+        Preempted: the job failed because its pods were SIGTERM'd and rank 0 saved a checkpoint first (its
+            `preempted.json` in the work directory, on the shared volume): the step exits 75 and a retry resumes.
         JobFailed, JobTimeout: from `kubetune.launch.job_runner`, naming the job and how to inspect it.
     """
     from kubetune.components.train_ranks import write_rank_spec
-    from kubetune.launch.job_runner import JobRunner, outcome, own_namespace
+    from kubetune.launch.job_runner import JobFailed, JobRunner, outcome, own_namespace
     from kubetune.launch.node_job import node_job
+    from kubetune.train.preemption import clear_preempted_marker, read_preempted
     from kubetune.train.result import SUMMARY_FILE
 
     spec = write_rank_spec(work, config, stage, share_inputs(extra, work), parent_run_id)
@@ -82,7 +85,14 @@ def run_on_nodes(cfg: PipelineConfig, config: str, stage: str, extra: dict[str, 
     found = runner.get()
     if found is None or outcome(found, runner.kind)[0] == "failed":
         summary.unlink(missing_ok=True)  # a new job: an earlier run's summary must not pass for its own
-    runner.run()
+        clear_preempted_marker(work)  # ... nor an earlier run's pre-emption
+    try:
+        runner.run()
+    except JobFailed:
+        preempted = read_preempted(work)  # the nodes' pods were SIGTERM'd after rank 0 saved a checkpoint
+        if preempted is not None:
+            raise preempted from None
+        raise
     spec.unlink(missing_ok=True)  # done: it holds the whole config (a failed job keeps it for the step's retry)
     if not summary.is_file():
         raise RuntimeError(f"the {stage} job {job.name} completed but rank 0 wrote no {summary}: is "

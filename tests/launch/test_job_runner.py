@@ -139,3 +139,33 @@ def test_the_launcher_shares_its_inputs_and_returns_rank_zeros_metrics(tmp_path:
     spec = seen["spec"]
     assert spec["extra"]["output_dir"] == str(work)
     assert Path(spec["extra"]["tokenized_path"]).is_relative_to(work.parent)
+
+
+def test_a_job_whose_pods_were_preempted_ends_the_step_as_preempted(tmp_path: Path) -> None:
+    """The nodes' pods get SIGTERM, rank 0 saves `checkpoint-4` and writes `preempted.json` on the shared volume,
+    the job fails: the launcher raises `Preempted` (the step then exits 75, and its retry resumes), not JobFailed.
+    A job that fails for another reason still raises JobFailed, and a stale marker from an earlier run is cleared."""
+    from kubetune.train.preemption import PREEMPTED_FILE, Preempted
+
+    data = yaml.safe_load((REPO / "examples/pipeline_sft.yaml").read_text())
+    data.update(dataset_dir=str(REPO / "data"), resources={"sft": {"nodes": 2, "gpus": 8}})
+    cfg = load_pipeline_config(text=yaml.safe_dump(data))
+    work = tmp_path / "volume" / "runs" / "run-1" / "sft"
+    work.mkdir(parents=True)
+
+    def preempted(obj: dict) -> list[str]:
+        (work / PREEMPTED_FILE).write_text(json.dumps({"step": 4, "checkpoint": str(work / "checkpoint-4")}))
+        return ["running", "failed: jobset failed: node-0 terminated (SIGTERM)"]
+
+    def crashed(obj: dict) -> list[str]:
+        return ["running", "failed: node-1 exited with code 1"]
+
+    def launch(kube: FakeKubeServer, run: str) -> None:
+        run_on_nodes(cfg, cfg.to_yaml(), "sft", {"output_dir": str(work)}, "", work, run,
+                     api_client=kube.api_client(), namespace="team-a", poll_s=0.05)
+
+    with FakeKubeServer(on_create=preempted) as kube, pytest.raises(Preempted) as err:
+        launch(kube, "run-1")
+    assert err.value.step == 4 and "checkpoint-4" in str(err.value)
+    with FakeKubeServer(on_create=crashed) as kube, pytest.raises(JobFailed, match="exited with code 1"):
+        launch(kube, "run-2")  # the marker the first run left is not this run's pre-emption
