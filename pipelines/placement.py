@@ -75,6 +75,8 @@ def place(task: PipelineTask, step: str, cfg: PipelineConfig, *, s3_secret: obje
     # optional: a cluster that reaches S3 through an IAM role or an unauthenticated MLflow has no such secret
     kubernetes.use_secret_as_env(task, secret_name=s3_secret, secret_key_to_env=S3_ENV, optional=True)
     kubernetes.use_secret_as_env(task, secret_name=mlflow_secret, secret_key_to_env=MLFLOW_ENV, optional=True)
+    for name, keys in cfg.env_secrets.items():  # the hub token, a judge endpoint's key, ...
+        kubernetes.use_secret_as_env(task, secret_name=name, secret_key_to_env=dict(keys), optional=True)
     if cfg.s3.endpoint_url:
         task.set_env_variable("AWS_ENDPOINT_URL", cfg.s3.endpoint_url)
     if cfg.mlflow.tracking_uri:

@@ -76,9 +76,14 @@ def test_cluster_settings_are_compiled_in(tmp_path: Path) -> None:
     assert sft_k8s["pvcMount"][0]["mountPath"] == "/cache/kubetune"
     # the body is the exit handler's sub-DAG: pipeline parameters reach it as `pipelinechannel--<name>` inputs
     secrets = {s["secretNameParameter"]["componentInputParameter"].removeprefix("pipelinechannel--"): s
-               for s in sft_k8s["secretAsEnv"]}
+               for s in sft_k8s["secretAsEnv"] if "componentInputParameter" in s["secretNameParameter"]}
     assert set(secrets) == {"s3_secret", "mlflow_secret"}
     assert {e["envVar"] for e in secrets["s3_secret"]["keyToEnv"]} == {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"}
+    # env_secrets (default: the hub token from hf-credentials), each optional, compiled in by name
+    named = {s["secretNameParameter"]["runtimeValue"]["constant"]: s for s in sft_k8s["secretAsEnv"]
+             if "runtimeValue" in s["secretNameParameter"]}
+    assert named["hf-credentials"]["keyToEnv"] == [{"secretKey": "HF_TOKEN", "envVar": "HF_TOKEN"}]
+    assert named["hf-credentials"]["optional"] is True
 
     tasks = _steps(spec)
     assert tasks["sft"]["retryPolicy"]["maxRetryCount"] == 3

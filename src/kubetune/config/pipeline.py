@@ -161,6 +161,12 @@ class PipelineConfig(_Section):
     retry: Retry = Field(default_factory=Retry)
     caching: Caching = Field(default_factory=Caching)
     model_cache: ModelCache = Field(default_factory=ModelCache)
+    env_secrets: dict[str, dict[str, str]] = Field(
+        default_factory=lambda: {"hf-credentials": {"HF_TOKEN": "HF_TOKEN"}},
+        description="More Kubernetes secrets as every step's environment: secret name → {key: env var}; each "
+                    "optional (a missing secret sets nothing). Default: HF_TOKEN from `hf-credentials` (the hub "
+                    "token transformers reads). Add e.g. {judge-credentials: {api-key: JUDGE_API_KEY}} for "
+                    "evaluation.judge_model's endpoint.")
     source: str = Field("", exclude=True)
 
     # --- derived ---

@@ -22,8 +22,9 @@ URL_HINT = ("take the credentials out of the URL: MLflow reads MLFLOW_TRACKING_U
             "(in a pipeline, from mlflow.credentials_secret); kubetune's HTTP reward source sends no credentials, "
             "so serve a reward endpoint on a private address")
 SECRET_HINT = ("remove it from the config: give it to the steps as an environment variable from a Kubernetes "
-               "secret (HF_TOKEN for the Hugging Face hub, which transformers reads; MLFLOW_TRACKING_USERNAME/"
-               "PASSWORD in mlflow.credentials_secret; AWS_* in s3.credentials_secret)")
+               "secret (HF_TOKEN for the Hugging Face hub, which transformers reads, from the `hf-credentials` "
+               "secret or another one named in env_secrets; MLFLOW_TRACKING_USERNAME/PASSWORD in "
+               "mlflow.credentials_secret; AWS_* in s3.credentials_secret)")
 
 
 def url_password(value: Any) -> bool:
