@@ -33,6 +33,10 @@ def test_the_hidden_linear_layers_convert_and_the_ends_and_small_matrices_stay(t
     assert "model.layers.1.self_attn.q_proj" in fp8 and "model.layers.0.mlp.down_proj" in fp8
     assert not {"lm_head", "model.layers.0.mlp.odd", "model.layers.0.self_attn.output_gate"} & fp8
     assert not converts_to_fp8(torch.nn.Embedding(32, 16), "model.embed_tokens")
+    # a LoRA adapter's own matrices train in high precision, whatever their rank
+    lora_a = "base_model.model.model.layers.0.self_attn.q_proj.lora_A.default"
+    assert not converts_to_fp8(torch.nn.Linear(64, 16), lora_a)
+    assert converts_to_fp8(torch.nn.Linear(64, 64), "base_model.model.model.layers.0.self_attn.q_proj.base_layer")
 
 
 class Recorder(TrainerCallback):

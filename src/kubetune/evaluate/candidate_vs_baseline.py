@@ -92,9 +92,16 @@ def _readable_model(source: str, tracking_uri: str, name: str, version: str) -> 
         if _model_dir(target) is None:
             target.parent.mkdir(parents=True, exist_ok=True)
             partial = Path(tempfile.mkdtemp(prefix=f".{version}-", dir=target.parent))
-            download_artifacts(artifact_uri=source, dst_path=str(partial), tracking_uri=tracking_uri)
-            shutil.rmtree(target, ignore_errors=True)
-            partial.rename(target)
+            try:
+                download_artifacts(artifact_uri=source, dst_path=str(partial), tracking_uri=tracking_uri)
+                if _model_dir(target) is None:  # another step sharing the cache may have finished first
+                    shutil.rmtree(target, ignore_errors=True)
+                    partial.rename(target)
+            except OSError:
+                if _model_dir(target) is None:
+                    raise
+            finally:
+                shutil.rmtree(partial, ignore_errors=True)
         found = _model_dir(target)
         return str(found) if found else None
     found = _model_dir(Path(source.removeprefix("file://")))
@@ -120,6 +127,9 @@ def compare(cfg: PipelineConfig, candidate_cfg: RunConfig, baseline: Baseline, r
         theirs.update(_suite_metrics(baseline_cfg))
     metrics = with_baseline(ours, theirs)
     samples = _paired_samples(our_rows, their_rows)
+    if len(samples) < max(len(our_rows), len(their_rows)):
+        logger.warning("evaluate: %d of %d candidate / %d baseline answers pair up by prompt (the judge and the "
+                       "reward model see only those)", len(samples), len(our_rows), len(their_rows))
     if cfg.evaluation.judge_model and samples:
         metrics.update(_judge_metrics(cfg, samples[:cfg.evaluation.judge_max_prompts]))
     reward = reward_model or cfg.evaluation.reward_model
@@ -140,10 +150,13 @@ def _baseline_config(candidate_cfg: RunConfig, baseline: Baseline) -> RunConfig:
     flat["adapter_name_or_path"] = None
     if baseline.model_path:  # a merged champion: a whole model, no adapter, no quantisation of ours
         flat["model_name_or_path"] = baseline.model_path
+        flat["quantization_bit"] = None
     flat["output_dir"] = str(Path(candidate_cfg.train.output_dir).parent / "baseline")
     from kubetune.config import load_config
 
-    return load_config(None, flat)
+    baseline_cfg = load_config(None, flat)
+    baseline_cfg.model.hf_hub_token = candidate_cfg.model.hf_hub_token  # to_flat() masks secrets
+    return baseline_cfg
 
 
 def _suite_metrics(run_cfg: RunConfig) -> dict[str, float]:
@@ -180,7 +193,9 @@ def _judge_metrics(cfg: PipelineConfig, samples: list[dict[str, str]]) -> dict[s
         from kubetune.storage import localize
 
         path = localize(e.judge_model)
-        judge = LocalJudge(AutoModelForCausalLM.from_pretrained(path).eval(), AutoTokenizer.from_pretrained(path))
+        # safetensors only: a judge folder holding only a pickle is refused, as every model kubetune loads
+        model = AutoModelForCausalLM.from_pretrained(path, use_safetensors=True, dtype="auto").eval()
+        judge = LocalJudge(model, AutoTokenizer.from_pretrained(path))
     result = judge_compare(judge, [s["prompt"] for s in samples], [s["candidate"] for s in samples],
                            [s["baseline"] for s in samples], seed=int(cfg.shared.get("seed", 42)))
     return result.as_metrics()
@@ -194,8 +209,11 @@ def _reward_metrics(cfg: PipelineConfig, run_cfg: RunConfig, reward_model: str,
     from kubetune.model.reward import load_reward_model
 
     base_args = run_cfg.model.model_copy(update={"adapter_name_or_path": None})
+    from kubetune.model.reward import reward_model_type_of
+
+    recorded = reward_model_type_of(reward_model) if "://" not in reward_model else None
     rm = load_reward_model(reward_model, base_model_args=base_args,
-                           reward_model_type=cfg.evaluation.reward_model_type)
+                           reward_model_type=recorded or cfg.evaluation.reward_model_type)
     tokenizer, template = tokenizer_and_template(run_cfg, resolve_model_path(run_cfg.model))
     score = templated_scorer(rm, tokenizer, template)
     gap = reward_gap(score, [s["prompt"] for s in samples], [s["candidate"] for s in samples],

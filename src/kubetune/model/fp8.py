@@ -6,7 +6,9 @@ applied (so LoRA's frozen base layers are converted too, as accelerate's prepare
 run's bf16 autocast around them:
 
 - which layers: every `nn.Linear` whose name has none of embed / lm_head / output / classifier / score / v_head
-  and whose two dimensions are multiples of 16 (FP8 kernels need them; LoRA's small matrices stay as they are);
+  and whose two dimensions are multiples of 16 (FP8 kernels need them); a LoRA adapter's own matrices (and
+  `modules_to_save` copies) stay in high precision — kubetune's choice: LLaMA-Factory's filter would convert
+  them when the rank is a multiple of 16;
 - the recipe: torchao's `rowwise` scaling (LLaMA-Factory's choice); with `fp8_enable_fsdp_float8_all_gather`,
   `tensorwise` with FP8 all-gather switched on, the one scaling torchao can all-gather in FP8 (LLaMA-Factory
   logs the flag and leaves rowwise, so there it changes nothing);
@@ -68,6 +70,8 @@ def converts_to_fp8(module: torch.nn.Module, name: str) -> bool:
     if type(module) is not torch.nn.Linear:
         return False
     if any(part in name.lower() for part in _KEEP_HIGH_PRECISION):
+        return False
+    if "lora_" in name or "modules_to_save" in name:  # the adapter trains in high precision on the FP8 base
         return False
     out_features, in_features = module.weight.shape
     return in_features % 16 == 0 and out_features % 16 == 0

@@ -150,7 +150,10 @@ def promote_version(cfg: PipelineConfig, version: str, metrics: dict[str, float]
 
     p = cfg.promotion
     gates = None
-    if any(name.startswith(BASELINE) for name in metrics):
+    # with a baseline scored beside the candidate, every gate; without one, the gates that need other numbers
+    # still run (and fail on the missing numbers): a configured gate is never passed by default
+    extra_gates = bool(p.no_regression) or p.min_judge_win_rate is not None or p.min_reward_delta is not None
+    if extra_gates or any(name.startswith(BASELINE) for name in metrics):
         gates = check_gates(metrics, GateSettings(p.metric, p.greater_is_better, p.min_delta, p.no_regression,
                                                   p.min_judge_win_rate, p.min_reward_delta))
     decision = promote(tracking_uri(cfg), p.registered_model, version, p.metric,

@@ -314,7 +314,7 @@ def promote(
         gates (sequence, *optional*):
             The evaluate step's gates over the candidate and its baseline measured together
             (`kubetune.evaluate.gates.check_gates`: items with `name`, `passed`, `detail`). Every one must hold
-            as well; the reason names each, and the `promotion_gates` tag keeps them.
+            as well; the reason (the `promotion_reason` tag) names each with its numbers.
 
     Returns:
         `PromotionDecision`: what was decided and why.
