@@ -10,6 +10,7 @@ candidate's `<name>`, `baseline/<name>`, `delta/<name>`, `judge/*`, `reward/*`) 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -170,8 +171,8 @@ def _suite_metrics(run_cfg: RunConfig) -> dict[str, float]:
 
 
 def _without_save_dir(run_cfg: RunConfig) -> RunConfig:
-    run_cfg.benchmark = run_cfg.benchmark.model_copy(update={"save_dir": None})  # two sides, one step: no files
-    return run_cfg
+    """A copy of `run_cfg` that writes no benchmark files (two sides score in one step); the step's own is kept."""
+    return dataclasses.replace(run_cfg, benchmark=run_cfg.benchmark.model_copy(update={"save_dir": None}))
 
 
 def _paired_samples(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> list[dict[str, str]]:
