@@ -72,7 +72,8 @@ class Dag:
 
         Args:
             adapter: the trained adapter (the candidate).
-            reward_model: a reward model this run trained (rlhf): it also scores both sides' answers.
+            reward_model: a reward model this run trained (rlhf; dpo/kto with a `stages.rm` section): it also
+                scores both sides' answers.
         """
         common = {"config": self.config, "run_id": RUN_ID, "mlflow_run_id": self.mlflow_run_id}
         if reward_model is not None:

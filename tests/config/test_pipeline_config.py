@@ -71,3 +71,17 @@ def test_shared_llama_factory_keys_are_known_and_refusals_say_why() -> None:
     with pytest.raises(ConfigError) as err:
         load_pipeline_config(text=yaml.safe_dump({**data, "use_swanlab": True}))
     assert "SwanLab tracking: not supported" in str(err.value) and "unknown key" not in str(err.value)
+
+
+def test_ppo_after_sft_is_kept_near_the_sft_model_unless_it_names_its_own_reference() -> None:
+    data = yaml.safe_load(_pipeline(evaluation={"eval_dataset": "kubi_sft_eval"}))
+    data.update(pipeline="rlhf")
+    data["stages"].update(rm={"dataset": "kubi_pref"}, ppo={"dataset": "kubi_sft", "do_sample": True})
+    cfg = load_pipeline_config(text=yaml.safe_dump(data))
+    base = data["model_name_or_path"]
+    assert cfg.reference_after_sft("ppo", "/a/sft") == {"ref_model": base, "ref_model_adapters": "/a/sft"}
+    assert cfg.reference_after_sft("dpo", "/a/sft") == {} and cfg.reference_after_sft("rm", "/a/sft") == {}
+    ppo = cfg.step_configs(placeholder_outputs=True)["stages.ppo"]()  # validation sees the placeholder
+    assert (ppo.method.ref_model, ppo.method.ref_model_adapters) == (base, "pipeline:sft")
+    data["stages"]["ppo"]["ref_model"] = base  # the user's own reference (here: the base without SFT) wins
+    assert load_pipeline_config(text=yaml.safe_dump(data)).reference_after_sft("ppo", "/a/sft") == {}

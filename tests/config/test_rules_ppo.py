@@ -92,9 +92,11 @@ def test_reward_model_type_mismatch_gets_a_hint(tmp_path: Path) -> None:
     assert problems(reward_model=str(full), reward_model_type="full") == {}
 
 
-def test_a_separate_reference_model_is_refused() -> None:
-    found = problems(ref_model="some/ref", ref_model_quantization_bit=4)
-    assert set(found) == {"ref_model", "ref_model_quantization_bit"} and "adapter" in found["ref_model"]
+def test_a_separate_reference_model_takes_dpo_s_rules() -> None:
+    assert problems(ref_model="some/ref", ref_model_quantization_bit=4) == {}  # LLaMA-Factory's PPO loads it
+    found = problems(ref_model="some/ref", ref_model_quantization_bit=3)
+    assert "must be 4 or 8" in found["ref_model_quantization_bit"]
+    assert "no ref_model is set" in problems(ref_model_adapters="saves/sft")["ref_model_adapters"]
 
 
 def test_ranking_data_is_not_prompt_data() -> None:

@@ -211,3 +211,15 @@ def test_a_step_on_several_nodes_is_a_cpu_launcher_that_forwards_its_resources(t
     assert (node["trainer"], node["runtime"], node["queue_name"]) == ("trainjob", "torch-distributed", "gpu-a100")
     assert node["node_selector"] == {"kubetune.io/pool": "a100"} and len(node["tolerations"]) == 1
     assert _steps(spec)["sft"]["retryPolicy"]["maxRetryCount"] == 3  # a retried launcher finds its job again
+
+
+def test_an_rm_section_in_a_dpo_pipeline_trains_a_reward_model_that_scores_the_evaluation(tmp_path: Path) -> None:
+    plain = _steps(_docs(compile_pipeline(_config("dpo"), tmp_path / "dpo.yaml"))[0])
+    assert "rm" not in plain and "reward_model" not in plain["evaluate"]["inputs"].get("artifacts", {})
+    cfg = _config("dpo")
+    cfg.stages["rm"] = {"dataset": "kubi_pref", "max_steps": 2}
+    assert cfg.stages_to_run() == ("sft", "rm", "dpo")
+    tasks = _steps(_docs(compile_pipeline(cfg, tmp_path / "dpo-rm.yaml"))[0])
+    reward = tasks["evaluate-with-reward"]["inputs"]["artifacts"]["reward_model"]["taskOutputArtifact"]
+    assert reward == {"producerTask": "rm", "outputArtifactKey": "reward_model"}
+    assert "rm" not in tasks["dpo"].get("dependentTasks", [])  # it trains beside sft and dpo

@@ -138,8 +138,8 @@ class Evaluation(_Section):
         "JUDGE_API_KEY", description="The environment variable holding the judge endpoint's key (from a Secret).")
     judge_max_prompts: int = Field(50, gt=0, description="Judge at most this many prompts (the first ones).")
     reward_model: str | None = Field(
-        None, description="A reward model (rm output_dir) scoring both sides' answers; the rlhf pipeline's own rm "
-                          "stage output when unset there.")
+        None, description="A reward model (rm output_dir) scoring both sides' answers; the pipeline's own rm "
+                          "step's output when unset (rlhf; dpo/kto with a stages.rm section).")
     reward_model_type: Literal["lora", "full"] = Field("lora", description="How reward_model was trained.")
 
 
@@ -181,8 +181,11 @@ class PipelineConfig(_Section):
         if self.pipeline == "full":
             return ("sft",) + (() if self.alignment == "none" else
                                ("rm", "ppo") if self.alignment == "ppo" else (self.alignment,))
-        if self.pipeline in ("dpo", "kto") and "sft" not in self.stages:
-            return (self.pipeline,)
+        if self.pipeline in ("dpo", "kto"):
+            # sft first when configured; an rm section trains a reward model beside them, which scores both
+            # sides' answers in the evaluate step (the reward gap and its promotion gate)
+            return (*(("sft",) if "sft" in self.stages else ()), *(("rm",) if "rm" in self.stages else ()),
+                    self.pipeline)
         return PIPELINE_STAGES[self.pipeline]
 
     def stages_to_validate(self) -> tuple[str, ...]:
@@ -193,9 +196,26 @@ class PipelineConfig(_Section):
 
     def pipeline_inputs(self, stage: str) -> dict[str, Any]:
         """Keys an earlier step provides at run time, as placeholders that validation accepts."""
+        keys: dict[str, Any] = {}
         if stage == "ppo" and self.pipeline in ("rlhf", "full"):
-            return {"reward_model": f"{PIPELINE_INPUT}rm"}
-        return {}
+            keys["reward_model"] = f"{PIPELINE_INPUT}rm"
+        return {**keys, **self.reference_after_sft(stage, f"{PIPELINE_INPUT}sft")}
+
+    def reference_after_sft(self, stage: str, sft_adapter: str) -> dict[str, Any]:
+        """The KL reference of a ppo step that continues this run's SFT adapter: the SFT model itself.
+
+        PPO after SFT optimises the reward while staying near the model it starts from (InstructGPT's recipe).
+        Continuing the adapter alone, the reference would be the base without it (LLaMA-Factory's default for a
+        continued LoRA adapter): the KL penalty would then pull the policy back from everything SFT taught. So
+        the step gets `ref_model` = the base and `ref_model_adapters` = the SFT adapter, unless the config names
+        its own `ref_model`. Returns {} for every other step.
+        """
+        if stage != "ppo" or "sft" not in self.stages_to_run():
+            return {}
+        if self.stages.get("ppo", {}).get("ref_model") or self.shared.get("ref_model"):
+            return {}
+        base = self.stages.get("ppo", {}).get("model_name_or_path", self.shared.get("model_name_or_path"))
+        return {"ref_model": base, "ref_model_adapters": sft_adapter}
 
     def stage_config(self, stage: str, _evaluation: dict[str, Any] | None = None, **extra: Any) -> RunConfig:
         """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""

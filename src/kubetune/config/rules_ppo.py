@@ -44,15 +44,10 @@ def reward_model(cfg: RunConfig) -> list[Problem]:
 
 
 def reference_keys(cfg: RunConfig) -> list[Problem]:
-    """PPO's reference is built in: a separate one would be silently ignored, so refuse it."""
-    problems = []
-    for key in ("ref_model", "ref_model_adapters", "ref_model_quantization_bit"):
-        value = getattr(cfg.method, key)
-        if value is not None:
-            problems.append(Problem(key, value, cfg.origin(key),
-                                    "the ppo stage chooses its own reference: the policy with its LoRA adapter "
-                                    "disabled, or a frozen copy of the base for freeze/full", "remove it"))
-    return problems
+    """`ref_model` (+ adapters, quantisation) as for dpo: adapters and quantisation only beside a ref_model."""
+    from kubetune.config.rules_dpo import reference_keys as preference_reference_keys
+
+    return preference_reference_keys(cfg, uses_reference=True)
 
 
 def no_packing(cfg: RunConfig) -> list[Problem]:

@@ -3,8 +3,10 @@
 Reads top to bottom:
 
 - setup: tokenizer, template, prompts; the policy (base + LoRA adapter, or a full/freeze model)
-  with a value head on its hidden states (the critic shares the backbone); the reference (the
-  policy with its adapter disabled, or a frozen copy of the base for full/freeze); the reward
+  with a value head on its hidden states (the critic shares the backbone); the reference of the
+  KL penalty (`ref_model` + `ref_model_adapters` when set, e.g. the SFT model PPO starts from, as
+  in InstructGPT; else, as in LLaMA-Factory, the policy with its LoRA adapter disabled — the base
+  without the adapter being trained — or a frozen copy of the base for full/freeze); the reward
   source (the rm stage's model, an HTTP endpoint, or a Python function).
 - train: each PPO update samples responses to a batch of prompts, scores them, turns the scores
   and a per-token KL penalty against the reference into per-token rewards, estimates advantages
@@ -54,8 +56,8 @@ from kubetune.data.setup import stage_data
 from kubetune.evaluate.generate import generation_kwargs
 from kubetune.evaluate.metrics import generation_metrics
 from kubetune.losses.ppo import clipped_policy_loss, clipped_value_loss
-from kubetune.model.loader import load_base_model
 from kubetune.model.policy import load_policy
+from kubetune.model.reference import load_reference
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.plotting import plot_loss
 from kubetune.rl.checkpoint import load_checkpoint, save_checkpoint, save_policy
@@ -115,8 +117,9 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     # --- train ---
     if do_train:
         policy = ModelWithValueHead(lm)  # the critic: a value head on the policy's own hidden states
-        # LoRA: the reference is the policy with its adapter disabled; otherwise a frozen copy of the base
-        reference = None if cfg.method.finetuning_type == "lora" else _frozen_base(cfg, model_path, dtype, device)
+        # ref_model (+ adapters) when set; else LoRA: the policy with its adapter disabled (None), full/freeze:
+        # a frozen copy of the base
+        reference = load_reference(cfg, model_path, dtype, device).model
         with released(callbacks or []):  # SIGTERM handed back however the loop ends
             train_metrics = train(cfg, out, policy, reference, reward, tokenizer, data.train,
                                   eval_rows=data.eval if cfg.train.eval_strategy != "no" else None,
@@ -375,13 +378,6 @@ def _data_parallel(policy: ModelWithValueHead, ranks: Ranks) -> Any:
 def _sync_gradients(model: Any, sync: bool) -> contextlib.AbstractContextManager[Any]:
     """DDP's `no_sync` on all but the last micro-batch of a minibatch: one all-reduce per optimiser step."""
     return contextlib.nullcontext() if sync or not hasattr(model, "no_sync") else model.no_sync()
-
-
-def _frozen_base(cfg: RunConfig, model_path: str, dtype: torch.dtype, device: torch.device) -> Any:
-    """The reference for full/freeze fine-tuning: the base model again, frozen."""
-    reference = load_base_model(cfg.model, dtype=dtype, path=model_path, model_max_length=cfg.data.cutoff_len)
-    reference.requires_grad_(False)
-    return reference.eval().to(device)
 
 
 def _adamw(policy: ModelWithValueHead, cfg: RunConfig) -> torch.optim.Optimizer:

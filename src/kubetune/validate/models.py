@@ -52,9 +52,9 @@ def pickle_checkpoints(cfg: RunConfig) -> list[Problem]:
 
 
 def reference_model_folders(cfg: RunConfig) -> list[Problem]:
-    """dpo/kto: a local ref_model must exist, and each of its adapters must be a PEFT adapter folder."""
+    """dpo/kto/ppo: a local ref_model must exist, and each of its adapters must be a PEFT adapter folder."""
     m = cfg.method
-    if not uses_reference(cfg) or m.ref_model is None:
+    if not (m.stage == "ppo" or uses_reference(cfg)) or m.ref_model is None:
         return []  # the config rules refuse ref_model* keys where no reference is loaded
     problems = []
     if m.ref_model.startswith(LOCAL_PREFIXES) and not Path(m.ref_model).expanduser().exists():
@@ -62,7 +62,7 @@ def reference_model_folders(cfg: RunConfig) -> list[Problem]:
                                 "give a model directory, an s3:// prefix or a hub id"))
     for adapter in (m.ref_model_adapters or "").split(","):
         adapter = adapter.strip()
-        if adapter and not is_adapter_dir(adapter):
+        if adapter and not adapter.startswith(PIPELINE_INPUT) and not is_adapter_dir(adapter):
             problems.append(Problem("ref_model_adapters", m.ref_model_adapters, cfg.origin("ref_model_adapters"),
                                     f"{adapter} is not a PEFT adapter directory (no adapter_config.json)",
                                     "point it at a trained adapter's output_dir"))

@@ -26,7 +26,7 @@ STAGE_RULES: dict[str, tuple[Rule, ...]] = {
     "rm": (datasets.rm_ranking_data, models.trained_reward_model),
     "dpo": (datasets.dpo_pairs, models.reference_model_folders),
     "kto": (datasets.kto_tagged_responses, models.reference_model_folders),
-    "ppo": (models.reward_source, datasets.ppo_prompts),
+    "ppo": (models.reward_source, datasets.ppo_prompts, models.reference_model_folders),
 }
 
 
