@@ -68,6 +68,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in ("train", "eval", "export", "chat", "validate"):
         print(f"kubetune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
+    if rest in (["-h"], ["--help"]):  # `kubetune train --help`: the usage, not a config key named help
+        print(USAGE)
+        return 0
     # under torchrun every rank runs this: the others log warnings only, so each line appears once
     level = logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
     logging.basicConfig(level=level, format="[%(levelname)s|%(name)s] %(message)s")
