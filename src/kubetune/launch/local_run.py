@@ -170,7 +170,7 @@ def _metrics_table(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
     scored = step.get("metrics") or {}
     # the evaluate step scores the baseline (the champion, else the base model) beside the candidate
     before = {k.removeprefix("baseline/"): v for k, v in scored.items() if k.startswith("baseline/")}
-    after = {k: v for k, v in scored.items() if not k.startswith(("baseline/", "delta/"))}
+    after = {k: v for k, v in scored.items() if not k.startswith(("baseline/", "delta/", "reward/", "judge/"))}
     names = sorted(k for k in {*before, *after} if not k.endswith(_NOISE))
     if not names:
         return []
@@ -181,6 +181,21 @@ def _metrics_table(result: LocalRunResult, cfg: PipelineConfig) -> list[str]:
         cells = [f"{m[name]:10.4f}" if name in m else f"{'—':>10}" for m in (before, after)]
         gate = "  ← promotion gate" if name == cfg.promotion.metric else ""
         lines.append(f"  {name:26} {cells[0]} {cells[1]}{gate}")
+    return lines + _paired_lines(scored)
+
+
+def _paired_lines(scored: dict[str, float]) -> list[str]:
+    """The reward model's and the judge's verdicts on both sides' answers, with their 95% intervals."""
+    lines = []
+    if "reward/delta" in scored:
+        lines.append(f"  reward under the rm: baseline {scored['reward/baseline_mean']:.4f}, candidate "
+                     f"{scored['reward/candidate_mean']:.4f}; candidate − baseline {scored['reward/delta']:+.4f} "
+                     f"(95% CI {scored['reward/delta_ci_low']:+.4f} … {scored['reward/delta_ci_high']:+.4f})")
+    if "judge/win_rate" in scored:
+        lines.append(f"  judge: candidate wins {scored['judge/win_rate']:.1%} (95% CI "
+                     f"{scored['judge/win_rate_ci_low']:.1%} … {scored['judge/win_rate_ci_high']:.1%}; "
+                     f"{scored['judge/wins']:.0f} wins, {scored['judge/losses']:.0f} losses, "
+                     f"{scored['judge/ties']:.0f} ties)")
     return lines
 
 
