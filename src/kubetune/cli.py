@@ -25,7 +25,8 @@ commands:
   export    merge the adapter into the base and save safetensors shards (export_dir)
   chat      talk to a model (+ adapter) in the terminal
   validate  check a config and the files it names, as the job its keys describe (train, export with
-            export_dir, chat with infer_backend and no stage, eval with do_train: false), running nothing
+            export_dir, chat with infer_backend and no stage, eval with do_train: false), running nothing;
+            a pipeline config: every step of its DAG, as `kubetune run` checks it first
   estimate  peak GPU memory per device and which GPUs fit, from the model config alone [--json]
 
 pipeline commands (a pipeline config: see examples/pipeline_sft.yaml):
@@ -78,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = [arg for arg in rest if not (as_json and arg == "--json")]
     path = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     overrides = rest[1:] if path else rest
+    if command == "validate" and path and not overrides and _is_pipeline_config(path):
+        return _validate_pipeline(path)
     try:
         cfg = _load(command, path, overrides)
     except ConfigError as err:
@@ -157,6 +160,35 @@ def _load(command: str, path: str | None, overrides: Sequence[str]) -> RunConfig
     # `validate` checks a config as what it is for: an LLaMA-Factory merge config as an export, and so on
     preflight(cfg, purpose(cfg) if command == "validate" else command)  # type: ignore[arg-type]
     return cfg
+
+
+def _is_pipeline_config(path: str) -> bool:
+    """Whether the file is a pipeline config (`pipeline:` or `stages:` at the top), not one stage's."""
+    from pathlib import Path
+
+    from kubetune.config.loader import read_config_file
+
+    try:
+        data = read_config_file(Path(path))
+    except ConfigError:
+        return False  # the stage path reports what is wrong with the file
+    return "pipeline" in data or "stages" in data
+
+
+def _validate_pipeline(path: str) -> int:
+    """`kubetune validate pipeline.yaml`: every step of the DAG checked as `kubetune run` checks it first."""
+    from kubetune.config.pipeline import load_pipeline_config
+    from kubetune.validate import preflight_pipeline
+
+    try:
+        cfg = load_pipeline_config(path)
+        preflight_pipeline(cfg)
+    except ConfigError as err:
+        print(f"kubetune validate: {err}", file=sys.stderr)
+        return 2
+    print(f"{path}: OK — pipeline {cfg.pipeline} ({cfg.name}): {', '.join(cfg.stages_to_validate())}, then "
+          f"evaluate, export, register, promote ({cfg.promotion.registered_model})")
+    return 0
 
 
 def _names_a_task(path: str | None, overrides: Sequence[str]) -> bool:
