@@ -8,8 +8,7 @@ A candidate is promoted only when every gate holds; the decision names each gate
   (lower is better for names with loss or perplexity in them, higher for the rest: accuracies, win rates,
   ROUGE);
 - `min_judge_win_rate`: the judge's win rate of the candidate over the baseline is at least this;
-- `min_reward_delta`: the mean reward gap (candidate − baseline) under the reward model is at least this.
-
+- `min_reward_delta`: the mean reward gap (candidate − baseline) under the reward model is at least this;
 - always, when the evaluate step found a champion registered but could not score it (its model unreadable, or the
   registry silent): the candidate was compared with the base model, not the model it would replace, so it is
   refused, the gate naming the champion's version and why (`CHAMPION_UNREADABLE`).
