@@ -125,7 +125,8 @@ def test_a_bad_task_folder_names_the_file_and_row(tmp_path: Path, tiny_model_dir
         read_benchmark(task_dir, "quiz")
 
 
-def test_kubetune_eval_prints_the_table_or_json(tiny_model_dir: Path, tmp_path: Path) -> None:
+def test_kubetune_eval_prints_the_table_or_json(tiny_model_dir: Path, tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     task_dir = write_task(tmp_path / "bench")
     config = tmp_path / "eval.yaml"
     config.write_text(f"model_name_or_path: {tiny_model_dir}\ntemplate: chatml\ntask: quiz_validation\n"
@@ -135,3 +136,11 @@ def test_kubetune_eval_prints_the_table_or_json(tiny_model_dir: Path, tmp_path: 
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout)["benchmark"]
     assert result["task"] == "quiz_validation" and result["questions"] == 6  # val/: two rows per subject
+    # without --json: a table a person reads, one line per category, the same numbers
+    from kubetune.cli import main
+
+    assert main(["eval", str(config)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "quiz_validation: 6 questions, 1-shot, lang en"
+    rows = {line.split(":")[0].strip(): float(line.split(":")[1]) for line in table[2:]}
+    assert rows == {name: pytest.approx(value, abs=0.005) for name, value in result["categories"].items()}

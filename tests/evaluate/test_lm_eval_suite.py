@@ -67,3 +67,21 @@ def test_limit_and_missing_tasks(tiny_model_dir: Path) -> None:
 def test_flatten_names_metrics_by_task_and_filter() -> None:
     flat = flatten({"t": {"alias": "t", "acc,none": 0.5, "acc_stderr,none": 0.1, "exact_match,strict": 1.0}})
     assert flat == {"lm_eval/t/acc": 0.5, "lm_eval/t/acc_stderr": 0.1, "lm_eval/t/exact_match_strict": 1.0}
+
+
+def test_kubetune_eval_prints_lm_evals_table_or_json(tiny_model_dir: Path, tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    from kubetune.cli import main
+
+    config = tmp_path / "eval.yaml"
+    config.write_text(f"model_name_or_path: {tiny_model_dir}\ntemplate: chatml\nlm_eval_tasks: [kubi_choice]\n"
+                      f"lm_eval_include_path: {TASKS}\nlm_eval_limit: 4\n")
+    assert main(["eval", str(config), "--json"]) == 0
+    metrics = json.loads(capsys.readouterr().out)["lm_eval"]["metrics"]
+    assert set(metrics) >= {"lm_eval/kubi_choice/acc", "lm_eval/kubi_choice/acc_stderr"}
+    assert main(["eval", str(config)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "lm-eval:"
+    acc, stderr = metrics["lm_eval/kubi_choice/acc"], metrics["lm_eval/kubi_choice/acc_stderr"]
+    assert f"  lm_eval/kubi_choice/acc: {acc:.4f} ± {stderr:.4f}" in table
+    assert not [line for line in table if "_stderr:" in line]  # each stderr sits beside its metric

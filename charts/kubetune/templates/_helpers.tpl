@@ -94,6 +94,24 @@ chart's appVersion (= kubetune's version, the tag the compiled pipeline uses). C
 {{- if or .Values.s3.existingSecret .Values.s3.accessKeyId -}}true{{- end -}}
 {{- end -}}
 
+{{/* The Secret with the judge endpoint's key: an existing one, the one the chart writes, or none (""). */}}
+{{- define "kubetune.judgeSecretName" -}}
+{{- if .Values.judge.existingSecret -}}
+{{- .Values.judge.existingSecret -}}
+{{- else if .Values.judge.apiKey -}}
+{{- include "kubetune.component" (list . "judge") -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The key inside it: existingSecretKey for an existing Secret, api-key in the one the chart writes. */}}
+{{- define "kubetune.judgeSecretKey" -}}
+{{- if .Values.judge.existingSecret -}}
+{{- .Values.judge.existingSecretKey -}}
+{{- else -}}
+api-key
+{{- end -}}
+{{- end -}}
+
 {{- define "kubetune.backendStoreSecretName" -}}
 {{- default (include "kubetune.component" (list . "mlflow-store")) .Values.mlflow.backendStore.existingSecret -}}
 {{- end -}}
@@ -199,7 +217,8 @@ config refuses unknown keys only when the Job runs, hence the schema's closed st
 {{/*
 The pipeline config the registration Job compiles: values.pipeline, with the sections that describe this
 cluster (images, resources, mlflow, s3, model_cache) written from the chart's values, so one `helm upgrade`
-moves the chart's pods and the pipeline's steps together.
+moves the chart's pods and the pipeline's steps together; and the judge's Secret (values.judge) added to its
+env_secrets.
 */}}
 {{- define "kubetune.pipelineConfig" -}}
 {{- $cfg := include "kubetune.userPipeline" . | fromYaml -}}
@@ -220,6 +239,17 @@ moves the chart's pods and the pipeline's steps together.
 {{- $cache := dict "mount_path" .Values.modelCache.mountPath -}}
 {{- with .Values.modelCache.pvc }}{{ $_ := set $cache "pvc" . }}{{ end -}}
 {{- $_ := set $cfg "model_cache" $cache -}}
+{{- with include "kubetune.judgeSecretName" . -}}
+{{- /* the judge's key joins the config's env_secrets (kept as the user wrote them, else the config's default)
+as the variable evaluation.judge_api_key_env names: the pipeline injects it into every step */ -}}
+{{- $envVar := default "JUDGE_API_KEY" (get ($cfg.evaluation | default dict) "judge_api_key_env") -}}
+{{- $secrets := dict "hf-credentials" (dict "HF_TOKEN" "HF_TOKEN") -}}
+{{- if hasKey $cfg "env_secrets" }}{{ $secrets = $cfg.env_secrets | default dict }}{{ end -}}
+{{- $keys := get $secrets . | default dict -}}
+{{- $_ := set $keys (include "kubetune.judgeSecretKey" $) $envVar -}}
+{{- $_ := set $secrets . $keys -}}
+{{- $_ := set $cfg "env_secrets" $secrets -}}
+{{- end -}}
 {{- toYaml $cfg -}}
 {{- end -}}
 

@@ -1,11 +1,14 @@
 """The pipeline's evaluate step: the candidate and its baseline scored on the same data in the same step.
 
 The baseline is the registered model's `champion` when there is one and its files can be read, else the base
-model the run started from (said in the result, with the reason). Both sides get the same evaluation (held-out
-loss, generation metrics), the same benchmarks (`task`, `lm_eval_tasks` in the evaluation section), and then,
-when configured, a judge compares their answers (`evaluation.judge_model`) and a reward model scores them
-(`evaluation.reward_model`, or the rlhf pipeline's rm stage). Everything lands in one metrics dict (the
-candidate's `<name>`, `baseline/<name>`, `delta/<name>`, `judge/*`, `reward/*`) and one HTML report.
+model the run started from (said in the result, with the reason). A champion that is registered but cannot be
+read still leaves the base model scored, so the step's numbers are measured, but the metrics then carry the
+champion's version and why (`gates.CHAMPION_UNREADABLE`), and promotion refuses a candidate that was not compared
+with the champion. Both sides get the same evaluation (held-out loss, generation metrics), the same benchmarks
+(`task`, `lm_eval_tasks` in the evaluation section), and then, when configured, a judge compares their answers
+(`evaluation.judge_model`) and a reward model scores them (`evaluation.reward_model`, or the rlhf pipeline's rm
+stage). Everything lands in one metrics dict (the candidate's `<name>`, `baseline/<name>`, `delta/<name>`,
+`judge/*`, `reward/*`) and one HTML report.
 """
 
 from __future__ import annotations
@@ -20,10 +23,19 @@ from pathlib import Path
 
 from kubetune.config import RunConfig
 from kubetune.config.pipeline import PipelineConfig
-from kubetune.evaluate.gates import with_baseline
+from kubetune.evaluate.gates import (
+    CHAMPION_UNREADABLE,
+    CHAMPION_UNREADABLE_WHY,
+    FETCH_FAILED,
+    NO_MODEL,
+    REGISTRY_UNREADABLE,
+    with_baseline,
+)
 from kubetune.evaluate.report import ReportData, most_different
 
 logger = logging.getLogger(__name__)
+
+_REGISTRY_TIMEOUT_S, _REGISTRY_RETRIES = 30.0, 2  # as the promote step reads the registry
 
 # run_eval(run_cfg, side) -> (metrics, rows of generated_predictions.jsonl): the step's own evaluation run
 RunEval = Callable[[RunConfig, str], tuple[dict[str, float], list[dict[str, str]]]]
@@ -31,11 +43,25 @@ RunEval = Callable[[RunConfig, str], tuple[dict[str, float], list[dict[str, str]
 
 @dataclass
 class Baseline:
-    """What the candidate is compared with: `model_path` None means the base model as configured."""
+    """What the candidate is compared with: `model_path` None means the base model as configured.
+
+    `unreadable_champion` is set when a champion is registered (or may be: the registry did not answer) but the
+    base model had to stand in for it; `why` is then a key of `gates.CHAMPION_UNREADABLE_REASONS`. The comparison
+    carries both as metrics, and promotion refuses such a candidate (`gates.check_gates`).
+    """
 
     label: str
     model_path: str | None = None
     note: str = ""
+    unreadable_champion: str | None = None
+    why: int = 0
+
+    def refusal_metrics(self) -> dict[str, float]:
+        """The metrics that tell the promote step the champion was not scored ({} when it was, or when none is)."""
+        if self.unreadable_champion is None:
+            return {}
+        version = float(self.unreadable_champion) if self.unreadable_champion.isdigit() else 0.0
+        return {CHAMPION_UNREADABLE: version, CHAMPION_UNREADABLE_WHY: float(self.why)}
 
 
 @dataclass
@@ -49,38 +75,59 @@ class Comparison:
 
 
 def find_baseline(cfg: PipelineConfig, tracking_uri: str | None) -> Baseline:
-    """The registered champion's model when it can be read here, else the base model (with the reason)."""
-    base = Baseline(f"base model {cfg.shared.get('model_name_or_path', '')}")
-    if not tracking_uri:
-        return base
-    try:
-        from mlflow import MlflowClient
-        from mlflow.exceptions import MlflowException
+    """The registered champion's model when it can be read here, else the base model (with the reason).
 
-        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-        try:
-            champion = client.get_model_version_by_alias(cfg.promotion.registered_model, "champion")
-        except MlflowException:
-            return Baseline(base.label, note="no champion registered yet")
-    except Exception as err:  # the registry is unreachable: score against the base and say so
-        return Baseline(base.label, note=f"the registry could not be read ({type(err).__name__}: {err})")
+    A champion that is registered but whose model cannot be read (or a registry that does not answer) still
+    leaves a baseline to score, the base model, so the step's metrics are measured; the returned baseline names
+    the champion and why, and promotion refuses the candidate on it (it was not compared with the champion).
+    """
+    base = f"base model {cfg.shared.get('model_name_or_path', '')}"
+    if not tracking_uri:
+        return Baseline(base)
+    name = cfg.promotion.registered_model
+    try:
+        from kubetune.tracking.connection import http_limits
+        from kubetune.tracking.registry_reads import alias_version, registry_client
+
+        client = registry_client(tracking_uri)
+        with http_limits(_REGISTRY_TIMEOUT_S, _REGISTRY_RETRIES):  # MLflow's defaults wait minutes on a dead server
+            version = alias_version(client, name, "champion")
+            champion = client.get_model_version(name, version) if version is not None else None
+    except Exception as err:  # the registry is unreachable: whether a champion exists is unknown
+        note = f"the registry could not be read ({type(err).__name__}: {_first_line(err)})"
+        logger.warning("evaluate: %s; scoring the base model as baseline, and promotion will refuse", note)
+        return Baseline(base, note=note, unreadable_champion="", why=REGISTRY_UNREADABLE)
+    if champion is None:
+        return Baseline(base, note="no champion registered yet")
     source = champion.source or ""
     try:
-        local = _readable_model(source, tracking_uri, cfg.promotion.registered_model, champion.version)
-    except Exception as err:  # an artifact store that does not answer: the base, and the reason
-        return Baseline(base.label, note=f"champion v{champion.version}'s model {source!r} could not be fetched "
-                                         f"({type(err).__name__}: {err})")
-    if local is None:
-        return Baseline(base.label, note=f"champion v{champion.version}'s model {source!r} cannot be read here")
-    return Baseline(f"champion v{champion.version}", model_path=local)
+        local = _readable_model(source, tracking_uri, name, champion.version)
+    except Exception as err:  # an artifact store that does not answer, objects gone: the base, and the reason
+        note = (f"champion v{champion.version}'s model {source!r} could not be fetched "
+                f"({type(err).__name__}: {_first_line(err)})")
+        why = FETCH_FAILED
+    else:
+        if local is not None:
+            return Baseline(f"champion v{champion.version}", model_path=local)
+        note, why = f"champion v{champion.version}'s model {source!r} holds no model this step can read", NO_MODEL
+    logger.warning("evaluate: %s; scoring the base model as baseline, and promotion will refuse", note)
+    return Baseline(base, note=note, unreadable_champion=str(champion.version), why=why)
+
+
+def _first_line(err: BaseException) -> str:
+    return (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _readable_model(source: str, tracking_uri: str, name: str, version: str) -> str | None:
-    """A path (or s3:// URI) the loader reads the champion's model from. A model kept in MLflow's artifact store
-    is downloaded once per version into the cache (into a temporary folder renamed when complete, so a killed
+    """A local path the loader reads the champion's model from, None when its source holds no model. A model in
+    s3:// is fetched into the cache (a missing one raises); one kept in MLflow's artifact store is downloaded once
+    per version into the cache (into a temporary folder renamed when complete, so a killed
     download is fetched again, never used)."""
     if source.startswith("s3://"):
-        return source  # the loader fetches s3:// models into the cache
+        from kubetune.storage import localize
+
+        found = _model_dir(localize(source))  # into the cache, where the loader finds it again
+        return str(found) if found else None
     if source.startswith(("mlflow-artifacts:", "runs:", "models:")):
         import shutil
         import tempfile
@@ -127,6 +174,7 @@ def compare(cfg: PipelineConfig, candidate_cfg: RunConfig, baseline: Baseline, r
         ours.update(_suite_metrics(candidate_cfg))
         theirs.update(_suite_metrics(baseline_cfg))
     metrics = with_baseline(ours, theirs)
+    metrics.update(baseline.refusal_metrics())  # the promote step refuses a candidate not compared with the champion
     samples = _paired_samples(our_rows, their_rows)
     if len(samples) < max(len(our_rows), len(their_rows)):
         logger.warning("evaluate: %d of %d candidate / %d baseline answers pair up by prompt (the judge and the "
@@ -141,7 +189,8 @@ def compare(cfg: PipelineConfig, candidate_cfg: RunConfig, baseline: Baseline, r
     shown = {k: (v, theirs.get(k)) for k, v in sorted(ours.items()) if not k.endswith(("runtime", "per_second"))}
     shown.update({k: (v, None) for k, v in metrics.items() if k.startswith(("judge/", "reward/"))})
     report = ReportData(title=f"Evaluation — {cfg.name}", candidate="candidate (this run)", baseline=baseline.label,
-                        metrics=shown, categories=categories, samples=most_different(samples, 5))
+                        metrics=shown, categories=categories, samples=most_different(samples, 5),
+                        notes=[f"Baseline: {baseline.note}."] if baseline.note else [])
     return Comparison(metrics, baseline, report, samples)
 
 

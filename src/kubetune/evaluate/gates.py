@@ -8,7 +8,10 @@ A candidate is promoted only when every gate holds; the decision names each gate
   (lower is better for names with loss or perplexity in them, higher for the rest: accuracies, win rates,
   ROUGE);
 - `min_judge_win_rate`: the judge's win rate of the candidate over the baseline is at least this;
-- `min_reward_delta`: the mean reward gap (candidate − baseline) under the reward model is at least this.
+- `min_reward_delta`: the mean reward gap (candidate − baseline) under the reward model is at least this;
+- always, when the evaluate step found a champion registered but could not score it (its model unreadable, or the
+  registry silent): the candidate was compared with the base model, not the model it would replace, so it is
+  refused, the gate naming the champion's version and why (`CHAMPION_UNREADABLE`).
 
 Baseline metrics travel as `baseline/<name>` beside the candidate's `<name>` (`with_baseline`), the judge's as
 `judge/win_rate` and the reward gap as `reward/delta` (`kubetune.evaluate.judge`, `kubetune.evaluate.reward_gap`).
@@ -24,6 +27,17 @@ from kubetune.evaluate.report import Gate
 
 BASELINE = "baseline/"
 DELTA = "delta/"
+
+# A champion the evaluate step could not score travels as numbers (metrics carry nothing else): its version (0 when
+# the registry did not answer, so it is unknown) and why, a key of CHAMPION_UNREADABLE_REASONS.
+CHAMPION_UNREADABLE = BASELINE + "champion_unreadable"
+CHAMPION_UNREADABLE_WHY = BASELINE + "champion_unreadable_why"
+FETCH_FAILED, NO_MODEL, REGISTRY_UNREADABLE = 1, 2, 3
+CHAMPION_UNREADABLE_REASONS = {
+    FETCH_FAILED: "its model could not be fetched from where the registry says it is",
+    NO_MODEL: "its registered source holds no model the evaluate step could read (no config.json there)",
+    REGISTRY_UNREADABLE: "the registry did not answer, so whether a champion is registered is unknown",
+}
 
 
 def lower_is_better(metric: str) -> bool:
@@ -59,7 +73,8 @@ def check_gates(metrics: Mapping[str, float], settings: GateSettings) -> list[Ga
 
     A gate whose numbers are missing fails and says which number: a gate is never passed by default.
     """
-    gates = [_metric_gate(metrics, settings)]
+    gates = [_champion_scored(metrics)] if CHAMPION_UNREADABLE in metrics else []
+    gates.append(_metric_gate(metrics, settings))
     for name, tolerance in (settings.no_regression or {}).items():
         gates.append(_no_regression(metrics, name, tolerance))
     if settings.min_judge_win_rate is not None:
@@ -74,6 +89,19 @@ def check_gates(metrics: Mapping[str, float], settings: GateSettings) -> list[Ga
 def _value(metrics: Mapping[str, float], name: str) -> float | None:
     value = metrics.get(name)
     return None if value is None or math.isnan(value) else float(value)
+
+
+def _champion_scored(metrics: Mapping[str, float]) -> Gate:
+    """Fails always: the evaluate step scored the base model in place of a registered champion (see above)."""
+    version = int(metrics[CHAMPION_UNREADABLE])
+    why = CHAMPION_UNREADABLE_REASONS.get(int(metrics.get(CHAMPION_UNREADABLE_WHY, 0)), "no reason was recorded")
+    champion = f"champion v{version}" if version > 0 else "the champion"
+    fix = (f"make {champion}'s model readable from the pipeline's pods (or move the champion alias to a version "
+           "whose model is) and run again" if version > 0 else "run again once the registry answers")
+    return Gate("the baseline is the registered champion", False,
+                f"{champion} was not scored: {why}; the candidate was compared with the base model instead, so no "
+                f"number here says it beats {champion} (the evaluate step's log and report give the error). To "
+                f"promote, {fix}")
 
 
 def _metric_gate(metrics: Mapping[str, float], s: GateSettings) -> Gate:

@@ -33,7 +33,7 @@ def generation_kwargs(gen: GeneratingArguments, tokenizer: Any, stop_token_ids: 
 @torch.no_grad()
 def generate(model: Any, tokenizer: Any, prompts: list[list[int]], gen: GeneratingArguments,
              batch_size: int = 8, desc: str = "predict", stop_token_ids: list[int] | None = None) -> list[str]:
-    """Left-pad prompts in batches, generate, and decode only the new tokens."""
+    """Left-pad prompts in batches of `batch_size`, generate with the KV cache, and decode only the new tokens."""
     model.eval()
     device = next(model.parameters()).device
     pad = tokenizer.pad_token_id
@@ -46,7 +46,9 @@ def generate(model: Any, tokenizer: Any, prompts: list[list[int]], gen: Generati
         width = max(len(prompts[i]) for i in idx)
         input_ids = torch.tensor([[pad] * (width - len(prompts[i])) + prompts[i] for i in idx], device=device)
         mask = torch.tensor([[0] * (width - len(prompts[i])) + [1] * len(prompts[i]) for i in idx], device=device)
-        generated = model.generate(input_ids=input_ids, attention_mask=mask, **kwargs)
+        # use_cache: a checkpoint's generation_config may say false (and training turns it off in the model's
+        # config); without it every new token re-reads the whole sequence
+        generated = model.generate(input_ids=input_ids, attention_mask=mask, use_cache=True, **kwargs)
         for row, i in enumerate(idx):
             decoded[i] = tokenizer.decode(generated[row, width:], skip_special_tokens=gen.skip_special_tokens).strip()
     outputs = [decoded[i] for i in range(len(prompts))]

@@ -1,10 +1,11 @@
 """The evaluation report people read: one self-contained HTML file (the KFP UI renders it as an HTML artifact, and
 MLflow keeps the same file), candidate beside baseline.
 
-Sections, each present when its data is: the promotion decision with every gate and its numbers; the metrics
-table (candidate, baseline, delta); benchmark accuracy per category as paired bars; the training step's loss
-curve; and the side-by-side answers where the two models differ most. Images are inline PNGs (data URIs), so
-the file needs nothing beside it. Every string from data or models is HTML-escaped.
+Sections, each present when its data is: notes on the comparison (why the baseline is not the champion); the
+promotion decision with every gate and its numbers; the metrics table (candidate, baseline, delta); benchmark
+accuracy per category as paired bars; the training step's loss curve; and the side-by-side answers where the two
+models differ most. Images are inline PNGs (data URIs), so the file needs nothing beside it. Every string from
+data or models is HTML-escaped.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any
 
 _STYLE = """body{font-family:system-ui,sans-serif;margin:2em;max-width:70em;color:#222}
 table{border-collapse:collapse;margin:1em 0}td,th{border:1px solid #ccc;padding:.3em .7em;text-align:right}
-th:first-child,td:first-child{text-align:left}.pass{color:#176c2e}.fail{color:#b3261e}
+th:first-child,td:first-child{text-align:left}.pass{color:#176c2e}.fail{color:#b3261e}.note{color:#8a5a00}
 .answers td{text-align:left;vertical-align:top;white-space:pre-wrap;max-width:30em}"""
 
 
@@ -47,6 +48,7 @@ class ReportData:
     categories: dict[str, tuple[float, float]] = field(default_factory=dict)  # benchmark category → accuracies
     loss_curve: list[tuple[float, float]] = field(default_factory=list)  # (step, training loss)
     samples: list[dict[str, str]] = field(default_factory=list)  # {prompt, candidate, baseline}
+    notes: list[str] = field(default_factory=list)  # said under the title, e.g. why the baseline is the base model
 
 
 def most_different(samples: Sequence[dict[str, str]], count: int = 5) -> list[dict[str, str]]:
@@ -63,6 +65,7 @@ def render(data: ReportData) -> str:
     parts = [f"<!doctype html><html><head><meta charset='utf-8'><title>{e(data.title)}</title>"
              f"<style>{_STYLE}</style></head><body><h1>{e(data.title)}</h1>"
              f"<p>Candidate: <b>{e(data.candidate)}</b> · baseline: <b>{e(data.baseline)}</b></p>"]
+    parts += [f"<p class='note'>{e(note)}</p>" for note in data.notes]
     if data.decision or data.gates:
         parts.append(f"<h2>Decision</h2><p>{e(data.decision)}</p>")
         if data.gates:
