@@ -44,7 +44,9 @@ def chat(cfg: RunConfig, stdin: TextIO = sys.stdin, stdout: TextIO = sys.stdout)
         streamer = TextIteratorStreamer(tokenizer, skip_prompt=True, skip_special_tokens=True)
         inputs = torch.tensor([prompt], device=next(model.parameters()).device)
         worker = Thread(target=model.generate, kwargs={"input_ids": inputs, "attention_mask": torch.ones_like(inputs),
-                                                        "streamer": streamer, **kwargs})
+                                                        "streamer": streamer, **kwargs,
+                                                        # a checkpoint's generation_config may say use_cache: false
+                                                        "use_cache": True})
         worker.start()
         print("Assistant: ", end="", file=stdout, flush=True)
         answer = ""
