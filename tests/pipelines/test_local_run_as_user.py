@@ -102,8 +102,10 @@ def test_a_normal_user_runs_the_pipeline_without_writing_outside_home(normal_use
     home = base / "home"
 
     python = _python_for(name, base)
+    # one OpenMP thread per step process, as the suite's own processes may have (`env -i` passes nothing on): the
+    # other pytest worker shares the cores, and oversubscribed threads wait for each other at every small op
     env = {"HOME": str(home), "PATH": f"{Path(python).parent}:/usr/bin:/bin", "HF_HUB_OFFLINE": "1",
-           "LANG": "C.UTF-8"}
+           "LANG": "C.UTF-8", "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1")}
     run = subprocess.run(["runuser", "-u", name, "--", "env", "-i", *(f"{k}={v}" for k, v in env.items()),
                           python, "-m", "kubetune.cli", "run", str(config), "--output", str(out)],
                          cwd=REPO, capture_output=True, text=True, timeout=1200)
