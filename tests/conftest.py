@@ -19,6 +19,10 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# One OpenMP thread per process (subprocesses inherit it; set before torch is imported): `make test` runs two
+# workers on two cores, and torch's default of a thread per core oversubscribes them — on tiny-model tensors the
+# threads then wait on each other at every op (a 4-update tiny PPO run: 131 s with 2 threads, 5 s with 1).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 
