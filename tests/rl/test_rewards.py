@@ -158,3 +158,29 @@ def test_score_normaliser_tracks_the_running_mean_and_std() -> None:
     copy = ScoreNormalizer()
     copy.load_state_dict(json.loads(json.dumps(norm.state_dict())))
     assert_close(copy(torch.tensor([3.0, 4.0])), norm(torch.tensor([3.0, 4.0])))
+
+
+def test_a_reward_model_scores_a_response_ending_as_it_was_trained_to(tiny_model_dir: Path, tokenizer) -> None:
+    """chatml ends an answer with `<|im_end|>` and a newline; generation stops at `<|im_end|>`. The rm stage
+    reads its score at the newline, so a response is scored with the template's ending, not where it stopped."""
+    from kubetune.data.template_registry import get_template
+    from kubetune.rl.rewards import answer_ending
+
+    template = get_template("chatml", tokenizer)
+    stops = template.stop_token_ids(tokenizer)
+    end = answer_ending(template, tokenizer)
+    assert [tokenizer.decode([t]) for t in end] == ["<|im_end|>", "\n"]
+    torch.manual_seed(0)
+    model = ModelWithValueHead(AutoModelForCausalLM.from_pretrained(tiny_model_dir)).eval()
+    reward = ModelReward(model, tokenizer.pad_token_id, end, stops)
+    conversation = [{"role": "user", "content": "Spell Sven in capitals."}, {"role": "assistant", "content": "SVEN."}]
+    prompt, trained = template.encode_oneturn(tokenizer, conversation)  # how the rm stage saw this answer
+    text = tokenizer.encode("SVEN.", add_special_tokens=False)
+    stopped, truncated = text + [stops[0]], text  # ended by its stop token; out of max_new_tokens
+    scores = reward([prompt, prompt], [stopped, truncated], ["", ""])
+    ids = torch.tensor([prompt + trained])
+    with torch.no_grad():
+        _, values = model(ids, torch.ones_like(ids))
+    assert_close(scores, values[0, -1].repeat(2), atol=1e-5, rtol=0)
+    as_generated = ModelReward(model, tokenizer.pad_token_id)([prompt], [stopped], [""])
+    assert abs(float(as_generated[0]) - float(values[0, -1])) > 1e-3  # read one token early: another number

@@ -45,26 +45,57 @@ class RewardSource(Protocol):
 
 
 class ModelReward:
-    """Score with a reward model: its value head at the last token of prompt + response.
+    """Score with a reward model: its value head at the last token of prompt + response, the response ending as the
+    reward model was trained to read it.
+
+    The rm stage trains on answers written out by the chat template, which ends an assistant turn with more than
+    the stop token generation halts at (chatml: `<|im_end|>` then a newline), and reads the score at the very
+    last token. A response cut at its stop token therefore gets the rest of that ending (`answer_end`) before
+    it is scored — else the score is read at a position the reward model never learnt to score. A response that
+    ran out of `max_new_tokens` gets the whole ending: it is scored as the answer it is.
 
     Args:
         model: a `ModelWithValueHead` (from `kubetune.model.reward.load_reward_model`), in eval mode.
         pad_token_id: the id used to right-pad the batch (masked out).
+        answer_end: the ids the template writes after an answer's text, from its stop token on (`answer_ending`);
+            empty: score the response as generated.
+        stop_token_ids: the ids generation stops at (a response ending in one has it replaced by `answer_end`).
     """
 
-    def __init__(self, model: Any, pad_token_id: int) -> None:
+    def __init__(self, model: Any, pad_token_id: int, answer_end: list[int] | None = None,
+                 stop_token_ids: list[int] | None = None) -> None:
         self.model = model
         self.pad_token_id = pad_token_id
+        self.answer_end = list(answer_end or [])
+        self.stops = set(stop_token_ids or [])
+
+    def as_trained(self, response: list[int]) -> list[int]:
+        """The response with the template's ending, as the reward model saw answers in training."""
+        if not self.answer_end:
+            return list(response)
+        if response and response[-1] in self.stops:
+            response = response[:-1]
+        return list(response) + self.answer_end
 
     @torch.no_grad()
     def __call__(self, prompt_ids: list[list[int]], response_ids: list[list[int]],
                  references: list[str]) -> torch.Tensor:
         device = next(self.model.parameters()).device
-        sequences = [list(p) + list(r) for p, r in zip(prompt_ids, response_ids, strict=True)]
+        sequences = [list(p) + self.as_trained(list(r)) for p, r in zip(prompt_ids, response_ids, strict=True)]
         width = max(len(s) for s in sequences)
         ids = torch.tensor([s + [self.pad_token_id] * (width - len(s)) for s in sequences], device=device)
         mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in sequences], device=device)
         return self.model.score(ids, mask).float().cpu()
+
+
+def answer_ending(template: Any, tokenizer: Any) -> list[int]:
+    """The ids `template` writes after an assistant answer's text, from its first stop token on (chatml:
+    `<|im_end|>`, newline); [] for a template whose answers carry no stop token."""
+    stops = set(template.stop_token_ids(tokenizer))
+    _, answer = template.encode_oneturn(tokenizer, [{"role": "user", "content": "?"},
+                                                    {"role": "assistant", "content": "Yes."}])
+    first = next((i for i, token in enumerate(answer) if token in stops), None)
+    return [] if first is None else answer[first:]
 
 
 class _TextReward:
@@ -266,7 +297,7 @@ def load_reward_function(ref: RewardRef) -> RewardFunction:
 
 
 def load_reward_source(method: FinetuningArguments, model_args: ModelArguments, tokenizer: Any,
-                       device: torch.device) -> RewardSource:
+                       device: torch.device, template: Any | None = None) -> RewardSource:
     """Build the reward source a config names (`reward_model`, `reward_model_type`).
 
     Args:
@@ -274,6 +305,8 @@ def load_reward_source(method: FinetuningArguments, model_args: ModelArguments, 
         model_args: the policy's base model (a LoRA reward model is an adapter on the same base).
         tokenizer: the policy's tokenizer (the reward model shares it).
         device: where a reward model runs.
+        template: the chat template the reward model was trained with (the stage's); a reward model then scores
+            each response with the template's answer ending (`ModelReward`). None: as generated.
     """
     assert method.reward_model, "reward_model is required (checked by the config rules)"
     if method.reward_model_type == "api":
@@ -290,7 +323,10 @@ def load_reward_source(method: FinetuningArguments, model_args: ModelArguments, 
     model = load_reward_model(method.reward_model, base_model_args=base, reward_model_type=method.reward_model_type,
                               quantization_bit=method.reward_model_quantization_bit,
                               device=None if quantized else device)  # a quantised model is placed as it loads
-    return ModelReward(model, tokenizer.pad_token_id)
+    if template is None:
+        return ModelReward(model, tokenizer.pad_token_id)
+    return ModelReward(model, tokenizer.pad_token_id, answer_ending(template, tokenizer),
+                       template.stop_token_ids(tokenizer))
 
 
 class ScoreNormalizer:

@@ -102,7 +102,7 @@ def run(cfg: RunConfig, callbacks: list | None = None) -> StageResult:
     model_path, tokenizer, data = s.model_path, s.tokenizer, s.data
     stop_token_ids = s.template.stop_token_ids(tokenizer)
     device = ranks.device
-    reward = load_reward_source(cfg.method, cfg.model, tokenizer, device)
+    reward = load_reward_source(cfg.method, cfg.model, tokenizer, device, template=s.template)
 
     lm, dtype = load_policy(cfg, model_path, trainable=do_train)  # seeded: the value head's initialisation too
     if cfg.model.quantization_bit is None:
