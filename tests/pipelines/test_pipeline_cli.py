@@ -46,7 +46,8 @@ def test_compile_needs_no_data_files_and_says_what_the_cache_key_covers(
     assert main(["compile", str(path), "-o", str(out)]) == 0, capsys.readouterr().err
     assert out.is_file()
     warnings = [line for line in capsys.readouterr().err.splitlines() if "data cannot be read here" in line]
-    assert [line.split(": ")[2] for line in warnings] == ["preprocess-sft cache key", "preprocess-dpo cache key"]
+    assert [line.split(": ")[2] for line in warnings] == [
+        "preprocess-sft cache key", "preprocess-rm cache key", "preprocess-dpo cache key"]  # the example has an rm
     assert all(line.startswith("kubetune compile: warning: ") and "the key covers the data settings only" in line
                for line in warnings)
 
