@@ -18,7 +18,7 @@ from typing import Any
 from kubetune.config.pipeline import PipelineConfig
 
 # inputs that name a path in this pod: copied beside the work directory so every node reads the same files
-PATH_KEYS = ("tokenized_path", "adapter_name_or_path", "reward_model")
+PATH_KEYS = ("tokenized_path", "adapter_name_or_path", "reward_model", "ref_model_adapters")
 
 
 def share_inputs(extra: dict[str, Any], work: Path) -> dict[str, Any]:

@@ -85,3 +85,15 @@ def test_ppo_after_sft_is_kept_near_the_sft_model_unless_it_names_its_own_refere
     assert (ppo.method.ref_model, ppo.method.ref_model_adapters) == (base, "pipeline:sft")
     data["stages"]["ppo"]["ref_model"] = base  # the user's own reference (here: the base without SFT) wins
     assert load_pipeline_config(text=yaml.safe_dump(data)).reference_after_sft("ppo", "/a/sft") == {}
+
+
+def test_ppo_s_sft_reference_follows_the_base_s_spelling_and_quantisation() -> None:
+    data = yaml.safe_load(_pipeline(evaluation={"eval_dataset": "kubi_sft_eval"}))
+    data.update(pipeline="rlhf", model_name=data.pop("model_name_or_path"), finetuning_type="qlora")
+    data["stages"].update(rm={"dataset": "kubi_pref"}, ppo={"dataset": "kubi_sft", "do_sample": True})
+    cfg = load_pipeline_config(text=yaml.safe_dump(data))  # model_name: an accepted alias
+    assert cfg.reference_after_sft("ppo", "/a/sft") == {"ref_model": "m", "ref_model_adapters": "/a/sft",
+                                                         "ref_model_quantization_bit": 4}
+    ppo = cfg.stage_config("ppo", adapter_name_or_path="/a/sft", reward_model="pipeline:rm",
+                           **cfg.reference_after_sft("ppo", "/a/sft"))  # as runtime.train builds the step
+    assert (ppo.model.quantization_bit, ppo.method.ref_model_quantization_bit) == (4, 4)

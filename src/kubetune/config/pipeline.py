@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import kubetune
 from kubetune.config.config_text import parse_config_text, shape_problem
 from kubetune.config.errors import ConfigError, Problem, shown_key
-from kubetune.config.loader import known_keys, read_config_file, validate_raw
+from kubetune.config.loader import RENAMED, known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
 from kubetune.config.secrets import pipeline_secret_problems
@@ -30,7 +30,8 @@ from kubetune.config.secrets import pipeline_secret_problems
 Stage = Literal["sft", "rm", "ppo", "dpo", "kto", "pt"]
 PIPELINES = ("sft", "dpo", "kto", "rlhf", "full")
 PIPELINE_INPUT = "pipeline:"  # a value an earlier step of the pipeline fills in (e.g. reward_model: pipeline:rm)
-# which stages each pipeline may run (full: sft, then the one `alignment` picks)
+# which stages each pipeline may run (full: sft, then the one `alignment` picks; dpo/kto: also rm when
+# configured, see `stages_to_run`)
 PIPELINE_STAGES: dict[str, tuple[str, ...]] = {
     "sft": ("sft",), "dpo": ("sft", "dpo"), "kto": ("sft", "kto"), "rlhf": ("sft", "rm", "ppo"),
     "full": ("sft", "rm", "ppo", "dpo", "kto"),
@@ -138,8 +139,8 @@ class Evaluation(_Section):
         "JUDGE_API_KEY", description="The environment variable holding the judge endpoint's key (from a Secret).")
     judge_max_prompts: int = Field(50, gt=0, description="Judge at most this many prompts (the first ones).")
     reward_model: str | None = Field(
-        None, description="A reward model (rm output_dir) scoring both sides' answers; the pipeline's own rm "
-                          "step's output when unset (rlhf; dpo/kto with a stages.rm section).")
+        None, description="A reward model (rm output_dir) scoring both sides' answers; a pipeline that trains "
+                          "one (rlhf; dpo/kto with a stages.rm section) uses its rm step's output instead.")
     reward_model_type: Literal["lora", "full"] = Field("lora", description="How reward_model was trained.")
 
 
@@ -212,10 +213,31 @@ class PipelineConfig(_Section):
         """
         if stage != "ppo" or "sft" not in self.stages_to_run():
             return {}
-        if self.stages.get("ppo", {}).get("ref_model") or self.shared.get("ref_model"):
+        own, shared = self.stages.get("ppo", {}), self.shared
+        if own.get("ref_model") or shared.get("ref_model"):
             return {}
-        base = self.stages.get("ppo", {}).get("model_name_or_path", self.shared.get("model_name_or_path"))
-        return {"ref_model": base, "ref_model_adapters": sft_adapter}
+        # the step's base under any spelling the loader accepts (model_name, model_path: see RENAMED)
+        spellings = ("model_name_or_path", *(k for k, v in RENAMED.items() if v == "model_name_or_path"))
+        base = next((keys[k] for keys in (own, shared) for k in spellings if keys.get(k)), None)
+        if base is None:
+            return {}  # no base model: the step's own validation says so
+        keys = {"ref_model": base, "ref_model_adapters": sft_adapter}
+        bits = self._quantization_bit("ppo")
+        if bits is not None:  # the reference is loaded as the policy's base is: quantised too
+            keys["ref_model_quantization_bit"] = bits
+        return keys
+
+    def _quantization_bit(self, stage: str) -> int | None:
+        """The 4/8-bit quantisation a stage's base is loaded with, under each spelling the loader accepts."""
+        merged = {**self.shared, **self.stages.get(stage, {})}  # type: ignore[call-overload]
+        if merged.get("quantization_bit") in (4, 8):
+            return int(merged["quantization_bit"])
+        if merged.get("load_in_8bit") is True:
+            return 8
+        if merged.get("load_in_4bit") is True or merged.get("use_qlora") is True or (
+                merged.get("finetuning_type") == "qlora"):
+            return 4
+        return None
 
     def stage_config(self, stage: str, _evaluation: dict[str, Any] | None = None, **extra: Any) -> RunConfig:
         """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""

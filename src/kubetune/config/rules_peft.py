@@ -178,9 +178,7 @@ def _reference_is_disabled_adapter(cfg: RunConfig) -> bool:
     m = cfg.method
     if m.finetuning_type != "lora":
         return False
-    if m.stage == "ppo":
-        return True  # the PPO stage always uses the adapter-disabled policy as its LoRA reference
-    if m.stage == "kto" or (m.stage == "dpo" and m.pref_loss not in ("orpo", "simpo")):
+    if m.stage == "ppo" or m.stage == "kto" or (m.stage == "dpo" and m.pref_loss not in ("orpo", "simpo")):
         return not m.ref_model
     if m.stage in ("sft", "pt") and m.use_asft_loss:  # ASFT's reference
         return not m.ref_model

@@ -6,8 +6,9 @@ read still leaves the base model scored, so the step's numbers are measured, but
 champion's version and why (`gates.CHAMPION_UNREADABLE`), and promotion refuses a candidate that was not compared
 with the champion. Both sides get the same evaluation (held-out loss, generation metrics), the same benchmarks
 (`task`, `lm_eval_tasks` in the evaluation section), and then, when configured, a judge compares their answers
-(`evaluation.judge_model`) and a reward model scores them (`evaluation.reward_model`, or the rlhf pipeline's rm
-stage). Everything lands in one metrics dict (the candidate's `<name>`, `baseline/<name>`, `delta/<name>`,
+(`evaluation.judge_model`) and a reward model scores them (the pipeline's own rm step — rlhf, or dpo/kto with a
+`stages.rm` section — else `evaluation.reward_model`). Everything lands in one metrics dict (the candidate's
+`<name>`, `baseline/<name>`, `delta/<name>`,
 `judge/*`, `reward/*`) and one HTML report.
 """
 

@@ -1,4 +1,5 @@
-"""π_ref, the reference model of dpo's log-ratio losses (sigmoid, hinge, ipo), of kto, and of sft's ASFT loss.
+"""π_ref, the reference model of dpo's log-ratio losses (sigmoid, hinge, ipo), of kto, of sft's ASFT loss, and
+of ppo's KL penalty.
 
 Which model the config asks for:
 

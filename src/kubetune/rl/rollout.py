@@ -137,7 +137,7 @@ def reference_logprobs(policy: Any, reference: Any | None, batch: SequenceBatch,
     Args:
         policy: the `ModelWithValueHead`; with `reference=None` its PEFT model runs with the adapter
             disabled, which *is* the reference (no second copy of the weights).
-        reference: a frozen causal LM (full/freeze fine-tuning), or None.
+        reference: a frozen causal LM (`ref_model`, or the base for full/freeze fine-tuning), or None.
         batch: the sequences.
         temperature: as in `policy_forward`.
     """
