@@ -114,6 +114,12 @@ def _parse_scalar(text: str) -> Any:
         return text
 
 
+def canonical_keys(keys: Mapping[str, Any]) -> dict[str, Any]:
+    """`keys` under LLaMA-Factory's names, as the loader reads them (`model_name` → `model_name_or_path`,
+    `use_qlora` / `finetuning_type: qlora` → lora + `quantization_bit: 4`, ...); a spelling it refuses is dropped."""
+    return {key: value for key, (value, _) in _apply_aliases({k: (v, "") for k, v in keys.items()}, []).items()}
+
+
 def _apply_aliases(raw: dict[str, tuple[Any, str]], problems: list[Problem]) -> dict[str, tuple[Any, str]]:
     out: dict[str, tuple[Any, str]] = {}
     implied_bits: tuple[Any, str] | None = None  # qlora spellings imply 4 bits unless the user says otherwise

@@ -22,7 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 import kubetune
 from kubetune.config.config_text import parse_config_text, shape_problem
 from kubetune.config.errors import ConfigError, Problem, shown_key
-from kubetune.config.loader import RENAMED, known_keys, read_config_file, validate_raw
+from kubetune.config.loader import canonical_keys, known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
 from kubetune.config.schema import RunConfig, field_owner
 from kubetune.config.secrets import pipeline_secret_problems
@@ -213,31 +213,14 @@ class PipelineConfig(_Section):
         """
         if stage != "ppo" or "sft" not in self.stages_to_run():
             return {}
-        own, shared = self.stages.get("ppo", {}), self.shared
-        if own.get("ref_model") or shared.get("ref_model"):
-            return {}
-        # the step's base under any spelling the loader accepts (model_name, model_path: see RENAMED)
-        spellings = ("model_name_or_path", *(k for k, v in RENAMED.items() if v == "model_name_or_path"))
-        base = next((keys[k] for keys in (own, shared) for k in spellings if keys.get(k)), None)
-        if base is None:
-            return {}  # no base model: the step's own validation says so
-        keys = {"ref_model": base, "ref_model_adapters": sft_adapter}
-        bits = self._quantization_bit("ppo")
-        if bits is not None:  # the reference is loaded as the policy's base is: quantised too
-            keys["ref_model_quantization_bit"] = bits
-        return keys
-
-    def _quantization_bit(self, stage: str) -> int | None:
-        """The 4/8-bit quantisation a stage's base is loaded with, under each spelling the loader accepts."""
-        merged = {**self.shared, **self.stages.get(stage, {})}  # type: ignore[call-overload]
-        if merged.get("quantization_bit") in (4, 8):
-            return int(merged["quantization_bit"])
-        if merged.get("load_in_8bit") is True:
-            return 8
-        if merged.get("load_in_4bit") is True or merged.get("use_qlora") is True or (
-                merged.get("finetuning_type") == "qlora"):
-            return 4
-        return None
+        # the step's keys as the loader reads them (model_name → model_name_or_path, qlora → 4 bits, ...)
+        keys = canonical_keys({**self.shared, **self.stages.get("ppo", {})})  # type: ignore[call-overload]
+        if keys.get("ref_model") or not keys.get("model_name_or_path"):
+            return {}  # the config's own reference; or no base model, which the step's own validation names
+        reference = {"ref_model": keys["model_name_or_path"], "ref_model_adapters": sft_adapter}
+        if keys.get("quantization_bit") in (4, 8):  # the reference is loaded as the policy's base is: quantised too
+            reference["ref_model_quantization_bit"] = keys["quantization_bit"]
+        return reference
 
     def stage_config(self, stage: str, _evaluation: dict[str, Any] | None = None, **extra: Any) -> RunConfig:
         """The validated RunConfig of one stage: shared keys, then `stages[stage]`, then `extra`."""
