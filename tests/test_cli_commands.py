@@ -14,8 +14,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("command", ["train", "eval", "export", "chat", "validate"])
-def test_help_after_a_command_prints_the_usage(command: str, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main([command, "--help"]) == 0
+@pytest.mark.parametrize("after", [[], ["examples/sft_lora.yaml"], ["examples/sft_lora.yaml", "lora_rank=4"]])
+def test_help_after_a_command_prints_the_usage(command: str, after: list[str],
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([command, *after, "--help"]) == 0
     out = capsys.readouterr()
     assert out.out.startswith("kubetune <command>") and "unknown key" not in out.err
 
@@ -37,3 +39,12 @@ def test_validate_checks_a_pipeline_config_as_a_pipeline(tmp_path: Path, capsys:
     bad.write_text(yaml.safe_dump(data))
     assert main(["validate", str(bad)]) == 2
     assert "stages.rm: dataset" in capsys.readouterr().err
+
+
+def test_validate_refuses_overrides_on_a_pipeline_config(capsys: pytest.CaptureFixture[str]) -> None:
+    """`kubetune run` takes no key=value overrides, so validate must not check another config than run would run
+    (it used to fall back to reading the pipeline file as one stage's config)."""
+    assert main(["validate", str(REPO / "examples/pipeline_dpo.yaml"), "learning_rate=1e-3"]) == 2
+    err = capsys.readouterr().err
+    assert "is a pipeline config, which takes no key=value overrides (got learning_rate=1e-3)" in err
+    assert "stages.<stage>" in err

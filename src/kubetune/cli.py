@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if command not in ("train", "eval", "export", "chat", "validate"):
         print(f"kubetune: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
         return 2
-    if rest in (["-h"], ["--help"]):  # `kubetune train --help`: the usage, not a config key named help
+    if "-h" in rest or "--help" in rest:  # `kubetune train [x.yaml] --help`: the usage, not a config key
         print(USAGE)
         return 0
     # under torchrun every rank runs this: the others log warnings only, so each line appears once
@@ -79,7 +79,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     rest = [arg for arg in rest if not (as_json and arg == "--json")]
     path = rest[0] if rest and not rest[0].startswith("-") and "=" not in rest[0] else None
     overrides = rest[1:] if path else rest
-    if command == "validate" and path and not overrides and _is_pipeline_config(path):
+    if command == "validate" and path and _is_pipeline_config(path):
+        if overrides:  # `kubetune run` takes none either: what validate checks is what run would run
+            print(f"kubetune validate: {path} is a pipeline config, which takes no key=value overrides "
+                  f"(got {' '.join(overrides)}); set them in the file, under `stages.<stage>:` for one stage",
+                  file=sys.stderr)
+            return 2
         return _validate_pipeline(path)
     try:
         cfg = _load(command, path, overrides)
