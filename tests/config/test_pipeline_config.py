@@ -80,11 +80,30 @@ def test_ppo_after_sft_is_kept_near_the_sft_model_unless_it_names_its_own_refere
     cfg = load_pipeline_config(text=yaml.safe_dump(data))
     base = data["model_name_or_path"]
     assert cfg.reference_after_sft("ppo", "/a/sft") == {"ref_model": base, "ref_model_adapters": "/a/sft"}
-    assert cfg.reference_after_sft("dpo", "/a/sft") == {} and cfg.reference_after_sft("rm", "/a/sft") == {}
+    assert cfg.reference_after_sft("rm", "/a/sft") == {}
     ppo = cfg.step_configs(placeholder_outputs=True)["stages.ppo"]()  # validation sees the placeholder
     assert (ppo.method.ref_model, ppo.method.ref_model_adapters) == (base, "pipeline:sft")
     data["stages"]["ppo"]["ref_model"] = base  # the user's own reference (here: the base without SFT) wins
     assert load_pipeline_config(text=yaml.safe_dump(data)).reference_after_sft("ppo", "/a/sft") == {}
+
+
+@pytest.mark.parametrize("pipeline, stage, keys", [("dpo", "dpo", {"pref_loss": "sigmoid"}), ("kto", "kto", {})])
+def test_dpo_and_kto_after_sft_take_the_sft_model_as_their_reference(pipeline: str, stage: str, keys: dict) -> None:
+    """DPO's implicit reward is the log-ratio to π_SFT (the DPO paper); with the base as the reference the loss
+    started at 0.12 instead of ln 2. Reference-free losses (orpo, simpo) get none."""
+    data = yaml.safe_load(_pipeline(evaluation={"eval_dataset": "kubi_sft_eval"}))
+    data.update(pipeline=pipeline)
+    data["stages"][stage] = {"dataset": "kubi_pref" if stage == "dpo" else "kubi_kto", **keys}
+    cfg = load_pipeline_config(text=yaml.safe_dump(data))
+    base = data["model_name_or_path"]
+    assert cfg.reference_after_sft(stage, "/a/sft") == {"ref_model": base, "ref_model_adapters": "/a/sft"}
+    step = cfg.step_configs(placeholder_outputs=True)[f"stages.{stage}"]()
+    assert (step.method.ref_model, step.method.ref_model_adapters) == (base, "pipeline:sft")
+    if stage == "dpo":
+        data["stages"]["dpo"]["pref_loss"] = "orpo"
+        orpo = load_pipeline_config(text=yaml.safe_dump(data))
+        assert orpo.reference_after_sft("dpo", "/a/sft") == {}
+        assert orpo.step_configs(placeholder_outputs=True)["stages.dpo"]().method.ref_model is None
 
 
 def test_ppo_s_sft_reference_follows_the_base_s_spelling_and_quantisation() -> None:

@@ -44,6 +44,9 @@ def first_kl(model_dir: Path, adapter: Path, out: Path, tmp_path: Path, **keys) 
         "cutoff_len": 48, "max_samples": 8, "output_dir": str(out), "per_device_train_batch_size": 4,
         "learning_rate": 1e-3, "max_steps": 1, "logging_steps": 1, "save_steps": 10, "report_to": "none",
         "disable_tqdm": True, "gradient_checkpointing": False, "max_new_tokens": 12, "top_p": 1.0, "top_k": 0,
+        # a low temperature: the sampled tokens are the policy's likeliest, so against another model the KL
+        # estimate is positive and large, not a noisy sum around zero (it was −0.05 in one CI run at 1.0)
+        "temperature": 0.3,
         "reward_model": str(reward), "reward_model_type": "api", **keys})
     assert world_problems(cfg, "train") == []
     run_stage(cfg)

@@ -24,6 +24,7 @@ from kubetune.config.config_text import parse_config_text, shape_problem
 from kubetune.config.errors import ConfigError, Problem, shown_key
 from kubetune.config.loader import canonical_keys, known_keys, read_config_file, validate_raw
 from kubetune.config.nodes import TRAINING_STEPS, node_problems
+from kubetune.config.rules_dpo import REFERENCE_FREE_LOSSES
 from kubetune.config.schema import RunConfig, field_owner
 from kubetune.config.secrets import pipeline_secret_problems
 
@@ -203,18 +204,23 @@ class PipelineConfig(_Section):
         return {**keys, **self.reference_after_sft(stage, f"{PIPELINE_INPUT}sft")}
 
     def reference_after_sft(self, stage: str, sft_adapter: str) -> dict[str, Any]:
-        """The KL reference of a ppo step that continues this run's SFT adapter: the SFT model itself.
+        """The reference of a ppo, dpo or kto step that continues this run's SFT adapter: the SFT model itself.
 
-        PPO after SFT optimises the reward while staying near the model it starts from (InstructGPT's recipe).
-        Continuing the adapter alone, the reference would be the base without it (LLaMA-Factory's default for a
-        continued LoRA adapter): the KL penalty would then pull the policy back from everything SFT taught. So
-        the step gets `ref_model` = the base and `ref_model_adapters` = the SFT adapter, unless the config names
-        its own `ref_model`. Returns {} for every other step.
+        Alignment after SFT stays near the model it starts from: PPO's KL penalty is taken against the SFT
+        model (InstructGPT's recipe), and DPO's and KTO's implicit reward is the policy's log-ratio to it
+        (the DPO paper's π_ref = π_SFT). Continuing the adapter alone, the reference would be the base without
+        it (LLaMA-Factory's default for a continued LoRA adapter): PPO's penalty would pull the policy back
+        from everything SFT taught, and DPO would start far from its reference (its loss well below ln 2,
+        the preference signal mixed with SFT's own shift). So the step gets `ref_model` = the base and
+        `ref_model_adapters` = the SFT adapter, unless the config names its own `ref_model`. Returns {} for
+        every other step, and for dpo's reference-free losses (orpo, simpo).
         """
-        if stage != "ppo" or "sft" not in self.stages_to_run():
+        if stage not in ("ppo", "dpo", "kto") or "sft" not in self.stages_to_run():
             return {}
         # the step's keys as the loader reads them (model_name → model_name_or_path, qlora → 4 bits, ...)
-        keys = canonical_keys({**self.shared, **self.stages.get("ppo", {})})  # type: ignore[call-overload]
+        keys = canonical_keys({**self.shared, **self.stages.get(stage, {})})  # type: ignore[call-overload]
+        if stage == "dpo" and keys.get("pref_loss") in REFERENCE_FREE_LOSSES:
+            return {}
         if keys.get("ref_model") or not keys.get("model_name_or_path"):
             return {}  # the config's own reference; or no base model, which the step's own validation names
         reference = {"ref_model": keys["model_name_or_path"], "ref_model_adapters": sft_adapter}
