@@ -165,7 +165,7 @@ def train(config: str, stage: str, dataset_path: str, model_path: str, *, run_id
         extra.update(output_dir=str(work), tokenized_path=dataset_path)
         if base_adapter:
             extra["adapter_name_or_path"] = base_adapter
-            extra.update(cfg.reference_after_sft(stage, base_adapter))  # ppo: KL against the SFT model
+            extra.update(cfg.reference_after_sft(stage, base_adapter))  # ppo/dpo/kto: the SFT model as reference
         if reward_model:
             extra["reward_model"] = reward_model
         stage_cfg = cfg.stage_config(stage, **extra)  # a bad key fails here, in the step's own process, first
