@@ -7,6 +7,12 @@ asserts that the pipeline succeeds and that every file the user owns afterwards 
 the output folder or the temp directory. A new user owns nothing else, so `find -user` lists
 exactly what the run created.
 
+The pipeline is a dpo one (preprocess → sft → dpo → evaluate → export → register → promote): every
+step of the demo's sft pipeline (tests/pipelines/test_local_run.py runs that one in-process) and one
+more, and the same run checks, end to end, that the dpo step continuing the SFT adapter takes the SFT model as
+its reference: its first loss, before any update, is ln 2 (the policy equals its reference), where a
+reference of the base alone would put it far off after an SFT step with a learning rate this large.
+
 The user runs the checkout's own Python when other users can reach it. Where they cannot (here
 the checkout's venv is built on a Python under /root), the user gets a venv of the system Python
 of the same version whose site imports the checkout's installed packages: the same kubetune and
@@ -18,6 +24,8 @@ missing), or where the user can reach neither the checkout's Python nor a system
 
 from __future__ import annotations
 
+import json
+import math
 import os
 import shutil
 import subprocess
@@ -85,11 +93,13 @@ def test_a_normal_user_runs_the_pipeline_without_writing_outside_home(normal_use
     shutil.copytree(tiny_model_dir, model)
     config = base / "pipeline.yaml"
     config.write_text(yaml.safe_dump({
-        "name": "as-user", "pipeline": "sft", "model_name_or_path": str(model), "finetuning_type": "lora",
+        "name": "as-user", "pipeline": "dpo", "model_name_or_path": str(model), "finetuning_type": "lora",
         "lora_rank": 4, "template": "chatml", "dataset_dir": str(REPO / "data"), "cutoff_len": 48, "max_samples": 8,
         "disable_tqdm": True, "do_sample": False, "max_new_tokens": 4, "per_device_eval_batch_size": 8,
-        "stages": {"sft": {"dataset": "kubi_sft", "max_steps": 2, "per_device_train_batch_size": 4,
-                           "logging_steps": 1}},
+        "stages": {"sft": {"dataset": "kubi_sft", "max_steps": 2, "learning_rate": 5e-2,
+                           "per_device_train_batch_size": 4, "logging_steps": 1},
+                   "dpo": {"dataset": "kubi_pref", "max_steps": 1, "pref_beta": 0.1,
+                           "per_device_train_batch_size": 4, "logging_steps": 1}},
         "evaluation": {"eval_dataset": "kubi_sft_eval", "baseline": False},
         "promotion": {"registered_model": "as-user", "metric": "eval_loss"},
         "model_cache": {"pvc": "kubetune-model-cache", "mount_path": "/cache/kubetune"},
@@ -113,6 +123,10 @@ def test_a_normal_user_runs_the_pipeline_without_writing_outside_home(normal_use
     assert "champion" in run.stdout
     assert (home / ".cache" / "kubetune" / "tokenized").is_dir(), "the cache is the user's own"
     assert list((out / "work").rglob("adapter_model.safetensors")), "step work directories live under --output"
+    # the dpo step's reference is the SFT model: before its first update the policy equals it, so the loss is ln 2
+    dpo_log = next(p for p in (out / "work").rglob("trainer_log.jsonl") if "dpo" in p.parts)
+    first = json.loads(dpo_log.read_text().splitlines()[0])
+    assert first["loss"] == pytest.approx(math.log(2), abs=1e-3), first
     assert not Path("/cache/kubetune").exists() or Path("/cache/kubetune").owner() != name
 
     allowed = (home, out, Path(tempfile.gettempdir()))
