@@ -6,6 +6,7 @@ The candidate is the tiny model with a LoRA adapter trained for a few steps; the
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,10 @@ from test_judge import fake_judge
 from transformers import AutoModelForCausalLM
 
 from kubetune.config.pipeline import load_pipeline_config
+from kubetune.data.setup import tokenizer_and_template
 from kubetune.evaluate.candidate_vs_baseline import Baseline, compare, read_predictions
-from kubetune.model.reward import RewardModelInfo, save_reward_model
+from kubetune.evaluate.reward_gap import templated_scorer
+from kubetune.model.reward import RewardModelInfo, load_reward_model, save_reward_model
 from kubetune.model.value_head import ModelWithValueHead
 from kubetune.stages import run_stage
 
@@ -64,5 +67,14 @@ def test_both_sides_judged_and_rewarded_on_the_same_rows(tiny_model_dir: Path, t
     assert (m["judge/wins"], m["judge/losses"]) == (longer, shorter)
     assert m["reward/delta"] == pytest.approx(m["reward/candidate_mean"] - m["reward/baseline_mean"])
     assert m["reward/delta_ci_low"] <= m["reward/delta"] <= m["reward/delta_ci_high"]
+    # the rows' reference answers (the first max_samples rows' outputs), scored by the same rm
+    rows = json.loads((REPO / "data" / "kubi_sft_eval.json").read_text())[:n]
+    assert [s["label"] for s in result.samples] == [row["output"] for row in rows]
+    tokenizer, template = tokenizer_and_template(candidate, str(tiny_model_dir))
+    rm = load_reward_model(str(rm_dir), base_model_args=candidate.model, reward_model_type="full")
+    score = templated_scorer(rm, tokenizer, template)
+    labels = score([s["prompt"] for s in result.samples], [s["label"] for s in result.samples])
+    assert m["reward/reference_mean"] == pytest.approx(sum(labels) / n)
+    assert m["reward/reference_mean"] not in (m["reward/candidate_mean"], m["reward/baseline_mean"])
     assert result.report.metrics["eval_loss"] == (m["eval_loss"], m["baseline/eval_loss"])
     assert len(result.report.samples) == 5

@@ -24,6 +24,13 @@ def test_the_gap_is_the_paired_mean_difference_with_an_interval_around_it() -> N
     gap = reward_gap(by_length, PROMPTS, ["aaaa", "aaa", "aaaaa", "aa"], ["a", "a", "aa", "aaa"], seed=1)
     assert (gap.candidate_mean, gap.baseline_mean, gap.delta) == (3.5, 1.75, 1.75)
     assert gap.delta_ci_low <= 1.75 <= gap.delta_ci_high and gap.delta_ci_low >= -1.0 and gap.delta_ci_high <= 4.0
+    assert gap.reference_mean is None and "reward/reference_mean" not in gap.as_metrics()
+    with_reference = reward_gap(by_length, PROMPTS, ["aaaa", "aaa", "aaaaa", "aa"], ["a", "a", "aa", "aaa"],
+                                reference=["aa", "aa", "aaa", "a"], seed=1)
+    assert with_reference.as_metrics()["reward/reference_mean"] == 2.0
+    assert with_reference.delta == gap.delta and with_reference.delta_ci_low == gap.delta_ci_low
+    with pytest.raises(ValueError, match="one reference answer per prompt"):
+        reward_gap(by_length, PROMPTS, PROMPTS, PROMPTS, reference=["a"])
     with pytest.raises(ValueError, match="one candidate and one baseline answer per prompt"):
         reward_gap(by_length, PROMPTS, ["a"], ["b"])
 

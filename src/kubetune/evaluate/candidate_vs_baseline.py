@@ -226,8 +226,9 @@ def _without_save_dir(run_cfg: RunConfig) -> RunConfig:
 
 
 def _paired_samples(ours: list[dict[str, str]], theirs: list[dict[str, str]]) -> list[dict[str, str]]:
-    """{prompt, candidate, baseline} per prompt both sides answered (the same rows, in the same order)."""
-    return [{"prompt": a["prompt"], "candidate": a["predict"], "baseline": b["predict"]}
+    """{prompt, candidate, baseline, label} per prompt both sides answered (the same rows, in the same order);
+    `label` is the row's reference answer ("" when the row has none)."""
+    return [{"prompt": a["prompt"], "candidate": a["predict"], "baseline": b["predict"], "label": a.get("label", "")}
             for a, b in zip(ours, theirs, strict=False) if a["prompt"] == b["prompt"]]
 
 
@@ -257,18 +258,18 @@ def _reward_metrics(cfg: PipelineConfig, run_cfg: RunConfig, reward_model: str,
     from kubetune.data.setup import tokenizer_and_template
     from kubetune.evaluate.reward_gap import reward_gap, templated_scorer
     from kubetune.model.loader import resolve_model_path
-    from kubetune.model.reward import load_reward_model
+    from kubetune.model.reward import load_reward_model, reward_model_type_of
 
     base_args = run_cfg.model.model_copy(update={"adapter_name_or_path": None})
-    from kubetune.model.reward import reward_model_type_of
-
     recorded = reward_model_type_of(reward_model) if "://" not in reward_model else None
     rm = load_reward_model(reward_model, base_model_args=base_args,
                            reward_model_type=recorded or cfg.evaluation.reward_model_type)
     tokenizer, template = tokenizer_and_template(run_cfg, resolve_model_path(run_cfg.model))
     score = templated_scorer(rm, tokenizer, template)
+    labels = [s.get("label", "") for s in samples]
     gap = reward_gap(score, [s["prompt"] for s in samples], [s["candidate"] for s in samples],
-                     [s["baseline"] for s in samples], seed=int(cfg.shared.get("seed", 42)))
+                     [s["baseline"] for s in samples], reference=labels if all(labels) else None,
+                     seed=int(cfg.shared.get("seed", 42)))
     return gap.as_metrics()
 
 

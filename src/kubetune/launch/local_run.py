@@ -191,6 +191,9 @@ def _paired_lines(scored: dict[str, float]) -> list[str]:
         lines.append(f"  reward under the rm: baseline {scored['reward/baseline_mean']:.4f}, candidate "
                      f"{scored['reward/candidate_mean']:.4f}; candidate − baseline {scored['reward/delta']:+.4f} "
                      f"(95% CI {scored['reward/delta_ci_low']:+.4f} … {scored['reward/delta_ci_high']:+.4f})")
+        if "reward/reference_mean" in scored:
+            lines.append(f"  the rows' reference answers score {scored['reward/reference_mean']:.4f} under the same rm "
+                         "(a candidate near that has little left to gain from it)")
     if "judge/win_rate" in scored:
         lines.append(f"  judge: candidate wins {scored['judge/win_rate']:.1%} (95% CI "
                      f"{scored['judge/win_rate_ci_low']:.1%} … {scored['judge/win_rate_ci_high']:.1%}; "
