@@ -1,8 +1,8 @@
 """The reward gap: the mean reward of the candidate's answers and of the baseline's under one reward model, on the
 same prompts, and the paired difference with its 95% interval — a promotion gate for dpo/kto/ppo pipelines.
 With the rows' own reference answers it also gives their mean reward: what the reward model makes of the answers
-the dataset calls right. A candidate already scoring that much has nothing left to gain from this reward model,
-however good or bad its answers are (a reward model that learnt the answers' form but cannot check their content).
+the dataset calls right. A candidate already scoring about that much has little left to gain from this reward
+model, however good or bad its answers are (one that learnt the answers' form but cannot check their content).
 
 Both answers to a prompt are scored as the reward model was trained to read them: the prompt and the answer
 written out with the chat template (`template.encode_oneturn`). The interval is a seeded percentile bootstrap
